@@ -1,0 +1,649 @@
+//! One ephemeral PostgreSQL cluster: its own temp dir, port and socket dir; started, driven
+//! (restart, crash, kill a backend) and removed when dropped, or by its watchdog when the
+//! owning process dies without dropping it.
+
+use std::{
+    fmt, fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use diesel::{
+    Connection, PgConnection, RunQueryDsl,
+    connection::SimpleConnection,
+    dsl::sql,
+    sql_types::{Nullable, Text},
+};
+
+use crate::{
+    Error, Lsn, PgBinaries, Result,
+    process::{self, RunAs, Watchdog},
+};
+
+/// The superuser every test cluster is created with (trust authentication on loopback).
+pub const SUPERUSER: &str = "postgres";
+
+/// How much WAL the server writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalLevel {
+    /// Enough for crash recovery only; no replicas, no archiving.
+    Minimal,
+    /// Streaming replicas and archiving (PostgreSQL's default).
+    Replica,
+    /// Everything `replica` has, plus logical decoding.
+    Logical,
+}
+
+/// Where finished WAL segments go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Archive {
+    /// `archive_mode = off`.
+    Off,
+    /// `archive_mode = on` with this `archive_command` (`%p` and `%f` as in PostgreSQL).
+    Command(String),
+    /// `archive_mode = on`, copying segments into `archive/` inside the cluster's directory
+    /// (see [`Cluster::archive_dir`]), never overwriting one.
+    LocalDir,
+}
+
+/// How to build a cluster. The defaults suit tests: `wal_level = replica`, no archiving,
+/// `fsync = off` (a crashed server still recovers; only an OS crash could lose data).
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    wal_level: WalLevel,
+    archive: Archive,
+    shared_preload_libraries: Vec<String>,
+    settings: Vec<(String, String)>,
+    fsync: bool,
+    base_dir: Option<PathBuf>,
+}
+
+/// A running (or stopped) PostgreSQL cluster owned by this process.
+pub struct Cluster {
+    bins: PgBinaries,
+    run_as: RunAs,
+    root: PathBuf,
+    port: u16,
+    options: ClusterOptions,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    running: bool,
+    watchdog: Option<Watchdog>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            wal_level: WalLevel::Replica,
+            archive: Archive::Off,
+            shared_preload_libraries: Vec::new(),
+            settings: Vec::new(),
+            fsync: false,
+            base_dir: None,
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// Sets `wal_level`.
+    pub fn wal_level(mut self, level: WalLevel) -> Self {
+        self.wal_level = level;
+        self
+    }
+
+    /// Turns WAL archiving on or off.
+    pub fn archive(mut self, archive: Archive) -> Self {
+        self.archive = archive;
+        self
+    }
+
+    /// Adds a library to `shared_preload_libraries` (for example `pg_stat_statements`).
+    pub fn preload(mut self, library: impl Into<String>) -> Self {
+        self.shared_preload_libraries.push(library.into());
+        self
+    }
+
+    /// Sets any server setting (GUC); later calls win over earlier ones and over the kit's defaults.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Keeps `fsync` on (off by default: tests do not survive OS crashes anyway).
+    pub fn fsync(mut self, on: bool) -> Self {
+        self.fsync = on;
+        self
+    }
+
+    /// Creates the cluster's temp dir under `dir` instead of the system temp dir. When the kit
+    /// runs as root, the server user must be able to enter `dir`.
+    pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_dir = Some(dir.into());
+        self
+    }
+
+    /// The options a streaming replica of a primary built with `self` gets: the same settings,
+    /// no archiving of its own.
+    fn for_replica(&self) -> Self {
+        ClusterOptions {
+            archive: Archive::Off,
+            ..self.clone()
+        }
+    }
+}
+
+impl Cluster {
+    /// Creates (initdb) and starts a new primary cluster.
+    pub fn start(options: ClusterOptions) -> Result<Self> {
+        let mut cluster = Self::prepare(options)?;
+        cluster.initdb()?;
+        cluster.start_on_a_free_port(None)?;
+        cluster.wait_until_writable()?;
+        Ok(cluster)
+    }
+
+    /// Creates and starts a streaming replica of this running cluster (`pg_basebackup -R`).
+    pub fn create_replica(&self) -> Result<crate::Replica> {
+        self.ensure_running()?;
+        let mut replica = Self::prepare(self.options.for_replica())?;
+        let name = replica.application_name();
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} application_name={name}",
+            self.port
+        );
+        let mut cmd = replica.pg_command("pg_basebackup");
+        cmd.arg("--pgdata")
+            .arg(replica.data_dir())
+            .arg("--dbname")
+            .arg(&conninfo)
+            .args([
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ]);
+        process::run(cmd, "pg_basebackup")?;
+        replica.start_on_a_free_port(Some(&conninfo))?;
+        Ok(crate::Replica::new(replica))
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The cluster's own directory (data, log, socket dir and archive live inside it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The data directory (`PGDATA`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The directory holding the server's unix socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.join("sock")
+    }
+
+    /// The server log.
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("log").join("postgres.log")
+    }
+
+    /// Where [`Archive::LocalDir`] puts WAL segments.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.root.join("archive")
+    }
+
+    /// The binaries this cluster runs.
+    pub fn binaries(&self) -> &PgBinaries {
+        &self.bins
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    /// A connection URL for database `db` (superuser, no password: trust on loopback).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Connects to database `db`.
+    pub fn connect(&self, db: &str) -> Result<PgConnection> {
+        let url = self.url(db);
+        PgConnection::establish(&url).map_err(|source| Error::Connect { url, source })
+    }
+
+    /// Runs one or more statements in database `db`.
+    pub fn execute(&self, db: &str, statements: &str) -> Result<()> {
+        let mut conn = self.connect(db)?;
+        batch(&mut conn, statements)
+    }
+
+    /// Evaluates one SQL expression in database `db` and returns it as text (`NULL` as `None`).
+    pub fn query_text(&self, db: &str, expression: &str) -> Result<Option<String>> {
+        let mut conn = self.connect(db)?;
+        query_text(&mut conn, expression)
+    }
+
+    /// Creates an empty database (from `template0`).
+    pub fn create_database(&self, name: &str) -> Result<()> {
+        self.execute(
+            "postgres",
+            &format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name)),
+        )
+    }
+
+    /// Whether the server is running, as far as this handle knows.
+    pub fn is_running(&self) -> bool {
+        self.state().running
+    }
+
+    /// The postmaster's process id, from `postmaster.pid`.
+    pub fn postmaster_pid(&self) -> Result<i32> {
+        let path = self.data_dir().join("postmaster.pid");
+        let text = fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        text.lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .ok_or_else(|| {
+                Error::io(
+                    format!("parsing {}", path.display()),
+                    std::io::ErrorKind::InvalidData.into(),
+                )
+            })
+    }
+
+    /// The current WAL insert position (`pg_current_wal_lsn()`); on a primary only.
+    pub fn current_wal_lsn(&self) -> Result<Lsn> {
+        self.lsn_of("pg_current_wal_lsn()")
+    }
+
+    /// Starts a stopped server again, on the same port.
+    pub fn start_again(&self) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.start_server()
+    }
+
+    /// Stops the server cleanly (`pg_ctl stop -m fast`).
+    pub fn stop(&self) -> Result<()> {
+        self.pg_ctl_stop("fast")
+    }
+
+    /// Stops the server the way a crash would (`pg_ctl stop -m immediate`): no checkpoint,
+    /// crash recovery on the next start.
+    pub fn crash(&self) -> Result<()> {
+        self.pg_ctl_stop("immediate")
+    }
+
+    /// Stops cleanly and starts again.
+    pub fn restart(&self) -> Result<()> {
+        self.stop()?;
+        self.start_server()
+    }
+
+    /// Ends one backend gracefully (`pg_terminate_backend`).
+    pub fn terminate_backend(&self, pid: i32) -> Result<bool> {
+        let value = self.query_text("postgres", &format!("pg_terminate_backend({pid})"))?;
+        Ok(value.as_deref() == Some("true"))
+    }
+
+    /// Kills one backend with SIGKILL, as the OOM killer would: the postmaster then resets
+    /// every session and runs crash recovery.
+    pub fn kill_backend(&self, pid: i32) -> Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|e| Error::io(format!("kill -9 {pid}"), e.into()))
+    }
+
+    /// The last lines of the server log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.log_file()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub(crate) fn lsn_of(&self, expression: &str) -> Result<Lsn> {
+        let text = self
+            .query_text("postgres", expression)?
+            .ok_or_else(|| Error::InvalidLsn("NULL".into()))?;
+        text.parse()
+    }
+
+    /// Creates the directory, hands it to the server user and arms the watchdog.
+    fn prepare(options: ClusterOptions) -> Result<Self> {
+        let bins = PgBinaries::discover()?;
+        let run_as = RunAs::detect()?;
+        let base = options.base_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let root = tempfile::Builder::new()
+            .prefix("pgops-")
+            .tempdir_in(&base)
+            .map_err(|e| {
+                Error::io(
+                    format!("creating a cluster directory in {}", base.display()),
+                    e,
+                )
+            })?
+            .keep();
+        let cluster = Cluster {
+            port: free_port()?,
+            state: Mutex::new(State {
+                running: false,
+                watchdog: None,
+            }),
+            bins,
+            run_as,
+            root,
+            options,
+        };
+        for dir in [
+            cluster.root.clone(),
+            cluster.socket_dir(),
+            cluster.root.join("log"),
+            cluster.archive_dir(),
+        ] {
+            fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            cluster.run_as.own(&dir)?;
+        }
+        let watchdog = Watchdog::spawn(
+            &cluster.run_as,
+            &cluster.bins.program("pg_ctl"),
+            &cluster.data_dir(),
+            &cluster.root,
+        )?;
+        cluster.state().watchdog = Some(watchdog);
+        Ok(cluster)
+    }
+
+    fn initdb(&self) -> Result<()> {
+        let mut cmd = self.pg_command("initdb");
+        cmd.arg("--pgdata")
+            .arg(self.data_dir())
+            .args([
+                "--username",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+            ])
+            .args(["--no-sync", "--no-instructions"]);
+        process::run(cmd, "initdb")?;
+        let conf = self.data_dir().join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf)
+            .map_err(|e| Error::io(format!("reading {}", conf.display()), e))?;
+        text.push_str("\ninclude 'pgops.conf'\n");
+        self.write_file(&conf, &text)
+    }
+
+    /// Writes `pgops.conf` (port, socket dir, WAL and archive settings, extra settings) into
+    /// the data directory; a replica also gets its `primary_conninfo` there.
+    fn write_config(&self, primary_conninfo: Option<&str>) -> Result<()> {
+        let o = &self.options;
+        let mut settings: Vec<(String, String)> = vec![
+            ("listen_addresses".into(), "127.0.0.1".into()),
+            ("port".into(), self.port.to_string()),
+            (
+                "unix_socket_directories".into(),
+                self.socket_dir().display().to_string(),
+            ),
+            (
+                "wal_level".into(),
+                format!("{:?}", o.wal_level).to_lowercase(),
+            ),
+            ("fsync".into(), if o.fsync { "on" } else { "off" }.into()),
+            ("max_wal_senders".into(), "10".into()),
+            ("max_replication_slots".into(), "10".into()),
+            ("wal_keep_size".into(), "256MB".into()),
+            ("hot_standby".into(), "on".into()),
+            ("log_line_prefix".into(), "%m [%p] %q%u@%d ".into()),
+            ("log_connections".into(), "off".into()),
+        ];
+        match &o.archive {
+            Archive::Off => settings.push(("archive_mode".into(), "off".into())),
+            Archive::Command(command) => {
+                settings.push(("archive_mode".into(), "on".into()));
+                settings.push(("archive_command".into(), command.clone()));
+            }
+            Archive::LocalDir => {
+                let dir = self.archive_dir().display().to_string();
+                settings.push(("archive_mode".into(), "on".into()));
+                settings.push((
+                    "archive_command".into(),
+                    format!("test ! -f '{dir}/%f' && cp '%p' '{dir}/%f'"),
+                ));
+            }
+        }
+        if !o.shared_preload_libraries.is_empty() {
+            settings.push((
+                "shared_preload_libraries".into(),
+                o.shared_preload_libraries.join(","),
+            ));
+        }
+        if let Some(conninfo) = primary_conninfo {
+            settings.push(("primary_conninfo".into(), conninfo.to_owned()));
+        }
+        settings.extend(o.settings.iter().cloned());
+        let mut text = String::from("# written by pgops-testkit\n");
+        for (name, value) in settings {
+            text.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+        }
+        self.write_file(&self.data_dir().join("pgops.conf"), &text)?;
+        if primary_conninfo.is_some() {
+            // `pg_basebackup -R` also wrote one to postgresql.auto.conf, which would win over ours.
+            let auto = self.data_dir().join("postgresql.auto.conf");
+            let text = fs::read_to_string(&auto)
+                .map_err(|e| Error::io(format!("reading {}", auto.display()), e))?;
+            let kept: String = text
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("primary_conninfo"))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            self.write_file(&auto, &kept)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the configuration and starts; if another process took the port between our
+    /// probe and the server's bind, tries again on another port.
+    fn start_on_a_free_port(&mut self, primary_conninfo: Option<&str>) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            self.write_config(primary_conninfo)?;
+            match self.start_server() {
+                Err(e) if attempts < 5 && self.log_tail(20).contains("could not bind") => {
+                    tracing::debug!(port = self.port, error = %e, "port taken, trying another");
+                    attempts += 1;
+                    self.port = free_port()?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_server(&self) -> Result<()> {
+        let mut cmd = self.pg_command("pg_ctl");
+        cmd.arg("--pgdata")
+            .arg(self.data_dir())
+            .arg("--log")
+            .arg(self.log_file())
+            .args(["--wait", "--timeout=120", "start"]);
+        match process::run(cmd, "pg_ctl start") {
+            Ok(_) => {
+                self.state().running = true;
+                Ok(())
+            }
+            Err(Error::Tool {
+                program,
+                status,
+                output,
+            }) => Err(Error::Tool {
+                program,
+                status,
+                output: format!(
+                    "{output}\nserver log ({}):\n{}",
+                    self.log_file().display(),
+                    self.log_tail(30)
+                ),
+            }),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> Result<()> {
+        let mut cmd = self.pg_command("pg_ctl");
+        cmd.arg("--pgdata").arg(self.data_dir()).args([
+            "--mode",
+            mode,
+            "--wait",
+            "--timeout=120",
+            "stop",
+        ]);
+        process::run(cmd, &format!("pg_ctl stop -m {mode}"))?;
+        self.state().running = false;
+        Ok(())
+    }
+
+    /// Waits until the new primary accepts writes (it may still be finishing startup).
+    fn wait_until_writable(&self) -> Result<()> {
+        wait_for(
+            "the server to accept connections",
+            Duration::from_secs(60),
+            || {
+                Ok(self
+                    .query_text("postgres", "pg_is_in_recovery()")
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some("false"))
+            },
+        )
+    }
+
+    fn ensure_running(&self) -> Result<()> {
+        if self.is_running() {
+            Ok(())
+        } else {
+            Err(Error::NotRunning(self.data_dir()))
+        }
+    }
+
+    fn application_name(&self) -> String {
+        let dir = self
+            .root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("replica");
+        dir.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    }
+
+    fn pg_command(&self, program: &str) -> std::process::Command {
+        self.run_as.command(self.bins.program(program), &self.root)
+    }
+
+    fn write_file(&self, path: &Path, text: &str) -> Result<()> {
+        fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        self.run_as.own(path)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("root", &self.root)
+            .field("port", &self.port)
+            .field("running", &self.is_running())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The watchdog stops the server (immediate: the data is thrown away) and removes the
+        // directory as the server user; we wait for it, then make sure nothing is left.
+        let watchdog = self.state().watchdog.take();
+        if let Some(mut watchdog) = watchdog {
+            watchdog.finish();
+        }
+        if self.root.exists()
+            && let Err(e) = fs::remove_dir_all(&self.root)
+        {
+            tracing::warn!(dir = %self.root.display(), error = %e, "could not remove test cluster directory");
+        }
+    }
+}
+
+/// Runs statements on a connection, naming them in the error.
+pub(crate) fn batch(conn: &mut PgConnection, statements: &str) -> Result<()> {
+    conn.batch_execute(statements)
+        .map_err(|source| Error::Query {
+            sql: statements.to_owned(),
+            source,
+        })
+}
+
+/// Evaluates one SQL expression and returns it as text.
+pub(crate) fn query_text(conn: &mut PgConnection, expression: &str) -> Result<Option<String>> {
+    diesel::select(sql::<Nullable<Text>>(&format!("({expression})::text")))
+        .get_result(conn)
+        .map_err(|source| Error::Query {
+            sql: expression.to_owned(),
+            source,
+        })
+}
+
+/// Polls `done` every 10 ms until it says yes or `timeout` passes.
+pub(crate) fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::Timeout {
+                what: what.to_owned(),
+                waited: start.elapsed(),
+            });
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A TCP port on 127.0.0.1 that nobody listens on right now.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::io("finding a free port on 127.0.0.1", e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::io("finding a free port on 127.0.0.1", e))?
+        .port();
+    Ok(port)
+}

@@ -1,0 +1,98 @@
+//! The test kit's error type.
+
+use std::{io, path::PathBuf, time::Duration};
+
+/// Everything that can go wrong while starting, driving or stopping a test cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No PostgreSQL server binaries (`initdb`, `postgres`, `pg_ctl`) were found.
+    #[error(
+        "PostgreSQL server binaries not found (looked in: {searched}); install Debian's `postgresql` \
+         and `postgresql-contrib` packages, or set PGOPS_PG_BINDIR to the directory that holds initdb and postgres"
+    )]
+    BinariesNotFound {
+        /// The places that were searched, in order.
+        searched: String,
+    },
+    /// The process runs as root but the OS user that should own the server does not exist.
+    #[error(
+        "running as root, but the OS user `{user}` that must run PostgreSQL does not exist; \
+         create it (useradd --system {user}) or set PGOPS_PG_USER to an unprivileged user"
+    )]
+    NoServerUser {
+        /// The user name that was looked up.
+        user: String,
+    },
+    /// A file or directory operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        context: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A PostgreSQL program exited with a failure.
+    #[error("{program} failed ({status}): {output}")]
+    Tool {
+        /// The program and its most telling arguments.
+        program: String,
+        /// How it exited.
+        status: String,
+        /// Its standard error and output, and the tail of the server log when relevant.
+        output: String,
+    },
+    /// Connecting to a test cluster failed.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL (test clusters use no password).
+        url: String,
+        /// The underlying error.
+        source: diesel::ConnectionError,
+    },
+    /// A statement sent to a test cluster failed.
+    #[error("query `{sql}` failed: {source}")]
+    Query {
+        /// The statement.
+        sql: String,
+        /// The underlying error.
+        source: diesel::result::Error,
+    },
+    /// A wait did not finish in time.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long the wait lasted.
+        waited: Duration,
+    },
+    /// A string is not a PostgreSQL LSN (`X/Y` in hexadecimal).
+    #[error("`{0}` is not a WAL position; expected the form 16/B374D848")]
+    InvalidLsn(String),
+    /// The initialisation function of a template database failed.
+    #[error("initialising template database `{template}` failed: {message}")]
+    TemplateInit {
+        /// The template database.
+        template: String,
+        /// What the initialisation function reported.
+        message: String,
+    },
+    /// The shared cluster failed to start earlier in this process; the first error is repeated.
+    #[error("the shared test cluster could not be started: {0}")]
+    SharedUnavailable(String),
+    /// An operation needs a running cluster.
+    #[error("cluster in {0} is not running; start() it first")]
+    NotRunning(PathBuf),
+}
+
+/// Result type of the test kit.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

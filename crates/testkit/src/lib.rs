@@ -1,0 +1,29 @@
+//! Ephemeral PostgreSQL clusters for tests, benchmarks and local stacks: a primary, streaming
+//! replicas, WAL archiving, fault injection, and one shared cluster per test binary with
+//! template databases cloned per test.
+//!
+//! ```no_run
+//! use pgops_testkit::{Cluster, ClusterOptions};
+//! use std::time::Duration;
+//!
+//! let primary = Cluster::start(ClusterOptions::default()).unwrap();
+//! let replica = primary.create_replica().unwrap();
+//! primary.execute("postgres", "CREATE TABLE t (id int); INSERT INTO t VALUES (1)").unwrap();
+//! replica.catch_up(&primary, Duration::from_secs(10)).unwrap();
+//! // both are stopped and their directories removed when dropped
+//! ```
+
+mod binaries;
+mod cluster;
+mod error;
+mod lsn;
+mod process;
+mod replica;
+mod shared;
+
+pub use binaries::PgBinaries;
+pub use cluster::{Archive, Cluster, ClusterOptions, SUPERUSER, WalLevel, quote_ident};
+pub use error::{Error, Result};
+pub use lsn::Lsn;
+pub use replica::Replica;
+pub use shared::{InitResult, Template, TestDatabase, shared};
