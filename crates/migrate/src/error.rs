@@ -1,0 +1,100 @@
+//! The migration runner's error type.
+
+use std::{io, path::PathBuf, time::Duration};
+
+/// Everything that can go wrong while reading, applying, checking or reverting migrations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A migrations directory or file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A migration is malformed (name, missing or empty `up.sql`, bad `metadata.toml`).
+    #[error("migration `{name}` is invalid: {reason}")]
+    InvalidMigration {
+        /// The migration's directory name.
+        name: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// Two migrations have the same version.
+    #[error("migrations `{first}` and `{second}` share version {version}; rename one so each version is unique")]
+    DuplicateVersion {
+        /// The version both carry.
+        version: String,
+        /// The first migration.
+        first: String,
+        /// The second migration.
+        second: String,
+    },
+    /// A statement of the runner itself failed.
+    #[error("{context}: {source}")]
+    Database {
+        /// What the runner was doing.
+        context: String,
+        /// The underlying error.
+        source: diesel::result::Error,
+    },
+    /// A migration's SQL failed; the database is left as it was before that migration
+    /// (transactional migrations) or as far as the statement got (non-transactional ones).
+    #[error("{direction} of migration `{name}` failed: {message}")]
+    MigrationFailed {
+        /// The migration.
+        name: String,
+        /// `up.sql` or `down.sql`.
+        direction: &'static str,
+        /// The database's message.
+        message: String,
+    },
+    /// Another migration run holds the advisory lock for longer than we were willing to wait.
+    #[error(
+        "another migration run{holder} has held the migration lock for {waited:?}; \
+         wait for it to finish, or raise the lock wait"
+    )]
+    LockTimeout {
+        /// How long we waited.
+        waited: Duration,
+        /// ` (backend pid N)` when known.
+        holder: String,
+    },
+    /// An applied migration is not in the migration source, so it cannot be reverted.
+    #[error("migration version {version} is applied in the database but not in the migration source; revert it with the source it came from")]
+    UnknownApplied {
+        /// Its version.
+        version: String,
+    },
+    /// `revert` or `redo` was asked for but nothing is applied.
+    #[error("no migration is applied; nothing to revert")]
+    NothingToRevert,
+    /// The round-trip check needs a database where none of the migrations is applied.
+    #[error("the round-trip check needs a scratch database with no migration applied, but {applied} are applied here")]
+    NotFresh {
+        /// How many are applied.
+        applied: usize,
+    },
+    /// The round-trip check found a migration whose `down.sql` does not exactly undo its `up.sql`.
+    #[error("round trip failed at migration `{migration}`: {step}\n{diff}")]
+    RoundTrip {
+        /// The migration to fix.
+        migration: String,
+        /// Which step differed.
+        step: String,
+        /// The schema objects that differ (`-` expected, `+` found).
+        diff: String,
+    },
+}
+
+/// Result type of the migration runner.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn db(context: impl Into<String>) -> impl FnOnce(diesel::result::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Database { context, source }
+    }
+}

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY users_email_active_key;

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY sessions_user_active_idx;

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY audit_logs_user_created_idx;

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY patients_org_last_name_active_idx;
