@@ -23,7 +23,9 @@ pub enum Error {
         reason: String,
     },
     /// Two migrations have the same version.
-    #[error("migrations `{first}` and `{second}` share version {version}; rename one so each version is unique")]
+    #[error(
+        "migrations `{first}` and `{second}` share version {version}; rename one so each version is unique"
+    )]
     DuplicateVersion {
         /// The version both carry.
         version: String,
@@ -63,7 +65,9 @@ pub enum Error {
         holder: String,
     },
     /// An applied migration is not in the migration source, so it cannot be reverted.
-    #[error("migration version {version} is applied in the database but not in the migration source; revert it with the source it came from")]
+    #[error(
+        "migration version {version} is applied in the database but not in the migration source; revert it with the source it came from"
+    )]
     UnknownApplied {
         /// Its version.
         version: String,
@@ -72,7 +76,9 @@ pub enum Error {
     #[error("no migration is applied; nothing to revert")]
     NothingToRevert,
     /// The round-trip check needs a database where none of the migrations is applied.
-    #[error("the round-trip check needs a scratch database with no migration applied, but {applied} are applied here")]
+    #[error(
+        "the round-trip check needs a scratch database with no migration applied, but {applied} are applied here"
+    )]
     NotFresh {
         /// How many are applied.
         applied: usize,

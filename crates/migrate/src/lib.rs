@@ -20,8 +20,8 @@ mod source;
 pub use error::{Error, Result};
 pub use roundtrip::{RoundTripReport, round_trip};
 pub use runner::{
-    ADVISORY_LOCK_KEY, DIESEL_TABLE, Finding, FindingKind, LEDGER_TABLE, MigrationStatus, Migrator, RunOptions,
-    Severity, Status,
+    ADVISORY_LOCK_KEY, DIESEL_TABLE, Finding, FindingKind, LEDGER_TABLE, MigrationStatus, Migrator,
+    RunOptions, Severity, Status,
 };
 pub use snapshot::{Snapshot, snapshot};
 pub use source::{EmbeddedMigration, MigrationSet, SqlMigration};

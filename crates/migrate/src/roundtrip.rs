@@ -40,7 +40,9 @@ pub fn round_trip(migrator: &Migrator<'_>, conn: &mut PgConnection) -> Result<Ro
     let mut states = vec![snapshot(conn)?];
     for migration in set.migrations() {
         let one = single(migration)?;
-        Migrator::new(&one).with_options(migrator.options().clone()).run(conn)?;
+        Migrator::new(&one)
+            .with_options(migrator.options().clone())
+            .run(conn)?;
         states.push(snapshot(conn)?);
     }
     let a = states.last().cloned().unwrap_or_default();
@@ -49,16 +51,31 @@ pub fn round_trip(migrator: &Migrator<'_>, conn: &mut PgConnection) -> Result<Ro
         let one = single(migration)?;
         let this = Migrator::new(&one).with_options(migrator.options().clone());
         this.revert(conn, 1)?;
-        expect_same(&states[i], &snapshot(conn)?, migration.name(), "down.sql does not restore the schema from before up.sql")?;
+        expect_same(
+            &states[i],
+            &snapshot(conn)?,
+            migration.name(),
+            "down.sql does not restore the schema from before up.sql",
+        )?;
         this.run(conn)?;
-        expect_same(&states[i + 1], &snapshot(conn)?, migration.name(), "up.sql after down.sql gives a different schema than the first time")?;
+        expect_same(
+            &states[i + 1],
+            &snapshot(conn)?,
+            migration.name(),
+            "up.sql after down.sql gives a different schema than the first time",
+        )?;
         this.revert(conn, 1)?;
     }
 
     migrator.run(conn)?;
     let b = snapshot(conn)?;
     let last = set.migrations().last().map_or("(none)", |m| m.name());
-    expect_same(&a, &b, last, "applying every migration again gives a different schema")?;
+    expect_same(
+        &a,
+        &b,
+        last,
+        "applying every migration again gives a different schema",
+    )?;
 
     Ok(RoundTripReport {
         migrations: set.migrations().len(),

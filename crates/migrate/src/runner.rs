@@ -249,19 +249,25 @@ impl<'a> Migrator<'a> {
     pub fn validate(&self, conn: &mut PgConnection) -> Result<Vec<Finding>> {
         let applied = applied_versions(conn)?;
         let ledger: BTreeMap<String, LedgerRow> = if table_exists(conn, LEDGER_TABLE)? {
-            diesel::sql_query(format!("SELECT version, up_sha256, down_sha256 FROM {LEDGER_TABLE}"))
-                .load::<LedgerRow>(conn)
-                .map_err(Error::db("reading the migration ledger"))?
-                .into_iter()
-                .map(|row| (row.version.clone(), row))
-                .collect()
+            diesel::sql_query(format!(
+                "SELECT version, up_sha256, down_sha256 FROM {LEDGER_TABLE}"
+            ))
+            .load::<LedgerRow>(conn)
+            .map_err(Error::db("reading the migration ledger"))?
+            .into_iter()
+            .map(|row| (row.version.clone(), row))
+            .collect()
         } else {
             BTreeMap::new()
         };
         Ok(findings(self.set, &applied, &ledger))
     }
 
-    fn with_lock<T>(&self, conn: &mut PgConnection, work: impl FnOnce(&Self, &mut PgConnection) -> Result<T>) -> Result<T> {
+    fn with_lock<T>(
+        &self,
+        conn: &mut PgConnection,
+        work: impl FnOnce(&Self, &mut PgConnection) -> Result<T>,
+    ) -> Result<T> {
         acquire_lock(conn, self.options.lock_wait)?;
         let result = ensure_ledger(conn).and_then(|()| work(self, conn));
         // Always give the lock and the session settings back, even after a failure.
@@ -298,7 +304,11 @@ impl<'a> Migrator<'a> {
             record(conn)
         };
         outcome.map_err(|e| into_migration_error(e, migration, "up.sql"))?;
-        tracing::info!(migration = migration.name(), elapsed_ms = started.elapsed().as_millis() as u64, "applied");
+        tracing::info!(
+            migration = migration.name(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "applied"
+        );
         Ok(())
     }
 
@@ -318,7 +328,11 @@ impl<'a> Migrator<'a> {
             record(conn)
         };
         outcome.map_err(|e| into_migration_error(e, migration, "down.sql"))?;
-        tracing::info!(migration = migration.name(), elapsed_ms = started.elapsed().as_millis() as u64, "reverted");
+        tracing::info!(
+            migration = migration.name(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reverted"
+        );
         Ok(())
     }
 
@@ -333,8 +347,10 @@ impl<'a> Migrator<'a> {
         } else {
             (0, 0)
         };
-        conn.batch_execute(&format!("SET lock_timeout = {lock}; SET statement_timeout = {statement}"))
-            .map_err(Error::db("setting lock_timeout and statement_timeout"))
+        conn.batch_execute(&format!(
+            "SET lock_timeout = {lock}; SET statement_timeout = {statement}"
+        ))
+        .map_err(Error::db("setting lock_timeout and statement_timeout"))
     }
 }
 
@@ -343,21 +359,28 @@ pub(crate) fn applied_versions(conn: &mut PgConnection) -> Result<BTreeMap<Strin
     if !table_exists(conn, DIESEL_TABLE)? {
         return Ok(BTreeMap::new());
     }
-    let rows = diesel::sql_query(format!("SELECT version::text AS version, run_on FROM {DIESEL_TABLE}"))
-        .load::<AppliedRow>(conn)
-        .map_err(Error::db("reading applied migrations"))?;
+    let rows = diesel::sql_query(format!(
+        "SELECT version::text AS version, run_on FROM {DIESEL_TABLE}"
+    ))
+    .load::<AppliedRow>(conn)
+    .map_err(Error::db("reading applied migrations"))?;
     Ok(rows.into_iter().map(|r| (r.version, r.run_on)).collect())
 }
 
 fn table_exists(conn: &mut PgConnection, table: &str) -> Result<bool> {
-    diesel::select(sql::<Bool>("to_regclass(").bind::<Text, _>(table).sql(") IS NOT NULL"))
-        .get_result(conn)
-        .map_err(Error::db(format!("looking for table {table}")))
+    diesel::select(
+        sql::<Bool>("to_regclass(")
+            .bind::<Text, _>(table)
+            .sql(") IS NOT NULL"),
+    )
+    .get_result(conn)
+    .map_err(Error::db(format!("looking for table {table}")))
 }
 
 /// Creates diesel's table and our ledger when missing.
 fn ensure_ledger(conn: &mut PgConnection) -> Result<()> {
-    diesel::migration::MigrationConnection::setup(conn).map_err(Error::db(format!("creating {DIESEL_TABLE}")))?;
+    diesel::migration::MigrationConnection::setup(conn)
+        .map_err(Error::db(format!("creating {DIESEL_TABLE}")))?;
     conn.batch_execute(&format!(
         "SET lock_timeout = 0;
          CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
@@ -379,9 +402,11 @@ fn acquire_lock(conn: &mut PgConnection, wait: Duration) -> Result<()> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(20);
     loop {
-        let got: bool = diesel::select(sql::<Bool>(&format!("pg_try_advisory_lock({ADVISORY_LOCK_KEY})")))
-            .get_result(conn)
-            .map_err(Error::db("taking the migration lock"))?;
+        let got: bool = diesel::select(sql::<Bool>(&format!(
+            "pg_try_advisory_lock({ADVISORY_LOCK_KEY})"
+        )))
+        .get_result(conn)
+        .map_err(Error::db("taking the migration lock"))?;
         if got {
             return Ok(());
         }
@@ -397,7 +422,9 @@ fn acquire_lock(conn: &mut PgConnection, wait: Duration) -> Result<()> {
             .map_err(Error::db("finding the holder of the migration lock"))?;
             return Err(Error::LockTimeout {
                 waited: started.elapsed(),
-                holder: holder.map(|pid| format!(" (backend pid {pid})")).unwrap_or_default(),
+                holder: holder
+                    .map(|pid| format!(" (backend pid {pid})"))
+                    .unwrap_or_default(),
             });
         }
         tracing::debug!("migration lock busy; waiting");
@@ -406,7 +433,11 @@ fn acquire_lock(conn: &mut PgConnection, wait: Duration) -> Result<()> {
     }
 }
 
-fn into_migration_error(e: Box<dyn StdError + Send + Sync>, migration: &SqlMigration, direction: &'static str) -> Error {
+fn into_migration_error(
+    e: Box<dyn StdError + Send + Sync>,
+    migration: &SqlMigration,
+    direction: &'static str,
+) -> Error {
     match e.downcast::<Error>() {
         Ok(ours) => *ours,
         Err(other) => Error::MigrationFailed {
@@ -442,7 +473,10 @@ fn findings(
                 severity: Severity::Warning,
                 version: version.clone(),
                 name,
-                detail: format!("{} was applied without pgops, so its SQL cannot be compared", migration.name()),
+                detail: format!(
+                    "{} was applied without pgops, so its SQL cannot be compared",
+                    migration.name()
+                ),
             }),
             Some(row) => {
                 if row.up_sha256 != migration.up_sha256() {
@@ -498,8 +532,18 @@ mod tests {
     use super::*;
 
     fn set() -> MigrationSet {
-        let m = |name: &str, up: &str| SqlMigration::new(name, up.into(), "SELECT 0".into(), None).unwrap();
-        MigrationSet::new(vec![m("1_a", "SELECT 1"), m("2_b", "SELECT 2"), m("3_c", "SELECT 3")], "test".into()).unwrap()
+        let m = |name: &str, up: &str| {
+            SqlMigration::new(name, up.into(), "SELECT 0".into(), None).unwrap()
+        };
+        MigrationSet::new(
+            vec![
+                m("1_a", "SELECT 1"),
+                m("2_b", "SELECT 2"),
+                m("3_c", "SELECT 3"),
+            ],
+            "test".into(),
+        )
+        .unwrap()
     }
 
     fn ledger_of(set: &MigrationSet, versions: &[&str]) -> BTreeMap<String, LedgerRow> {
@@ -529,7 +573,12 @@ mod tests {
     #[test]
     fn reports_changed_missing_unrecorded_and_out_of_order() {
         let set = set();
-        let applied = [("1".to_string(), Utc::now()), ("3".to_string(), Utc::now()), ("9".to_string(), Utc::now())].into();
+        let applied = [
+            ("1".to_string(), Utc::now()),
+            ("3".to_string(), Utc::now()),
+            ("9".to_string(), Utc::now()),
+        ]
+        .into();
         let mut ledger = ledger_of(&set, &["1"]);
         ledger.get_mut("1").unwrap().up_sha256 = "0".repeat(64);
         let found = findings(&set, &applied, &ledger);

@@ -1,13 +1,12 @@
 //! Migrations as data: read from a diesel migrations directory or embedded at build time,
 //! each with the SHA-256 of its `up.sql` and `down.sql`.
 
-use std::{
-    fmt,
-    path::Path,
-};
+use std::{fmt, path::Path};
 
 use diesel::{
-    migration::{self, Migration, MigrationMetadata, MigrationName, MigrationSource, MigrationVersion},
+    migration::{
+        self, Migration, MigrationMetadata, MigrationName, MigrationSource, MigrationVersion,
+    },
     pg::Pg,
 };
 use sha2::{Digest, Sha256};
@@ -88,7 +87,10 @@ impl MigrationSet {
             })?;
             let down = read("down.sql")?.ok_or_else(|| Error::InvalidMigration {
                 name: name.clone(),
-                reason: format!("{} has no down.sql; every migration needs an exact down.sql", path.display()),
+                reason: format!(
+                    "{} has no down.sql; every migration needs an exact down.sql",
+                    path.display()
+                ),
             })?;
             let metadata = read("metadata.toml")?;
             migrations.push(SqlMigration::new(&name, up, down, metadata.as_deref())?);
@@ -100,7 +102,14 @@ impl MigrationSet {
     pub fn from_embedded(embedded: &[EmbeddedMigration]) -> Result<Self> {
         let migrations = embedded
             .iter()
-            .map(|m| SqlMigration::new(m.name, m.up_sql.to_owned(), m.down_sql.to_owned(), m.metadata_toml))
+            .map(|m| {
+                SqlMigration::new(
+                    m.name,
+                    m.up_sql.to_owned(),
+                    m.down_sql.to_owned(),
+                    m.metadata_toml,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Self::new(migrations, "migrations embedded in this binary".to_owned())
     }
@@ -138,7 +147,12 @@ impl MigrationSet {
 
 impl SqlMigration {
     /// A migration from its directory name and file contents.
-    pub fn new(name: &str, up_sql: String, down_sql: String, metadata_toml: Option<&str>) -> Result<Self> {
+    pub fn new(
+        name: &str,
+        up_sql: String,
+        down_sql: String,
+        metadata_toml: Option<&str>,
+    ) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidMigration {
             name: name.to_owned(),
             reason,
@@ -223,7 +237,10 @@ impl MigrationMetadata for SqlMigration {
 }
 
 impl Migration<Pg> for SqlMigration {
-    fn run(&self, conn: &mut dyn diesel::connection::BoxableConnection<Pg>) -> migration::Result<()> {
+    fn run(
+        &self,
+        conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
+    ) -> migration::Result<()> {
         conn.batch_execute(&self.up_sql).map_err(|e| {
             Box::new(Error::MigrationFailed {
                 name: self.name.clone(),
@@ -233,7 +250,10 @@ impl Migration<Pg> for SqlMigration {
         })
     }
 
-    fn revert(&self, conn: &mut dyn diesel::connection::BoxableConnection<Pg>) -> migration::Result<()> {
+    fn revert(
+        &self,
+        conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
+    ) -> migration::Result<()> {
         conn.batch_execute(&self.down_sql).map_err(|e| {
             Box::new(Error::MigrationFailed {
                 name: self.name.clone(),
@@ -276,7 +296,9 @@ pub(crate) fn sha256_hex(text: &str) -> String {
 fn version_of(name: &str) -> Option<String> {
     let (version, rest) = name.split_once('_')?;
     let digits: String = version.chars().filter(|c| *c != '-').collect();
-    let valid = !digits.is_empty() && !rest.is_empty() && version.chars().all(|c| c.is_ascii_digit() || c == '-');
+    let valid = !digits.is_empty()
+        && !rest.is_empty()
+        && version.chars().all(|c| c.is_ascii_digit() || c == '-');
     valid.then_some(digits)
 }
 
@@ -295,15 +317,20 @@ fn is_blank_sql(sql: &str) -> bool {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn version_follows_diesel() {
-        assert_eq!(version_of("2026-11-26-000100_create_users").as_deref(), Some("20261126000100"));
-        assert_eq!(version_of("00000000000000_diesel_initial_setup").as_deref(), Some("00000000000000"));
+        assert_eq!(
+            version_of("2026-11-26-000100_create_users").as_deref(),
+            Some("20261126000100")
+        );
+        assert_eq!(
+            version_of("00000000000000_diesel_initial_setup").as_deref(),
+            Some("00000000000000")
+        );
         assert_eq!(version_of("create_users"), None);
         assert_eq!(version_of("2026_"), None);
         assert_eq!(version_of("v1_x"), None);
@@ -311,17 +338,30 @@ mod tests {
 
     #[test]
     fn metadata_controls_the_transaction() {
-        let m = SqlMigration::new("1_a", "SELECT 1;".into(), "".into(), Some("run_in_transaction = false")).unwrap();
+        let m = SqlMigration::new(
+            "1_a",
+            "SELECT 1;".into(),
+            "".into(),
+            Some("run_in_transaction = false"),
+        )
+        .unwrap();
         assert!(!m.run_in_transaction());
         let m = SqlMigration::new("1_a", "SELECT 1;".into(), "".into(), None).unwrap();
         assert!(m.run_in_transaction());
-        let err = SqlMigration::new("1_a", "SELECT 1;".into(), "".into(), Some("run_in_transacton = false")).unwrap_err();
+        let err = SqlMigration::new(
+            "1_a",
+            "SELECT 1;".into(),
+            "".into(),
+            Some("run_in_transacton = false"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("metadata.toml"), "{err}");
     }
 
     #[test]
     fn empty_up_is_refused() {
-        let err = SqlMigration::new("1_a", "-- nothing\n/* here */\n".into(), "".into(), None).unwrap_err();
+        let err = SqlMigration::new("1_a", "-- nothing\n/* here */\n".into(), "".into(), None)
+            .unwrap_err();
         assert!(err.to_string().contains("up.sql has no statement"), "{err}");
         assert!(!is_blank_sql("-- c\nSELECT 1"));
     }
@@ -337,7 +377,10 @@ mod tests {
     #[test]
     fn reads_a_directory_in_version_order() {
         let tmp = tempfile::tempdir().unwrap();
-        for (name, meta) in [("2_second", Some("run_in_transaction = false")), ("1_first", None)] {
+        for (name, meta) in [
+            ("2_second", Some("run_in_transaction = false")),
+            ("1_first", None),
+        ] {
             let dir = tmp.path().join(name);
             std::fs::create_dir(&dir).unwrap();
             std::fs::write(dir.join("up.sql"), format!("SELECT '{name}'")).unwrap();
@@ -351,7 +394,10 @@ mod tests {
         let names: Vec<_> = set.migrations().iter().map(SqlMigration::name).collect();
         assert_eq!(names, ["1_first", "2_second"]);
         assert!(!set.migrations()[1].run_in_transaction());
-        assert_eq!(set.migrations()[0].up_sha256(), sha256_hex("SELECT '1_first'"));
+        assert_eq!(
+            set.migrations()[0].up_sha256(),
+            sha256_hex("SELECT '1_first'")
+        );
 
         std::fs::remove_file(tmp.path().join("1_first/down.sql")).unwrap();
         let err = MigrationSet::from_dir(tmp.path()).unwrap_err();

@@ -13,10 +13,19 @@ use diesel::PgConnection;
 use pgops_migrate::{EmbeddedMigration, MigrationSet, Migrator};
 
 /// The migrations of `migrations/`, as compiled into this crate.
-pub const EMBEDDED_MIGRATIONS: &[EmbeddedMigration] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+pub const EMBEDDED_MIGRATIONS: &[EmbeddedMigration] =
+    include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
 /// The sample schema's tables, in foreign-key order (parents first).
-pub const TABLES: &[&str] = &["organizations", "users", "sessions", "patients", "encounters", "notes", "audit_logs"];
+pub const TABLES: &[&str] = &[
+    "organizations",
+    "users",
+    "sessions",
+    "patients",
+    "encounters",
+    "notes",
+    "audit_logs",
+];
 
 /// The embedded migrations as a set the runner takes.
 pub fn migrations() -> pgops_migrate::Result<MigrationSet> {

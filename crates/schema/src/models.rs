@@ -34,7 +34,17 @@ pub struct NewOrganization<'a> {
 }
 
 /// A clinician or staff member.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Associations, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    Selectable,
+    Identifiable,
+    Associations,
+    Serialize,
+    Deserialize,
+)]
 #[diesel(table_name = users, belongs_to(Organization), check_for_backend(diesel::pg::Pg))]
 pub struct User {
     /// Key.
@@ -106,7 +116,17 @@ pub struct NewSession<'a> {
 }
 
 /// A patient.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Associations, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    Selectable,
+    Identifiable,
+    Associations,
+    Serialize,
+    Deserialize,
+)]
 #[diesel(table_name = patients, belongs_to(Organization), check_for_backend(diesel::pg::Pg))]
 pub struct Patient {
     /// Key.
@@ -148,7 +168,17 @@ pub struct NewPatient<'a> {
 }
 
 /// A visit.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Associations, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    Selectable,
+    Identifiable,
+    Associations,
+    Serialize,
+    Deserialize,
+)]
 #[diesel(table_name = encounters, belongs_to(Patient), check_for_backend(diesel::pg::Pg))]
 pub struct Encounter {
     /// Key.
@@ -188,7 +218,17 @@ pub struct NewEncounter<'a> {
 }
 
 /// A clinical note.
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Associations, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    Selectable,
+    Identifiable,
+    Associations,
+    Serialize,
+    Deserialize,
+)]
 #[diesel(table_name = notes, belongs_to(Encounter), check_for_backend(diesel::pg::Pg))]
 pub struct Note {
     /// Key.

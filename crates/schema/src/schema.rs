@@ -98,4 +98,12 @@ diesel::joinable!(notes -> encounters (encounter_id));
 diesel::joinable!(notes -> users (provider_id));
 diesel::joinable!(audit_logs -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(organizations, users, sessions, patients, encounters, notes, audit_logs);
+diesel::allow_tables_to_appear_in_same_query!(
+    organizations,
+    users,
+    sessions,
+    patients,
+    encounters,
+    notes,
+    audit_logs
+);

@@ -34,14 +34,15 @@ struct DbColumn {
 /// (name, type oid, nullable) of each listed column, as the compiled `table!` says.
 macro_rules! declared {
     ($conn:expr, $table:ident: $($col:ident),+ $(,)?) => {{
-        let mut columns = Vec::new();
-        $(
-            columns.push(DbColumn {
-                name: <schema::$table::$col as Column>::NAME.to_owned(),
-                oid: <Pg as HasSqlType<<schema::$table::$col as Expression>::SqlType>>::metadata($conn).oid().unwrap() as i64,
-                nullable: <<<schema::$table::$col as Expression>::SqlType as SqlType>::IsNull as NullFlag>::NULLABLE,
-            });
-        )+
+        let columns = vec![
+            $(
+                DbColumn {
+                    name: <schema::$table::$col as Column>::NAME.to_owned(),
+                    oid: <Pg as HasSqlType<<schema::$table::$col as Expression>::SqlType>>::metadata($conn).oid().unwrap() as i64,
+                    nullable: <<<schema::$table::$col as Expression>::SqlType as SqlType>::IsNull as NullFlag>::NULLABLE,
+                },
+            )+
+        ];
         // The list above must be the table's complete column list, in order.
         let all = diesel::debug_query::<Pg, _>(&schema::$table::table.select(schema::$table::all_columns)).to_string();
         let listed: Vec<String> = all
@@ -106,7 +107,10 @@ fn table_definitions_match_the_migrated_database() {
     ];
     for (table, columns, pk) in &declared {
         let (db_columns, db_pk) = actual(c, table);
-        assert_eq!(columns, &db_columns, "columns of {table}: table! (left) vs database (right)");
+        assert_eq!(
+            columns, &db_columns,
+            "columns of {table}: table! (left) vs database (right)"
+        );
         assert_eq!(db_pk, [*pk], "primary key of {table}");
     }
 
@@ -127,7 +131,10 @@ fn table_definitions_match_the_migrated_database() {
     let mut expected: Vec<String> = pgops_schema::TABLES.iter().map(|t| t.to_string()).collect();
     tables.sort();
     expected.sort();
-    assert_eq!(tables, expected, "every table of the database has a table! definition");
+    assert_eq!(
+        tables, expected,
+        "every table of the database has a table! definition"
+    );
     assert_eq!(declared.len(), pgops_schema::TABLES.len());
 }
 
@@ -139,12 +146,20 @@ fn models_write_and_read_every_table() {
     let c = &mut conn;
 
     let org: Organization = diesel::insert_into(organizations::table)
-        .values(NewOrganization { name: "Riverside Clinic", slug: "riverside" })
+        .values(NewOrganization {
+            name: "Riverside Clinic",
+            slug: "riverside",
+        })
         .returning(Organization::as_returning())
         .get_result(c)
         .unwrap();
     let user: User = diesel::insert_into(users::table)
-        .values(NewUser { organization_id: org.id, email: "ana@riverside.test", full_name: "Ana Ortiz", role: "clinician" })
+        .values(NewUser {
+            organization_id: org.id,
+            email: "ana@riverside.test",
+            full_name: "Ana Ortiz",
+            role: "clinician",
+        })
         .returning(User::as_returning())
         .get_result(c)
         .unwrap();
@@ -185,7 +200,13 @@ fn models_write_and_read_every_table() {
         .get_result(c)
         .unwrap();
     let note: Note = diesel::insert_into(notes::table)
-        .values(NewNote { encounter_id: encounter.id, provider_id: user.id, kind: "progress", body: "Stable.", signed_at: None })
+        .values(NewNote {
+            encounter_id: encounter.id,
+            provider_id: user.id,
+            kind: "progress",
+            body: "Stable.",
+            signed_at: None,
+        })
         .returning(Note::as_returning())
         .get_result(c)
         .unwrap();
@@ -201,11 +222,39 @@ fn models_write_and_read_every_table() {
         .get_result(c)
         .unwrap();
 
-    assert_eq!(organizations::table.select(Organization::as_select()).first(c).unwrap(), org);
-    assert_eq!(users::table.select(User::as_select()).first(c).unwrap(), user);
-    assert_eq!(patients::table.select(Patient::as_select()).first(c).unwrap(), patient);
-    assert_eq!(Note::belonging_to(&encounter).select(Note::as_select()).load(c).unwrap(), vec![note]);
-    assert_eq!(audit_logs::table.select(AuditLog::as_select()).first(c).unwrap().details, log.details);
+    assert_eq!(
+        organizations::table
+            .select(Organization::as_select())
+            .first(c)
+            .unwrap(),
+        org
+    );
+    assert_eq!(
+        users::table.select(User::as_select()).first(c).unwrap(),
+        user
+    );
+    assert_eq!(
+        patients::table
+            .select(Patient::as_select())
+            .first(c)
+            .unwrap(),
+        patient
+    );
+    assert_eq!(
+        Note::belonging_to(&encounter)
+            .select(Note::as_select())
+            .load(c)
+            .unwrap(),
+        vec![note]
+    );
+    assert_eq!(
+        audit_logs::table
+            .select(AuditLog::as_select())
+            .first(c)
+            .unwrap()
+            .details,
+        log.details
+    );
 }
 
 #[test]
@@ -215,26 +264,56 @@ fn email_is_unique_among_live_users_only() {
     let mut conn = db.connect().unwrap();
     let c = &mut conn;
     let org_id: i64 = diesel::insert_into(organizations::table)
-        .values(NewOrganization { name: "North", slug: "north" })
+        .values(NewOrganization {
+            name: "North",
+            slug: "north",
+        })
         .returning(organizations::id)
         .get_result(c)
         .unwrap();
-    let new = NewUser { organization_id: org_id, email: "sam@north.test", full_name: "Sam", role: "staff" };
-    let first: i64 = diesel::insert_into(users::table).values(&new).returning(users::id).get_result(c).unwrap();
-    let err = diesel::insert_into(users::table).values(&new).execute(c).unwrap_err();
+    let new = NewUser {
+        organization_id: org_id,
+        email: "sam@north.test",
+        full_name: "Sam",
+        role: "staff",
+    };
+    let first: i64 = diesel::insert_into(users::table)
+        .values(&new)
+        .returning(users::id)
+        .get_result(c)
+        .unwrap();
+    let err = diesel::insert_into(users::table)
+        .values(&new)
+        .execute(c)
+        .unwrap_err();
     assert!(err.to_string().contains("users_email_active_key"), "{err}");
-    diesel::update(users::table.find(first)).set(users::deleted_at.eq(Some(Utc::now()))).execute(c).unwrap();
-    diesel::insert_into(users::table).values(&new).execute(c).unwrap();
+    diesel::update(users::table.find(first))
+        .set(users::deleted_at.eq(Some(Utc::now())))
+        .execute(c)
+        .unwrap();
+    diesel::insert_into(users::table)
+        .values(&new)
+        .execute(c)
+        .unwrap();
 }
 
 #[test]
 fn performance_indexes_exist_and_are_valid() {
     let db = pgops_schema::testing::database().unwrap();
     for (index, definition) in [
-        ("users_email_active_key", "UNIQUE INDEX users_email_active_key ON public.users USING btree (email) WHERE (deleted_at IS NULL)"),
-        ("sessions_user_active_idx", "(user_id, expires_at DESC) WHERE (revoked_at IS NULL)"),
+        (
+            "users_email_active_key",
+            "UNIQUE INDEX users_email_active_key ON public.users USING btree (email) WHERE (deleted_at IS NULL)",
+        ),
+        (
+            "sessions_user_active_idx",
+            "(user_id, expires_at DESC) WHERE (revoked_at IS NULL)",
+        ),
         ("audit_logs_user_created_idx", "(user_id, created_at DESC)"),
-        ("patients_org_last_name_active_idx", "(organization_id, last_name) WHERE (status = 'active'::text)"),
+        (
+            "patients_org_last_name_active_idx",
+            "(organization_id, last_name) WHERE (status = 'active'::text)",
+        ),
     ] {
         let def = db
             .cluster()
@@ -244,7 +323,10 @@ fn performance_indexes_exist_and_are_valid() {
             )
             .unwrap()
             .unwrap();
-        assert!(def.contains(definition) && def.ends_with("valid=true"), "{index}: {def}");
+        assert!(
+            def.contains(definition) && def.ends_with("valid=true"),
+            "{index}: {def}"
+        );
     }
 }
 
@@ -254,10 +336,17 @@ fn slow_queries_view_reports_slow_statements() {
     let cluster = db.cluster();
     if !cluster.binaries().has_library("pg_stat_statements") {
         // Without contrib the migration skips the view; the round-trip test covers that path.
-        assert_eq!(cluster.query_text(db.name(), "to_regclass('slow_queries')").unwrap(), None);
+        assert_eq!(
+            cluster
+                .query_text(db.name(), "to_regclass('slow_queries')")
+                .unwrap(),
+            None
+        );
         return;
     }
-    cluster.execute(db.name(), "SELECT pg_sleep(0.15) /* pgops-slow-probe */").unwrap();
+    cluster
+        .execute(db.name(), "SELECT pg_sleep(0.15) /* pgops-slow-probe */")
+        .unwrap();
     let found = cluster
         .query_text(db.name(), "(SELECT count(*) FROM slow_queries WHERE query LIKE '%pgops-slow-probe%' AND mean_ms > 100)")
         .unwrap();
