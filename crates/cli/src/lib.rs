@@ -1,0 +1,44 @@
+//! The library behind the `pgops` binary: argument definitions and command implementations,
+//! shared with `cargo xtask` so both run the same code.
+
+pub mod exit;
+pub mod migrate;
+pub mod redact;
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+
+pub use exit::{Exit, Failure};
+
+/// pgops: run PostgreSQL-backed services fast and safely.
+#[derive(Debug, Parser)]
+#[command(name = "pgops", version, propagate_version = true, max_term_width = 100, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The area to work on.
+    #[command(subcommand)]
+    pub area: Area,
+    /// Log filter for messages on stderr (tracing's EnvFilter syntax).
+    #[arg(long, env = "PGOPS_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+/// The operators' areas.
+#[derive(Debug, Subcommand)]
+pub enum Area {
+    /// Apply, revert and check schema migrations (diesel layout) under an advisory lock.
+    Migrate(migrate::Args),
+}
+
+/// The exit codes, as `--help` shows them.
+pub const EXIT_CODES: &str = "Exit codes:
+  0  ok
+  1  a check found a problem, or an operation on the database failed
+  2  usage, configuration or connection error";
+
+/// Runs a parsed command line.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
+    match &cli.area {
+        Area::Migrate(args) => migrate::run(args, out),
+    }
+}

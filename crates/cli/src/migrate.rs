@@ -1,0 +1,218 @@
+//! `pgops migrate <run|revert|redo|status|validate>`: the deploy pipeline's migration step,
+//! shared with `cargo xtask migrate`.
+
+use std::{io::Write, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use diesel::{Connection, PgConnection};
+use pgops_migrate::{Error as MigrateError, MigrationSet, Migrator, RunOptions, Severity};
+
+use crate::{
+    exit::{Exit, Failure},
+    redact::DatabaseUrl,
+};
+
+/// Options of `pgops migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub verb: Verb,
+    /// Database to migrate (its password is never printed).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Directory of diesel migrations [default: the pgops sample schema compiled into this binary].
+    #[arg(long, env = "PGOPS_MIGRATIONS_DIR", global = true)]
+    pub dir: Option<PathBuf>,
+    /// lock_timeout for transactional migrations: a migration that cannot get its lock fails
+    /// instead of queueing traffic behind it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub lock_timeout: Duration,
+    /// How long to wait for another migration run that holds the migration lock.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub lock_wait: Duration,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The verbs of `pgops migrate`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Verb {
+    /// Apply every pending migration, oldest first.
+    Run,
+    /// Revert the newest applied migrations.
+    Revert {
+        /// How many to revert.
+        #[arg(default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+    },
+    /// Revert the newest applied migration and apply it again.
+    Redo,
+    /// List applied and pending migrations.
+    Status,
+    /// Check that applied migrations still match their SQL (exit 1 if not).
+    Validate,
+}
+
+/// Runs one `pgops migrate` command, writing its report to `out`.
+pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
+    let set = match &args.dir {
+        Some(dir) => MigrationSet::from_dir(dir),
+        None => pgops_schema::migrations(),
+    }
+    .map_err(Failure::usage)?;
+    let url = database_url(args.database_url.as_deref())?;
+    let mut conn = connect(&url)?;
+    let migrator = Migrator::new(&set).with_options(RunOptions {
+        lock_timeout: args.lock_timeout,
+        lock_wait: args.lock_wait,
+        ..RunOptions::default()
+    });
+    let failed = |e: MigrateError| scrubbed(&url, classify(e));
+    let print =
+        |out: &mut dyn Write, value: &serde_json::Value, text: &str| -> Result<(), Failure> {
+            let written = if args.json {
+                writeln!(out, "{value:#}")
+            } else {
+                write!(out, "{text}")
+            };
+            written
+                .context("writing the report")
+                .map_err(Failure::problem)
+        };
+
+    match &args.verb {
+        Verb::Run => {
+            let applied = migrator.run(&mut conn).map_err(failed)?;
+            let text = if applied.is_empty() {
+                format!(
+                    "nothing to apply: {url} is up to date with {}\n",
+                    set.origin()
+                )
+            } else {
+                lines("applied", &applied)
+            };
+            print(out, &serde_json::json!({ "applied": applied }), &text)?;
+        }
+        Verb::Revert { count } => {
+            let reverted = migrator
+                .revert(&mut conn, *count as usize)
+                .map_err(failed)?;
+            print(
+                out,
+                &serde_json::json!({ "reverted": reverted }),
+                &lines("reverted", &reverted),
+            )?;
+        }
+        Verb::Redo => {
+            let name = migrator.redo(&mut conn).map_err(failed)?;
+            print(
+                out,
+                &serde_json::json!({ "redone": name }),
+                &format!("redone {name}\n"),
+            )?;
+        }
+        Verb::Status => {
+            let status = migrator.status(&mut conn).map_err(failed)?;
+            let mut text = format!("migrations from {}\n", set.origin());
+            for m in &status.migrations {
+                let state = match m.applied_at {
+                    Some(at) => format!("applied {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+                    None => "pending".to_owned(),
+                };
+                let tx = if m.run_in_transaction {
+                    ""
+                } else {
+                    "  (outside a transaction)"
+                };
+                text.push_str(&format!("  {state:<31} {}{tx}\n", m.name));
+            }
+            for version in &status.unknown_applied {
+                text.push_str(&format!(
+                    "  applied, unknown to the source: version {version}\n"
+                ));
+            }
+            let pending = status.pending().count();
+            text.push_str(&format!(
+                "{} applied, {pending} pending\n",
+                status.migrations.len() - pending
+            ));
+            let value = serde_json::to_value(&status)
+                .context("encoding the status")
+                .map_err(Failure::problem)?;
+            print(out, &value, &text)?;
+        }
+        Verb::Validate => {
+            let findings = migrator.validate(&mut conn).map_err(failed)?;
+            let errors = findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .count();
+            let mut text = String::new();
+            for f in &findings {
+                let severity = if f.severity == Severity::Error {
+                    "error"
+                } else {
+                    "warning"
+                };
+                text.push_str(&format!("{severity}: {}\n", f.detail));
+            }
+            text.push_str(&format!(
+                "validate: {errors} error(s), {} warning(s) against {}\n",
+                findings.len() - errors,
+                set.origin()
+            ));
+            let value = serde_json::json!({ "ok": errors == 0, "findings": findings });
+            print(out, &value, &text)?;
+            if errors > 0 {
+                return Ok(Exit::Problem);
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// The database URL from `--database-url` or `DATABASE_URL`.
+pub fn database_url(value: Option<&str>) -> Result<DatabaseUrl, Failure> {
+    let raw = value.ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "DATABASE_URL is not set; export it or pass --database-url"
+        ))
+    })?;
+    DatabaseUrl::parse(raw).map_err(Failure::usage)
+}
+
+/// Connects, with an error that names the (redacted) URL and never the password.
+pub fn connect(url: &DatabaseUrl) -> Result<PgConnection, Failure> {
+    PgConnection::establish(url.expose()).map_err(|e| {
+        Failure::usage(anyhow::anyhow!(
+            "cannot connect to {url}: {}; check that the server is up and DATABASE_URL is right",
+            url.scrub(e.to_string().trim())
+        ))
+    })
+}
+
+/// Input problems are usage errors (2); failures on the database are problems (1).
+fn classify(e: MigrateError) -> Failure {
+    match e {
+        MigrateError::Read { .. }
+        | MigrateError::InvalidMigration { .. }
+        | MigrateError::DuplicateVersion { .. } => Failure::usage(e),
+        other => Failure::problem(other),
+    }
+}
+
+fn scrubbed(url: &DatabaseUrl, failure: Failure) -> Failure {
+    let message = url.scrub(&format!("{:#}", failure.error));
+    Failure {
+        exit: failure.exit,
+        error: anyhow::anyhow!(message),
+    }
+}
+
+fn lines(verb: &str, names: &[String]) -> String {
+    let mut text: String = names.iter().map(|n| format!("{verb} {n}\n")).collect();
+    text.push_str(&format!("{} migration(s) {verb}\n", names.len()));
+    text
+}

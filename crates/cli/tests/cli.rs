@@ -1,0 +1,213 @@
+//! The `pgops` binary as an operator runs it: help, exit codes, redaction, and the migrate
+//! verbs against a real database.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use pgops_testkit::TestDatabase;
+
+fn pgops(args: &[&str], database_url: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("PGOPS_MIGRATIONS_DIR");
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn repo_migrations() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations")
+}
+
+#[test]
+fn help_lists_every_area_and_documents_exit_codes() {
+    let out = pgops(&["--help"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.contains("migrate"), "{help}");
+    assert!(
+        help.contains("2  usage, configuration or connection error"),
+        "{help}"
+    );
+
+    let out = pgops(
+        &["migrate", "--help"],
+        Some("postgres://app:hunter2@db/app"),
+    );
+    let help = text(&out.stdout);
+    for verb in ["run", "revert", "redo", "status", "validate"] {
+        assert!(help.contains(verb), "{verb} missing from\n{help}");
+    }
+    assert!(
+        !help.contains("hunter2"),
+        "help must not print DATABASE_URL's value:\n{help}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(pgops(&["frobnicate"], None).status.code(), Some(2));
+    assert_eq!(
+        pgops(&["migrate", "run", "--lock-timeout", "soon"], None)
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        pgops(&["migrate", "revert", "0"], None).status.code(),
+        Some(2)
+    );
+
+    let out = pgops(&["migrate", "status"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("DATABASE_URL is not set; export it or pass --database-url")
+    );
+
+    let out = pgops(
+        &["migrate", "status", "--dir", "/nonexistent/migrations"],
+        Some("postgres://localhost/x"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/migrations"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn connection_errors_exit_2_without_the_password() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://app:hunter2@127.0.0.1:{port}/app");
+    let out = pgops(&["migrate", "status"], Some(&url));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot connect to postgres://app:***@127.0.0.1:{port}/app"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2") && !text(&out.stdout).contains("hunter2"),
+        "{stderr}"
+    );
+
+    let out = pgops(&["migrate", "status"], Some("not a url hunter2"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!text(&out.stderr).contains("hunter2"));
+}
+
+#[test]
+fn migrate_verbs_against_a_real_database() {
+    let db = TestDatabase::empty().unwrap();
+    let url = db.url();
+    let url = Some(url.as_str());
+
+    let out = pgops(&["migrate", "status", "--json"], url);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = status["migrations"].as_array().unwrap().len();
+    assert_eq!(
+        all,
+        pgops_schema::EMBEDDED_MIGRATIONS.len(),
+        "the binary carries the sample schema"
+    );
+    assert!(
+        status["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["applied_at"].is_null())
+    );
+
+    let out = pgops(&["migrate", "run"], url);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("{all} migration(s) applied")),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = pgops(&["migrate", "run"], url);
+    assert!(text(&out.stdout).contains("nothing to apply"));
+
+    let out = pgops(&["migrate", "revert", "2", "--json"], url);
+    assert_eq!(out.status.code(), Some(0));
+    let reverted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reverted["reverted"].as_array().unwrap().len(), 2);
+
+    let out = pgops(&["migrate", "status"], url);
+    assert!(
+        text(&out.stdout).contains(&format!("{} applied, 2 pending", all - 2)),
+        "{}",
+        text(&out.stdout)
+    );
+
+    assert_eq!(pgops(&["migrate", "run"], url).status.code(), Some(0));
+    let out = pgops(&["migrate", "redo"], url);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("redone "));
+
+    let out = pgops(&["migrate", "validate"], url);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
+fn validate_exits_1_when_an_applied_migration_changed() {
+    let db = TestDatabase::empty().unwrap();
+    let url = db.url();
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo_migrations()).unwrap() {
+        let entry = entry.unwrap();
+        let target = dir.path().join(entry.file_name());
+        std::fs::create_dir(&target).unwrap();
+        for file in std::fs::read_dir(entry.path()).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), target.join(file.file_name())).unwrap();
+        }
+    }
+    let dir_arg = dir.path().to_str().unwrap();
+    let out = pgops(&["migrate", "run", "--dir", dir_arg], Some(&url));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let up = dir
+        .path()
+        .join("2026-11-26-000100_create_organizations/up.sql");
+    std::fs::write(
+        &up,
+        std::fs::read_to_string(&up).unwrap() + "\n-- edited after deploy\n",
+    )
+    .unwrap();
+    let out = pgops(&["migrate", "validate", "--dir", dir_arg], Some(&url));
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out.stdout);
+    assert!(
+        report
+            .contains("2026-11-26-000100_create_organizations/up.sql changed after it was applied"),
+        "{report}"
+    );
+
+    let out = pgops(
+        &["migrate", "validate", "--dir", dir_arg, "--json"],
+        Some(&url),
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["ok"], false);
+    assert_eq!(value["findings"][0]["kind"], "up_changed");
+}

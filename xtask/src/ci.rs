@@ -1,0 +1,191 @@
+//! `cargo xtask ci`: every check CI runs, each step timed, a summary at the end, non-zero
+//! exit when any step failed.
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use pgops_migrate::{MigrationSet, Migrator};
+use pgops_testkit::{Cluster, ClusterOptions, PgBinaries};
+
+/// Options of `cargo xtask ci`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Stop at the first failing step instead of running them all.
+    #[arg(long)]
+    pub fail_fast: bool,
+}
+
+struct Step {
+    name: &'static str,
+    run: fn() -> anyhow::Result<String>,
+}
+
+/// Runs every step and prints the summary.
+pub fn run(args: &Args) -> ExitCode {
+    let before = leftovers();
+    let steps = [
+        Step {
+            name: "fmt",
+            run: fmt,
+        },
+        Step {
+            name: "clippy",
+            run: clippy,
+        },
+        Step {
+            name: "test",
+            run: test,
+        },
+        Step {
+            name: "migration round trip",
+            run: round_trip,
+        },
+    ];
+    let started = Instant::now();
+    let mut results: Vec<(&str, Duration, anyhow::Result<String>)> = Vec::new();
+    for step in &steps {
+        println!("\n==> {}", step.name);
+        let t = Instant::now();
+        let outcome = (step.run)();
+        let failed = outcome.is_err();
+        results.push((step.name, t.elapsed(), outcome));
+        if failed && args.fail_fast {
+            break;
+        }
+    }
+    println!("\n==> leftovers");
+    let t = Instant::now();
+    results.push(("no leftover clusters", t.elapsed(), no_leftovers(&before)));
+
+    println!("\nSummary");
+    let mut failures = 0;
+    for (name, elapsed, outcome) in &results {
+        match outcome {
+            Ok(detail) => println!(
+                "  ok    {name:<22} {:>7.1}s  {detail}",
+                elapsed.as_secs_f64()
+            ),
+            Err(e) => {
+                failures += 1;
+                println!("  FAIL  {name:<22} {:>7.1}s  {e:#}", elapsed.as_secs_f64());
+            }
+        }
+    }
+    println!("  total {:>30.1}s", started.elapsed().as_secs_f64());
+    println!("ci: {} passed, {failures} failed", results.len() - failures);
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    println!("$ cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(crate::workspace_root())
+        .status()
+        .with_context(|| format!("starting {cargo}"))?;
+    ensure!(
+        status.success(),
+        "cargo {} failed ({status})",
+        args.join(" ")
+    );
+    Ok(String::new())
+}
+
+fn fmt() -> anyhow::Result<String> {
+    cargo(&["fmt", "--all", "--check"])
+}
+
+fn clippy() -> anyhow::Result<String> {
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+fn test() -> anyhow::Result<String> {
+    cargo(&["test", "--workspace", "--locked"])
+}
+
+/// The repository's migrations on a fresh cluster: up, down one by one, up again, with the
+/// schema compared at every step.
+fn round_trip() -> anyhow::Result<String> {
+    let mut options = ClusterOptions::default();
+    if PgBinaries::discover()?.has_library("pg_stat_statements") {
+        options = options.preload("pg_stat_statements");
+    }
+    let cluster = Cluster::start(options).context("starting a fresh cluster")?;
+    cluster.create_database("round_trip")?;
+    let dir = crate::workspace_root().join("migrations");
+    let set = MigrationSet::from_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut conn = cluster.connect("round_trip")?;
+    let report = pgops_migrate::round_trip(&Migrator::new(&set), &mut conn)?;
+    let detail = format!(
+        "{} migrations, {} schema objects, {:.1}s",
+        report.migrations,
+        report.objects,
+        report.elapsed.as_secs_f64()
+    );
+    println!("{detail}");
+    Ok(detail)
+}
+
+/// Cluster directories of the test kit (`$TMPDIR/pgops-*`) and processes that name one.
+fn leftovers() -> BTreeSet<String> {
+    let tmp = std::env::temp_dir();
+    let mut found = BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("pgops-") {
+                found.insert(format!("directory {}", entry.path().display()));
+            }
+        }
+    }
+    let marker = tmp.join("pgops-").display().to_string();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let path: PathBuf = entry.path().join("cmdline");
+            let Ok(cmdline) = std::fs::read(&path) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&marker) {
+                found.insert(format!(
+                    "process {}: {}",
+                    entry.file_name().to_string_lossy(),
+                    cmdline.trim()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// After the suite, nothing new of ours may remain (watchdogs get a moment to finish).
+fn no_leftovers(before: &BTreeSet<String>) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let new: Vec<String> = leftovers().difference(before).cloned().collect();
+        if new.is_empty() {
+            return Ok("no PostgreSQL process or cluster directory left".to_owned());
+        }
+        if Instant::now() > deadline {
+            bail!("left behind after the run:\n    {}", new.join("\n    "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,33 @@
+//! `cargo xtask`: the tasks developers and CI run. `cargo xtask ci` is exactly what CI runs.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod ci;
+mod migrate;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+
+/// The project's tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", max_term_width = 100)]
+enum Task {
+    /// Everything CI checks: formatting, clippy, the test suite, the migration round trip on a
+    /// fresh cluster, and that no PostgreSQL process or directory is left behind.
+    Ci(ci::Args),
+    /// `pgops migrate` against DATABASE_URL, with this repository's migrations/ by default.
+    Migrate(migrate::Args),
+}
+
+fn main() -> ExitCode {
+    match Task::parse() {
+        Task::Ci(args) => ci::run(&args),
+        Task::Migrate(args) => migrate::run(args),
+    }
+}
+
+/// The workspace root (where `Cargo.toml` and `migrations/` are).
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
