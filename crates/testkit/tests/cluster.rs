@@ -198,6 +198,7 @@ fn archiving_to_a_local_directory_keeps_finished_segments() {
 fn settings_and_preloaded_libraries_are_applied() {
     let cluster = Cluster::start(
         ClusterOptions::default()
+            .wal_level(pgops_testkit::WalLevel::Logical)
             .preload("pg_stat_statements")
             .setting("work_mem", "7MB")
             .setting("application_name", "it's quoted"),
@@ -210,6 +211,7 @@ fn settings_and_preloaded_libraries_are_applied() {
             .unwrap()
     };
     assert_eq!(show("work_mem"), "7MB");
+    assert_eq!(show("wal_level"), "logical");
     assert_eq!(show("application_name"), "it's quoted");
     assert_eq!(show("shared_preload_libraries"), "pg_stat_statements");
     assert_eq!(show("port"), cluster.port().to_string());
