@@ -111,6 +111,12 @@ pub struct Finding {
     pub detail: String,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
+}
+
 #[derive(Debug, QueryableByName)]
 struct AppliedRow {
     #[diesel(sql_type = Text)]
@@ -135,6 +141,22 @@ impl Default for RunOptions {
             lock_timeout: Duration::from_secs(5),
             statement_timeout: None,
             lock_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Direction {
+    fn file(self) -> &'static str {
+        match self {
+            Direction::Up => "up.sql",
+            Direction::Down => "down.sql",
+        }
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            Direction::Up => "applied",
+            Direction::Down => "reverted",
         }
     }
 }
@@ -279,12 +301,9 @@ impl<'a> Migrator<'a> {
         Ok(value)
     }
 
-    /// Applies one migration and records it; for a transactional migration both happen in one
-    /// transaction, so a failure leaves the schema and the ledger as they were.
+    /// Applies one migration and records it in the ledger.
     fn apply(&self, conn: &mut PgConnection, migration: &SqlMigration) -> Result<()> {
-        self.session_settings(conn, migration)?;
-        let started = Instant::now();
-        let record = |conn: &mut PgConnection| -> Result<(), Box<dyn StdError + Send + Sync>> {
+        self.step(conn, migration, Direction::Up, |conn| {
             conn.run_migration(migration)?;
             diesel::sql_query(format!(
                 "INSERT INTO {LEDGER_TABLE} (version, name, up_sha256, down_sha256) VALUES ($1, $2, $3, $4)
@@ -297,41 +316,43 @@ impl<'a> Migrator<'a> {
             .bind::<Text, _>(migration.down_sha256())
             .execute(conn)?;
             Ok(())
-        };
-        let outcome = if migration.run_in_transaction() {
-            conn.transaction(record)
-        } else {
-            record(conn)
-        };
-        outcome.map_err(|e| into_migration_error(e, migration, "up.sql"))?;
-        tracing::info!(
-            migration = migration.name(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "applied"
-        );
-        Ok(())
+        })
     }
 
+    /// Reverts one migration and removes it from the ledger.
     fn undo(&self, conn: &mut PgConnection, migration: &SqlMigration) -> Result<()> {
-        self.session_settings(conn, migration)?;
-        let started = Instant::now();
-        let record = |conn: &mut PgConnection| -> Result<(), Box<dyn StdError + Send + Sync>> {
+        self.step(conn, migration, Direction::Down, |conn| {
             conn.revert_migration(migration)?;
             diesel::sql_query(format!("DELETE FROM {LEDGER_TABLE} WHERE version = $1"))
                 .bind::<Text, _>(migration.version())
                 .execute(conn)?;
             Ok(())
-        };
+        })
+    }
+
+    /// Runs `work` (the migration and its ledger change) with the right session settings; for a
+    /// transactional migration in one transaction, so a failure leaves the schema and the
+    /// ledger as they were.
+    fn step(
+        &self,
+        conn: &mut PgConnection,
+        migration: &SqlMigration,
+        direction: Direction,
+        work: impl FnOnce(&mut PgConnection) -> Result<(), Box<dyn StdError + Send + Sync>>,
+    ) -> Result<()> {
+        self.session_settings(conn, migration)?;
+        let started = Instant::now();
         let outcome = if migration.run_in_transaction() {
-            conn.transaction(record)
+            conn.transaction(work)
         } else {
-            record(conn)
+            work(conn)
         };
-        outcome.map_err(|e| into_migration_error(e, migration, "down.sql"))?;
+        outcome.map_err(|e| into_migration_error(e, migration, direction.file()))?;
         tracing::info!(
             migration = migration.name(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "reverted"
+            "{}",
+            direction.done()
         );
         Ok(())
     }

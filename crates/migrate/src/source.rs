@@ -4,6 +4,7 @@
 use std::{fmt, path::Path};
 
 use diesel::{
+    connection::BoxableConnection,
     migration::{
         self, Migration, MigrationMetadata, MigrationName, MigrationSource, MigrationVersion,
     },
@@ -224,6 +225,24 @@ impl fmt::Display for SqlMigration {
     }
 }
 
+impl SqlMigration {
+    /// Sends one file's SQL as one batch (as diesel does), naming the migration on failure.
+    fn execute(
+        &self,
+        conn: &mut dyn BoxableConnection<Pg>,
+        sql: &str,
+        file: &'static str,
+    ) -> migration::Result<()> {
+        conn.batch_execute(sql).map_err(|e| {
+            Box::new(Error::MigrationFailed {
+                name: self.name.clone(),
+                direction: file,
+                message: e.to_string(),
+            }) as _
+        })
+    }
+}
+
 impl MigrationName for SqlMigration {
     fn version(&self) -> MigrationVersion<'_> {
         MigrationVersion::from(self.version.as_str())
@@ -237,30 +256,12 @@ impl MigrationMetadata for SqlMigration {
 }
 
 impl Migration<Pg> for SqlMigration {
-    fn run(
-        &self,
-        conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
-    ) -> migration::Result<()> {
-        conn.batch_execute(&self.up_sql).map_err(|e| {
-            Box::new(Error::MigrationFailed {
-                name: self.name.clone(),
-                direction: "up.sql",
-                message: e.to_string(),
-            }) as _
-        })
+    fn run(&self, conn: &mut dyn BoxableConnection<Pg>) -> migration::Result<()> {
+        self.execute(conn, &self.up_sql, "up.sql")
     }
 
-    fn revert(
-        &self,
-        conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
-    ) -> migration::Result<()> {
-        conn.batch_execute(&self.down_sql).map_err(|e| {
-            Box::new(Error::MigrationFailed {
-                name: self.name.clone(),
-                direction: "down.sql",
-                message: e.to_string(),
-            }) as _
-        })
+    fn revert(&self, conn: &mut dyn BoxableConnection<Pg>) -> migration::Result<()> {
+        self.execute(conn, &self.down_sql, "down.sql")
     }
 
     fn metadata(&self) -> &dyn MigrationMetadata {
