@@ -45,7 +45,7 @@ pub enum Archive {
     /// `archive_mode = on` with this `archive_command` (`%p` and `%f` as in PostgreSQL).
     Command(String),
     /// `archive_mode = on`, copying segments into `archive/` inside the cluster's directory
-    /// (see [`Cluster::archive_dir`]), never overwriting one.
+    /// (see [`Cluster::archive_dir`]), atomically (copy, then rename) and never overwriting one.
     LocalDir,
 }
 
@@ -425,7 +425,9 @@ impl Cluster {
                 settings.push(("archive_mode".into(), "on".into()));
                 settings.push((
                     "archive_command".into(),
-                    format!("test ! -f '{dir}/%f' && cp '%p' '{dir}/%f'"),
+                    // Copy under a temporary name and rename, so a segment appears whole or not
+                    // at all, and a copy cut short by a crash is simply redone.
+                    format!("test ! -f '{dir}/%f' && cp '%p' '{dir}/%f.partial' && mv '{dir}/%f.partial' '{dir}/%f'"),
                 ));
             }
         }

@@ -2,7 +2,10 @@
 
 use std::{ops::Deref, time::Duration};
 
-use crate::{Cluster, Error, Lsn, Result, cluster::wait_for};
+use crate::{
+    Cluster, Error, Lsn, Result,
+    cluster::{query_text, wait_for},
+};
 
 /// A streaming replica created by [`Cluster::create_replica`]. It is a [`Cluster`] too
 /// (stop, start again, crash, connect), with the standby's own controls.
@@ -34,8 +37,11 @@ impl Replica {
 
     /// Waits until the replica has applied WAL up to `lsn`.
     pub fn wait_for_lsn(&self, lsn: Lsn, timeout: Duration) -> Result<()> {
+        let mut conn = self.connect("postgres")?;
         wait_for(&format!("replay to reach {lsn}"), timeout, || {
-            Ok(self.replay_lsn()? >= lsn)
+            let text = query_text(&mut conn, "pg_last_wal_replay_lsn()")?
+                .ok_or_else(|| Error::InvalidLsn("NULL".into()))?;
+            Ok(text.parse::<Lsn>()? >= lsn)
         })
     }
 

@@ -166,10 +166,7 @@ fn killing_a_backend_resets_sessions_and_recovers() {
 #[test]
 fn archiving_to_a_local_directory_keeps_finished_segments() {
     let cluster = Cluster::start(ClusterOptions::default().archive(Archive::LocalDir)).unwrap();
-    let lsn: Lsn = cluster
-        .query_text("postgres", "pg_walfile_name(pg_current_wal_lsn())")
-        .map(|_| cluster.current_wal_lsn().unwrap())
-        .unwrap();
+    let lsn: Lsn = cluster.current_wal_lsn().unwrap();
     let segment = cluster
         .query_text("postgres", &format!("pg_walfile_name('{lsn}')"))
         .unwrap()
@@ -191,6 +188,13 @@ fn archiving_to_a_local_directory_keeps_finished_segments() {
     assert_eq!(
         std::fs::metadata(&archived).unwrap().len(),
         16 * 1024 * 1024
+    );
+    assert!(
+        !cluster
+            .archive_dir()
+            .join(format!("{segment}.partial"))
+            .exists(),
+        "no partial copy is left"
     );
 }
 
