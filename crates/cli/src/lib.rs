@@ -3,7 +3,6 @@
 
 pub mod exit;
 pub mod migrate;
-pub mod redact;
 
 use std::io::Write;
 

@@ -7,10 +7,9 @@ use anyhow::Context as _;
 use diesel::{Connection, PgConnection};
 use pgops_migrate::{Error as MigrateError, MigrationSet, Migrator, RunOptions, Severity};
 
-use crate::{
-    exit::{Exit, Failure},
-    redact::DatabaseUrl,
-};
+use pgops_pool::DatabaseUrl;
+
+use crate::exit::{Exit, Failure};
 
 /// Options of `pgops migrate`.
 #[derive(Debug, Clone, clap::Args)]

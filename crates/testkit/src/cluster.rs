@@ -58,6 +58,7 @@ pub struct ClusterOptions {
     shared_preload_libraries: Vec<String>,
     settings: Vec<(String, String)>,
     fsync: bool,
+    require_passwords: bool,
     base_dir: Option<PathBuf>,
 }
 
@@ -85,6 +86,7 @@ impl Default for ClusterOptions {
             shared_preload_libraries: Vec::new(),
             settings: Vec::new(),
             fsync: false,
+            require_passwords: false,
             base_dir: None,
         }
     }
@@ -118,6 +120,13 @@ impl ClusterOptions {
     /// Keeps `fsync` on (off by default: tests do not survive OS crashes anyway).
     pub fn fsync(mut self, on: bool) -> Self {
         self.fsync = on;
+        self
+    }
+
+    /// Requires a password (SCRAM) for every role but the kit's superuser on TCP, so tests can
+    /// exercise authentication; the superuser keeps trust authentication.
+    pub fn require_passwords(mut self, on: bool) -> Self {
+        self.require_passwords = on;
         self
     }
 
@@ -388,7 +397,18 @@ impl Cluster {
         let mut text = fs::read_to_string(&conf)
             .map_err(|e| Error::io(format!("reading {}", conf.display()), e))?;
         text.push_str("\ninclude 'pgops.conf'\n");
-        self.write_file(&conf, &text)
+        self.write_file(&conf, &text)?;
+        if self.options.require_passwords {
+            let hba = format!(
+                "# written by pgops-testkit\n\
+                 local all all trust\n\
+                 host all {SUPERUSER} 127.0.0.1/32 trust\n\
+                 host replication {SUPERUSER} 127.0.0.1/32 trust\n\
+                 host all all 127.0.0.1/32 scram-sha-256\n"
+            );
+            self.write_file(&self.data_dir().join("pg_hba.conf"), &hba)?;
+        }
+        Ok(())
     }
 
     /// Writes `pgops.conf` (port, socket dir, WAL and archive settings, extra settings) into

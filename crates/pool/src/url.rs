@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::{Error, Result};
+
 /// A PostgreSQL connection string (URL or `key=value` form) whose password stays hidden.
 #[derive(Clone)]
 pub struct DatabaseUrl {
@@ -13,19 +15,19 @@ pub struct DatabaseUrl {
 
 impl DatabaseUrl {
     /// Checks the form of a connection string.
-    pub fn parse(raw: &str) -> anyhow::Result<Self> {
+    pub fn parse(raw: &str) -> Result<Self> {
         let raw = raw.trim();
         if raw.is_empty() {
-            anyhow::bail!(
-                "the database URL is empty; set DATABASE_URL to postgres://user:password@host:5432/dbname"
-            );
+            return Err(Error::InvalidUrl(
+                "the database URL is empty; set DATABASE_URL to postgres://user:password@host:5432/dbname".into(),
+            ));
         }
         let password = if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             let url = url::Url::parse(raw).map_err(|e| {
-                anyhow::anyhow!(
+                Error::InvalidUrl(format!(
                     "the database URL is not a valid URL ({e}); expected postgres://user:password@host:5432/dbname \
                      (percent-encode special characters in the password)"
-                )
+                ))
             })?;
             url.password().map(|p| {
                 url::form_urlencoded::parse(format!("p={p}").as_bytes())
@@ -35,11 +37,11 @@ impl DatabaseUrl {
         } else if raw.contains('=') {
             keyword_value(raw, "password").map(|(value, _)| value)
         } else {
-            anyhow::bail!(
+            return Err(Error::InvalidUrl(format!(
                 "the database URL `{}` is neither a postgres:// URL nor key=value pairs; \
                  expected postgres://user:password@host:5432/dbname",
                 redact_unknown(raw)
-            );
+            )));
         };
         Ok(DatabaseUrl {
             raw: raw.to_owned(),

@@ -1,0 +1,629 @@
+//! Pool configuration: a profile per environment, overridden by `pgops.toml`, overridden by
+//! environment variables. Validated once, at start, with errors that name the key, the value
+//! and the allowed range. Every effective value remembers where it came from.
+
+use std::{collections::BTreeMap, fmt, path::Path, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::Serialize;
+
+use crate::{DatabaseUrl, Error, Result};
+
+/// Where a service runs; chooses the profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    /// A developer's machine: a few connections, generous timeouts.
+    Development,
+    /// Automated tests: few connections, short timeouts, nothing kept idle.
+    Test,
+    /// Production-like volume, slightly looser than production.
+    Staging,
+    /// Many connections, strict timeouts, `statement_timeout` on.
+    Production,
+}
+
+/// Where an effective setting came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Source {
+    /// The environment's profile default.
+    Profile,
+    /// `pgops.toml` (the path).
+    File(PathBuf),
+    /// An environment variable (its name).
+    Env(String),
+}
+
+/// The pool settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolSettings {
+    /// Most connections the pool opens.
+    pub max_size: u32,
+    /// Idle connections kept open.
+    pub min_idle: u32,
+    /// Close a connection idle longer than this (`None`: never).
+    #[serde(with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// How long a checkout waits for a connection before failing.
+    #[serde(with = "duration")]
+    pub connection_timeout: Duration,
+    /// Close a connection older than this (`None`: never).
+    #[serde(with = "opt_duration")]
+    pub max_lifetime: Option<Duration>,
+    /// Server-side `statement_timeout` per session (`None`: off).
+    #[serde(with = "opt_duration")]
+    pub statement_timeout: Option<Duration>,
+    /// Server-side `lock_timeout` per session (`None`: off).
+    #[serde(with = "opt_duration")]
+    pub lock_timeout: Option<Duration>,
+    /// Server-side `idle_in_transaction_session_timeout` per session (`None`: off).
+    #[serde(with = "opt_duration")]
+    pub idle_in_transaction_session_timeout: Option<Duration>,
+    /// `application_name` of every session, as seen in `pg_stat_activity`.
+    pub application_name: String,
+    /// Report a connection held longer than this, with where it was checked out (`None`: off).
+    #[serde(with = "opt_duration")]
+    pub leak_threshold: Option<Duration>,
+    /// A connection idle longer than this is checked with a round trip before it is handed
+    /// out; one used more recently is trusted (a connection found broken by a query is
+    /// discarded on return either way). `0s` checks every checkout.
+    #[serde(with = "duration")]
+    pub validate_after_idle: Duration,
+}
+
+/// Everything a pool needs, with the source of every value.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The environment whose profile was used.
+    pub environment: Environment,
+    /// The database (primary).
+    pub database_url: Option<DatabaseUrl>,
+    /// The settings.
+    pub pool: PoolSettings,
+    /// Where each key's value came from (`environment`, `database_url` and every pool key).
+    pub sources: BTreeMap<&'static str, Source>,
+}
+
+/// The pool keys, as named in `pgops.toml`'s `[pool]` table; the environment variable is
+/// `PGOPS_POOL_` + the key in upper case.
+pub const KEYS: &[&str] = &[
+    "max_size",
+    "min_idle",
+    "idle_timeout",
+    "connection_timeout",
+    "max_lifetime",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "application_name",
+    "leak_threshold",
+    "validate_after_idle",
+];
+
+impl Environment {
+    /// Every environment, in order of strictness.
+    pub const ALL: [Environment; 4] = [
+        Environment::Development,
+        Environment::Test,
+        Environment::Staging,
+        Environment::Production,
+    ];
+
+    /// The profile's defaults.
+    pub fn profile(self) -> PoolSettings {
+        let s = Duration::from_secs;
+        let m = |minutes: u64| Duration::from_secs(minutes * 60);
+        let (max_size, min_idle, idle, connect) = match self {
+            Environment::Development => (5, 1, s(60), s(2)),
+            Environment::Test => (3, 0, s(10), s(2)),
+            Environment::Staging => (20, 5, s(30), s(3)),
+            Environment::Production => (50, 10, s(30), s(5)),
+        };
+        let (statement, lock, idle_in_tx, leak, lifetime) = match self {
+            Environment::Development => (None, s(5), s(60), s(30), m(30)),
+            Environment::Test => (None, s(2), s(10), s(10), m(5)),
+            Environment::Staging => (Some(s(30)), s(5), s(60), s(30), m(30)),
+            Environment::Production => (Some(s(10)), s(3), s(30), s(60), m(30)),
+        };
+        PoolSettings {
+            max_size,
+            min_idle,
+            idle_timeout: Some(idle),
+            connection_timeout: connect,
+            max_lifetime: Some(lifetime),
+            statement_timeout: statement,
+            lock_timeout: Some(lock),
+            idle_in_transaction_session_timeout: Some(idle_in_tx),
+            application_name: default_application_name(),
+            leak_threshold: Some(leak),
+            validate_after_idle: Duration::from_secs(1),
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Staging => "staging",
+            Environment::Production => "production",
+        })
+    }
+}
+
+impl FromStr for Environment {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Environment::ALL
+            .into_iter()
+            .find(|e| e.to_string() == s.trim().to_ascii_lowercase())
+            .ok_or(())
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Profile => f.write_str("profile"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Env(name) => write!(f, "env {name}"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment and `pgops.toml` (`PGOPS_CONFIG`, or `./pgops.toml` when
+    /// it exists).
+    pub fn load() -> Result<Self> {
+        let env = |name: &str| std::env::var(name).ok();
+        let path = match env("PGOPS_CONFIG") {
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(PathBuf::from("pgops.toml")).filter(|p| p.is_file()),
+        };
+        let file = match &path {
+            Some(path) => Some((
+                path.as_path(),
+                std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+                    path: path.clone(),
+                    message: format!("cannot read it ({e}); fix PGOPS_CONFIG or create the file"),
+                })?,
+            )),
+            None => None,
+        };
+        Self::from_sources(&env, file.as_ref().map(|(p, text)| (*p, text.as_str())))
+    }
+
+    /// Builds the configuration from an environment lookup and an optional file's text.
+    pub fn from_sources(
+        env: &dyn Fn(&str) -> Option<String>,
+        file: Option<(&Path, &str)>,
+    ) -> Result<Self> {
+        let mut sources = BTreeMap::new();
+        let (file_path, table) = match file {
+            Some((path, text)) => {
+                let table: toml::Table = toml::from_str(text).map_err(|e| Error::ConfigFile {
+                    path: path.to_path_buf(),
+                    message: e.message().to_owned(),
+                })?;
+                (Some(path.to_path_buf()), table)
+            }
+            None => (None, toml::Table::new()),
+        };
+        let file_source = || Source::File(file_path.clone().unwrap_or_default());
+        let section = |name: &str| -> Result<toml::Table> {
+            match table.get(name) {
+                None => Ok(toml::Table::new()),
+                Some(toml::Value::Table(t)) => Ok(t.clone()),
+                Some(_) => Err(Error::ConfigFile {
+                    path: file_path.clone().unwrap_or_default(),
+                    message: format!("`{name}` must be a table ([{name}])"),
+                }),
+            }
+        };
+
+        // The environment: PGOPS_ENV, then APP_ENV, then the file, then development.
+        let (environment, env_source) = if let Some((var, value)) = ["PGOPS_ENV", "APP_ENV"]
+            .into_iter()
+            .find_map(|var| env(var).filter(|v| !v.trim().is_empty()).map(|v| (var, v)))
+        {
+            (parse_environment(var, &value)?, Source::Env(var.to_owned()))
+        } else if let Some(value) = table.get("environment") {
+            let text = value
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            (
+                parse_environment("environment (pgops.toml)", &text)?,
+                file_source(),
+            )
+        } else {
+            (Environment::Development, Source::Profile)
+        };
+        sources.insert("environment", env_source);
+
+        // The database URL: DATABASE_URL, then [database] url.
+        let database = section("database")?;
+        let database_url = if let Some(url) = env("DATABASE_URL").filter(|v| !v.trim().is_empty()) {
+            sources.insert("database_url", Source::Env("DATABASE_URL".into()));
+            Some(DatabaseUrl::parse(&url)?)
+        } else if let Some(url) = database.get("url") {
+            sources.insert("database_url", file_source());
+            let url = url.as_str().ok_or_else(|| Error::ConfigFile {
+                path: file_path.clone().unwrap_or_default(),
+                message: "[database] url must be a string".into(),
+            })?;
+            Some(DatabaseUrl::parse(url)?)
+        } else {
+            None
+        };
+
+        // Pool keys: profile, then [pool], then PGOPS_POOL_*.
+        let pool_table = section("pool")?;
+        if let Some(unknown) = pool_table.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(Error::ConfigFile {
+                path: file_path.clone().unwrap_or_default(),
+                message: format!(
+                    "unknown key `{unknown}` in [pool]; known keys: {}",
+                    KEYS.join(", ")
+                ),
+            });
+        }
+        let mut raw: BTreeMap<&'static str, (String, String, Source)> = BTreeMap::new();
+        for key in KEYS {
+            if let Some(value) = pool_table.get(*key) {
+                let text = value
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| value.to_string());
+                raw.insert(
+                    key,
+                    (format!("pool.{key} (pgops.toml)"), text, file_source()),
+                );
+            }
+            let var = format!("PGOPS_POOL_{}", key.to_ascii_uppercase());
+            if let Some(value) = env(&var) {
+                raw.insert(key, (var.clone(), value, Source::Env(var)));
+            }
+        }
+        let mut pool = environment.profile();
+        for key in KEYS {
+            match raw.remove(key) {
+                Some((name, value, source)) => {
+                    apply(&mut pool, key, &name, &value)?;
+                    sources.insert(key, source);
+                }
+                None => {
+                    sources.insert(key, Source::Profile);
+                }
+            }
+        }
+        if pool.min_idle > pool.max_size {
+            let name = match &sources["min_idle"] {
+                Source::Env(var) => var.clone(),
+                Source::File(_) => "pool.min_idle (pgops.toml)".into(),
+                Source::Profile => "min_idle".into(),
+            };
+            return Err(Error::InvalidSetting {
+                key: name,
+                value: pool.min_idle.to_string(),
+                allowed: format!("0 to max_size ({})", pool.max_size),
+            });
+        }
+        Ok(Config {
+            environment,
+            database_url,
+            pool,
+            sources,
+        })
+    }
+
+    /// The database URL, or the error that says how to set it.
+    pub fn require_url(&self) -> Result<&DatabaseUrl> {
+        self.database_url.as_ref().ok_or(Error::MissingUrl)
+    }
+}
+
+fn parse_environment(key: &str, value: &str) -> Result<Environment> {
+    value.parse().map_err(|()| Error::InvalidSetting {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        allowed: "one of development, test, staging, production".into(),
+    })
+}
+
+/// Parses and range-checks one key's value into the settings.
+fn apply(pool: &mut PoolSettings, key: &str, name: &str, value: &str) -> Result<()> {
+    let invalid = |allowed: &str| Error::InvalidSetting {
+        key: name.to_owned(),
+        value: value.to_owned(),
+        allowed: allowed.to_owned(),
+    };
+    let count = |min: u32, max: u32| -> Result<u32> {
+        let allowed = format!("a whole number from {min} to {max}");
+        let n: i64 = value.trim().parse().map_err(|_| invalid(&allowed))?;
+        if n < i64::from(min) || n > i64::from(max) {
+            return Err(invalid(&allowed));
+        }
+        Ok(n as u32)
+    };
+    // `0`, `off` and `none` switch an optional timeout off.
+    let optional = |min: Duration| -> Result<Option<Duration>> {
+        let allowed = format!(
+            "a duration of at least {} (like 30s, 5m), or 0/off",
+            humantime::format_duration(min)
+        );
+        match value.trim().to_ascii_lowercase().as_str() {
+            "0" | "off" | "none" => Ok(None),
+            text => {
+                let d = humantime::parse_duration(text).map_err(|_| invalid(&allowed))?;
+                if d.is_zero() {
+                    Ok(None)
+                } else if d < min {
+                    Err(invalid(&allowed))
+                } else {
+                    Ok(Some(d))
+                }
+            }
+        }
+    };
+    let required = |min: Duration, max: Duration| -> Result<Duration> {
+        let allowed = format!(
+            "a duration from {} to {} (like 500ms, 5s)",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        );
+        let d = humantime::parse_duration(value.trim()).map_err(|_| invalid(&allowed))?;
+        if d < min || d > max {
+            Err(invalid(&allowed))
+        } else {
+            Ok(d)
+        }
+    };
+    let ms = Duration::from_millis;
+    match key {
+        "max_size" => pool.max_size = count(1, 10_000)?,
+        "min_idle" => pool.min_idle = count(0, 10_000)?,
+        "idle_timeout" => pool.idle_timeout = optional(ms(1000))?,
+        "connection_timeout" => {
+            pool.connection_timeout = required(ms(10), Duration::from_secs(600))?
+        }
+        "max_lifetime" => pool.max_lifetime = optional(ms(1000))?,
+        "statement_timeout" => pool.statement_timeout = optional(ms(1))?,
+        "lock_timeout" => pool.lock_timeout = optional(ms(1))?,
+        "idle_in_transaction_session_timeout" => {
+            pool.idle_in_transaction_session_timeout = optional(ms(1))?
+        }
+        "leak_threshold" => pool.leak_threshold = optional(ms(1))?,
+        "validate_after_idle" => {
+            pool.validate_after_idle = if value.trim() == "0" {
+                Duration::ZERO
+            } else {
+                required(Duration::ZERO, Duration::from_secs(3600))?
+            }
+        }
+        "application_name" => {
+            let ok = !value.is_empty()
+                && value.len() <= 63
+                && value.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+            if !ok {
+                return Err(invalid("1 to 63 printable ASCII characters"));
+            }
+            pool.application_name = value.to_owned();
+        }
+        _ => return Err(invalid("a known key")),
+    }
+    Ok(())
+}
+
+/// The running program's name, so `pg_stat_activity` shows which service holds a connection.
+fn default_application_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|name| {
+            name.chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(63)
+                .collect::<String>()
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "pgops".to_owned())
+}
+
+mod duration {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(env: &[(&str, &str)], file: Option<&str>) -> Result<Config> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |name: &str| env.get(name).cloned();
+        Config::from_sources(&lookup, file.map(|text| (Path::new("pgops.toml"), text)))
+    }
+
+    #[test]
+    fn profiles_have_the_documented_defaults() {
+        let expect = [
+            (Environment::Development, 5, 1, 60, 2, None),
+            (Environment::Test, 3, 0, 10, 2, None),
+            (Environment::Staging, 20, 5, 30, 3, Some(30)),
+            (Environment::Production, 50, 10, 30, 5, Some(10)),
+        ];
+        for (env, max, min, idle, connect, statement) in expect {
+            let p = env.profile();
+            assert_eq!(p.max_size, max, "{env}");
+            assert_eq!(p.min_idle, min, "{env}");
+            assert_eq!(p.idle_timeout, Some(Duration::from_secs(idle)), "{env}");
+            assert_eq!(p.connection_timeout, Duration::from_secs(connect), "{env}");
+            assert_eq!(
+                p.statement_timeout,
+                statement.map(Duration::from_secs),
+                "{env}"
+            );
+            assert!(
+                p.max_lifetime.is_some()
+                    && p.lock_timeout.is_some()
+                    && p.idle_in_transaction_session_timeout.is_some()
+            );
+            assert!(!p.application_name.is_empty());
+        }
+    }
+
+    #[test]
+    fn environment_comes_from_pgops_env_then_app_env_then_file() {
+        assert_eq!(
+            load(&[], None).unwrap().environment,
+            Environment::Development
+        );
+        assert_eq!(
+            load(&[("APP_ENV", "staging")], None).unwrap().environment,
+            Environment::Staging
+        );
+        let c = load(&[("PGOPS_ENV", "Production"), ("APP_ENV", "test")], None).unwrap();
+        assert_eq!(c.environment, Environment::Production);
+        assert_eq!(c.sources["environment"], Source::Env("PGOPS_ENV".into()));
+        let c = load(&[], Some("environment = \"test\"")).unwrap();
+        assert_eq!(c.environment, Environment::Test);
+        assert_eq!(c.pool.max_size, 3);
+    }
+
+    #[test]
+    fn env_beats_file_beats_profile() {
+        let file = "[pool]\nmax_size = 30\nidle_timeout = \"45s\"\n";
+        let c = load(
+            &[("PGOPS_ENV", "staging"), ("PGOPS_POOL_MAX_SIZE", "40")],
+            Some(file),
+        )
+        .unwrap();
+        assert_eq!(c.pool.max_size, 40);
+        assert_eq!(
+            c.sources["max_size"],
+            Source::Env("PGOPS_POOL_MAX_SIZE".into())
+        );
+        assert_eq!(c.pool.idle_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(c.sources["idle_timeout"], Source::File("pgops.toml".into()));
+        assert_eq!(c.pool.min_idle, 5);
+        assert_eq!(c.sources["min_idle"], Source::Profile);
+        assert_eq!(c.sources.len(), KEYS.len() + 1);
+    }
+
+    #[test]
+    fn database_url_from_env_or_file_and_never_shown() {
+        let c = load(
+            &[("DATABASE_URL", "postgres://app:pw@db/app")],
+            Some("[database]\nurl = \"postgres://x@y/z\""),
+        )
+        .unwrap();
+        assert_eq!(
+            c.require_url().unwrap().to_string(),
+            "postgres://app:***@db/app"
+        );
+        let c = load(&[], Some("[database]\nurl = \"postgres://x@y/z\"")).unwrap();
+        assert_eq!(c.require_url().unwrap().to_string(), "postgres://x@y/z");
+        let err = load(&[], None).unwrap().require_url().unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL is not set"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_key_value_and_range() {
+        // (environment, pgops.toml, expected message)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+        let cases: &[Case<'_>] = &[
+            (
+                &[("PGOPS_POOL_MAX_SIZE", "0")],
+                None,
+                "PGOPS_POOL_MAX_SIZE = \"0\" is invalid: a whole number from 1 to 10000",
+            ),
+            (
+                &[("PGOPS_POOL_MAX_SIZE", "-3")],
+                None,
+                "PGOPS_POOL_MAX_SIZE = \"-3\" is invalid",
+            ),
+            (
+                &[("PGOPS_POOL_MIN_IDLE", "9"), ("PGOPS_POOL_MAX_SIZE", "4")],
+                None,
+                "PGOPS_POOL_MIN_IDLE = \"9\" is invalid: 0 to max_size (4)",
+            ),
+            (
+                &[("PGOPS_POOL_CONNECTION_TIMEOUT", "soon")],
+                None,
+                "PGOPS_POOL_CONNECTION_TIMEOUT = \"soon\" is invalid: a duration from 10ms to 10m",
+            ),
+            (
+                &[("PGOPS_POOL_CONNECTION_TIMEOUT", "0")],
+                None,
+                "is invalid: a duration from 10ms",
+            ),
+            (
+                &[("PGOPS_ENV", "prod")],
+                None,
+                "PGOPS_ENV = \"prod\" is invalid: one of development, test, staging, production",
+            ),
+            (
+                &[],
+                Some("[pool]\nmax_size = 0"),
+                "pool.max_size (pgops.toml) = \"0\" is invalid",
+            ),
+            (
+                &[],
+                Some("[pool]\nmax_sise = 3"),
+                "unknown key `max_sise` in [pool]",
+            ),
+            (
+                &[],
+                Some("[pool]\nidle_timeout = \"10 parsecs\""),
+                "pool.idle_timeout (pgops.toml) = \"10 parsecs\" is invalid: a duration of at least 1s",
+            ),
+            (
+                &[("PGOPS_POOL_APPLICATION_NAME", "")],
+                None,
+                "1 to 63 printable ASCII characters",
+            ),
+            (&[], Some("[pool\n"), "pgops.toml: "),
+        ];
+        for (env, file, expected) in cases {
+            let err = load(env, *file).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected `{expected}` in `{err}`");
+        }
+    }
+
+    #[test]
+    fn timeouts_can_be_switched_off() {
+        let c = load(
+            &[
+                ("PGOPS_ENV", "production"),
+                ("PGOPS_POOL_STATEMENT_TIMEOUT", "off"),
+                ("PGOPS_POOL_MAX_LIFETIME", "0"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.pool.statement_timeout, None);
+        assert_eq!(c.pool.max_lifetime, None);
+    }
+}

@@ -1,0 +1,154 @@
+//! The r2d2 connection manager: opens diesel `PgConnection`s with the session settings
+//! applied, notices connections a query found dead, and checks idle ones before reuse.
+
+use std::{
+    cell::Cell,
+    time::{Duration, Instant},
+};
+
+use diesel::{
+    Connection, PgConnection,
+    connection::{Instrumentation, InstrumentationEvent, SimpleConnection},
+    r2d2::R2D2Connection,
+    result::{DatabaseErrorKind, Error as DieselError},
+};
+
+use crate::{DatabaseUrl, PoolSettings};
+
+/// Why the pool closed a connection; read by the event handler right after r2d2 drops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// A query on it failed with a connection-level error, or its transaction state is broken.
+    Broken,
+    /// The round trip before reuse failed.
+    ValidationFailed,
+}
+
+thread_local! {
+    // r2d2 drops a connection that failed `is_valid` or `has_broken` in the same thread, right
+    // after asking; the reaper (idle timeout, max lifetime) runs in its own thread.
+    static CLOSE_REASON: Cell<Option<CloseReason>> = const { Cell::new(None) };
+}
+
+/// Takes the reason recorded for the connection being closed on this thread, if any.
+pub(crate) fn take_close_reason() -> Option<CloseReason> {
+    CLOSE_REASON.with(Cell::take)
+}
+
+/// Per-connection state kept in diesel's instrumentation slot.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    broken: bool,
+    last_used: Instant,
+}
+
+impl Instrumentation for Watch {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let InstrumentationEvent::FinishQuery {
+            error: Some(error), ..
+        } = event
+            && is_connection_error(error)
+        {
+            self.broken = true;
+        }
+    }
+}
+
+/// Opens and checks connections for r2d2.
+#[derive(Debug)]
+pub(crate) struct Manager {
+    url: DatabaseUrl,
+    session_sql: String,
+    validate_after_idle: Duration,
+}
+
+impl Manager {
+    pub(crate) fn new(url: DatabaseUrl, settings: &PoolSettings) -> Self {
+        Manager {
+            url,
+            session_sql: session_sql(settings),
+            validate_after_idle: settings.validate_after_idle,
+        }
+    }
+}
+
+/// Errors the manager gives r2d2; their text is already scrubbed of the password.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ManagerError(pub(crate) String);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = PgConnection;
+    type Error = ManagerError;
+
+    fn connect(&self) -> Result<PgConnection, ManagerError> {
+        let mut conn = PgConnection::establish(self.url.expose())
+            .map_err(|e| ManagerError(self.url.scrub(e.to_string().trim())))?;
+        conn.batch_execute(&self.session_sql).map_err(|e| {
+            ManagerError(format!(
+                "applying session settings: {}",
+                self.url.scrub(&e.to_string())
+            ))
+        })?;
+        conn.set_instrumentation(Watch {
+            broken: false,
+            last_used: Instant::now(),
+        });
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), ManagerError> {
+        let recently_used =
+            watch(conn).is_some_and(|w| w.last_used.elapsed() < self.validate_after_idle);
+        if recently_used {
+            return Ok(());
+        }
+        conn.ping().map_err(|e| {
+            CLOSE_REASON.with(|r| r.set(Some(CloseReason::ValidationFailed)));
+            ManagerError(format!(
+                "connection failed its check before reuse: {}",
+                self.url.scrub(&e.to_string())
+            ))
+        })
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        let broken = std::thread::panicking()
+            || R2D2Connection::is_broken(conn)
+            || watch(conn).is_some_and(|w| {
+                w.last_used = Instant::now();
+                w.broken
+            });
+        if broken {
+            CLOSE_REASON.with(|r| r.set(Some(CloseReason::Broken)));
+        }
+        broken
+    }
+}
+
+fn watch(conn: &mut PgConnection) -> Option<&mut Watch> {
+    conn.instrumentation().downcast_mut::<Watch>()
+}
+
+/// Errors after which the connection cannot be trusted again.
+fn is_connection_error(error: &DieselError) -> bool {
+    matches!(
+        error,
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _
+        ) | DieselError::BrokenTransactionManager
+    )
+}
+
+/// The `SET` statements every new session runs (values in milliseconds; 0 means off).
+pub fn session_sql(settings: &PoolSettings) -> String {
+    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis());
+    format!(
+        "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}; SET application_name = '{}'",
+        ms(settings.statement_timeout),
+        ms(settings.lock_timeout),
+        ms(settings.idle_in_transaction_session_timeout),
+        settings.application_name.replace('\'', "''"),
+    )
+}

@@ -1,0 +1,424 @@
+//! The pool: an r2d2 pool of diesel connections with a name, metrics, a `stats()` snapshot,
+//! leak detection and a helper for async services.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    ops::{Deref, DerefMut},
+    panic::Location,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use diesel::PgConnection;
+use serde::Serialize;
+
+use crate::{
+    Config, DatabaseUrl, Error, PoolSettings, Result,
+    manager::{CloseReason, Manager, take_close_reason},
+    metrics::PoolMetrics,
+};
+
+/// A pool of PostgreSQL connections. Cheap to clone; clones share the connections.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// A checked-out connection; derefs to diesel's `PgConnection` and returns to the pool when
+/// dropped.
+pub struct PooledConnection {
+    conn: r2d2::PooledConnection<Manager>,
+    inner: Arc<Inner>,
+    id: Option<u64>,
+}
+
+/// A point-in-time view of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolStats {
+    /// Connections open (idle + in use).
+    pub total: u32,
+    /// Connections open and free.
+    pub idle: u32,
+    /// Connections checked out.
+    pub in_use: u32,
+    /// Callers waiting for a connection.
+    pub waiting: u32,
+    /// The pool's maximum size.
+    pub max: u32,
+}
+
+struct Inner {
+    name: String,
+    pool: r2d2::Pool<Manager>,
+    url: DatabaseUrl,
+    settings: PoolSettings,
+    metrics: PoolMetrics,
+    waiting: AtomicU32,
+    next_checkout: AtomicU64,
+    checkouts: Mutex<HashMap<u64, Checkout>>,
+}
+
+#[derive(Debug)]
+struct Checkout {
+    since: Instant,
+    location: &'static Location<'static>,
+    thread: String,
+    reported: bool,
+}
+
+struct Events {
+    pool: String,
+    metrics: PoolMetrics,
+    max_lifetime: Option<Duration>,
+}
+
+struct Errors {
+    pool: String,
+}
+
+impl Pool {
+    /// The three-line setup: configuration from the environment and `pgops.toml`, then
+    /// [`Pool::connect`].
+    pub fn from_env() -> Result<Self> {
+        Self::connect(&Config::load()?)
+    }
+
+    /// Opens the pool `primary` on the configured database; fails within the connection
+    /// timeout, naming the redacted URL, when the server cannot be reached.
+    pub fn connect(config: &Config) -> Result<Self> {
+        Self::open(
+            "primary",
+            config.require_url()?.clone(),
+            config.pool.clone(),
+        )
+    }
+
+    /// Opens a named pool (the name labels its metrics and log lines).
+    pub fn open(name: &str, url: DatabaseUrl, settings: PoolSettings) -> Result<Self> {
+        let metrics = PoolMetrics::new(name);
+        let pool = r2d2::Pool::builder()
+            .max_size(settings.max_size)
+            .min_idle(Some(settings.min_idle))
+            .idle_timeout(settings.idle_timeout)
+            .max_lifetime(settings.max_lifetime)
+            .connection_timeout(settings.connection_timeout)
+            .test_on_check_out(true)
+            .event_handler(Box::new(Events {
+                pool: name.to_owned(),
+                metrics: metrics.clone(),
+                max_lifetime: settings.max_lifetime,
+            }))
+            .error_handler(Box::new(Errors {
+                pool: name.to_owned(),
+            }))
+            .build_unchecked(Manager::new(url.clone(), &settings));
+        metrics.max.set(f64::from(settings.max_size));
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            pool,
+            url,
+            settings,
+            metrics,
+            waiting: AtomicU32::new(0),
+            next_checkout: AtomicU64::new(0),
+            checkouts: Mutex::new(HashMap::new()),
+        });
+        spawn_monitor(Arc::downgrade(&inner));
+        let pool = Pool { inner };
+        // Prove the server is reachable now rather than at the first request.
+        match pool.get() {
+            Ok(conn) => drop(conn),
+            Err(Error::Timeout {
+                last_error, waited, ..
+            }) => {
+                return Err(Error::Connect {
+                    url: pool.inner.url.to_string(),
+                    timeout: waited,
+                    message: last_error.unwrap_or_else(|| "no connection could be opened".into()),
+                });
+            }
+            Err(other) => return Err(other),
+        }
+        tracing::info!(pool = name, url = %pool.inner.url, max_size = pool.inner.settings.max_size, "pool ready");
+        Ok(pool)
+    }
+
+    /// Checks out a connection, waiting up to the connection timeout.
+    #[track_caller]
+    pub fn get(&self) -> Result<PooledConnection> {
+        self.get_at(Location::caller())
+    }
+
+    /// Runs blocking diesel work on tokio's blocking pool, so an async service never blocks
+    /// its runtime threads on the database.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: pgops_pool::Pool) -> Result<(), pgops_pool::Error> {
+    /// use diesel::{RunQueryDsl, dsl::sql, sql_types::Integer};
+    /// let one: i32 = pool
+    ///     .run(|conn| -> Result<i32, pgops_pool::Error> { Ok(diesel::select(sql::<Integer>("1")).get_result(conn)?) })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[track_caller]
+    pub fn run<T, E, F>(&self, work: F) -> impl Future<Output = Result<T, E>> + Send + 'static
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let location = Location::caller();
+        let pool = self.clone();
+        async move {
+            let joined = tokio::task::spawn_blocking(move || {
+                let mut conn = pool.get_at(location)?;
+                work(&mut conn)
+            })
+            .await;
+            match joined {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Err(E::from(Error::Cancelled)),
+            }
+        }
+    }
+
+    /// A snapshot of the pool's state.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.inner.pool.state();
+        let stats = PoolStats {
+            total: state.connections,
+            idle: state.idle_connections,
+            in_use: state.connections - state.idle_connections,
+            waiting: self.inner.waiting.load(Ordering::Relaxed),
+            max: self.inner.settings.max_size,
+        };
+        self.inner.metrics.in_use.set(f64::from(stats.in_use));
+        self.inner.metrics.idle.set(f64::from(stats.idle));
+        stats
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.inner.settings
+    }
+
+    /// The database URL (prints redacted).
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.inner.url
+    }
+
+    fn get_at(&self, location: &'static Location<'static>) -> Result<PooledConnection> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let waiting = inner.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        inner.metrics.waiting.set(f64::from(waiting));
+        let result = inner.pool.get();
+        let waiting = inner.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+        inner.metrics.waiting.set(f64::from(waiting));
+        let waited = started.elapsed();
+        inner.metrics.wait.record(waited.as_secs_f64());
+        match result {
+            Ok(conn) => {
+                let id = inner.settings.leak_threshold.map(|_| {
+                    let id = inner.next_checkout.fetch_add(1, Ordering::Relaxed);
+                    let checkout = Checkout {
+                        since: Instant::now(),
+                        location,
+                        thread: std::thread::current()
+                            .name()
+                            .unwrap_or("unnamed")
+                            .to_owned(),
+                        reported: false,
+                    };
+                    inner.checkouts().insert(id, checkout);
+                    id
+                });
+                inner.metrics.in_use.increment(1.0);
+                Ok(PooledConnection {
+                    conn,
+                    inner: inner.clone(),
+                    id,
+                })
+            }
+            Err(e) => {
+                inner.metrics.timeouts.increment(1);
+                let state = inner.pool.state();
+                let last_error = e.to_string();
+                let last_error = last_error
+                    .strip_prefix("timed out waiting for connection")
+                    .map(|rest| rest.trim_start_matches(':').trim())
+                    .filter(|rest| !rest.is_empty())
+                    .map(|rest| inner.url.scrub(rest));
+                tracing::warn!(pool = %inner.name, waited_ms = waited.as_millis() as u64, "connection checkout timed out");
+                Err(Error::Timeout {
+                    pool: inner.name.clone(),
+                    waited,
+                    in_use: state.connections - state.idle_connections,
+                    max: inner.settings.max_size,
+                    waiting,
+                    last_error,
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.inner.name)
+            .field("url", &self.inner.url)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Inner {
+    fn checkouts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Checkout>> {
+        self.checkouts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Deref for PooledConnection {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("pool", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        self.inner.metrics.in_use.decrement(1.0);
+        if let Some(id) = self.id
+            && let Some(checkout) = self.inner.checkouts().remove(&id)
+            && checkout.reported
+        {
+            tracing::warn!(
+                pool = %self.inner.name,
+                held_ms = checkout.since.elapsed().as_millis() as u64,
+                checked_out_at = %checkout.location,
+                "connection reported as leaked was returned"
+            );
+        }
+    }
+}
+
+impl r2d2::HandleEvent for Events {
+    fn handle_acquire(&self, event: r2d2::event::AcquireEvent) {
+        self.metrics.opened.increment(1);
+        tracing::debug!(pool = %self.pool, connection = event.connection_id(), "connection opened");
+    }
+
+    fn handle_release(&self, event: r2d2::event::ReleaseEvent) {
+        let reason = match take_close_reason() {
+            Some(CloseReason::Broken) => "broken",
+            Some(CloseReason::ValidationFailed) => "validation_failed",
+            None if self.max_lifetime.is_some_and(|max| event.age() >= max) => "max_lifetime",
+            None => "idle_timeout",
+        };
+        self.metrics.closed(reason);
+        let age_ms = event.age().as_millis() as u64;
+        if matches!(reason, "broken" | "validation_failed") {
+            tracing::warn!(pool = %self.pool, connection = event.connection_id(), reason, age_ms, "connection closed");
+        } else {
+            tracing::debug!(pool = %self.pool, connection = event.connection_id(), reason, age_ms, "connection closed");
+        }
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl r2d2::HandleError<crate::manager::ManagerError> for Errors {
+    fn handle_error(&self, error: crate::manager::ManagerError) {
+        // The manager's messages are already scrubbed of the password.
+        tracing::warn!(pool = %self.pool, error = %error, "cannot open or reuse a connection");
+    }
+}
+
+impl fmt::Debug for Errors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Errors").field("pool", &self.pool).finish()
+    }
+}
+
+/// Refreshes the idle/in-use gauges and reports connections held past the leak threshold,
+/// once each, with where they were checked out. Ends when the pool is dropped.
+fn spawn_monitor(inner: Weak<Inner>) {
+    let spawned = std::thread::Builder::new()
+        .name("pgops-pool-monitor".into())
+        .spawn(move || {
+            loop {
+                let interval = {
+                    let Some(inner) = inner.upgrade() else { return };
+                    let state = inner.pool.state();
+                    inner.metrics.idle.set(f64::from(state.idle_connections));
+                    inner
+                        .metrics
+                        .in_use
+                        .set(f64::from(state.connections - state.idle_connections));
+                    match inner.settings.leak_threshold {
+                        Some(threshold) => {
+                            report_leaks(&inner, threshold);
+                            (threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+                        }
+                        None => Duration::from_secs(1),
+                    }
+                };
+                std::thread::sleep(interval);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the pool monitor thread; leak detection is off");
+    }
+}
+
+fn report_leaks(inner: &Inner, threshold: Duration) {
+    for checkout in inner.checkouts().values_mut() {
+        let held = checkout.since.elapsed();
+        if !checkout.reported && held >= threshold {
+            checkout.reported = true;
+            inner.metrics.leaks.increment(1);
+            tracing::warn!(
+                pool = %inner.name,
+                held_ms = held.as_millis() as u64,
+                threshold_ms = threshold.as_millis() as u64,
+                checked_out_at = %checkout.location,
+                thread = %checkout.thread,
+                "connection held longer than the leak threshold"
+            );
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The pool against real PostgreSQL: session settings, exhaustion, a restart under load, an
+//! unreachable server, wrong passwords, leaks, stats and the async helper.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use diesel::{
+    QueryableByName, RunQueryDsl,
+    dsl::sql,
+    sql_types::{Integer, Text},
+};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics_util::registry::{AtomicStorage, Registry};
+use pgops_pool::{DatabaseUrl, Environment, Error, Pool, PoolSettings, metrics::names};
+use pgops_testkit::{Cluster, ClusterOptions, TestDatabase};
+
+/// A recorder that keeps every value readable (the debugging recorder consumes values on
+/// every snapshot, which parallel tests would steal from each other).
+struct Recorded(Registry<Key, AtomicStorage>);
+
+impl Recorder for Recorded {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        self.0
+            .get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.0
+            .get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        self.0
+            .get_or_create_histogram(key, |h| Histogram::from_arc(h.clone()))
+    }
+}
+
+/// One metrics recorder and one log capture for the whole test binary.
+fn observe() -> &'static (&'static Recorded, Arc<Mutex<Vec<u8>>>) {
+    static OBSERVED: OnceLock<(&'static Recorded, Arc<Mutex<Vec<u8>>>)> = OnceLock::new();
+    OBSERVED.get_or_init(|| {
+        let recorder: &'static Recorded = Box::leak(Box::new(Recorded(Registry::atomic())));
+        metrics::set_global_recorder(recorder).unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("pgops_pool=debug")
+            .with_ansi(false)
+            .with_writer(move || Capture(sink.clone()))
+            .init();
+        (recorder, logs)
+    })
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&observe().1.lock().unwrap()).into_owned()
+}
+
+/// The value of a counter or gauge, or the number of histogram samples, of one pool (summed
+/// over the other labels, or only those matching `label`).
+fn metric(name: &str, pool: &str, label: Option<(&str, &str)>) -> f64 {
+    let registry = &observe().0.0;
+    let matches = |key: &Key| {
+        key.name() == name
+            && key.labels().any(|l| l.key() == "pool" && l.value() == pool)
+            && label.is_none_or(|(k, v)| key.labels().any(|l| l.key() == k && l.value() == v))
+    };
+    let counters: f64 = registry
+        .get_counter_handles()
+        .into_iter()
+        .filter(|(k, _)| matches(k))
+        .map(|(_, c)| c.load(std::sync::atomic::Ordering::Relaxed) as f64)
+        .sum();
+    let gauges: f64 = registry
+        .get_gauge_handles()
+        .into_iter()
+        .filter(|(k, _)| matches(k))
+        .map(|(_, g)| f64::from_bits(g.load(std::sync::atomic::Ordering::Relaxed)))
+        .sum();
+    let histograms: f64 = registry
+        .get_histogram_handles()
+        .into_iter()
+        .filter(|(k, _)| matches(k))
+        .map(|(_, h)| h.data().len() as f64)
+        .sum();
+    counters + gauges + histograms
+}
+
+fn settings(max_size: u32) -> PoolSettings {
+    PoolSettings {
+        max_size,
+        min_idle: 0,
+        connection_timeout: Duration::from_millis(500),
+        ..Environment::Test.profile()
+    }
+}
+
+fn url(db: &TestDatabase) -> DatabaseUrl {
+    DatabaseUrl::parse(&db.url()).unwrap()
+}
+
+#[derive(QueryableByName)]
+struct Shown {
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+fn show(conn: &mut diesel::PgConnection, name: &str) -> String {
+    diesel::sql_query(format!("SELECT current_setting('{name}') AS value"))
+        .get_result::<Shown>(conn)
+        .unwrap()
+        .value
+}
+
+#[test]
+fn every_new_connection_gets_the_session_settings() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let settings = PoolSettings {
+        application_name: "billing-api".into(),
+        ..Environment::Production.profile()
+    };
+    let pool = Pool::open(
+        "settings",
+        url(&db),
+        PoolSettings {
+            min_idle: 0,
+            max_size: 3,
+            ..settings
+        },
+    )
+    .unwrap();
+    // Hold three at once so three different sessions are checked.
+    let mut held: Vec<_> = (0..3).map(|_| pool.get().unwrap()).collect();
+    for conn in &mut held {
+        assert_eq!(show(conn, "statement_timeout"), "10s");
+        assert_eq!(show(conn, "lock_timeout"), "3s");
+        assert_eq!(show(conn, "idle_in_transaction_session_timeout"), "30s");
+        assert_eq!(show(conn, "application_name"), "billing-api");
+    }
+    assert_eq!(pool.stats().in_use, 3);
+    assert_eq!(pool.stats().total, 3);
+}
+
+#[test]
+fn exhaustion_times_out_cleanly_and_returns_every_connection() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let pool = Pool::open("exhaustion", url(&db), settings(3)).unwrap();
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || -> Result<(), Error> {
+                let mut conn = pool.get()?;
+                diesel::sql_query("SELECT pg_sleep(0.25)").execute(&mut *conn)?;
+                Ok(())
+            })
+        })
+        .collect();
+    let (mut ok, mut timeouts) = (0, 0);
+    for thread in threads {
+        match thread.join().expect("no panic under exhaustion") {
+            Ok(()) => ok += 1,
+            Err(Error::Timeout { max, waited, .. }) => {
+                assert_eq!(max, 3);
+                assert!(
+                    waited >= Duration::from_millis(450),
+                    "waited the connection timeout: {waited:?}"
+                );
+                timeouts += 1;
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert!(ok >= 3 && timeouts > 0, "ok {ok}, timeouts {timeouts}");
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.in_use, stats.waiting),
+        (0, 0),
+        "every connection came back: {stats:?}"
+    );
+    assert!(stats.total <= 3);
+    assert_eq!(
+        metric(names::TIMEOUTS, "exhaustion", None),
+        f64::from(timeouts)
+    );
+    assert_eq!(
+        metric(names::WAIT, "exhaustion", None),
+        24.0 + 1.0,
+        "every wait is recorded, timed-out ones too"
+    );
+}
+
+#[test]
+fn recovers_from_a_database_restart_under_load() {
+    observe();
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let pool = Pool::open(
+        "restart",
+        DatabaseUrl::parse(&cluster.url("postgres")).unwrap(),
+        settings(4),
+    )
+    .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let last_ok = Arc::new(Mutex::new(Instant::now()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, stop, last_ok) = (pool.clone(), stop.clone(), last_ok.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let result = pool.get().and_then(|mut conn| {
+                        Ok(diesel::select(sql::<Integer>("1")).get_result::<i32>(&mut *conn)?)
+                    });
+                    match result {
+                        Ok(_) => {
+                            ok += 1;
+                            *last_ok.lock().unwrap() = Instant::now();
+                        }
+                        Err(_) => failed += 1,
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.restart().unwrap();
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(30);
+    let recovered = loop {
+        let seen = *last_ok.lock().unwrap();
+        if seen > back {
+            break seen - back;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not serve again within 30s of the restart"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = workers
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    println!(
+        "recovery after restart: {recovered:?} ({ok} queries ok, {failed} failed during the restart)"
+    );
+    let closed = metric(names::CLOSED, "restart", Some(("reason", "broken")))
+        + metric(
+            names::CLOSED,
+            "restart",
+            Some(("reason", "validation_failed")),
+        );
+    assert!(
+        closed >= 1.0,
+        "dead connections were discarded with a reason"
+    );
+    // After recovery every query works again.
+    let mut conn = pool.get().unwrap();
+    assert_eq!(
+        diesel::select(sql::<Integer>("7"))
+            .get_result::<i32>(&mut *conn)
+            .unwrap(),
+        7
+    );
+}
+
+#[test]
+fn unreachable_server_fails_within_the_connection_timeout_without_the_password() {
+    observe();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = DatabaseUrl::parse(&format!(
+        "postgres://app:hunter2-secret@127.0.0.1:{port}/app"
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let err = Pool::open(
+        "unreachable",
+        url,
+        PoolSettings {
+            connection_timeout: Duration::from_secs(1),
+            ..settings(2)
+        },
+    )
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Connect { .. }), "{message}");
+    assert!(
+        message.contains(&format!(
+            "cannot connect to postgres://app:***@127.0.0.1:{port}/app"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("Connection refused") || message.contains("connection"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2-secret"), "{message}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "gave up after the 1s connection timeout, not {elapsed:?}"
+    );
+    assert!(
+        !logs().contains("hunter2-secret"),
+        "the password never reaches the logs"
+    );
+}
+
+#[test]
+fn a_wrong_password_is_reported_without_echoing_it() {
+    observe();
+    let cluster = Cluster::start(ClusterOptions::default().require_passwords(true)).unwrap();
+    cluster
+        .execute("postgres", "CREATE ROLE app LOGIN PASSWORD 'right-pass'")
+        .unwrap();
+    let wrong = format!(
+        "postgres://app:wrong%27secret@127.0.0.1:{}/postgres",
+        cluster.port()
+    );
+    let err = Pool::open(
+        "bad-login",
+        DatabaseUrl::parse(&wrong).unwrap(),
+        settings(2),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(err.contains("postgres://app:***@"), "{err}");
+    assert!(
+        !err.contains("wrong'secret") && !err.contains("wrong%27secret"),
+        "{err}"
+    );
+    assert!(!logs().contains("wrong'secret") && !logs().contains("wrong%27secret"));
+
+    let right = format!(
+        "postgres://app:right-pass@127.0.0.1:{}/postgres",
+        cluster.port()
+    );
+    let pool = Pool::open(
+        "good-login",
+        DatabaseUrl::parse(&right).unwrap(),
+        settings(2),
+    )
+    .unwrap();
+    assert!(!format!("{pool:?}").contains("right-pass"));
+    drop(pool.get().unwrap());
+    assert!(!logs().contains("right-pass"));
+}
+
+#[test]
+fn a_connection_held_too_long_is_reported_with_its_checkout_site() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let pool = Pool::open(
+        "leaky",
+        url(&db),
+        PoolSettings {
+            leak_threshold: Some(Duration::from_millis(100)),
+            ..settings(2)
+        },
+    )
+    .unwrap();
+    let line = line!() + 1;
+    let conn = pool.get().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(names::LEAKS, "leaky", None) < 1.0 {
+        assert!(Instant::now() < deadline, "leak not reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric(names::LEAKS, "leaky", None), 1.0, "reported once");
+    let logs = logs();
+    assert!(
+        logs.contains("connection held longer than the leak threshold"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("tests/pool.rs:{line}")),
+        "names the checkout site:\n{logs}"
+    );
+    drop(conn);
+    assert!(self::logs().contains("connection reported as leaked was returned"));
+    // A quick checkout is not a leak.
+    drop(pool.get().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric(names::LEAKS, "leaky", None), 1.0);
+}
+
+#[test]
+fn stats_snapshot_tracks_checkouts() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let pool = Pool::open("stats", url(&db), settings(4)).unwrap();
+    let a = pool.get().unwrap();
+    let b = pool.get().unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.in_use, stats.max, stats.waiting), (2, 4, 0));
+    assert_eq!(stats.total, stats.in_use + stats.idle);
+    assert_eq!(metric(names::IN_USE, "stats", None), 2.0);
+    assert_eq!(metric(names::MAX, "stats", None), 4.0);
+    drop((a, b));
+    let stats = pool.stats();
+    assert_eq!(stats.in_use, 0);
+    assert_eq!(stats.idle, stats.total);
+    assert!(metric(names::OPENED, "stats", None) >= 2.0);
+}
+
+#[test]
+fn run_executes_blocking_work_off_the_async_runtime() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let pool = Pool::open("async", url(&db), settings(2)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    pool.run(move |conn| -> Result<i32, Error> {
+                        Ok(
+                            diesel::select(sql::<Integer>(&format!("{i} + pg_backend_pid() * 0")))
+                                .get_result(conn)?,
+                        )
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap().unwrap());
+        }
+        out
+    });
+    assert_eq!(results, (0..8).collect::<Vec<_>>());
+    let err = runtime
+        .block_on(pool.run(|conn| -> Result<i32, Error> {
+            Ok(diesel::select(sql::<Integer>("1/0")).get_result(conn)?)
+        }))
+        .unwrap_err();
+    assert!(err.to_string().contains("division by zero"), "{err}");
+}
