@@ -3,6 +3,7 @@
 
 pub mod exit;
 pub mod migrate;
+pub mod pool;
 
 use std::io::Write;
 
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Area {
     /// Apply, revert and check schema migrations (diesel layout) under an advisory lock.
     Migrate(migrate::Args),
+    /// Show the effective connection-pool configuration and check it against the server.
+    Pool(pool::Args),
 }
 
 /// The exit codes, as `--help` shows them.
@@ -39,5 +42,6 @@ pub const EXIT_CODES: &str = "Exit codes:
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
     match &cli.area {
         Area::Migrate(args) => migrate::run(args, out),
+        Area::Pool(args) => pool::run(args, out),
     }
 }

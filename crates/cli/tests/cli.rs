@@ -33,7 +33,9 @@ fn help_lists_every_area_and_documents_exit_codes() {
     let out = pgops(&["--help"], None);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
-    assert!(help.contains("migrate"), "{help}");
+    for area in ["migrate", "pool"] {
+        assert!(help.contains(area), "{area} missing from\n{help}");
+    }
     assert!(
         help.contains("2  usage, configuration or connection error"),
         "{help}"

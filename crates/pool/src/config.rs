@@ -177,10 +177,16 @@ impl Config {
     /// Reads the process environment and `pgops.toml` (`PGOPS_CONFIG`, or `./pgops.toml` when
     /// it exists).
     pub fn load() -> Result<Self> {
+        Self::load_from(None)
+    }
+
+    /// Like [`Config::load`], reading `file` instead when given.
+    pub fn load_from(file: Option<&Path>) -> Result<Self> {
         let env = |name: &str| std::env::var(name).ok();
-        let path = match env("PGOPS_CONFIG") {
-            Some(path) => Some(PathBuf::from(path)),
-            None => Some(PathBuf::from("pgops.toml")).filter(|p| p.is_file()),
+        let path = match (file, env("PGOPS_CONFIG")) {
+            (Some(path), _) => Some(path.to_path_buf()),
+            (None, Some(path)) => Some(PathBuf::from(path)),
+            (None, None) => Some(PathBuf::from("pgops.toml")).filter(|p| p.is_file()),
         };
         let file = match &path {
             Some(path) => Some((

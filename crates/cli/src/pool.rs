@@ -1,0 +1,252 @@
+//! `pgops pool show` (the effective pool configuration and where each value came from) and
+//! `pgops pool check` (does the pool fit in the server's `max_connections`).
+
+use std::{io::Write, path::PathBuf};
+
+use anyhow::Context as _;
+use diesel::{QueryableByName, RunQueryDsl, sql_types::Integer};
+use pgops_pool::{Config, Source};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    exit::{Exit, Failure},
+    migrate::connect,
+};
+
+/// Options of `pgops pool`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub verb: Verb,
+    /// The configuration file [default: PGOPS_CONFIG, or ./pgops.toml when it exists].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The verbs of `pgops pool`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Verb {
+    /// Print the effective configuration with the source of every value (does not connect).
+    Show,
+    /// Connect and check that the pools of all instances fit in the server's max_connections
+    /// (exit 1 if they do not).
+    Check {
+        /// How many instances of the service run with this configuration.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        instances: u32,
+    },
+}
+
+#[derive(QueryableByName)]
+struct ServerLimits {
+    #[diesel(sql_type = Integer)]
+    max_connections: i32,
+    #[diesel(sql_type = Integer)]
+    superuser_reserved: i32,
+    #[diesel(sql_type = Integer)]
+    reserved: i32,
+    #[diesel(sql_type = Integer)]
+    in_use: i32,
+}
+
+/// Runs one `pgops pool` command.
+pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
+    let config = Config::load_from(args.config.as_deref()).map_err(Failure::usage)?;
+    match &args.verb {
+        Verb::Show => show(&config, args.json, out),
+        Verb::Check { instances } => check(&config, *instances, args.json, out),
+    }
+}
+
+fn show(config: &Config, json: bool, out: &mut dyn Write) -> Result<Exit, Failure> {
+    let entry =
+        |value: Value, key: &str| json!({ "value": value, "source": config.sources.get(key) });
+    let values = serde_json::to_value(&config.pool)
+        .context("encoding the settings")
+        .map_err(Failure::problem)?;
+    let mut pool = Map::new();
+    for key in pgops_pool::KEYS {
+        pool.insert((*key).to_owned(), entry(values[*key].clone(), key));
+    }
+    let url = config
+        .database_url
+        .as_ref()
+        .map(|u| Value::String(u.to_string()));
+    let report = json!({
+        "environment": entry(json!(config.environment), "environment"),
+        "database_url": entry(url.unwrap_or(Value::Null), "database_url"),
+        "pool": pool,
+    });
+    let written = if json {
+        writeln!(out, "{report:#}")
+    } else {
+        let source = |key: &str| {
+            config
+                .sources
+                .get(key)
+                .map_or("not set".to_owned(), Source::to_string)
+        };
+        let mut text = format!(
+            "{:<38} {:<44} {}\n",
+            "environment",
+            config.environment,
+            source("environment")
+        );
+        let url = config
+            .database_url
+            .as_ref()
+            .map_or("(not set)".to_owned(), |u| u.to_string());
+        text.push_str(&format!(
+            "{:<38} {:<44} {}\n",
+            "database_url",
+            url,
+            source("database_url")
+        ));
+        for key in pgops_pool::KEYS {
+            let value = match &values[*key] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            text.push_str(&format!(
+                "{:<38} {:<44} {}\n",
+                format!("pool.{key}"),
+                value,
+                source(key)
+            ));
+        }
+        write!(out, "{text}")
+    };
+    written
+        .context("writing the report")
+        .map_err(Failure::problem)?;
+    Ok(Exit::Ok)
+}
+
+fn check(
+    config: &Config,
+    instances: u32,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<Exit, Failure> {
+    let url = config.require_url().map_err(Failure::usage)?;
+    let mut conn = connect(url)?;
+    let limits: ServerLimits = diesel::sql_query(
+        "SELECT current_setting('max_connections')::int AS max_connections,
+                current_setting('superuser_reserved_connections')::int AS superuser_reserved,
+                coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved,
+                (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS in_use",
+    )
+    .get_result(&mut conn)
+    .map_err(|e| Failure::problem(anyhow::anyhow!("reading the server's connection limits: {}", url.scrub(&e.to_string()))))?;
+    let verdict = fit(config.pool.max_size, instances, &limits);
+    let report = json!({
+        "max_size": config.pool.max_size,
+        "instances": instances,
+        "needed": verdict.needed,
+        "max_connections": limits.max_connections,
+        "superuser_reserved_connections": limits.superuser_reserved,
+        "reserved_connections": limits.reserved,
+        "available": verdict.available,
+        "connections_now": limits.in_use,
+        "fits": verdict.fits,
+        "advice": verdict.advice,
+    });
+    let written = if json {
+        writeln!(out, "{report:#}")
+    } else {
+        writeln!(
+            out,
+            "pool: max_size {} x {instances} instance(s) = {} connections\n\
+             server: max_connections {} - {} reserved for superusers - {} reserved = {} for applications ({} connected now)\n\
+             {}",
+            config.pool.max_size,
+            verdict.needed,
+            limits.max_connections,
+            limits.superuser_reserved,
+            limits.reserved,
+            verdict.available,
+            limits.in_use,
+            verdict.advice
+        )
+    };
+    written
+        .context("writing the report")
+        .map_err(Failure::problem)?;
+    Ok(if verdict.fits {
+        Exit::Ok
+    } else {
+        Exit::Problem
+    })
+}
+
+struct Verdict {
+    needed: i64,
+    available: i64,
+    fits: bool,
+    advice: String,
+}
+
+/// Whether `instances` pools of `max_size` fit in what the server leaves to applications.
+fn fit(max_size: u32, instances: u32, limits: &ServerLimits) -> Verdict {
+    let needed = i64::from(max_size) * i64::from(instances);
+    let available = i64::from(limits.max_connections)
+        - i64::from(limits.superuser_reserved)
+        - i64::from(limits.reserved);
+    let fits = needed <= available;
+    let advice = if !fits {
+        format!(
+            "FAIL: {needed} connections do not fit in {available}; lower max_size, run fewer instances, \
+             raise max_connections, or put PgBouncer (transaction pooling) in front"
+        )
+    } else if needed * 10 > available * 8 {
+        format!(
+            "ok, but tight: {needed} of {available} leaves little room for migrations, cron jobs, \
+             monitoring and a deploy that briefly runs old and new instances side by side"
+        )
+    } else {
+        format!("ok: {needed} of {available} connections")
+    };
+    Verdict {
+        needed,
+        available,
+        fits,
+        advice,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: i32) -> ServerLimits {
+        ServerLimits {
+            max_connections: max,
+            superuser_reserved: 3,
+            reserved: 0,
+            in_use: 1,
+        }
+    }
+
+    #[test]
+    fn pools_of_all_instances_must_fit() {
+        let v = fit(50, 2, &limits(100));
+        assert!(
+            !v.fits && v.needed == 100 && v.available == 97,
+            "{}",
+            v.advice
+        );
+        assert!(v.advice.starts_with("FAIL"));
+        let v = fit(40, 2, &limits(100));
+        assert!(v.fits && v.advice.contains("tight"), "{}", v.advice);
+        let v = fit(10, 2, &limits(100));
+        assert!(
+            v.fits && v.advice.starts_with("ok: 20 of 97"),
+            "{}",
+            v.advice
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! `pgops pool show` and `pgops pool check` as an operator runs them.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+use pgops_testkit::TestDatabase;
+
+fn pgops(args: &[&str], env: &[(&str, &str)], cwd: &std::path::Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops"));
+    cmd.args(args).current_dir(cwd);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PGOPS_") || name == "APP_ENV" || name == "DATABASE_URL" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn show_prints_every_key_with_its_source_and_hides_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pgops.toml"),
+        "[pool]\nidle_timeout = \"45s\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("PGOPS_ENV", "production"),
+        ("PGOPS_POOL_MAX_SIZE", "30"),
+        (
+            "DATABASE_URL",
+            "postgres://app:s3cret-pw@db.internal:5432/app",
+        ),
+    ];
+    let out = pgops(&["pool", "show", "--json"], &env, dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("s3cret-pw"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["environment"]["value"], "production");
+    assert_eq!(v["environment"]["source"]["name"], "PGOPS_ENV");
+    assert_eq!(
+        v["database_url"]["value"],
+        "postgres://app:***@db.internal:5432/app"
+    );
+    assert_eq!(v["pool"]["max_size"]["value"], 30);
+    assert_eq!(v["pool"]["max_size"]["source"]["kind"], "env");
+    assert_eq!(v["pool"]["idle_timeout"]["value"], "45s");
+    assert_eq!(v["pool"]["idle_timeout"]["source"]["kind"], "file");
+    assert_eq!(v["pool"]["statement_timeout"]["value"], "10s");
+    assert_eq!(v["pool"]["statement_timeout"]["source"]["kind"], "profile");
+    for key in pgops_pool::KEYS {
+        assert!(v["pool"][key].is_object(), "{key} missing");
+    }
+
+    let out = pgops(&["pool", "show"], &env, dir.path());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("pool.max_size") && stdout.contains("env PGOPS_POOL_MAX_SIZE"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("file pgops.toml"), "{stdout}");
+    assert!(!stdout.contains("s3cret-pw") && !text(&out.stderr).contains("s3cret-pw"));
+}
+
+#[test]
+fn bad_settings_exit_2_naming_key_value_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pgops(
+        &["pool", "show"],
+        &[("PGOPS_POOL_MIN_IDLE", "9"), ("PGOPS_POOL_MAX_SIZE", "4")],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("PGOPS_POOL_MIN_IDLE = \"9\" is invalid: 0 to max_size (4)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = pgops(&["pool", "show"], &[("APP_ENV", "qa")], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("APP_ENV = \"qa\" is invalid"));
+}
+
+#[test]
+fn check_compares_pools_of_all_instances_with_max_connections() {
+    let db = TestDatabase::empty().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = db.url();
+    // The test cluster has max_connections 100 and 3 superuser-reserved slots.
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PGOPS_POOL_MAX_SIZE", "20"),
+    ];
+    let out = pgops(&["pool", "check", "--instances", "2"], &env, dir.path());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("ok: 40 of 97"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = pgops(
+        &["pool", "check", "--instances", "5", "--json"],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["needed"], 100);
+    assert_eq!(v["available"], 97);
+    assert_eq!(v["fits"], false);
+    assert!(v["connections_now"].as_i64().unwrap() >= 1);
+
+    let out = pgops(&["pool", "check"], &[], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("DATABASE_URL is not set"));
+}
