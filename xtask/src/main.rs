@@ -1,6 +1,7 @@
 //! `cargo xtask`: the tasks developers and CI run. `cargo xtask ci` is exactly what CI runs.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod ci;
 mod migrate;
 
@@ -17,12 +18,15 @@ enum Task {
     Ci(ci::Args),
     /// `pgops migrate` against DATABASE_URL, with this repository's migrations/ by default.
     Migrate(migrate::Args),
+    /// Benchmarks side by side with the existing tools; writes target/pgops-bench/<suite>.json.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     match Task::parse() {
         Task::Ci(args) => ci::run(&args),
         Task::Migrate(args) => migrate::run(args),
+        Task::Bench(args) => bench::run(&args),
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod config;
 mod error;
+mod leak;
 mod manager;
 pub mod metrics;
 mod pool;

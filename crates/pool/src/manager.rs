@@ -3,6 +3,7 @@
 
 use std::{
     cell::Cell,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,7 +14,10 @@ use diesel::{
     result::{DatabaseErrorKind, Error as DieselError},
 };
 
-use crate::{DatabaseUrl, PoolSettings};
+use crate::{
+    DatabaseUrl, PoolSettings,
+    leak::{Registry, Slot},
+};
 
 /// Why the pool closed a connection; read by the event handler right after r2d2 drops it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +44,8 @@ pub(crate) fn take_close_reason() -> Option<CloseReason> {
 pub(crate) struct Watch {
     broken: bool,
     last_used: Instant,
+    /// Where and since when the connection is checked out, for leak detection.
+    pub(crate) slot: Arc<Slot>,
 }
 
 impl Instrumentation for Watch {
@@ -60,14 +66,16 @@ pub(crate) struct Manager {
     url: DatabaseUrl,
     session_sql: String,
     validate_after_idle: Duration,
+    slots: Arc<Registry>,
 }
 
 impl Manager {
-    pub(crate) fn new(url: DatabaseUrl, settings: &PoolSettings) -> Self {
+    pub(crate) fn new(url: DatabaseUrl, settings: &PoolSettings, slots: Arc<Registry>) -> Self {
         Manager {
             url,
             session_sql: session_sql(settings),
             validate_after_idle: settings.validate_after_idle,
+            slots,
         }
     }
 }
@@ -93,6 +101,7 @@ impl r2d2::ManageConnection for Manager {
         conn.set_instrumentation(Watch {
             broken: false,
             last_used: Instant::now(),
+            slot: self.slots.register(),
         });
         Ok(conn)
     }
@@ -126,7 +135,8 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
-fn watch(conn: &mut PgConnection) -> Option<&mut Watch> {
+/// The pool's state kept in a connection (absent if someone replaced its instrumentation).
+pub(crate) fn watch(conn: &mut PgConnection) -> Option<&mut Watch> {
     conn.instrumentation().downcast_mut::<Watch>()
 }
 

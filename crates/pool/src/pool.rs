@@ -2,15 +2,14 @@
 //! leak detection and a helper for async services.
 
 use std::{
-    collections::HashMap,
     fmt,
     ops::{Deref, DerefMut},
     panic::Location,
     sync::{
-        Arc, Mutex, PoisonError, Weak,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc, Weak,
+        atomic::{AtomicU32, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use diesel::PgConnection;
@@ -18,7 +17,8 @@ use serde::Serialize;
 
 use crate::{
     Config, DatabaseUrl, Error, PoolSettings, Result,
-    manager::{CloseReason, Manager, take_close_reason},
+    leak::{Registry, Slot},
+    manager::{CloseReason, Manager, take_close_reason, watch},
     metrics::PoolMetrics,
 };
 
@@ -33,7 +33,7 @@ pub struct Pool {
 pub struct PooledConnection {
     conn: r2d2::PooledConnection<Manager>,
     inner: Arc<Inner>,
-    id: Option<u64>,
+    slot: Option<Arc<Slot>>,
 }
 
 /// A point-in-time view of a pool.
@@ -58,16 +58,7 @@ struct Inner {
     settings: PoolSettings,
     metrics: PoolMetrics,
     waiting: AtomicU32,
-    next_checkout: AtomicU64,
-    checkouts: Mutex<HashMap<u64, Checkout>>,
-}
-
-#[derive(Debug)]
-struct Checkout {
-    since: Instant,
-    location: &'static Location<'static>,
-    thread: String,
-    reported: bool,
+    slots: Arc<Registry>,
 }
 
 struct Events {
@@ -100,6 +91,7 @@ impl Pool {
     /// Opens a named pool (the name labels its metrics and log lines).
     pub fn open(name: &str, url: DatabaseUrl, settings: PoolSettings) -> Result<Self> {
         let metrics = PoolMetrics::new(name);
+        let slots = Arc::new(Registry::default());
         let pool = r2d2::Pool::builder()
             .max_size(settings.max_size)
             .min_idle(Some(settings.min_idle))
@@ -115,7 +107,7 @@ impl Pool {
             .error_handler(Box::new(Errors {
                 pool: name.to_owned(),
             }))
-            .build_unchecked(Manager::new(url.clone(), &settings));
+            .build_unchecked(Manager::new(url.clone(), &settings, slots.clone()));
         metrics.max.set(f64::from(settings.max_size));
         let inner = Arc::new(Inner {
             name: name.to_owned(),
@@ -124,8 +116,7 @@ impl Pool {
             settings,
             metrics,
             waiting: AtomicU32::new(0),
-            next_checkout: AtomicU64::new(0),
-            checkouts: Mutex::new(HashMap::new()),
+            slots,
         });
         spawn_monitor(Arc::downgrade(&inner));
         let pool = Pool { inner };
@@ -219,35 +210,27 @@ impl Pool {
 
     fn get_at(&self, location: &'static Location<'static>) -> Result<PooledConnection> {
         let inner = &self.inner;
-        let started = Instant::now();
+        // The wait histogram is recorded by the event handler from r2d2's own timing (checkout
+        // and timeout events), so the fast path reads no clock here.
         let waiting = inner.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         inner.metrics.waiting.set(f64::from(waiting));
         let result = inner.pool.get();
         let waiting = inner.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
         inner.metrics.waiting.set(f64::from(waiting));
-        let waited = started.elapsed();
-        inner.metrics.wait.record(waited.as_secs_f64());
         match result {
-            Ok(conn) => {
-                let id = inner.settings.leak_threshold.map(|_| {
-                    let id = inner.next_checkout.fetch_add(1, Ordering::Relaxed);
-                    let checkout = Checkout {
-                        since: Instant::now(),
-                        location,
-                        thread: std::thread::current()
-                            .name()
-                            .unwrap_or("unnamed")
-                            .to_owned(),
-                        reported: false,
-                    };
-                    inner.checkouts().insert(id, checkout);
-                    id
-                });
+            Ok(mut conn) => {
+                let slot = match inner.settings.leak_threshold {
+                    Some(_) => watch(&mut conn).map(|w| w.slot.clone()),
+                    None => None,
+                };
+                if let Some(slot) = &slot {
+                    slot.check_out(location);
+                }
                 inner.metrics.in_use.increment(1.0);
                 Ok(PooledConnection {
                     conn,
                     inner: inner.clone(),
-                    id,
+                    slot,
                 })
             }
             Err(e) => {
@@ -259,6 +242,7 @@ impl Pool {
                     .map(|rest| rest.trim_start_matches(':').trim())
                     .filter(|rest| !rest.is_empty())
                     .map(|rest| inner.url.scrub(rest));
+                let waited = inner.settings.connection_timeout;
                 tracing::warn!(pool = %inner.name, waited_ms = waited.as_millis() as u64, "connection checkout timed out");
                 Err(Error::Timeout {
                     pool: inner.name.clone(),
@@ -280,14 +264,6 @@ impl fmt::Debug for Pool {
             .field("url", &self.inner.url)
             .field("stats", &self.stats())
             .finish()
-    }
-}
-
-impl Inner {
-    fn checkouts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Checkout>> {
-        self.checkouts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -316,14 +292,11 @@ impl fmt::Debug for PooledConnection {
 impl Drop for PooledConnection {
     fn drop(&mut self) {
         self.inner.metrics.in_use.decrement(1.0);
-        if let Some(id) = self.id
-            && let Some(checkout) = self.inner.checkouts().remove(&id)
-            && checkout.reported
-        {
+        if let Some((held, location)) = self.slot.as_ref().and_then(|slot| slot.check_in()) {
             tracing::warn!(
                 pool = %self.inner.name,
-                held_ms = checkout.since.elapsed().as_millis() as u64,
-                checked_out_at = %checkout.location,
+                held_ms = held.as_millis() as u64,
+                checked_out_at = %location,
                 "connection reported as leaked was returned"
             );
         }
@@ -331,6 +304,14 @@ impl Drop for PooledConnection {
 }
 
 impl r2d2::HandleEvent for Events {
+    fn handle_checkout(&self, event: r2d2::event::CheckoutEvent) {
+        self.metrics.wait.record(event.duration().as_secs_f64());
+    }
+
+    fn handle_timeout(&self, event: r2d2::event::TimeoutEvent) {
+        self.metrics.wait.record(event.timeout().as_secs_f64());
+    }
+
     fn handle_acquire(&self, event: r2d2::event::AcquireEvent) {
         self.metrics.opened.increment(1);
         tracing::debug!(pool = %self.pool, connection = event.connection_id(), "connection opened");
@@ -406,19 +387,15 @@ fn spawn_monitor(inner: Weak<Inner>) {
 }
 
 fn report_leaks(inner: &Inner, threshold: Duration) {
-    for checkout in inner.checkouts().values_mut() {
-        let held = checkout.since.elapsed();
-        if !checkout.reported && held >= threshold {
-            checkout.reported = true;
-            inner.metrics.leaks.increment(1);
-            tracing::warn!(
-                pool = %inner.name,
-                held_ms = held.as_millis() as u64,
-                threshold_ms = threshold.as_millis() as u64,
-                checked_out_at = %checkout.location,
-                thread = %checkout.thread,
-                "connection held longer than the leak threshold"
-            );
-        }
+    for leak in inner.slots.new_leaks(threshold) {
+        inner.metrics.leaks.increment(1);
+        tracing::warn!(
+            pool = %inner.name,
+            held_ms = leak.held.as_millis() as u64,
+            threshold_ms = threshold.as_millis() as u64,
+            checked_out_at = %leak.location,
+            thread = %leak.thread,
+            "connection held longer than the leak threshold"
+        );
     }
 }

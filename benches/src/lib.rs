@@ -1,0 +1,22 @@
+//! Benchmarks of pgops side by side with the tools they replace. Each suite measures both
+//! sides in the same run, on the same data, in interleaved rounds, and reports medians in the
+//! JSON contract of `cargo xtask bench`.
+// A harness, not a library for services: it reports progress on stderr.
+#![allow(clippy::print_stderr)]
+
+pub mod pool;
+pub mod report;
+
+/// The suites, by name.
+pub const SUITES: &[&str] = &["pool"];
+
+/// Runs one suite.
+pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
+    match suite {
+        "pool" => pool::run(pool::Plan::new(quick)),
+        other => anyhow::bail!(
+            "unknown benchmark suite `{other}`; known suites: {}",
+            SUITES.join(", ")
+        ),
+    }
+}

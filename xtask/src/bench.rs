@@ -1,0 +1,97 @@
+//! `cargo xtask bench [suite] [--quick]`: runs a benchmark suite (or all) built in release mode,
+//! prints its table and writes `target/pgops-bench/<suite>.json`; suites with criterion
+//! benches run those too.
+
+use std::process::{Command, ExitCode};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The suite to run (pool); all suites when omitted.
+    pub suite: Option<String>,
+    /// Shorter runs: a smaller data set, fewer and shorter rounds.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Suites and their criterion benches.
+const SUITES: &[(&str, &[&str])] = &[("pool", &["pool_checkout"])];
+
+/// Runs the benchmarks.
+pub fn run(args: &Args) -> ExitCode {
+    let suites: Vec<_> = match &args.suite {
+        Some(name) => match SUITES.iter().find(|(s, _)| s == name) {
+            Some(suite) => vec![*suite],
+            None => {
+                let known: Vec<_> = SUITES.iter().map(|(s, _)| *s).collect();
+                eprintln!(
+                    "error: unknown suite `{name}`; known suites: {}",
+                    known.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => SUITES.to_vec(),
+    };
+    let root = crate::workspace_root();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    for (suite, criterion_benches) in suites {
+        let out = target.join("pgops-bench").join(format!("{suite}.json"));
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root)
+            .args([
+                "run",
+                "--release",
+                "--locked",
+                "-p",
+                "pgops-benches",
+                "--bin",
+                "pgops-bench",
+                "--",
+                suite,
+            ])
+            .arg("--out")
+            .arg(&out);
+        if args.quick {
+            cmd.arg("--quick");
+        }
+        if !succeeded(cmd, &format!("suite {suite}")) {
+            return ExitCode::FAILURE;
+        }
+        for bench in criterion_benches.iter() {
+            let mut cmd = Command::new(&cargo);
+            cmd.current_dir(&root).args([
+                "bench",
+                "--locked",
+                "-p",
+                "pgops-benches",
+                "--bench",
+                bench,
+                "--",
+            ]);
+            if args.quick {
+                cmd.args(["--warm-up-time", "1", "--measurement-time", "2"]);
+            }
+            if !succeeded(cmd, &format!("criterion bench {bench}")) {
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn succeeded(mut cmd: Command, what: &str) -> bool {
+    match cmd.status() {
+        Ok(status) if status.success() => true,
+        Ok(status) => {
+            eprintln!("error: {what} failed ({status})");
+            false
+        }
+        Err(e) => {
+            eprintln!("error: cannot run cargo for {what}: {e}");
+            false
+        }
+    }
+}
