@@ -6,14 +6,16 @@
 
 pub mod pool;
 pub mod report;
+pub mod seed;
 
 /// The suites, by name.
-pub const SUITES: &[&str] = &["pool"];
+pub const SUITES: &[&str] = &["pool", "seed"];
 
 /// Runs one suite.
 pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
     match suite {
         "pool" => pool::run(pool::Plan::new(quick)),
+        "seed" => seed::run(seed::Plan::new(quick)),
         other => anyhow::bail!(
             "unknown benchmark suite `{other}`; known suites: {}",
             SUITES.join(", ")

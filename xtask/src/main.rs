@@ -4,6 +4,7 @@
 mod bench;
 mod ci;
 mod migrate;
+mod seed;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -18,6 +19,8 @@ enum Task {
     Ci(ci::Args),
     /// `pgops migrate` against DATABASE_URL, with this repository's migrations/ by default.
     Migrate(migrate::Args),
+    /// Load a sample dataset into DATABASE_URL (never when PGOPS_ENV=production).
+    Seed(seed::Args),
     /// Benchmarks side by side with the existing tools; writes target/pgops-bench/<suite>.json.
     Bench(bench::Args),
 }
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Task::Ci(args) => ci::run(&args),
         Task::Migrate(args) => migrate::run(args),
         Task::Bench(args) => bench::run(&args),
+        Task::Seed(args) => seed::run(&args),
     }
 }
 

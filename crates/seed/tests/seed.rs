@@ -158,6 +158,32 @@ fn the_test_dataset_has_its_documented_keys() {
 }
 
 #[test]
+fn seeding_leaves_the_schema_exactly_as_it_was() {
+    let db = pgops_schema::testing::database().unwrap();
+    let mut conn = db.connect().unwrap();
+    let before = pgops_migrate::snapshot(&mut conn).unwrap();
+    seed(
+        &mut conn,
+        &options(Dataset::Development, 5, 0.05),
+        &mut NoProgress,
+    )
+    .unwrap();
+    let after = pgops_migrate::snapshot(&mut conn).unwrap();
+    // Only the seeder's own ledger is new; keys, indexes and foreign keys are as they were.
+    let diff = before.diff(&after);
+    let unexpected: Vec<&str> = diff
+        .lines()
+        .filter(|l| !l.contains("pgops_seed_ledger"))
+        .collect();
+    assert!(unexpected.is_empty(), "{}", unexpected.join("\n"));
+    // And the foreign keys were really checked: a dangling row cannot be loaded.
+    let err = conn
+        .batch_execute("INSERT INTO audit_logs (user_id, action) VALUES (999999999, 'x')")
+        .unwrap_err();
+    assert!(err.to_string().contains("audit_logs_user_id_fkey"), "{err}");
+}
+
+#[test]
 fn same_seed_same_data_other_seed_other_data() {
     let dbs: Vec<_> = (0..3)
         .map(|_| pgops_schema::testing::database().unwrap())
