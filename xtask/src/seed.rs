@@ -140,7 +140,7 @@ impl Progress for Bars {
         let bar = ProgressBar::new(expected.max(1));
         bar.set_style(
             ProgressStyle::with_template(
-                "{prefix:>14} [{bar:30}] {pos:>9}/{len:9} {per_sec:>14} {elapsed}",
+                "{prefix:>14} [{bar:30}] {human_pos:>10}/{human_len:10} {elapsed}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
