@@ -43,14 +43,14 @@ pub fn run(args: &Args) -> ExitCode {
         eprintln!("error: unknown dataset {}", args.dataset);
         return Exit::Usage.into();
     };
-    let url = match pgops::migrate::database_url(args.database_url.as_deref()) {
+    let url = match pgops::db::database_url(args.database_url.as_deref()) {
         Ok(url) => url,
         Err(failure) => {
             eprintln!("error: {failure}");
             return failure.exit.into();
         }
     };
-    let mut conn = match pgops::migrate::connect(&url) {
+    let mut conn = match pgops::db::connect(&url) {
         Ok(conn) => conn,
         Err(failure) => {
             eprintln!("error: {failure}");

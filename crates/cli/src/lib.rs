@@ -1,6 +1,7 @@
 //! The library behind the `pgops` binary: argument definitions and command implementations,
 //! shared with `cargo xtask` so both run the same code.
 
+pub mod db;
 pub mod exit;
 pub mod migrate;
 pub mod pool;

@@ -4,12 +4,13 @@
 use std::{io::Write, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use diesel::{Connection, PgConnection};
 use pgops_migrate::{Error as MigrateError, MigrationSet, Migrator, RunOptions, Severity};
-
 use pgops_pool::DatabaseUrl;
 
-use crate::exit::{Exit, Failure};
+use crate::{
+    db::{connect, database_url},
+    exit::{Exit, Failure},
+};
 
 /// Options of `pgops migrate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -170,26 +171,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         }
     }
     Ok(Exit::Ok)
-}
-
-/// The database URL from `--database-url` or `DATABASE_URL`.
-pub fn database_url(value: Option<&str>) -> Result<DatabaseUrl, Failure> {
-    let raw = value.ok_or_else(|| {
-        Failure::usage(anyhow::anyhow!(
-            "DATABASE_URL is not set; export it or pass --database-url"
-        ))
-    })?;
-    DatabaseUrl::parse(raw).map_err(Failure::usage)
-}
-
-/// Connects, with an error that names the (redacted) URL and never the password.
-pub fn connect(url: &DatabaseUrl) -> Result<PgConnection, Failure> {
-    PgConnection::establish(url.expose()).map_err(|e| {
-        Failure::usage(anyhow::anyhow!(
-            "cannot connect to {url}: {}; check that the server is up and DATABASE_URL is right",
-            url.scrub(e.to_string().trim())
-        ))
-    })
 }
 
 /// Input problems are usage errors (2); failures on the database are problems (1).

@@ -9,8 +9,8 @@ use pgops_pool::{Config, Source};
 use serde_json::{Map, Value, json};
 
 use crate::{
+    db::connect,
     exit::{Exit, Failure},
-    migrate::connect,
 };
 
 /// Options of `pgops pool`.
