@@ -181,16 +181,13 @@ impl Pool {
     /// A snapshot of the pool's state.
     pub fn stats(&self) -> PoolStats {
         let state = self.inner.pool.state();
-        let stats = PoolStats {
+        PoolStats {
             total: state.connections,
             idle: state.idle_connections,
             in_use: state.connections - state.idle_connections,
             waiting: self.inner.waiting.load(Ordering::Relaxed),
             max: self.inner.settings.max_size,
-        };
-        self.inner.metrics.in_use.set(f64::from(stats.in_use));
-        self.inner.metrics.idle.set(f64::from(stats.idle));
-        stats
+        }
     }
 
     /// The pool's name.
