@@ -48,6 +48,13 @@ pub(crate) struct Watch {
     pub(crate) slot: Arc<Slot>,
 }
 
+impl Watch {
+    /// Whether a query on the connection failed at the connection level.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
 impl Instrumentation for Watch {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         if let InstrumentationEvent::FinishQuery {

@@ -88,8 +88,30 @@ impl Pool {
         )
     }
 
-    /// Opens a named pool (the name labels its metrics and log lines).
+    /// Opens a named pool (the name labels its metrics and log lines) and checks, within the
+    /// connection timeout, that the server can be reached.
     pub fn open(name: &str, url: DatabaseUrl, settings: PoolSettings) -> Result<Self> {
+        let pool = Self::open_unchecked(name, url, settings);
+        // Prove the server is reachable now rather than at the first request.
+        match pool.get() {
+            Ok(conn) => drop(conn),
+            Err(Error::Timeout { last_error, waited, .. }) => {
+                return Err(Error::Connect {
+                    url: pool.inner.url.to_string(),
+                    timeout: waited,
+                    message: last_error.unwrap_or_else(|| "no connection could be opened".into()),
+                });
+            }
+            Err(other) => return Err(other),
+        }
+        tracing::info!(pool = name, url = %pool.inner.url, max_size = pool.inner.settings.max_size, "pool ready");
+        Ok(pool)
+    }
+
+    /// Opens a named pool without waiting for the server: connections are opened in the
+    /// background and on demand. For servers that may be down when the service starts (a
+    /// replica the router will ban until it answers).
+    pub fn open_unchecked(name: &str, url: DatabaseUrl, settings: PoolSettings) -> Self {
         let metrics = PoolMetrics::new(name);
         let slots = Arc::new(Registry::default());
         let pool = r2d2::Pool::builder()
@@ -119,29 +141,20 @@ impl Pool {
             slots,
         });
         spawn_monitor(Arc::downgrade(&inner));
-        let pool = Pool { inner };
-        // Prove the server is reachable now rather than at the first request.
-        match pool.get() {
-            Ok(conn) => drop(conn),
-            Err(Error::Timeout {
-                last_error, waited, ..
-            }) => {
-                return Err(Error::Connect {
-                    url: pool.inner.url.to_string(),
-                    timeout: waited,
-                    message: last_error.unwrap_or_else(|| "no connection could be opened".into()),
-                });
-            }
-            Err(other) => return Err(other),
-        }
-        tracing::info!(pool = name, url = %pool.inner.url, max_size = pool.inner.settings.max_size, "pool ready");
-        Ok(pool)
+        Pool { inner }
     }
 
     /// Checks out a connection, waiting up to the connection timeout.
     #[track_caller]
     pub fn get(&self) -> Result<PooledConnection> {
-        self.get_at(Location::caller())
+        self.get_at(Location::caller(), self.inner.settings.connection_timeout)
+    }
+
+    /// Checks out a connection, waiting at most `timeout` (for callers with somewhere else to
+    /// go, like a router with other replicas).
+    #[track_caller]
+    pub fn get_timeout(&self, timeout: Duration) -> Result<PooledConnection> {
+        self.get_at(Location::caller(), timeout)
     }
 
     /// Runs blocking diesel work on tokio's blocking pool, so an async service never blocks
@@ -166,7 +179,7 @@ impl Pool {
         let pool = self.clone();
         async move {
             let joined = tokio::task::spawn_blocking(move || {
-                let mut conn = pool.get_at(location)?;
+                let mut conn = pool.get_at(location, pool.inner.settings.connection_timeout)?;
                 work(&mut conn)
             })
             .await;
@@ -205,13 +218,13 @@ impl Pool {
         &self.inner.url
     }
 
-    fn get_at(&self, location: &'static Location<'static>) -> Result<PooledConnection> {
+    fn get_at(&self, location: &'static Location<'static>, timeout: Duration) -> Result<PooledConnection> {
         let inner = &self.inner;
         // The wait histogram is recorded by the event handler from r2d2's own timing (checkout
         // and timeout events), so the fast path reads no clock here.
         let waiting = inner.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         inner.metrics.waiting.set(f64::from(waiting));
-        let result = inner.pool.get();
+        let result = inner.pool.get_timeout(timeout);
         let waiting = inner.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
         inner.metrics.waiting.set(f64::from(waiting));
         match result {
@@ -239,7 +252,7 @@ impl Pool {
                     .map(|rest| rest.trim_start_matches(':').trim())
                     .filter(|rest| !rest.is_empty())
                     .map(|rest| inner.url.scrub(rest));
-                let waited = inner.settings.connection_timeout;
+                let waited = timeout;
                 tracing::warn!(pool = %inner.name, waited_ms = waited.as_millis() as u64, "connection checkout timed out");
                 Err(Error::Timeout {
                     pool: inner.name.clone(),
@@ -261,6 +274,16 @@ impl fmt::Debug for Pool {
             .field("url", &self.inner.url)
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+impl PooledConnection {
+    /// Whether a query on this connection failed at the connection level (the server went
+    /// away) or left its transaction state broken: the pool will discard it, and a caller
+    /// may retry the work elsewhere.
+    pub fn is_broken(&mut self) -> bool {
+        use diesel::r2d2::R2D2Connection;
+        R2D2Connection::is_broken(&mut *self.conn) || watch(&mut self.conn).is_some_and(|w| w.is_broken())
     }
 }
 
