@@ -95,7 +95,9 @@ impl Pool {
         // Prove the server is reachable now rather than at the first request.
         match pool.get() {
             Ok(conn) => drop(conn),
-            Err(Error::Timeout { last_error, waited, .. }) => {
+            Err(Error::Timeout {
+                last_error, waited, ..
+            }) => {
                 return Err(Error::Connect {
                     url: pool.inner.url.to_string(),
                     timeout: waited,
@@ -218,7 +220,11 @@ impl Pool {
         &self.inner.url
     }
 
-    fn get_at(&self, location: &'static Location<'static>, timeout: Duration) -> Result<PooledConnection> {
+    fn get_at(
+        &self,
+        location: &'static Location<'static>,
+        timeout: Duration,
+    ) -> Result<PooledConnection> {
         let inner = &self.inner;
         // The wait histogram is recorded by the event handler from r2d2's own timing (checkout
         // and timeout events), so the fast path reads no clock here.
@@ -283,7 +289,8 @@ impl PooledConnection {
     /// may retry the work elsewhere.
     pub fn is_broken(&mut self) -> bool {
         use diesel::r2d2::R2D2Connection;
-        R2D2Connection::is_broken(&mut *self.conn) || watch(&mut self.conn).is_some_and(|w| w.is_broken())
+        R2D2Connection::is_broken(&mut *self.conn)
+            || watch(&mut self.conn).is_some_and(|w| w.is_broken())
     }
 }
 

@@ -1,0 +1,620 @@
+//! Routing reads to PostgreSQL replicas without ever serving a caller data older than its own
+//! last write.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), pgops_router::Error> {
+//! use diesel::{RunQueryDsl, connection::SimpleConnection};
+//! let router = pgops_router::Router::from_env()?; // DATABASE_URL + DATABASE_REPLICA_URLS
+//! let ((), token) = router.write(|conn| -> Result<(), pgops_router::Error> {
+//!     Ok(conn.batch_execute("UPDATE patients SET status = 'inactive' WHERE id = 7")?)
+//! })?;
+//! // Served by a replica that has replayed the write, or else by the primary.
+//! let n: i64 = router.read(Some(token), |conn| -> Result<i64, pgops_router::Error> {
+//!     Ok(diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("count(*) FROM patients")).get_result(conn)?)
+//! })?;
+//! # Ok(()) }
+//! ```
+//!
+//! - `write` runs on the primary and returns a [`Token`]: the WAL position after the write.
+//! - `read` with a token runs only where that position is replayed (checked on the very
+//!   connection that will serve it), else waits up to `token_wait`, else uses the primary.
+//!   Without a token, any replica whose lag is within `max_lag_bytes` and `max_lag` may serve.
+//! - A monitor thread polls every replica; unreachable ones are banned with backoff, promoted
+//!   ones leave the read set. A read that fails on a replica with a connection error is retried
+//!   once elsewhere; writes are never retried.
+
+mod policy;
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use diesel::{PgConnection, QueryableByName, RunQueryDsl, dsl::sql, sql_types};
+use pgops_pool::{Config, DatabaseUrl, Pool, PooledConnection};
+
+pub use policy::{Candidate, Policy, ban_duration, choose, lag};
+
+/// Errors of the router.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The pool failed (configuration, connection, timeout).
+    #[error(transparent)]
+    Pool(#[from] pgops_pool::Error),
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+    /// A replica URL is malformed.
+    #[error("DATABASE_REPLICA_URLS entry {index}: {source}")]
+    ReplicaUrl {
+        /// Its position in the list (from 0).
+        index: usize,
+        /// What is wrong.
+        source: pgops_pool::Error,
+    },
+}
+
+/// Result type of the router.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A WAL position returned by [`Router::write`]: pass it to [`Router::read`] to read your write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Token(pub u64);
+
+/// Routing settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// How to spread reads over replicas.
+    pub policy: Policy,
+    /// Untokened reads avoid replicas more than this many bytes of WAL behind the primary.
+    pub max_lag_bytes: u64,
+    /// ... or more than this far behind in time.
+    pub max_lag: Duration,
+    /// How long a tokened read waits for a replica to replay the token before using the
+    /// primary (`0`: use the primary at once).
+    pub token_wait: Duration,
+    /// How often the monitor polls each replica.
+    pub monitor_interval: Duration,
+    /// The first ban of an unreachable replica; doubles with each ban in a row.
+    pub ban: Duration,
+    /// The longest ban.
+    pub max_ban: Duration,
+    /// How long a read waits for a replica connection before trying elsewhere.
+    pub replica_checkout_timeout: Duration,
+}
+
+/// A replica to route to.
+#[derive(Debug, Clone)]
+pub struct ReplicaSpec {
+    /// Its name in metrics and logs.
+    pub name: String,
+    /// Its pool.
+    pub pool: Pool,
+    /// Relative share of reads.
+    pub weight: u32,
+}
+
+/// A replica's state as the monitor last saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaStatus {
+    /// Its name.
+    pub name: String,
+    /// Reachable, in recovery, not banned.
+    pub serving: bool,
+    /// Promoted: no longer a standby; out of the read set.
+    pub promoted: bool,
+    /// Banned after failures, until this long from now.
+    pub banned_for: Option<Duration>,
+    /// Lag behind the primary in bytes of WAL.
+    pub lag_bytes: u64,
+    /// Lag in seconds.
+    pub lag_seconds: f64,
+}
+
+/// Routes reads and writes. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    primary: Pool,
+    replicas: Vec<Replica>,
+    config: RouterConfig,
+    turn: AtomicU64,
+    stopped: AtomicBool,
+}
+
+struct Replica {
+    name: String,
+    pool: Pool,
+    weight: u32,
+    outstanding: AtomicU32,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The monitor has seen it reachable and in recovery.
+    healthy: bool,
+    promoted: bool,
+    replay_lsn: u64,
+    lag_bytes: u64,
+    lag_seconds: f64,
+    banned_until: Option<Instant>,
+    /// Bans in a row; reset once it has stayed healthy for a while.
+    episode: u32,
+    healthy_since: Option<Instant>,
+}
+
+/// Where a read went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Replica(usize),
+    Primary(&'static str),
+}
+
+#[derive(QueryableByName)]
+struct Probe {
+    #[diesel(sql_type = sql_types::Bool)]
+    in_recovery: bool,
+    #[diesel(sql_type = sql_types::BigInt)]
+    replay: i64,
+    #[diesel(sql_type = sql_types::BigInt)]
+    receive: i64,
+    #[diesel(sql_type = sql_types::Double)]
+    since_replay: f64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            policy: Policy::RoundRobin,
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag: Duration::from_secs(5),
+            token_wait: Duration::ZERO,
+            monitor_interval: Duration::from_secs(1),
+            ban: Duration::from_secs(1),
+            max_ban: Duration::from_secs(30),
+            replica_checkout_timeout: Duration::from_millis(200),
+        }
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl Router {
+    /// The primary from the pool configuration (`DATABASE_URL`, `pgops.toml`, `PGOPS_POOL_*`)
+    /// and replicas from `DATABASE_REPLICA_URLS` (comma-separated) or
+    /// `DATABASE_READ_REPLICA_URL`, each with the same pool settings.
+    pub fn from_env() -> Result<Self> {
+        let config = Config::load()?;
+        let primary = Pool::connect(&config)?;
+        let urls = std::env::var("DATABASE_REPLICA_URLS")
+            .or_else(|_| std::env::var("DATABASE_READ_REPLICA_URL"))
+            .unwrap_or_default();
+        let mut replicas = Vec::new();
+        for (index, raw) in urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .enumerate()
+        {
+            let url =
+                DatabaseUrl::parse(raw).map_err(|source| Error::ReplicaUrl { index, source })?;
+            let name = format!("replica-{index}");
+            replicas.push(ReplicaSpec {
+                pool: Pool::open_unchecked(&name, url, config.pool.clone()),
+                name,
+                weight: 1,
+            });
+        }
+        Ok(Self::new(primary, replicas, RouterConfig::default()))
+    }
+
+    /// A router over a primary pool and replica pools; starts the monitor thread.
+    pub fn new(primary: Pool, replicas: Vec<ReplicaSpec>, config: RouterConfig) -> Self {
+        let replicas = replicas
+            .into_iter()
+            .map(|spec| Replica {
+                name: spec.name,
+                pool: spec.pool,
+                weight: spec.weight.max(1),
+                outstanding: AtomicU32::new(0),
+                state: Mutex::new(State::default()),
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            primary,
+            replicas,
+            config,
+            turn: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        // One poll before the first read, so replicas serve from the start.
+        inner.poll_all();
+        spawn_monitor(Arc::downgrade(&inner));
+        Router { inner }
+    }
+
+    /// Runs `work` on the primary and returns its value with the WAL position after it. Never
+    /// retried. `work` must have committed when it returns (autocommit statements or its own
+    /// `conn.transaction(..)`).
+    #[track_caller]
+    pub fn write<T, E>(
+        &self,
+        work: impl FnOnce(&mut PgConnection) -> Result<T, E>,
+    ) -> Result<(T, Token), E>
+    where
+        E: From<Error>,
+    {
+        let mut conn = self
+            .inner
+            .primary
+            .get()
+            .map_err(|e| E::from(Error::Pool(e)))?;
+        let value = work(&mut conn)?;
+        let position = current_lsn(&mut conn).map_err(|e| E::from(Error::Query(e)))?;
+        Ok((value, Token(position)))
+    }
+
+    /// Runs read-only `work` on a replica when allowed (see the crate documentation), else on
+    /// the primary. A replica connection error is retried once elsewhere.
+    pub fn read<T, E>(
+        &self,
+        token: Option<Token>,
+        mut work: impl FnMut(&mut PgConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        let mut excluded = None;
+        loop {
+            let (target, mut conn) = self.inner.checkout(token, excluded).map_err(E::from)?;
+            let result = {
+                let _in_flight = target
+                    .replica()
+                    .map(|i| InFlight::new(&self.inner.replicas[i].outstanding));
+                work(&mut conn)
+            };
+            if let (Err(_), Target::Replica(index)) = (&result, target)
+                && excluded.is_none()
+                && conn.is_broken()
+            {
+                // The replica went away under the read: ban it and try once more elsewhere.
+                let replica = &self.inner.replicas[index];
+                tracing::warn!(replica = %replica.name, "read failed with a connection error; retrying elsewhere");
+                self.inner.ban(index);
+                metrics::counter!("pgops_router_retries_total", "replica" => replica.name.clone())
+                    .increment(1);
+                excluded = Some(index);
+                continue;
+            }
+            self.inner.count(target);
+            return result;
+        }
+    }
+
+    /// The replicas' state as last seen.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.inner
+            .replicas
+            .iter()
+            .map(|r| {
+                let s = r.lock();
+                let now = Instant::now();
+                let banned_for = s
+                    .banned_until
+                    .filter(|until| *until > now)
+                    .map(|until| until - now);
+                ReplicaStatus {
+                    name: r.name.clone(),
+                    serving: s.healthy && !s.promoted && banned_for.is_none(),
+                    promoted: s.promoted,
+                    banned_for,
+                    lag_bytes: s.lag_bytes,
+                    lag_seconds: s.lag_seconds,
+                }
+            })
+            .collect()
+    }
+
+    /// The primary's pool.
+    pub fn primary(&self) -> &Pool {
+        &self.inner.primary
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("primary", &self.inner.primary.url())
+            .field("replicas", &self.replicas())
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Target {
+    fn replica(self) -> Option<usize> {
+        match self {
+            Target::Replica(i) => Some(i),
+            Target::Primary(_) => None,
+        }
+    }
+}
+
+impl Replica {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    /// Picks where a read goes and checks out a connection there.
+    fn checkout(
+        &self,
+        token: Option<Token>,
+        excluded: Option<usize>,
+    ) -> Result<(Target, PooledConnection)> {
+        let now = Instant::now();
+        let candidates: Vec<Candidate> = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != excluded)
+            .filter(|(_, r)| {
+                let s = r.lock();
+                let eligible =
+                    s.healthy && !s.promoted && s.banned_until.is_none_or(|until| until <= now);
+                eligible
+                    && match token {
+                        // The token is checked on the connection itself below.
+                        Some(_) => true,
+                        None => {
+                            s.lag_bytes <= self.config.max_lag_bytes
+                                && s.lag_seconds <= self.config.max_lag.as_secs_f64()
+                        }
+                    }
+            })
+            .map(|(index, r)| Candidate {
+                index,
+                weight: r.weight,
+                outstanding: r.outstanding.load(Ordering::Relaxed),
+            })
+            .collect();
+        let reason = if self.replicas.is_empty() {
+            "no_replica"
+        } else if candidates.is_empty() {
+            if token.is_some() {
+                "unavailable"
+            } else {
+                "lag"
+            }
+        } else {
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            if let Some(index) = choose(self.config.policy, &candidates, turn) {
+                let replica = &self.replicas[index];
+                match replica
+                    .pool
+                    .get_timeout(self.config.replica_checkout_timeout)
+                {
+                    Ok(mut conn) => match token {
+                        None => return Ok((Target::Replica(index), conn)),
+                        Some(token) => match self.replayed(&mut conn, token) {
+                            Ok(true) => return Ok((Target::Replica(index), conn)),
+                            Ok(false) => "behind_token",
+                            Err(_) => {
+                                self.ban(index);
+                                "replica_error"
+                            }
+                        },
+                    },
+                    Err(_) => {
+                        self.ban(index);
+                        "replica_error"
+                    }
+                }
+            } else {
+                "unavailable"
+            }
+        };
+        metrics::counter!("pgops_router_fallbacks_total", "reason" => reason).increment(1);
+        let conn = self.primary.get()?;
+        Ok((Target::Primary(reason), conn))
+    }
+
+    /// Whether the replica behind `conn` has replayed `token`, waiting up to `token_wait`.
+    fn replayed(&self, conn: &mut PgConnection, token: Token) -> diesel::QueryResult<bool> {
+        let deadline = Instant::now() + self.config.token_wait;
+        loop {
+            let replay: i64 = diesel::select(sql::<sql_types::BigInt>(
+                "coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0)",
+            ))
+            .get_result(conn)?;
+            if replay as u64 >= token.0 {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn count(&self, target: Target) {
+        let label = match target {
+            Target::Replica(i) => self.replicas[i].name.clone(),
+            Target::Primary(_) => "primary".to_owned(),
+        };
+        metrics::counter!("pgops_router_reads_total", "target" => label).increment(1);
+    }
+
+    /// Bans a replica: the `episode`-th ban in a row lasts `ban_duration(..)`.
+    fn ban(&self, index: usize) {
+        let replica = &self.replicas[index];
+        let mut s = replica.lock();
+        let now = Instant::now();
+        if s.banned_until.is_some_and(|until| until > now) {
+            return;
+        }
+        s.episode += 1;
+        let ban = ban_duration(self.config.ban, self.config.max_ban, s.episode);
+        s.banned_until = Some(now + ban);
+        s.healthy = false;
+        s.healthy_since = None;
+        metrics::counter!("pgops_router_bans_total", "replica" => replica.name.clone())
+            .increment(1);
+        tracing::warn!(replica = %replica.name, ban_ms = ban.as_millis() as u64, "replica banned");
+    }
+
+    /// Polls the primary's position and every replica.
+    fn poll_all(&self) {
+        let primary_lsn = self
+            .primary
+            .get_timeout(self.config.monitor_interval)
+            .ok()
+            .and_then(|mut conn| current_lsn(&mut conn).ok());
+        for (index, replica) in self.replicas.iter().enumerate() {
+            let probe = replica
+                .pool
+                .get_timeout(self.config.monitor_interval)
+                .map_err(|e| e.to_string())
+                .and_then(|mut conn| {
+                    diesel::sql_query(
+                        "SELECT pg_is_in_recovery() AS in_recovery,
+                                coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0) AS replay,
+                                coalesce((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint, 0) AS receive,
+                                coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) AS since_replay",
+                    )
+                    .get_result::<Probe>(&mut *conn)
+                    .map_err(|e| e.to_string())
+                });
+            match probe {
+                Ok(p) => self.healthy_probe(index, p, primary_lsn),
+                Err(error) => {
+                    tracing::debug!(replica = %replica.name, %error, "replica probe failed");
+                    self.ban_or_extend(index);
+                }
+            }
+        }
+    }
+
+    fn healthy_probe(&self, index: usize, p: Probe, primary_lsn: Option<u64>) {
+        let replica = &self.replicas[index];
+        let mut s = replica.lock();
+        let now = Instant::now();
+        if !p.in_recovery {
+            if !s.promoted {
+                tracing::warn!(replica = %replica.name, "replica is no longer in recovery (promoted?); removed from the read set");
+            }
+            s.promoted = true;
+            s.healthy = false;
+            return;
+        }
+        if s.promoted {
+            tracing::info!(replica = %replica.name, "replica is a standby again; back in the read set");
+        }
+        s.promoted = false;
+        let (lag_bytes, lag_seconds) = match primary_lsn {
+            Some(primary) => lag(primary, p.replay as u64, p.receive as u64, p.since_replay),
+            None => (s.lag_bytes, s.lag_seconds),
+        };
+        s.replay_lsn = p.replay as u64;
+        s.lag_bytes = lag_bytes;
+        s.lag_seconds = lag_seconds;
+        if s.banned_until.is_some_and(|until| until > now) {
+            return; // still serving its ban
+        }
+        if s.banned_until.take().is_some() {
+            tracing::info!(replica = %replica.name, "replica healthy again; back in the read set");
+        }
+        if !s.healthy {
+            s.healthy_since = Some(now);
+        }
+        s.healthy = true;
+        // Ten quiet intervals forgive earlier bans.
+        if s.healthy_since
+            .is_some_and(|since| now - since > self.config.monitor_interval * 10)
+        {
+            s.episode = 0;
+        }
+        let label = replica.name.clone();
+        metrics::gauge!("pgops_router_replica_lag_bytes", "replica" => label.clone())
+            .set(lag_bytes as f64);
+        metrics::gauge!("pgops_router_replica_lag_seconds", "replica" => label).set(lag_seconds);
+    }
+
+    /// A failed probe bans a healthy replica, and keeps a banned one banned for the same
+    /// length from now (the episode does not grow while it stays down).
+    fn ban_or_extend(&self, index: usize) {
+        let replica = &self.replicas[index];
+        let mut s = replica.lock();
+        if s.healthy || s.banned_until.is_none() {
+            drop(s);
+            self.ban(index);
+            return;
+        }
+        let ban = ban_duration(self.config.ban, self.config.max_ban, s.episode.max(1));
+        s.banned_until = Some(Instant::now() + ban);
+    }
+}
+
+/// Counts a read in flight on a replica for the least-outstanding policy.
+struct InFlight<'a>(&'a AtomicU32);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn current_lsn(conn: &mut PgConnection) -> diesel::QueryResult<u64> {
+    diesel::select(sql::<sql_types::BigInt>(
+        "(pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint",
+    ))
+    .get_result::<i64>(conn)
+    .map(|v| v as u64)
+}
+
+fn spawn_monitor(inner: Weak<Inner>) {
+    let spawned = std::thread::Builder::new()
+        .name("pgops-router-monitor".into())
+        .spawn(move || {
+            loop {
+                let interval = {
+                    let Some(inner) = inner.upgrade() else { return };
+                    if inner.stopped.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    inner.poll_all();
+                    inner.config.monitor_interval
+                };
+                std::thread::sleep(interval);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the replica monitor; replicas will not be used");
+    }
+}

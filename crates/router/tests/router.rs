@@ -1,0 +1,298 @@
+//! The router against a real primary and streaming replica from the test kit.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use diesel::{
+    OptionalExtension, PgConnection, RunQueryDsl,
+    connection::SimpleConnection,
+    dsl::sql,
+    sql_types::{BigInt, Bool},
+};
+use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings};
+use pgops_router::{Error, ReplicaSpec, Router, RouterConfig};
+use pgops_testkit::{Cluster, ClusterOptions, Replica};
+
+const INTERVAL: Duration = Duration::from_millis(200);
+
+fn settings() -> PoolSettings {
+    PoolSettings {
+        max_size: 8,
+        min_idle: 0,
+        connection_timeout: Duration::from_secs(2),
+        ..Environment::Test.profile()
+    }
+}
+
+fn setup(config: RouterConfig) -> (Cluster, Replica, Router) {
+    let primary = Cluster::start(ClusterOptions::default()).unwrap();
+    primary
+        .execute(
+            "postgres",
+            "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL, pad text)",
+        )
+        .unwrap();
+    let replica = primary.create_replica().unwrap();
+    replica.catch_up(&primary, Duration::from_secs(30)).unwrap();
+    let router = Router::new(
+        Pool::open(
+            "primary",
+            DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
+            settings(),
+        )
+        .unwrap(),
+        vec![ReplicaSpec {
+            name: "replica-0".into(),
+            pool: Pool::open_unchecked(
+                "replica-0",
+                DatabaseUrl::parse(&replica.url("postgres")).unwrap(),
+                settings(),
+            ),
+            weight: 1,
+        }],
+        config,
+    );
+    (primary, replica, router)
+}
+
+fn config() -> RouterConfig {
+    RouterConfig {
+        monitor_interval: INTERVAL,
+        ban: INTERVAL,
+        max_ban: Duration::from_secs(2),
+        ..RouterConfig::default()
+    }
+}
+
+/// Reads where the read ran: true on a replica.
+fn on_replica(conn: &mut PgConnection) -> Result<bool, Error> {
+    Ok(diesel::select(sql::<Bool>("pg_is_in_recovery()")).get_result(conn)?)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn no_stale_read_after_a_write_while_replay_pauses_and_resumes() {
+    let (_primary, replica, router) = setup(config());
+    let stop = Arc::new(AtomicBool::new(false));
+    let toggler = {
+        let stop = stop.clone();
+        let replica_url = replica.url("postgres");
+        std::thread::spawn(move || {
+            use diesel::Connection;
+            let mut conn = PgConnection::establish(&replica_url).unwrap();
+            let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+            let mut paused = false;
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                paused = !paused;
+                let call = if paused {
+                    "SELECT pg_wal_replay_pause()"
+                } else {
+                    "SELECT pg_wal_replay_resume()"
+                };
+                conn.batch_execute(call).unwrap();
+                std::thread::sleep(Duration::from_millis(5 + x % 40));
+            }
+            conn.batch_execute("SELECT pg_wal_replay_resume()").unwrap();
+        })
+    };
+    let (mut stale, mut served_by_replica) = (0, 0);
+    for i in 0..10_000i64 {
+        let ((), token) = router
+            .write(|conn| -> Result<(), Error> {
+                diesel::sql_query("INSERT INTO kv (id, v) VALUES ($1, $1)")
+                    .bind::<BigInt, _>(i)
+                    .execute(conn)?;
+                Ok(())
+            })
+            .unwrap();
+        let (value, replica) = router
+            .read(Some(token), |conn| -> Result<(Option<i64>, bool), Error> {
+                let value =
+                    diesel::select(sql::<BigInt>("v FROM kv WHERE id = ").bind::<BigInt, _>(i))
+                        .get_result::<i64>(conn)
+                        .optional()?;
+                Ok((value, on_replica(conn)?))
+            })
+            .unwrap();
+        if value != Some(i) {
+            stale += 1;
+        }
+        served_by_replica += u32::from(replica);
+    }
+    stop.store(true, Ordering::Relaxed);
+    toggler.join().unwrap();
+    println!(
+        "10000 write-then-read pairs: {served_by_replica} reads served by the replica, {stale} stale"
+    );
+    assert_eq!(stale, 0, "no caller reads data older than its own write");
+    assert!(
+        served_by_replica > 0,
+        "the replica served tokened reads when it had caught up"
+    );
+}
+
+#[test]
+fn a_replica_stopped_under_load_fails_no_read_and_comes_back() {
+    let (_primary, replica, router) = setup(config());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failed, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (router, stop, failed, done) =
+                (router.clone(), stop.clone(), failed.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match router.read(None, |conn| -> Result<i64, Error> {
+                        Ok(diesel::select(sql::<BigInt>("count(*) FROM kv")).get_result(conn)?)
+                    }) {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    wait_until("the replica to serve", Duration::from_secs(10), || {
+        router.replicas()[0].serving
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    replica.stop().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        !router.replicas()[0].serving,
+        "a stopped replica is out of the read set"
+    );
+    replica.start_again().unwrap();
+    let back = wait_until(
+        "the restarted replica to serve again",
+        Duration::from_secs(10),
+        || router.replicas()[0].serving,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    println!(
+        "replica served again {back:?} after restarting; {} reads, {} failed",
+        done.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "losing a replica loses no read"
+    );
+    assert!(
+        back <= 2 * INTERVAL + Duration::from_millis(250),
+        "serves again within two monitor intervals, took {back:?}"
+    );
+}
+
+#[test]
+fn reads_leave_a_lagging_replica_and_return_when_it_catches_up() {
+    let config = RouterConfig {
+        max_lag_bytes: 1024 * 1024,
+        ..config()
+    };
+    let (primary, replica, router) = setup(config);
+    let read_on_replica = || router.read(None, on_replica).unwrap();
+    wait_until(
+        "reads on the replica",
+        Duration::from_secs(10),
+        read_on_replica,
+    );
+
+    replica.pause_replay().unwrap();
+    primary
+        .execute(
+            "postgres",
+            "INSERT INTO kv SELECT g, g, repeat('x', 500) FROM generate_series(1, 20000) g",
+        )
+        .unwrap();
+    wait_until(
+        "reads to leave the lagging replica",
+        Duration::from_secs(10),
+        || !read_on_replica(),
+    );
+    let status = &router.replicas()[0];
+    assert!(status.lag_bytes > 1024 * 1024, "{status:?}");
+
+    replica.resume_replay().unwrap();
+    wait_until(
+        "reads to come back",
+        Duration::from_secs(10),
+        read_on_replica,
+    );
+    assert!(router.replicas()[0].lag_bytes <= 1024 * 1024);
+}
+
+#[test]
+fn a_promoted_replica_leaves_the_read_set() {
+    let (_primary, replica, router) = setup(config());
+    wait_until("the replica to serve", Duration::from_secs(10), || {
+        router.read(None, on_replica).unwrap()
+    });
+    replica.promote().unwrap();
+    wait_until(
+        "the promoted replica to leave",
+        Duration::from_secs(10),
+        || router.replicas()[0].promoted,
+    );
+    for _ in 0..20 {
+        let served_by_standby = router.read(None, on_replica).unwrap();
+        assert!(!served_by_standby);
+        // The promoted server is writable now; the router must not send reads there either.
+        let recovery: bool = router
+            .read(None, |conn| -> Result<bool, Error> {
+                Ok(diesel::select(
+                    sql::<Bool>("current_setting('port')::int = ")
+                        .bind::<diesel::sql_types::Integer, _>(i32::from(replica.port())),
+                )
+                .get_result(conn)?)
+            })
+            .unwrap();
+        assert!(
+            !recovery,
+            "reads go to the primary, not the promoted replica"
+        );
+    }
+}
+
+#[test]
+fn without_replicas_reads_use_the_primary() {
+    let primary = Cluster::start(ClusterOptions::default()).unwrap();
+    let router = Router::new(
+        Pool::open(
+            "solo",
+            DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
+            settings(),
+        )
+        .unwrap(),
+        Vec::new(),
+        config(),
+    );
+    assert!(!router.read(None, on_replica).unwrap());
+    let ((), token) = router
+        .write(|conn| -> Result<(), Error> { Ok(conn.batch_execute("CREATE TABLE t (x int)")?) })
+        .unwrap();
+    assert!(token.0 > 0);
+    assert!(!router.read(Some(token), on_replica).unwrap());
+}
