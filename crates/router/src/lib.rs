@@ -128,6 +128,7 @@ struct Inner {
     config: RouterConfig,
     turn: AtomicU64,
     stopped: AtomicBool,
+    primary_reads: metrics::Counter,
 }
 
 struct Replica {
@@ -135,6 +136,12 @@ struct Replica {
     pool: Pool,
     weight: u32,
     outstanding: AtomicU32,
+    /// Reachable, in recovery and not banned: what the read path checks, without a lock.
+    serving: AtomicBool,
+    /// Lag within the limits for reads without a token.
+    fresh: AtomicBool,
+    reads: metrics::Counter,
+    /// The monitor's bookkeeping.
     state: Mutex<State>,
 }
 
@@ -143,7 +150,6 @@ struct State {
     /// The monitor has seen it reachable and in recovery.
     healthy: bool,
     promoted: bool,
-    replay_lsn: u64,
     lag_bytes: u64,
     lag_seconds: f64,
     banned_until: Option<Instant>,
@@ -226,10 +232,13 @@ impl Router {
         let replicas = replicas
             .into_iter()
             .map(|spec| Replica {
+                reads: metrics::counter!("pgops_router_reads_total", "target" => spec.name.clone()),
                 name: spec.name,
                 pool: spec.pool,
                 weight: spec.weight.max(1),
                 outstanding: AtomicU32::new(0),
+                serving: AtomicBool::new(false),
+                fresh: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             })
             .collect();
@@ -239,6 +248,7 @@ impl Router {
             config,
             turn: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            primary_reads: metrics::counter!("pgops_router_reads_total", "target" => "primary"),
         });
         // One poll before the first read, so replicas serve from the start.
         inner.poll_all();
@@ -457,11 +467,10 @@ impl Inner {
     }
 
     fn count(&self, target: Target) {
-        let label = match target {
-            Target::Replica(i) => self.replicas[i].name.clone(),
-            Target::Primary(_) => "primary".to_owned(),
-        };
-        metrics::counter!("pgops_router_reads_total", "target" => label).increment(1);
+        match target {
+            Target::Replica(i) => self.replicas[i].reads.increment(1),
+            Target::Primary(_) => self.primary_reads.increment(1),
+        }
     }
 
     /// Bans a replica: the `episode`-th ban in a row lasts `ban_duration(..)`.
@@ -477,6 +486,7 @@ impl Inner {
         s.banned_until = Some(now + ban);
         s.healthy = false;
         s.healthy_since = None;
+        replica.serving.store(false, Ordering::Relaxed);
         metrics::counter!("pgops_router_bans_total", "replica" => replica.name.clone())
             .increment(1);
         tracing::warn!(replica = %replica.name, ban_ms = ban.as_millis() as u64, "replica banned");
@@ -524,6 +534,7 @@ impl Inner {
             }
             s.promoted = true;
             s.healthy = false;
+            replica.serving.store(false, Ordering::Relaxed);
             return;
         }
         if s.promoted {
@@ -534,9 +545,11 @@ impl Inner {
             Some(primary) => lag(primary, p.replay as u64, p.receive as u64, p.since_replay),
             None => (s.lag_bytes, s.lag_seconds),
         };
-        s.replay_lsn = p.replay as u64;
         s.lag_bytes = lag_bytes;
         s.lag_seconds = lag_seconds;
+        let fresh = lag_bytes <= self.config.max_lag_bytes
+            && lag_seconds <= self.config.max_lag.as_secs_f64();
+        replica.fresh.store(fresh, Ordering::Relaxed);
         if s.banned_until.is_some_and(|until| until > now) {
             return; // still serving its ban
         }
@@ -547,6 +560,7 @@ impl Inner {
             s.healthy_since = Some(now);
         }
         s.healthy = true;
+        replica.serving.store(true, Ordering::Relaxed);
         // Ten quiet intervals forgive earlier bans.
         if s.healthy_since
             .is_some_and(|since| now - since > self.config.monitor_interval * 10)
