@@ -6,15 +6,18 @@
 
 pub mod pool;
 pub mod report;
+pub mod router;
 pub mod seed;
+pub mod workload;
 
 /// The suites, by name.
-pub const SUITES: &[&str] = &["pool", "seed"];
+pub const SUITES: &[&str] = &["pool", "router", "seed"];
 
 /// Runs one suite.
 pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
     match suite {
         "pool" => pool::run(pool::Plan::new(quick)),
+        "router" => router::run(router::Plan::new(quick)),
         "seed" => seed::run(seed::Plan::new(quick)),
         other => anyhow::bail!(
             "unknown benchmark suite `{other}`; known suites: {}",

@@ -2,27 +2,16 @@
 //! and diesel, against `pgbench -S -M prepared` with the same client count; and checking out
 //! per query against holding one connection per client.
 
-use std::{
-    process::Command,
-    sync::{Arc, Barrier},
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
 use anyhow::{Context as _, bail, ensure};
-use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
 use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings};
 use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
 
-use crate::report::{Comparison, Report};
-
-diesel::table! {
-    pgbench_accounts (aid) {
-        aid -> Int4,
-        bid -> Int4,
-        abalance -> Int4,
-        filler -> Nullable<Bpchar>,
-    }
-}
+use crate::{
+    report::{Comparison, Report},
+    workload::{Lookup, balance, pk_lookups},
+};
 
 /// How big and how long.
 #[derive(Debug, Clone, Copy)]
@@ -121,8 +110,36 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                     .args(["-T", &plan.seconds.to_string(), "postgres"]);
                     anchor.push(pgbench_tps(cmd)?);
                 }
-                "checkout" => ours.push(lookups(&pool, plan, accounts, false)?),
-                _ => held.push(lookups(&pool, plan, accounts, true)?),
+                "checkout" => {
+                    let pool = pool.clone();
+                    ours.push(pk_lookups(
+                        plan.clients,
+                        plan.seconds,
+                        accounts,
+                        move || {
+                            let pool = pool.clone();
+                            Ok(Box::new(move |key| {
+                                balance(&mut *pool.get()?, key)?;
+                                Ok(())
+                            }) as Lookup)
+                        },
+                    )?)
+                }
+                _ => {
+                    let pool = pool.clone();
+                    held.push(pk_lookups(
+                        plan.clients,
+                        plan.seconds,
+                        accounts,
+                        move || {
+                            let mut conn = pool.get()?;
+                            Ok(Box::new(move |key| {
+                                balance(&mut *conn, key)?;
+                                Ok(())
+                            }) as Lookup)
+                        },
+                    )?)
+                }
             }
         }
         eprintln!(
@@ -159,50 +176,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     })
 }
 
-/// Primary-key lookups from `clients` threads for `seconds`, through the pool; `held` keeps
-/// one connection per client instead of checking out per query. Returns queries per second.
-fn lookups(pool: &Pool, plan: Plan, accounts: i32, held: bool) -> anyhow::Result<f64> {
-    use self::pgbench_accounts::dsl::{abalance, aid, pgbench_accounts as accounts_table};
-    let barrier = Arc::new(Barrier::new(plan.clients as usize));
-    let threads: Vec<_> = (0..plan.clients)
-        .map(|client| {
-            let (pool, barrier) = (pool.clone(), barrier.clone());
-            std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
-                let mut rng = XorShift(
-                    0x9E37_79B9_7F4A_7C15 ^ ((u64::from(client) + 1) * 0x2545_F491_4F6C_DD1D),
-                );
-                let mut kept = if held { Some(pool.get()?) } else { None };
-                barrier.wait();
-                let started = Instant::now();
-                let deadline = started + Duration::from_secs(plan.seconds);
-                let mut done = 0u64;
-                while Instant::now() < deadline {
-                    let key = 1 + (rng.next() % accounts as u64) as i32;
-                    let query = accounts_table.select(abalance).filter(aid.eq(key));
-                    let _balance: i32 = match kept.as_mut() {
-                        Some(conn) => query.get_result(&mut **conn)?,
-                        None => query.get_result(&mut *pool.get()?)?,
-                    };
-                    done += 1;
-                }
-                Ok((done, started.elapsed()))
-            })
-        })
-        .collect();
-    let mut total = 0u64;
-    let mut longest = Duration::ZERO;
-    for thread in threads {
-        let (done, elapsed) = thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        total += done;
-        longest = longest.max(elapsed);
-    }
-    Ok(total as f64 / longest.as_secs_f64())
-}
-
 /// Runs pgbench and reads its `tps = N (without initial connection time)` line.
-fn pgbench_tps(mut cmd: Command) -> anyhow::Result<f64> {
+pub(crate) fn pgbench_tps(mut cmd: Command) -> anyhow::Result<f64> {
     let out = cmd.output().context("running pgbench")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -222,18 +197,4 @@ fn pgbench_tps(mut cmd: Command) -> anyhow::Result<f64> {
                 .ok()
         })
         .with_context(|| format!("no tps line in pgbench's output:\n{text}"))
-}
-
-/// A tiny deterministic generator for keys (the same sequence in every run).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
 }

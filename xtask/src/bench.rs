@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The suite to run (pool, seed); all suites when omitted.
+    /// The suite to run (pool, router, seed); all suites when omitted.
     pub suite: Option<String>,
     /// Shorter runs: a smaller data set, fewer and shorter rounds.
     #[arg(long)]
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 /// Suites and their criterion benches.
-const SUITES: &[(&str, &[&str])] = &[("pool", &["pool_checkout"]), ("seed", &[])];
+const SUITES: &[(&str, &[&str])] = &[("pool", &["pool_checkout"]), ("router", &[]), ("seed", &[])];
 
 /// Runs the benchmarks.
 pub fn run(args: &Args) -> ExitCode {

@@ -1,0 +1,166 @@
+//! The `router` suite: primary-key reads through the router (no token, so a replica serves)
+//! against the same reads on a pool connected straight to that replica.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings};
+use pgops_router::{ReplicaSpec, Router, RouterConfig};
+use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
+
+use crate::{
+    report::{Comparison, Report},
+    workload::{Lookup, balance, pk_lookups},
+};
+
+/// How big and how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// `pgbench -i -s` scale.
+    pub scale: u32,
+    /// Concurrent clients on both sides.
+    pub clients: u32,
+    /// Seconds per measurement.
+    pub seconds: u64,
+    /// Rounds per side.
+    pub rounds: usize,
+}
+
+impl Plan {
+    /// The full plan, or a short one for `--quick`.
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                scale: 2,
+                clients: 8,
+                seconds: 2,
+                rounds: 3,
+            }
+        } else {
+            Plan {
+                scale: 10,
+                clients: 8,
+                seconds: 5,
+                rounds: 7,
+            }
+        }
+    }
+}
+
+/// Runs the suite on a fresh primary and streaming replica.
+pub fn run(plan: Plan) -> anyhow::Result<Report> {
+    let primary = Cluster::start(ClusterOptions::default()).context("starting the primary")?;
+    let pgbench = primary.binaries().program("pgbench");
+    let out = std::process::Command::new(&pgbench)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port().to_string(),
+            "-U",
+            SUPERUSER,
+        ])
+        .args(["-i", "-q", "-s", &plan.scale.to_string(), "postgres"])
+        .output()
+        .context("running pgbench -i")?;
+    ensure!(
+        out.status.success(),
+        "pgbench -i failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replica = primary.create_replica().context("starting the replica")?;
+    replica.catch_up(&primary, Duration::from_secs(120))?;
+    replica.execute("postgres", "SELECT count(*) FROM pgbench_accounts")?;
+
+    let settings = PoolSettings {
+        max_size: plan.clients,
+        min_idle: plan.clients,
+        ..Environment::Production.profile()
+    };
+    let replica_url = DatabaseUrl::parse(&replica.url("postgres"))?;
+    let direct = Pool::open("replica-direct", replica_url.clone(), settings.clone())?;
+    let router = Router::new(
+        Pool::open(
+            "primary",
+            DatabaseUrl::parse(&primary.url("postgres"))?,
+            settings.clone(),
+        )?,
+        vec![ReplicaSpec {
+            name: "replica-0".into(),
+            pool: Pool::open("replica-0", replica_url, settings)?,
+            weight: 1,
+        }],
+        RouterConfig::default(),
+    );
+    ensure!(
+        router.replicas()[0].serving,
+        "the replica is not serving: {:?}",
+        router.replicas()
+    );
+
+    let accounts = i32::try_from(plan.scale * 100_000)?;
+    let (mut ours, mut anchor) = (Vec::new(), Vec::new());
+    for round in 0..plan.rounds {
+        for via_router in if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            if via_router {
+                let router = router.clone();
+                ours.push(pk_lookups(
+                    plan.clients,
+                    plan.seconds,
+                    accounts,
+                    move || {
+                        let router = router.clone();
+                        Ok(Box::new(move |key| {
+                            router.read(None, |conn| -> Result<i32, pgops_router::Error> {
+                                Ok(balance(conn, key)?)
+                            })?;
+                            Ok(())
+                        }) as Lookup)
+                    },
+                )?);
+            } else {
+                let pool = direct.clone();
+                anchor.push(pk_lookups(
+                    plan.clients,
+                    plan.seconds,
+                    accounts,
+                    move || {
+                        let pool = pool.clone();
+                        Ok(Box::new(move |key| {
+                            balance(&mut *pool.get()?, key)?;
+                            Ok(())
+                        }) as Lookup)
+                    },
+                )?);
+            }
+        }
+        eprintln!(
+            "round {}: router {:.0}, replica pool {:.0} reads/s",
+            round + 1,
+            ours[round],
+            anchor[round]
+        );
+    }
+    ensure!(
+        router.replicas()[0].serving,
+        "the replica stopped serving during the run"
+    );
+    Ok(Report {
+        suite: "router".into(),
+        comparisons: vec![Comparison::from_rounds(
+            "read_qps_via_router",
+            "reads/s",
+            &ours,
+            &anchor,
+            &format!(
+                "the same lookups on a pgops pool connected straight to the replica ({} clients, {} s)",
+                plan.clients, plan.seconds
+            ),
+            true,
+        )],
+    })
+}

@@ -1,0 +1,88 @@
+//! The shared workload: random primary-key lookups on `pgbench_accounts` from a number of
+//! client threads for a fixed time.
+
+use std::{
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
+
+use diesel::{ExpressionMethods, PgConnection, QueryDsl, RunQueryDsl};
+
+diesel::table! {
+    pgbench_accounts (aid) {
+        aid -> Int4,
+        bid -> Int4,
+        abalance -> Int4,
+        filler -> Nullable<Bpchar>,
+    }
+}
+
+/// One client's way of looking up one key.
+pub type Lookup = Box<dyn FnMut(i32) -> anyhow::Result<()> + Send>;
+
+/// `SELECT abalance FROM pgbench_accounts WHERE aid = $1` through diesel (prepared and cached
+/// per connection, like `pgbench -M prepared`).
+pub fn balance(conn: &mut PgConnection, key: i32) -> diesel::QueryResult<i32> {
+    use self::pgbench_accounts::dsl::{abalance, aid, pgbench_accounts as accounts};
+    accounts
+        .select(abalance)
+        .filter(aid.eq(key))
+        .get_result(conn)
+}
+
+/// Runs `clients` threads for `seconds`, each with its own lookup from `make` (called in the
+/// thread), on random keys in `1..=accounts`; returns lookups per second.
+pub fn pk_lookups(
+    clients: u32,
+    seconds: u64,
+    accounts: i32,
+    make: impl Fn() -> anyhow::Result<Lookup> + Send + Sync + 'static,
+) -> anyhow::Result<f64> {
+    let make = Arc::new(make);
+    let barrier = Arc::new(Barrier::new(clients as usize));
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let (make, barrier) = (make.clone(), barrier.clone());
+            std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
+                let mut rng = XorShift(
+                    0x9E37_79B9_7F4A_7C15 ^ ((u64::from(client) + 1) * 0x2545_F491_4F6C_DD1D),
+                );
+                let made = make();
+                barrier.wait();
+                let mut lookup = made?;
+                let started = Instant::now();
+                let deadline = started + Duration::from_secs(seconds);
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    lookup(1 + (rng.next() % accounts as u64) as i32)?;
+                    done += 1;
+                }
+                Ok((done, started.elapsed()))
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    let mut longest = Duration::ZERO;
+    for thread in threads {
+        let (done, elapsed) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        total += done;
+        longest = longest.max(elapsed);
+    }
+    Ok(total as f64 / longest.as_secs_f64())
+}
+
+/// A tiny deterministic generator for keys (the same sequence in every run).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
