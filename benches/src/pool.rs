@@ -134,7 +134,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                         move || {
                             let mut conn = pool.get()?;
                             Ok(Box::new(move |key| {
-                                balance(&mut *conn, key)?;
+                                balance(&mut conn, key)?;
                                 Ok(())
                             }) as Lookup)
                         },
