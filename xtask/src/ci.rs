@@ -38,6 +38,10 @@ pub fn run(args: &Args) -> ExitCode {
             run: clippy,
         },
         Step {
+            name: "migration lint",
+            run: migration_lint,
+        },
+        Step {
             name: "test",
             run: test,
         },
@@ -119,6 +123,31 @@ fn clippy() -> anyhow::Result<String> {
 
 fn test() -> anyhow::Result<String> {
     cargo(&["test", "--workspace", "--locked"])
+}
+
+/// The repository's migrations through the linter: no statement that locks or rewrites a
+/// big table may ship.
+fn migration_lint() -> anyhow::Result<String> {
+    let dir = crate::workspace_root().join("migrations");
+    let set = MigrationSet::from_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let report = pgops_migrate::lint::lint_set(&set, &dir);
+    let problems: Vec<String> = report
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .chain(report.findings.iter().map(ToString::to_string))
+        .collect();
+    for line in &problems {
+        println!("{line}");
+    }
+    ensure!(
+        problems.is_empty(),
+        "{} lint problem(s) in migrations/",
+        problems.len()
+    );
+    let detail = format!("{} migrations clean", set.migrations().len());
+    println!("{detail}");
+    Ok(detail)
 }
 
 /// The repository's migrations on a fresh cluster: up, down one by one, up again, with the

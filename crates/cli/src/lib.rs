@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod exit;
+pub mod lint;
 pub mod migrate;
 pub mod pool;
 

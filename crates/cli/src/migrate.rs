@@ -31,6 +31,9 @@ pub struct Args {
     /// How long to wait for another migration run that holds the migration lock.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub lock_wait: Duration,
+    /// statement_timeout for transactional migrations (`off` for none).
+    #[arg(long, default_value = "off", value_parser = parse_optional_duration, global = true)]
+    pub statement_timeout: OptionalDuration,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -53,10 +56,36 @@ pub enum Verb {
     Status,
     /// Check that applied migrations still match their SQL (exit 1 if not).
     Validate,
+    /// Find statements that lock or rewrite big tables, before they ship (exit 1 on findings,
+    /// 2 on unreadable or unparsable files). Does not connect.
+    Lint {
+        /// Migrations directories, single migration directories or .sql files
+        /// [default: --dir, or the migrations compiled into this binary].
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        format: String,
+    },
+}
+
+/// A duration that may be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+fn parse_optional_duration(text: &str) -> Result<OptionalDuration, String> {
+    match text.trim() {
+        "off" | "0" | "none" => Ok(OptionalDuration(None)),
+        other => humantime::parse_duration(other)
+            .map(|d| OptionalDuration(Some(d)))
+            .map_err(|e| format!("{e}; use a duration like 30s or 5m, or off")),
+    }
 }
 
 /// Runs one `pgops migrate` command, writing its report to `out`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
+    if let Verb::Lint { paths, format } = &args.verb {
+        return crate::lint::run(args.dir.as_deref(), paths, format == "json", out);
+    }
     let set = match &args.dir {
         Some(dir) => MigrationSet::from_dir(dir),
         None => pgops_schema::migrations(),
@@ -67,7 +96,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     let migrator = Migrator::new(&set).with_options(RunOptions {
         lock_timeout: args.lock_timeout,
         lock_wait: args.lock_wait,
-        ..RunOptions::default()
+        statement_timeout: args.statement_timeout.0,
     });
     let failed = |e: MigrateError| scrubbed(&url, classify(e));
     let print =
@@ -169,6 +198,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 return Ok(Exit::Problem);
             }
         }
+        // Linted above, without a connection.
+        Verb::Lint { .. } => {}
     }
     Ok(Exit::Ok)
 }

@@ -213,3 +213,54 @@ fn validate_exits_1_when_an_applied_migration_changed() {
     assert_eq!(value["ok"], false);
     assert_eq!(value["findings"][0]["kind"], "up_changed");
 }
+
+#[test]
+fn lint_exit_codes_clean_findings_and_parse_errors() {
+    let repo = repo_migrations();
+    let out = pgops(&["migrate", "lint", repo.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("lint: 0 finding(s)"));
+    // Without paths and without --dir: the migrations compiled into the binary.
+    assert_eq!(pgops(&["migrate", "lint"], None).status.code(), Some(0));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("2026-12-01-000000_index_patients_mrn");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(
+        bad.join("up.sql"),
+        "CREATE INDEX patients_mrn_idx ON patients (mrn);\n",
+    )
+    .unwrap();
+    std::fs::write(bad.join("down.sql"), "DROP INDEX patients_mrn_idx;\n").unwrap();
+    let out = pgops(
+        &[
+            "migrate",
+            "lint",
+            dir.path().to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["findings"][0]["rule"],
+        "require-concurrent-index-creation"
+    );
+    assert_eq!(report["findings"][0]["line"], 1);
+
+    let broken = dir.path().join("broken.sql");
+    std::fs::write(
+        &broken,
+        "SELECT 1;\nALTER TABEL patients ADD COLUMN x int;\n",
+    )
+    .unwrap();
+    let out = pgops(&["migrate", "lint", broken.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stdout).contains("broken.sql:2:1: cannot parse"),
+        "{}",
+        text(&out.stdout)
+    );
+}

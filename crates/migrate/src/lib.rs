@@ -12,6 +12,8 @@
 //! ```
 
 mod error;
+#[cfg(feature = "lint")]
+pub mod lint;
 mod roundtrip;
 mod runner;
 mod snapshot;
