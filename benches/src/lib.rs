@@ -16,8 +16,8 @@ pub const SUITES: &[&str] = &["pool", "router", "seed"];
 /// Runs one suite.
 pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
     match suite {
-        "pool" => pool::run(pool::Plan::new(quick)),
-        "router" => router::run(router::Plan::new(quick)),
+        "pool" => pool::run(workload::LookupPlan::new(quick)),
+        "router" => router::run(workload::LookupPlan::new(quick)),
         "seed" => seed::run(seed::Plan::new(quick)),
         other => anyhow::bail!(
             "unknown benchmark suite `{other}`; known suites: {}",

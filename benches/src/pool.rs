@@ -2,75 +2,28 @@
 //! and diesel, against `pgbench -S -M prepared` with the same client count; and checking out
 //! per query against holding one connection per client.
 
-use std::process::Command;
-
-use anyhow::{Context as _, bail, ensure};
+use anyhow::Context as _;
 use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings};
-use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
+use pgops_testkit::{Cluster, ClusterOptions};
 
 use crate::{
     report::{Comparison, Report},
-    workload::{Lookup, balance, pk_lookups},
+    workload::{Lookup, LookupPlan, balance, pgbench, pk_lookups},
 };
 
-/// How big and how long.
-#[derive(Debug, Clone, Copy)]
-pub struct Plan {
-    /// `pgbench -i -s` scale (100,000 accounts each).
-    pub scale: u32,
-    /// Concurrent clients on both sides.
-    pub clients: u32,
-    /// Seconds per measurement.
-    pub seconds: u64,
-    /// Rounds per side (medians are reported).
-    pub rounds: usize,
-}
-
-impl Plan {
-    /// The full plan, or a short one for `--quick`.
-    pub fn new(quick: bool) -> Self {
-        if quick {
-            Plan {
-                scale: 2,
-                clients: 8,
-                seconds: 2,
-                rounds: 3,
-            }
-        } else {
-            Plan {
-                scale: 10,
-                clients: 8,
-                seconds: 5,
-                rounds: 7,
-            }
-        }
-    }
-}
-
 /// Runs the suite on a fresh cluster.
-pub fn run(plan: Plan) -> anyhow::Result<Report> {
+pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
     let cluster = Cluster::start(ClusterOptions::default().setting("max_connections", "200"))
         .context("starting a cluster")?;
-    let pgbench = cluster.binaries().program("pgbench");
-    let port = cluster.port().to_string();
-    let base = |cmd: &mut Command| {
-        cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", SUPERUSER]);
-    };
     eprintln!("pgbench -i -s {} ...", plan.scale);
-    let mut init = Command::new(&pgbench);
-    base(&mut init);
-    init.args(["-i", "-q", "-s", &plan.scale.to_string(), "postgres"]);
-    let out = init
-        .output()
-        .with_context(|| format!("running {}", pgbench.display()))?;
-    ensure!(
-        out.status.success(),
-        "pgbench -i failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pgbench(
+        &cluster,
+        "postgres",
+        &["-i", "-q", "-s", &plan.scale.to_string()],
+    )?;
     cluster.execute("postgres", "VACUUM ANALYZE")?;
 
-    let accounts = i32::try_from(plan.scale * 100_000)?;
+    let accounts = plan.accounts()?;
     let settings = PoolSettings {
         max_size: plan.clients,
         min_idle: plan.clients,
@@ -95,20 +48,12 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         for step in steps {
             match step {
                 "pgbench" => {
-                    let mut cmd = Command::new(&pgbench);
-                    base(&mut cmd);
-                    cmd.args([
-                        "-n",
-                        "-S",
-                        "-M",
-                        "prepared",
-                        "-c",
-                        &plan.clients.to_string(),
-                        "-j",
-                        "2",
-                    ])
-                    .args(["-T", &plan.seconds.to_string(), "postgres"]);
-                    anchor.push(pgbench_tps(cmd)?);
+                    let clients = plan.clients.to_string();
+                    let seconds = plan.seconds.to_string();
+                    let args = [
+                        "-n", "-S", "-M", "prepared", "-c", &clients, "-j", "2", "-T", &seconds,
+                    ];
+                    anchor.push(pgbench_tps(&pgbench(&cluster, "postgres", &args)?)?);
                 }
                 "checkout" => {
                     let pool = pool.clone();
@@ -176,18 +121,10 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     })
 }
 
-/// Runs pgbench and reads its `tps = N (without initial connection time)` line.
-pub(crate) fn pgbench_tps(mut cmd: Command) -> anyhow::Result<f64> {
-    let out = cmd.output().context("running pgbench")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "pgbench failed: {}{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    text.lines()
+/// Reads pgbench's `tps = N (without initial connection time)` line.
+pub(crate) fn pgbench_tps(output: &str) -> anyhow::Result<f64> {
+    output
+        .lines()
         .filter(|l| l.starts_with("tps = ") && l.contains("without initial connection time"))
         .find_map(|l| {
             l.trim_start_matches("tps = ")
@@ -196,5 +133,5 @@ pub(crate) fn pgbench_tps(mut cmd: Command) -> anyhow::Result<f64> {
                 .parse()
                 .ok()
         })
-        .with_context(|| format!("no tps line in pgbench's output:\n{text}"))
+        .with_context(|| format!("no tps line in pgbench's output:\n{output}"))
 }

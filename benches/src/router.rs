@@ -6,68 +6,21 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings};
 use pgops_router::{ReplicaSpec, Router, RouterConfig};
-use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
+use pgops_testkit::{Cluster, ClusterOptions};
 
 use crate::{
     report::{Comparison, Report},
-    workload::{Lookup, balance, pk_lookups},
+    workload::{Lookup, LookupPlan, balance, pgbench, pk_lookups},
 };
 
-/// How big and how long.
-#[derive(Debug, Clone, Copy)]
-pub struct Plan {
-    /// `pgbench -i -s` scale.
-    pub scale: u32,
-    /// Concurrent clients on both sides.
-    pub clients: u32,
-    /// Seconds per measurement.
-    pub seconds: u64,
-    /// Rounds per side.
-    pub rounds: usize,
-}
-
-impl Plan {
-    /// The full plan, or a short one for `--quick`.
-    pub fn new(quick: bool) -> Self {
-        if quick {
-            Plan {
-                scale: 2,
-                clients: 8,
-                seconds: 2,
-                rounds: 3,
-            }
-        } else {
-            Plan {
-                scale: 10,
-                clients: 8,
-                seconds: 5,
-                rounds: 7,
-            }
-        }
-    }
-}
-
 /// Runs the suite on a fresh primary and streaming replica.
-pub fn run(plan: Plan) -> anyhow::Result<Report> {
+pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
     let primary = Cluster::start(ClusterOptions::default()).context("starting the primary")?;
-    let pgbench = primary.binaries().program("pgbench");
-    let out = std::process::Command::new(&pgbench)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port().to_string(),
-            "-U",
-            SUPERUSER,
-        ])
-        .args(["-i", "-q", "-s", &plan.scale.to_string(), "postgres"])
-        .output()
-        .context("running pgbench -i")?;
-    ensure!(
-        out.status.success(),
-        "pgbench -i failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pgbench(
+        &primary,
+        "postgres",
+        &["-i", "-q", "-s", &plan.scale.to_string()],
+    )?;
     let replica = primary.create_replica().context("starting the replica")?;
     replica.catch_up(&primary, Duration::from_secs(120))?;
     replica.execute("postgres", "SELECT count(*) FROM pgbench_accounts")?;
@@ -98,7 +51,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         router.replicas()
     );
 
-    let accounts = i32::try_from(plan.scale * 100_000)?;
+    let accounts = plan.accounts()?;
     let (mut ours, mut anchor) = (Vec::new(), Vec::new());
     for round in 0..plan.rounds {
         for via_router in if round % 2 == 0 {

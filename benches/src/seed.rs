@@ -10,7 +10,10 @@ use diesel::connection::SimpleConnection;
 use pgops_seed::{Dataset, NoProgress, SeedOptions};
 use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
 
-use crate::report::{Comparison, Report};
+use crate::{
+    report::{Comparison, Report},
+    workload::pgbench,
+};
 
 /// How big and how long.
 #[derive(Debug, Clone, Copy)]
@@ -118,33 +121,19 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     }
 
     // Context: what pgbench's own client-side generator reaches on this cluster.
-    let pgbench = cluster.binaries().program("pgbench");
     let started = Instant::now();
-    let out = Command::new(&pgbench)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port().to_string(),
-            "-U",
-            SUPERUSER,
-        ])
-        .args([
+    pgbench(
+        &cluster,
+        "bench",
+        &[
             "-i",
             "-q",
             "-I",
             "dtg",
             "-s",
             &plan.pgbench_scale.to_string(),
-            "bench",
-        ])
-        .output()
-        .context("running pgbench -i")?;
-    ensure!(
-        out.status.success(),
-        "pgbench -i failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )?;
     let pgbench_rows = f64::from(plan.pgbench_scale) * 100_000.0 / started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -6,7 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::{Context as _, ensure};
 use diesel::{ExpressionMethods, PgConnection, QueryDsl, RunQueryDsl};
+use pgops_testkit::{Cluster, SUPERUSER};
 
 diesel::table! {
     pgbench_accounts (aid) {
@@ -15,6 +17,71 @@ diesel::table! {
         abalance -> Int4,
         filler -> Nullable<Bpchar>,
     }
+}
+
+/// How big and how long a lookup suite runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LookupPlan {
+    /// `pgbench -i -s` scale (100,000 accounts each).
+    pub scale: u32,
+    /// Concurrent clients on both sides.
+    pub clients: u32,
+    /// Seconds per measurement.
+    pub seconds: u64,
+    /// Rounds per side (medians are reported).
+    pub rounds: usize,
+}
+
+impl LookupPlan {
+    /// The full plan, or a short one for `--quick`.
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            LookupPlan {
+                scale: 2,
+                clients: 8,
+                seconds: 2,
+                rounds: 3,
+            }
+        } else {
+            LookupPlan {
+                scale: 10,
+                clients: 8,
+                seconds: 5,
+                rounds: 7,
+            }
+        }
+    }
+
+    /// Accounts in `pgbench_accounts`.
+    pub fn accounts(&self) -> anyhow::Result<i32> {
+        Ok(i32::try_from(self.scale * 100_000)?)
+    }
+}
+
+/// Runs the cluster's `pgbench` against its database `db` with `args`; returns its output.
+pub fn pgbench(cluster: &Cluster, db: &str, args: &[&str]) -> anyhow::Result<String> {
+    let program = cluster.binaries().program("pgbench");
+    let out = std::process::Command::new(&program)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            SUPERUSER,
+        ])
+        .args(args)
+        .arg(db)
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "pgbench {} failed: {stdout}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
 }
 
 /// One client's way of looking up one key.

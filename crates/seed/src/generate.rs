@@ -47,17 +47,6 @@ struct EncounterInfo {
     closed: bool,
 }
 
-/// The sample tables in the order they are generated and loaded (parents first).
-pub(crate) const ORDER: [&str; 7] = [
-    "organizations",
-    "users",
-    "sessions",
-    "patients",
-    "encounters",
-    "notes",
-    "audit_logs",
-];
-
 /// Rows are announced to the progress callback in batches of this size.
 pub(crate) const PROGRESS_EVERY: u64 = 10_000;
 

@@ -277,9 +277,9 @@ fn load(
 
     let mut world = World::new(plan, options.seed);
     let mut total = Sha256::new();
-    let (tables, keys_elapsed) = without_keys(conn, &generate::ORDER, |conn| {
+    let (tables, keys_elapsed) = without_keys(conn, pgops_schema::TABLES, |conn| {
         let mut tables = Vec::new();
-        for table in generate::ORDER {
+        for &table in pgops_schema::TABLES {
             progress.start(table, world.expected_rows(table));
             let started = Instant::now();
             let (rows, digest) = copy_table(conn, &mut world, table, progress)?;
@@ -336,7 +336,7 @@ pub fn reload_table(
     let plan = Plan::new(options.dataset, options.scale)?;
     let mut world = World::new(plan, options.seed);
     // Earlier tables are generated again (and thrown away) for what later ones refer to.
-    for earlier in generate::ORDER.into_iter().take_while(|t| *t != table) {
+    for &earlier in pgops_schema::TABLES.iter().take_while(|t| **t != table) {
         let mut sink = CopyWriter::new(std::io::sink())?;
         world.write(earlier, &mut sink, &mut |_| {})?;
     }
