@@ -129,6 +129,7 @@ struct Inner {
     turn: AtomicU64,
     stopped: AtomicBool,
     primary_reads: metrics::Counter,
+    polls: AtomicU64,
 }
 
 struct Replica {
@@ -249,6 +250,7 @@ impl Router {
             turn: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             primary_reads: metrics::counter!("pgops_router_reads_total", "target" => "primary"),
+            polls: AtomicU64::new(0),
         });
         // One poll before the first read, so replicas serve from the start.
         inner.poll_all();
@@ -336,6 +338,11 @@ impl Router {
                 }
             })
             .collect()
+    }
+
+    /// How many monitor polls of all replicas have completed.
+    pub fn monitor_polls(&self) -> u64 {
+        self.inner.polls.load(Ordering::Relaxed)
     }
 
     /// The primary's pool.
@@ -522,6 +529,7 @@ impl Inner {
                 }
             }
         }
+        self.polls.fetch_add(1, Ordering::Relaxed);
     }
 
     fn healthy_probe(&self, index: usize, p: Probe, primary_lsn: Option<u64>) {
