@@ -8,7 +8,7 @@ use pgops_testkit::{Cluster, ClusterOptions};
 
 use crate::{
     report::{Comparison, Report},
-    workload::{Lookup, LookupPlan, balance, pgbench, pk_lookups},
+    workload::{Lookup, LookupPlan, balance, pgbench, pk_lookups, pk_lookups_via_pool},
 };
 
 /// Runs the suite on a fresh cluster.
@@ -55,21 +55,7 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                     ];
                     anchor.push(pgbench_tps(&pgbench(&cluster, "postgres", &args)?)?);
                 }
-                "checkout" => {
-                    let pool = pool.clone();
-                    ours.push(pk_lookups(
-                        plan.clients,
-                        plan.seconds,
-                        accounts,
-                        move || {
-                            let pool = pool.clone();
-                            Ok(Box::new(move |key| {
-                                balance(&mut *pool.get()?, key)?;
-                                Ok(())
-                            }) as Lookup)
-                        },
-                    )?)
-                }
+                "checkout" => ours.push(pk_lookups_via_pool(&pool, plan, accounts)?),
                 _ => {
                     let pool = pool.clone();
                     held.push(pk_lookups(

@@ -10,7 +10,7 @@ use pgops_testkit::{Cluster, ClusterOptions};
 
 use crate::{
     report::{Comparison, Report},
-    workload::{Lookup, LookupPlan, balance, pgbench, pk_lookups},
+    workload::{Lookup, LookupPlan, balance, pgbench, pk_lookups, pk_lookups_via_pool},
 };
 
 /// Runs the suite on a fresh primary and streaming replica.
@@ -76,19 +76,7 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                     },
                 )?);
             } else {
-                let pool = direct.clone();
-                anchor.push(pk_lookups(
-                    plan.clients,
-                    plan.seconds,
-                    accounts,
-                    move || {
-                        let pool = pool.clone();
-                        Ok(Box::new(move |key| {
-                            balance(&mut *pool.get()?, key)?;
-                            Ok(())
-                        }) as Lookup)
-                    },
-                )?);
+                anchor.push(pk_lookups_via_pool(&direct, plan, accounts)?);
             }
         }
         eprintln!(

@@ -140,6 +140,22 @@ pub fn pk_lookups(
     Ok(total as f64 / longest.as_secs_f64())
 }
 
+/// [`pk_lookups`] checking a connection out of `pool` for every lookup, as a service does.
+pub fn pk_lookups_via_pool(
+    pool: &pgops_pool::Pool,
+    plan: LookupPlan,
+    accounts: i32,
+) -> anyhow::Result<f64> {
+    let pool = pool.clone();
+    pk_lookups(plan.clients, plan.seconds, accounts, move || {
+        let pool = pool.clone();
+        Ok(Box::new(move |key| {
+            balance(&mut *pool.get()?, key)?;
+            Ok(())
+        }) as Lookup)
+    })
+}
+
 /// A tiny deterministic generator for keys (the same sequence in every run).
 struct XorShift(u64);
 

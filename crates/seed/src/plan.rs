@@ -86,10 +86,23 @@ impl Plan {
         if dataset == Dataset::Test && scale != 1.0 {
             return Err(Error::InvalidScale(scale));
         }
-        let n = |base: f64, min: u64| ((base * scale).round() as u64).max(min);
-        // Organizations grow with the square root of the scale, so a small staging dataset
-        // still has a few large organizations and a tail of small ones.
-        let orgs = |base: f64| ((base * scale.sqrt()).round() as u32).max(1);
+        let scaled =
+            |dataset, (orgs, users, sessions, patients, audit_logs): (f64, f64, f64, f64, f64)| {
+                let n = |base: f64, min: u64| ((base * scale).round() as u64).max(min);
+                // Organizations grow with the square root of the scale, so a small staging dataset
+                // still has a few large organizations and a tail of small ones.
+                let organizations = ((orgs * scale.sqrt()).round() as u32).max(1);
+                Plan {
+                    dataset,
+                    organizations,
+                    users: n(users, u64::from(organizations)) as u32,
+                    sessions: n(sessions, 1) as u32,
+                    patients: n(patients, u64::from(organizations)) as u32,
+                    encounters_per_patient: PerParent::Skewed(3.5),
+                    notes_per_encounter: PerParent::Skewed(1.6),
+                    audit_logs: n(audit_logs, 1),
+                }
+            };
         Ok(match dataset {
             Dataset::Test => Plan {
                 dataset,
@@ -101,32 +114,9 @@ impl Plan {
                 notes_per_encounter: PerParent::Fixed(1),
                 audit_logs: 100,
             },
-            Dataset::Development => {
-                let organizations = orgs(5.0);
-                Plan {
-                    dataset,
-                    organizations,
-                    users: n(300.0, u64::from(organizations)) as u32,
-                    sessions: n(1_000.0, 1) as u32,
-                    patients: n(10_000.0, u64::from(organizations)) as u32,
-                    encounters_per_patient: PerParent::Skewed(3.5),
-                    notes_per_encounter: PerParent::Skewed(1.6),
-                    audit_logs: n(50_000.0, 1),
-                }
-            }
-            Dataset::Staging => {
-                let organizations = orgs(50.0);
-                Plan {
-                    dataset,
-                    organizations,
-                    users: n(5_000.0, u64::from(organizations)) as u32,
-                    sessions: n(20_000.0, 1) as u32,
-                    patients: n(100_000.0, u64::from(organizations)) as u32,
-                    encounters_per_patient: PerParent::Skewed(3.5),
-                    notes_per_encounter: PerParent::Skewed(1.6),
-                    audit_logs: n(1_000_000.0, 1),
-                }
-            }
+            // (organizations, users, sessions, patients, audit_logs) at scale 1.0
+            Dataset::Development => scaled(dataset, (5.0, 300.0, 1_000.0, 10_000.0, 50_000.0)),
+            Dataset::Staging => scaled(dataset, (50.0, 5_000.0, 20_000.0, 100_000.0, 1_000_000.0)),
         })
     }
 }
