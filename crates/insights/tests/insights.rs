@@ -1,0 +1,623 @@
+//! pgops-insights against real clusters: slow-log settings that take effect, top queries over a
+//! snapshot window (through resets and evictions), EXPLAIN that never changes data, index
+//! advice on a real catalog, HypoPG what-if, and checks that catch real offenders.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use diesel::{PgConnection, RunQueryDsl, connection::SimpleConnection};
+use pgops_insights::{
+    CheckThresholds, Error, ExplainOptions, Finding, IndexIssue, Order, SlowLog, TopOptions,
+    advice, checks, explain, slowlog, statements, what_if,
+};
+use pgops_testkit::{Cluster, ClusterOptions, TestDatabase};
+
+fn text(conn: &mut PgConnection, expression: &str) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct T {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        t: String,
+    }
+    diesel::sql_query(format!("SELECT ({expression})::text AS t"))
+        .get_result::<T>(conn)
+        .unwrap()
+        .t
+}
+
+fn top_options(since: Option<Duration>) -> TopOptions {
+    TopOptions {
+        order: Order::Calls,
+        limit: 50,
+        since,
+        all_databases: false,
+    }
+}
+
+/// A database from the migrated template: pg_stat_statements is created there.
+fn schema_db() -> (TestDatabase, PgConnection) {
+    let db = pgops_schema::testing::database().unwrap();
+    let conn = db.connect().unwrap();
+    (db, conn)
+}
+
+#[test]
+fn slow_log_takes_effect_and_reset_undoes_it() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let mut conn = cluster.connect("postgres").unwrap();
+
+    // Without pg_stat_statements preloaded, `top` says exactly what to change.
+    let err = statements::check_available(&mut conn).unwrap_err();
+    assert!(matches!(err, Error::NotPreloaded { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"),
+        "{err}"
+    );
+
+    let applied = slowlog::apply(
+        &mut conn,
+        &SlowLog {
+            min_duration: Duration::from_millis(200),
+            auto_explain: Some(Duration::from_millis(200)),
+        },
+    )
+    .unwrap();
+    assert!(
+        applied
+            .verified
+            .iter()
+            .any(|(s, shown)| s.name == "log_min_duration_statement" && shown == "200ms"),
+        "{:?}",
+        applied.verified
+    );
+
+    // A new session has auto_explain preloaded and logs a slow statement with its plan.
+    let mut app = cluster.connect("postgres").unwrap();
+    assert_eq!(
+        text(&mut app, "current_setting('auto_explain.log_min_duration')"),
+        "200ms"
+    );
+    assert_eq!(text(&mut app, "current_setting('log_lock_waits')"), "on");
+    app.batch_execute("SELECT pg_sleep(0.3) /* slow-log-probe */")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = cluster.log_tail(200);
+        if log.contains("duration:") && log.contains("slow-log-probe") && log.contains("Result") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no slow-query line with a plan in:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    slowlog::reset(&mut conn).unwrap();
+    let mut after = cluster.connect("postgres").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while text(&mut after, "current_setting('log_min_duration_statement')") != "-1" {
+        assert!(
+            Instant::now() < deadline,
+            "reset did not restore log_min_duration_statement"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // A role without the privilege gets the GRANT that would allow it, and nothing changes.
+    conn.batch_execute("CREATE ROLE app LOGIN").unwrap();
+    let mut app = PgConnection::establish_as(&cluster, "app");
+    let err = slowlog::apply(
+        &mut app,
+        &SlowLog {
+            min_duration: Duration::from_secs(1),
+            auto_explain: None,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Privilege(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("GRANT ALTER SYSTEM ON PARAMETER log_min_duration_statement TO app"),
+        "{err}"
+    );
+    assert_eq!(
+        text(&mut after, "current_setting('log_min_duration_statement')"),
+        "-1"
+    );
+}
+
+trait EstablishAs {
+    fn establish_as(cluster: &Cluster, role: &str) -> PgConnection;
+}
+
+impl EstablishAs for PgConnection {
+    fn establish_as(cluster: &Cluster, role: &str) -> PgConnection {
+        use diesel::Connection;
+        PgConnection::establish(&format!(
+            "postgres://{role}@127.0.0.1:{}/postgres",
+            cluster.port()
+        ))
+        .unwrap()
+    }
+}
+
+#[test]
+fn top_shows_normalized_queries_with_their_figures() {
+    let (_db, mut conn) = schema_db();
+    conn.batch_execute("CREATE TABLE top_probe (id int PRIMARY KEY, v text); INSERT INTO top_probe SELECT g, 'x' FROM generate_series(1, 100) g")
+        .unwrap();
+    for id in 1..=25 {
+        conn.batch_execute(&format!("SELECT v FROM top_probe WHERE id = {id}"))
+            .unwrap();
+    }
+    let top = statements::top(&mut conn, &top_options(None)).unwrap();
+    let probe = top
+        .queries
+        .iter()
+        .find(|q| q.query.contains("top_probe WHERE id ="))
+        .unwrap_or_else(|| panic!("probe missing from {:#?}", top.queries));
+    assert_eq!(probe.query, "SELECT v FROM top_probe WHERE id = $1");
+    assert_eq!(probe.calls, 25);
+    assert_eq!(probe.rows, 25);
+    assert!(probe.total_ms > 0.0 && (probe.mean_ms - probe.total_ms / 25.0).abs() < 1e-9);
+    assert!(probe.cache_hit_ratio.unwrap() > 0.5);
+    // Other databases' queries are left out unless asked for.
+    assert!(top.queries.iter().all(|q| q.database == probe.database));
+}
+
+#[test]
+fn since_diffs_against_an_old_snapshot_and_names_what_is_missing() {
+    let (_db, mut conn) = schema_db();
+    let err = statements::top(&mut conn, &top_options(Some(Duration::from_secs(900)))).unwrap_err();
+    assert!(matches!(err, Error::NoSnapshot(_)), "{err}");
+    assert!(err.to_string().contains("pgops insights snapshot"), "{err}");
+
+    conn.batch_execute("CREATE TABLE window_probe (id int PRIMARY KEY)")
+        .unwrap();
+    for id in 0..5 {
+        conn.batch_execute(&format!("SELECT * FROM window_probe WHERE id = {id}"))
+            .unwrap();
+    }
+    let snap = statements::record_snapshot(&mut conn, Duration::from_secs(86_400)).unwrap();
+    let err = statements::top(&mut conn, &top_options(Some(Duration::from_secs(900)))).unwrap_err();
+    assert!(err.to_string().contains("the oldest was taken"), "{err}");
+
+    // Pretend the snapshot is 20 minutes old, then run the probe 7 more times.
+    conn.batch_execute(&format!(
+        "UPDATE pgops_stat_snapshots SET taken_at = taken_at - interval '20 minutes' WHERE id = {}",
+        snap.id
+    ))
+    .unwrap();
+    for id in 0..7 {
+        conn.batch_execute(&format!("SELECT * FROM window_probe WHERE id = {id}"))
+            .unwrap();
+    }
+    let top = statements::top(&mut conn, &top_options(Some(Duration::from_secs(900)))).unwrap();
+    let probe = top
+        .queries
+        .iter()
+        .find(|q| q.query.contains("window_probe WHERE id"))
+        .unwrap();
+    assert_eq!(probe.calls, 7, "only the calls inside the window count");
+    assert_eq!(probe.origin, statements::Origin::Diff);
+    assert!(top.seconds.unwrap() >= 1200.0);
+    // The view itself was never reset: it still holds all 12 calls.
+    let all = statements::top(&mut conn, &top_options(None)).unwrap();
+    let lifetime = all
+        .queries
+        .iter()
+        .find(|q| q.query.contains("window_probe WHERE id"))
+        .unwrap();
+    assert_eq!(lifetime.calls, 12);
+}
+
+#[test]
+fn since_survives_a_reset_and_an_eviction_between_snapshots() {
+    let cluster = Cluster::start(ClusterOptions::default().preload("pg_stat_statements")).unwrap();
+    cluster
+        .execute("postgres", "CREATE EXTENSION pg_stat_statements")
+        .unwrap();
+    let mut conn = cluster.connect("postgres").unwrap();
+    conn.batch_execute("CREATE TABLE evict_probe (id int); CREATE TABLE reset_probe (id int)")
+        .unwrap();
+    for _ in 0..10 {
+        conn.batch_execute("SELECT * FROM evict_probe; SELECT * FROM reset_probe")
+            .unwrap();
+    }
+    let backdate = |conn: &mut PgConnection| {
+        conn.batch_execute(
+            "UPDATE pgops_stat_snapshots SET taken_at = taken_at - interval '1 hour'",
+        )
+        .unwrap();
+    };
+    statements::record_snapshot(&mut conn, Duration::from_secs(86_400)).unwrap();
+    backdate(&mut conn);
+
+    // Evict one entry (as pg_stat_statements.max would) and let it come back with 3 calls.
+    conn.batch_execute(
+        "SELECT pg_stat_statements_reset(0, 0, queryid) FROM pg_stat_statements WHERE query LIKE '%evict_probe%'",
+    )
+    .unwrap();
+    for _ in 0..3 {
+        conn.batch_execute("SELECT * FROM evict_probe; SELECT * FROM reset_probe")
+            .unwrap();
+    }
+    let top = statements::top(&mut conn, &top_options(Some(Duration::from_secs(1800)))).unwrap();
+    let find = |top: &statements::Top, what: &str| {
+        top.queries
+            .iter()
+            .find(|q| q.query.contains(what))
+            .cloned()
+            .unwrap_or_else(|| panic!("{what} missing from {:#?}", top.queries))
+    };
+    let evicted = find(&top, "evict_probe");
+    assert_eq!(
+        (evicted.calls, evicted.origin),
+        (3, statements::Origin::Readded)
+    );
+    let kept = find(&top, "reset_probe");
+    assert_eq!((kept.calls, kept.origin), (3, statements::Origin::Diff));
+    assert!(!top.reset);
+
+    // A full reset after the snapshot: counts start from the reset, never negative.
+    conn.batch_execute("SELECT pg_stat_statements_reset()")
+        .unwrap();
+    conn.batch_execute("SELECT * FROM reset_probe").unwrap();
+    let top = statements::top(&mut conn, &top_options(Some(Duration::from_secs(1800)))).unwrap();
+    assert!(top.reset);
+    let kept = find(&top, "reset_probe");
+    assert_eq!(
+        (kept.calls, kept.origin),
+        (1, statements::Origin::SinceReset)
+    );
+    assert!(top.queries.iter().all(|q| q.calls > 0 && q.total_ms >= 0.0));
+}
+
+#[test]
+fn explain_analyze_of_a_delete_leaves_every_row_in_place() {
+    let db = TestDatabase::empty().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(
+        "CREATE TABLE victims (id int PRIMARY KEY, v text);
+         INSERT INTO victims SELECT g, md5(g::text) FROM generate_series(1, 5000) g;",
+    )
+    .unwrap();
+    let explained = explain(
+        &mut conn,
+        "DELETE FROM victims WHERE id > 10",
+        &ExplainOptions {
+            analyze: true,
+            buffers: true,
+            ..ExplainOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(explained.execution_ms.is_some());
+    assert_eq!(explained.plan.node_type, "ModifyTable");
+    let scan = &explained.plan.children[0];
+    assert_eq!(scan.actual_rows, Some(4990.0), "{scan:?}");
+    assert!(scan.shared_hit.is_some());
+    assert_eq!(text(&mut conn, "(SELECT count(*) FROM victims)"), "5000");
+
+    // Refused before reaching the server: more than one statement, transaction control.
+    for sql in [
+        "SELECT 1; DELETE FROM victims",
+        "COMMIT",
+        "DROP TABLE victims",
+        "EXPLAIN ANALYZE DELETE FROM victims",
+    ] {
+        let err = explain(&mut conn, sql, &ExplainOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Refused(_)), "{sql}: {err}");
+    }
+    assert_eq!(text(&mut conn, "(SELECT count(*) FROM victims)"), "5000");
+
+    // The statement timeout applies, and the session is usable afterwards.
+    let err = explain(
+        &mut conn,
+        "SELECT pg_sleep(10)",
+        &ExplainOptions {
+            analyze: true,
+            statement_timeout: Duration::from_millis(200),
+            ..ExplainOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    assert_eq!(text(&mut conn, "1"), "1");
+}
+
+#[test]
+fn explain_finds_misestimates_large_seq_scans_and_spills() {
+    let db = TestDatabase::empty().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(&format!(
+        "CREATE TABLE events (id int, kind int, payload text) WITH (autovacuum_enabled = off);
+         INSERT INTO events SELECT g, 1, md5(g::text) FROM generate_series(1, 100) g;
+         ANALYZE events;
+         INSERT INTO events SELECT g, g % 10, md5(g::text) FROM generate_series(101, 60000) g;
+         ALTER DATABASE {} SET work_mem = '64kB';",
+        db.name()
+    ))
+    .unwrap();
+    // The statistics still say 100 rows; the sort of 60,000 rows does not fit in 64 kB.
+    let mut conn = db.connect().unwrap();
+    let explained = explain(
+        &mut conn,
+        "SELECT * FROM events WHERE kind = 3 ORDER BY payload",
+        &ExplainOptions {
+            analyze: true,
+            large_table_rows: 10_000.0,
+            ..ExplainOptions::default()
+        },
+    )
+    .unwrap();
+    let f = &explained.findings;
+    assert!(
+        f.iter().any(|f| matches!(f, Finding::Misestimate { node, factor, .. } if node.contains("events") && *factor > 10.0)),
+        "{f:#?}"
+    );
+    assert!(
+        f.iter().any(|f| matches!(f, Finding::Spill { detail, .. } if detail.contains("external merge") || detail.contains("Disk"))),
+        "{f:#?}"
+    );
+    // reltuples is stale too until ANALYZE: then the large scan shows.
+    conn.batch_execute("ANALYZE events").unwrap();
+    let explained = explain(
+        &mut conn,
+        "SELECT * FROM events WHERE kind = 3",
+        &ExplainOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        explained.findings.iter().any(|f| matches!(f, Finding::SeqScanOnLargeTable { table, table_rows, filter: Some(_) } if table == "public.events" && *table_rows > 50_000.0)),
+        "{:#?}",
+        explained.findings
+    );
+}
+
+#[test]
+fn index_advice_on_a_real_catalog() {
+    let db = TestDatabase::empty().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(
+        "CREATE TABLE authors (id int PRIMARY KEY);
+         CREATE TABLE posts (id int PRIMARY KEY, author_id int REFERENCES authors, slug text, created_at timestamptz);
+         CREATE INDEX posts_id_copy ON posts (id);
+         CREATE INDEX posts_slug ON posts (slug);
+         CREATE INDEX posts_slug_created ON posts (slug, created_at);
+         INSERT INTO posts VALUES (1, NULL, 'a', now()), (2, NULL, 'a', now());",
+    )
+    .unwrap();
+    // A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index behind.
+    let failed =
+        conn.batch_execute("CREATE UNIQUE INDEX CONCURRENTLY posts_slug_unique ON posts (slug)");
+    assert!(failed.is_err());
+
+    let found = advice::advise(&mut conn, advice::Thresholds::default()).unwrap();
+    let has = |issue: IndexIssue, index: Option<&str>, table: &str| {
+        found
+            .findings
+            .iter()
+            .any(|f| f.issue == issue && f.index.as_deref() == index && f.table == table)
+    };
+    assert!(
+        has(
+            IndexIssue::Invalid,
+            Some("public.posts_slug_unique"),
+            "public.posts"
+        ),
+        "{:#?}",
+        found.findings
+    );
+    assert!(
+        has(
+            IndexIssue::Duplicate,
+            Some("public.posts_id_copy"),
+            "public.posts"
+        ),
+        "{:#?}",
+        found.findings
+    );
+    assert!(
+        has(
+            IndexIssue::Overlapping,
+            Some("public.posts_slug"),
+            "public.posts"
+        ),
+        "{:#?}",
+        found.findings
+    );
+    assert!(
+        has(IndexIssue::MissingFkIndex, None, "public.posts"),
+        "{:#?}",
+        found.findings
+    );
+    assert!(has(
+        IndexIssue::Unused,
+        Some("public.posts_slug_created"),
+        "public.posts"
+    ));
+    // The primary key is never advised against.
+    assert!(
+        !found
+            .findings
+            .iter()
+            .any(|f| f.index.as_deref() == Some("public.posts_pkey"))
+    );
+    assert_eq!(found.findings[0].severity, advice::Severity::Fail);
+    let fk = found
+        .findings
+        .iter()
+        .find(|f| f.issue == IndexIssue::MissingFkIndex)
+        .unwrap();
+    assert_eq!(
+        fk.fix,
+        "CREATE INDEX CONCURRENTLY ON public.posts (author_id);"
+    );
+
+    // Applying the fixes clears the failures.
+    conn.batch_execute(
+        "DROP INDEX posts_slug_unique; DROP INDEX posts_id_copy; CREATE INDEX ON posts (author_id)",
+    )
+    .unwrap();
+    let found = advice::advise(&mut conn, advice::Thresholds::default()).unwrap();
+    assert!(
+        found
+            .findings
+            .iter()
+            .all(|f| f.severity == advice::Severity::Warn),
+        "{:#?}",
+        found.findings
+    );
+    assert!(
+        !found
+            .findings
+            .iter()
+            .any(|f| f.issue == IndexIssue::MissingFkIndex)
+    );
+}
+
+#[test]
+fn what_if_costs_a_suggested_index_without_creating_it() {
+    let db = TestDatabase::empty().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(
+        "CREATE TABLE visits (id int PRIMARY KEY, clinic_id int, seen_at timestamptz, note text);
+         INSERT INTO visits SELECT g, g % 500, now() - g * interval '1 minute', md5(g::text)
+           FROM generate_series(1, 100000) g;
+         ANALYZE visits;",
+    )
+    .unwrap();
+    let sql = "SELECT * FROM visits WHERE clinic_id = 42 AND seen_at > now() - interval '1 day'";
+    let suggested =
+        pgops_insights::suggest(&mut conn, sql, 10_000.0, Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        suggested,
+        ["CREATE INDEX ON public.visits (clinic_id, seen_at)"]
+    );
+
+    let result = what_if(&mut conn, sql, &suggested, Duration::from_secs(30)).unwrap();
+    assert!(result.candidates[0].used, "{result:#?}");
+    assert!(result.cost_after * 10.0 < result.cost_before, "{result:#?}");
+    assert!(result.candidates[0].estimated_bytes.unwrap() > 0);
+
+    // Nothing was built and nothing stays installed.
+    assert_eq!(
+        text(
+            &mut conn,
+            "(SELECT count(*) FROM pg_indexes WHERE tablename = 'visits')"
+        ),
+        "1"
+    );
+    assert_eq!(
+        text(
+            &mut conn,
+            "(SELECT count(*) FROM pg_extension WHERE extname = 'hypopg')"
+        ),
+        "0"
+    );
+
+    let err = what_if(
+        &mut conn,
+        sql,
+        &["DROP TABLE visits".into()],
+        Duration::from_secs(30),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+}
+
+#[test]
+fn checks_catch_idle_transactions_blocked_queries_and_sequences_near_max() {
+    let db = TestDatabase::empty().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(
+        "CREATE TABLE counters (id serial PRIMARY KEY, n int);
+         INSERT INTO counters (n) VALUES (0);
+         SELECT setval('counters_id_seq', 2000000000);",
+    )
+    .unwrap();
+
+    // A session holding a row lock while idle in its transaction, and one waiting for it.
+    let mut holder = db.connect().unwrap();
+    holder
+        .batch_execute("BEGIN; UPDATE counters SET n = n + 1 WHERE id = 1")
+        .unwrap();
+    let holder_pid = text(&mut holder, "pg_backend_pid()");
+    let (tx, rx) = mpsc::channel();
+    let waiter_db = db.url();
+    let waiter = thread::spawn(move || {
+        use diesel::Connection;
+        let mut conn = PgConnection::establish(&waiter_db).unwrap();
+        tx.send(text(&mut conn, "pg_backend_pid()")).unwrap();
+        conn.batch_execute("UPDATE counters SET n = n + 1 WHERE id = 1")
+            .unwrap();
+    });
+    let waiter_pid = rx.recv().unwrap();
+    thread::sleep(Duration::from_millis(300));
+
+    let tight = CheckThresholds {
+        long_running: Duration::from_millis(100),
+        idle_in_transaction: Duration::from_millis(100),
+        blocked: Duration::from_millis(100),
+        sequence_used: 0.75,
+        wraparound_used: 0.5,
+        min_cache_hit: 0.0,
+    };
+    let results = checks::run(&mut conn, &tight).unwrap();
+    let get = |name: &str| results.iter().find(|c| c.name == name).unwrap().clone();
+    let idle = get("idle_in_transaction");
+    assert!(
+        !idle.ok
+            && idle
+                .details
+                .iter()
+                .any(|d| d.starts_with(&format!("pid {holder_pid} "))),
+        "{idle:?}"
+    );
+    let blocked = get("blocked_queries");
+    assert!(
+        blocked
+            .details
+            .iter()
+            .any(|d| d.starts_with(&format!("pid {waiter_pid} "))
+                && d.contains(&format!("blocked by pid {holder_pid}"))),
+        "{blocked:?}"
+    );
+    let long = get("long_running_queries");
+    assert!(
+        long.details
+            .iter()
+            .any(|d| d.starts_with(&format!("pid {waiter_pid} "))),
+        "{long:?}"
+    );
+    let seq = get("sequences_near_max");
+    assert!(
+        !seq.ok
+            && seq.details[0].contains("counters_id_seq")
+            && seq.details[0].contains("feeds counters.id"),
+        "{seq:?}"
+    );
+    assert!(get("transaction_id_wraparound").ok);
+
+    holder.batch_execute("COMMIT").unwrap();
+    waiter.join().unwrap();
+    let results = checks::run(&mut conn, &CheckThresholds::default()).unwrap();
+    let get = |name: &str| results.iter().find(|c| c.name == name).unwrap().clone();
+    assert!(
+        !get("blocked_queries")
+            .details
+            .iter()
+            .any(|d| d.starts_with(&format!("pid {waiter_pid} ")))
+    );
+    let wrap = checks::wraparound(&mut conn, 0.0).unwrap();
+    assert!(
+        !wrap.ok && wrap.value > 0.0,
+        "any age is above a zero threshold: {wrap:?}"
+    );
+}
