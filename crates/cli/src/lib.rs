@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod exit;
+pub mod insights;
 pub mod lint;
 pub mod migrate;
 pub mod pool;
@@ -32,6 +33,8 @@ pub enum Area {
     Migrate(migrate::Args),
     /// Show the effective connection-pool configuration and check it against the server.
     Pool(pool::Args),
+    /// Slow-query logging, top queries, safe EXPLAIN, index advice and health checks.
+    Insights(insights::Args),
 }
 
 /// The exit codes, as `--help` shows them.
@@ -45,5 +48,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
     match &cli.area {
         Area::Migrate(args) => migrate::run(args, out),
         Area::Pool(args) => pool::run(args, out),
+        Area::Insights(args) => insights::run(args, out),
     }
 }

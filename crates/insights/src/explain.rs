@@ -72,6 +72,7 @@ pub struct Node {
 /// What deserves a look in a plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Finding {
     /// The planner's row estimate is off by more than 10x: statistics are stale or the
     /// planner cannot see a correlation (ANALYZE the table, raise its statistics target, or

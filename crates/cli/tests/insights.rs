@@ -1,0 +1,205 @@
+//! `pgops insights` as an operator runs it: exit codes for cron and CI, JSON output, refusals
+//! before connecting, and EXPLAIN that changes nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+use diesel::connection::SimpleConnection;
+use serde_json::Value;
+
+fn pgops(args: &[&str], database_url: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops"));
+    cmd.arg("insights").args(args).env_remove("DATABASE_URL");
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn bad_input_exits_2_before_connecting_and_never_prints_the_password() {
+    // No DATABASE_URL: the statement is refused first.
+    let out = pgops(&["explain", "SELECT 1; DROP TABLE notes"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("refusing to explain: the text holds 2 statements"));
+
+    let out = pgops(&["checks", "--sequence-threshold", "75"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("use a number from 0 to 1"));
+
+    let out = pgops(&["top"], Some("postgres://app:hunter2@127.0.0.1:1/app"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to postgres://app:***@127.0.0.1:1/app"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"));
+}
+
+#[test]
+fn top_lists_queries_and_since_needs_a_snapshot() {
+    let db = pgops_schema::testing::database().unwrap();
+    let mut conn = db.connect().unwrap();
+    for id in 0..3 {
+        conn.batch_execute(&format!("SELECT count(*) FROM notes WHERE id > {id}"))
+            .unwrap();
+    }
+    let out = pgops(&["top", "--by", "calls", "--json"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let top: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(top["order"], "calls");
+    let notes = top["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["query"] == "SELECT count(*) FROM notes WHERE id > $1")
+        .unwrap_or_else(|| panic!("{top:#}"));
+    assert_eq!(notes["calls"], 3);
+
+    let out = pgops(&["top", "--since", "15m"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("*/5 * * * * pgops insights snapshot"));
+
+    let out = pgops(&["snapshot"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("snapshot "));
+}
+
+#[test]
+fn explain_analyze_rolls_back_and_shows_findings() {
+    let db = pgops_schema::testing::database().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(
+        "INSERT INTO organizations (name, slug) SELECT 'org ' || g, 'org-' || g FROM generate_series(1, 20) g",
+    )
+    .unwrap();
+    let out = pgops(
+        &[
+            "explain",
+            "--analyze",
+            "--buffers",
+            "DELETE FROM organizations",
+        ],
+        Some(&db.url()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("-> ModifyTable on public.organizations"),
+        "{shown}"
+    );
+    assert!(shown.contains("(rolled back)"), "{shown}");
+    let db_url = db.url();
+    let count = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args([
+            "insights",
+            "explain",
+            "--analyze",
+            "--json",
+            "SELECT * FROM organizations",
+        ])
+        .env("DATABASE_URL", &db_url)
+        .output()
+        .unwrap();
+    let plan: Value = serde_json::from_slice(&count.stdout).unwrap();
+    assert_eq!(
+        plan["plan"]["actual_rows"], 20.0,
+        "the rows are still there"
+    );
+
+    // A statement the server rejects is a failed operation (1), not a usage error.
+    let out = pgops(&["explain", "SELECT * FROM no_such_table"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no_such_table"));
+}
+
+#[test]
+fn indexes_and_checks_exit_1_on_failures_for_cron_and_ci() {
+    let db = pgops_schema::testing::database().unwrap();
+    // The sample schema itself has no invalid or duplicate index.
+    let out = pgops(&["indexes"], Some(&db.url()));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute("CREATE INDEX notes_dup ON notes (id)")
+        .unwrap();
+    let out = pgops(&["indexes", "--json"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(1));
+    let advice: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(advice["findings"][0]["issue"], "duplicate");
+    assert_eq!(
+        advice["findings"][0]["fix"],
+        "DROP INDEX CONCURRENTLY public.notes_dup;"
+    );
+
+    let out = pgops(&["checks"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    conn.batch_execute("CREATE SEQUENCE nearly_out MAXVALUE 100; SELECT setval('nearly_out', 90)")
+        .unwrap();
+    let out = pgops(&["checks", "--json"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(1));
+    let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seq = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sequences_near_max")
+        .unwrap();
+    assert_eq!(seq["ok"], false);
+    assert!(
+        seq["details"][0]
+            .as_str()
+            .unwrap()
+            .contains("nearly_out at 90 of 100")
+    );
+}
+
+#[test]
+fn slow_log_dry_run_prints_the_sql_and_changes_nothing() {
+    let db = pgops_testkit::TestDatabase::empty().unwrap();
+    let out = pgops(
+        &[
+            "slow-log",
+            "--min-duration",
+            "250ms",
+            "--auto-explain",
+            "2s",
+            "--dry-run",
+        ],
+        Some(&db.url()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let sql = text(&out.stdout);
+    assert!(
+        sql.contains("ALTER SYSTEM SET log_min_duration_statement = '250ms';"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("ALTER SYSTEM SET auto_explain.log_min_duration = '2000ms';"),
+        "{sql}"
+    );
+    assert!(sql.ends_with("SELECT pg_reload_conf();\n"), "{sql}");
+    let mut conn = db.connect().unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        s: String,
+    }
+    let shown: S = diesel::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT current_setting('log_min_duration_statement') AS s"),
+        &mut conn,
+    )
+    .unwrap();
+    assert_eq!(shown.s, "-1");
+}
