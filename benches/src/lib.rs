@@ -5,13 +5,14 @@
 #![allow(clippy::print_stderr)]
 
 pub mod pool;
+pub mod queries;
 pub mod report;
 pub mod router;
 pub mod seed;
 pub mod workload;
 
 /// The suites, by name.
-pub const SUITES: &[&str] = &["pool", "router", "seed"];
+pub const SUITES: &[&str] = &["pool", "router", "seed", "workload"];
 
 /// Runs one suite.
 pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
@@ -19,6 +20,7 @@ pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
         "pool" => pool::run(workload::LookupPlan::new(quick)),
         "router" => router::run(workload::LookupPlan::new(quick)),
         "seed" => seed::run(seed::Plan::new(quick)),
+        "workload" => queries::run(queries::Plan::new(quick)),
         other => anyhow::bail!(
             "unknown benchmark suite `{other}`; known suites: {}",
             SUITES.join(", ")

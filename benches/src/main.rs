@@ -1,5 +1,7 @@
-//! `pgops-bench <suite> [--quick] [--out FILE]`: runs one suite, prints its table and writes its
-//! JSON. Built in release mode by `cargo xtask bench`.
+//! `pgops-bench <suite> [--quick] [--out FILE] [--compare BASELINE.json [--threshold 0.2]]`:
+//! runs one suite, prints its table and writes its JSON; with `--compare`, exits 1 when a
+//! figure got worse than the baseline's by more than the threshold. Built in release mode by
+//! `cargo xtask bench`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::{path::PathBuf, process::ExitCode};
@@ -7,14 +9,23 @@ use std::{path::PathBuf, process::ExitCode};
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut suite, mut quick, mut out) = (None, false, None);
+    let (mut compare, mut threshold) = (None, 0.2);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--out" => out = args.next().map(PathBuf::from),
+            "--compare" => compare = args.next().map(PathBuf::from),
+            "--threshold" => match args.next().and_then(|t| t.parse::<f64>().ok()) {
+                Some(t) if t > 0.0 && t < 10.0 => threshold = t,
+                _ => {
+                    eprintln!("error: --threshold takes a share like 0.2 (20%)");
+                    return ExitCode::from(2);
+                }
+            },
             _ if suite.is_none() => suite = Some(arg),
             other => {
                 eprintln!(
-                    "error: unexpected argument `{other}`; usage: pgops-bench <suite> [--quick] [--out FILE]"
+                    "error: unexpected argument `{other}`; usage: pgops-bench <suite> [--quick] [--out FILE] [--compare BASELINE.json] [--threshold 0.2]"
                 );
                 return ExitCode::from(2);
             }
@@ -23,6 +34,15 @@ fn main() -> ExitCode {
     let Some(suite) = suite else {
         eprintln!("error: name a suite: {}", pgops_benches::SUITES.join(", "));
         return ExitCode::from(2);
+    };
+    // Read the baseline first: a wrong path should not cost a whole run.
+    let baseline = match compare.as_deref().map(pgops_benches::report::Report::read) {
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(baseline)) => Some(baseline),
+        None => None,
     };
     match pgops_benches::run(&suite, quick) {
         Ok(report) => {
@@ -34,7 +54,21 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             println!("wrote {}", path.display());
-            ExitCode::SUCCESS
+            let Some(baseline) = baseline else {
+                return ExitCode::SUCCESS;
+            };
+            let regressions = report.regressions(&baseline, threshold);
+            if regressions.is_empty() {
+                println!(
+                    "no regression beyond {:.0}% against the baseline",
+                    threshold * 100.0
+                );
+                return ExitCode::SUCCESS;
+            }
+            for r in &regressions {
+                println!("REGRESSION {r}");
+            }
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("error: {e:#}");

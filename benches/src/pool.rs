@@ -104,6 +104,7 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                 true,
             ),
         ],
+        measurements: Vec::new(),
     })
 }
 

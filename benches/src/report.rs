@@ -4,20 +4,38 @@
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One suite's results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The suite's name.
     pub suite: String,
     /// Each measured pair.
     pub comparisons: Vec<Comparison>,
+    /// Figures without an anchor (per-query latency percentiles of the workload suite).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<Measurement>,
+}
+
+/// Throughput and latency of one query under load (medians over rounds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// The query.
+    pub name: String,
+    /// Queries per second over all clients.
+    pub qps: f64,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
 }
 
 /// pgops against the existing tool (the anchor), same data, same run, interleaved rounds;
 /// each figure is the median of the rounds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Comparison {
     /// What is measured.
     pub name: String,
@@ -65,6 +83,55 @@ impl Comparison {
 }
 
 impl Report {
+    /// Reads a report written by [`Report::write`].
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a pgops-bench report", path.display()))
+    }
+
+    /// What got worse than `baseline` by more than `threshold` (0.2: 20%): each comparison's
+    /// own figure, and each measurement's QPS and p95. Figures missing on either side are
+    /// skipped. Pure.
+    pub fn regressions(&self, baseline: &Report, threshold: f64) -> Vec<String> {
+        let mut out = Vec::new();
+        for now in &self.comparisons {
+            let Some(then) = baseline.comparisons.iter().find(|c| c.name == now.name) else {
+                continue;
+            };
+            let worse = if now.higher_is_better {
+                now.ours < then.ours * (1.0 - threshold)
+            } else {
+                now.ours > then.ours * (1.0 + threshold)
+            };
+            if worse {
+                out.push(format!(
+                    "{}: {:.2} {} now, {:.2} in the baseline",
+                    now.name, now.ours, now.unit, then.ours
+                ));
+            }
+        }
+        for now in &self.measurements {
+            let Some(then) = baseline.measurements.iter().find(|m| m.name == now.name) else {
+                continue;
+            };
+            if now.qps < then.qps * (1.0 - threshold) {
+                out.push(format!(
+                    "{}: {:.0} qps now, {:.0} in the baseline",
+                    now.name, now.qps, then.qps
+                ));
+            }
+            if now.p95_ms > then.p95_ms * (1.0 + threshold) {
+                out.push(format!(
+                    "{}: p95 {:.3} ms now, {:.3} ms in the baseline",
+                    now.name, now.p95_ms, then.p95_ms
+                ));
+            }
+        }
+        out
+    }
+
     /// Writes the JSON file, creating its directory.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
@@ -88,6 +155,20 @@ impl Report {
                 "  {:<20} {:>14.1} {:>14.1} {:>7.3}  {} [{}]",
                 c.name, c.ours, c.anchor, c.ratio, c.anchor_tool, c.unit
             );
+        }
+        if !self.measurements.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>10} {:>9} {:>9} {:>9}",
+                "query", "qps", "p50 ms", "p95 ms", "p99 ms"
+            );
+            for m in &self.measurements {
+                let _ = writeln!(
+                    out,
+                    "  {:<28} {:>10.0} {:>9.3} {:>9.3} {:>9.3}",
+                    m.name, m.qps, m.p50_ms, m.p95_ms, m.p99_ms
+                );
+            }
         }
         out
     }
@@ -120,9 +201,45 @@ mod tests {
         let json = serde_json::to_value(Report {
             suite: "s".into(),
             comparisons: vec![c],
+            measurements: Vec::new(),
         })
         .unwrap();
         assert_eq!(json["comparisons"][0]["anchor_tool"], "tool");
         assert_eq!(json["comparisons"][0]["higher_is_better"], true);
+        assert!(json.get("measurements").is_none());
+    }
+
+    #[test]
+    fn regressions_beyond_the_threshold_are_named() {
+        let m = |name: &str, qps: f64, p95_ms: f64| Measurement {
+            name: name.into(),
+            qps,
+            p50_ms: p95_ms / 2.0,
+            p95_ms,
+            p99_ms: p95_ms * 2.0,
+        };
+        let report = |qps: f64, p95: f64, ours: f64| Report {
+            suite: "workload".into(),
+            comparisons: vec![Comparison::from_rounds(
+                "q",
+                "qps",
+                &[ours],
+                &[100.0],
+                "pgbench",
+                true,
+            )],
+            measurements: vec![m("session_lookup", qps, p95), m("new_query", 1.0, 100.0)],
+        };
+        let baseline = report(1000.0, 1.0, 100.0);
+        assert!(
+            report(900.0, 1.1, 95.0)
+                .regressions(&baseline, 0.2)
+                .is_empty()
+        );
+        let found = report(700.0, 1.5, 70.0).regressions(&baseline, 0.2);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("q: 70.00 qps now"));
+        assert!(found[1].contains("700 qps now, 1000 in the baseline"));
+        assert!(found[2].contains("p95 1.500 ms now"));
     }
 }

@@ -103,5 +103,6 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
             ),
             true,
         )],
+        measurements: Vec::new(),
     })
 }

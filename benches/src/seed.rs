@@ -160,6 +160,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 true,
             ),
         ],
+        measurements: Vec::new(),
     })
 }
 

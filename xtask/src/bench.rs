@@ -7,15 +7,26 @@ use std::process::{Command, ExitCode};
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The suite to run (pool, router, seed); all suites when omitted.
+    /// The suite to run (pool, router, seed, workload); all suites when omitted.
     pub suite: Option<String>,
     /// Shorter runs: a smaller data set, fewer and shorter rounds.
     #[arg(long)]
     pub quick: bool,
+    /// A suite's earlier JSON: exit 1 when a figure got worse by more than --threshold.
+    #[arg(long, requires = "suite")]
+    pub compare: Option<std::path::PathBuf>,
+    /// The share a figure may get worse before --compare flags it.
+    #[arg(long, default_value_t = 0.2, requires = "compare")]
+    pub threshold: f64,
 }
 
 /// Suites and their criterion benches.
-const SUITES: &[(&str, &[&str])] = &[("pool", &["pool_checkout"]), ("router", &[]), ("seed", &[])];
+const SUITES: &[(&str, &[&str])] = &[
+    ("pool", &["pool_checkout"]),
+    ("router", &[]),
+    ("seed", &[]),
+    ("workload", &[]),
+];
 
 /// Runs the benchmarks.
 pub fn run(args: &Args) -> ExitCode {
@@ -56,6 +67,14 @@ pub fn run(args: &Args) -> ExitCode {
             .arg(&out);
         if args.quick {
             cmd.arg("--quick");
+        }
+        if let Some(baseline) = &args.compare {
+            // Relative paths are the caller's, not the workspace root's.
+            let baseline = std::path::absolute(baseline).unwrap_or_else(|_| baseline.clone());
+            cmd.arg("--compare")
+                .arg(baseline)
+                .arg("--threshold")
+                .arg(args.threshold.to_string());
         }
         if !succeeded(cmd, &format!("suite {suite}")) {
             return ExitCode::FAILURE;
