@@ -337,55 +337,67 @@ pub fn walk<'a>(node: &'a Node, visit: &mut impl FnMut(&'a Node)) {
 }
 
 /// The findings of a plan, given the row counts of the tables it scans sequentially. Pure.
+///
+/// Below a `Limit` a node stops as soon as enough rows went up, so producing fewer rows than
+/// estimated there is the plan working, not a misestimate; producing more still is one.
 pub fn findings(plan: &Node, table_rows: &[(String, f64)], large_table_rows: f64) -> Vec<Finding> {
     let mut out = Vec::new();
-    walk(plan, &mut |n| {
-        let label = match &n.relation {
-            Some(r) => format!("{} on {r}", n.node_type),
-            None => n.node_type.clone(),
+    visit_findings(plan, false, table_rows, large_table_rows, &mut out);
+    out
+}
+
+fn visit_findings(
+    n: &Node,
+    cut_short: bool,
+    table_rows: &[(String, f64)],
+    large_table_rows: f64,
+    out: &mut Vec<Finding>,
+) {
+    let label = match &n.relation {
+        Some(r) => format!("{} on {r}", n.node_type),
+        None => n.node_type.clone(),
+    };
+    // A node that never ran (loops = 0) estimates nothing we can check.
+    if let Some(actual) = n.actual_rows.filter(|_| n.loops.unwrap_or(1.0) > 0.0) {
+        let (low, high) = if actual < n.plan_rows {
+            (actual, n.plan_rows)
+        } else {
+            (n.plan_rows, actual)
         };
-        if let Some(actual) = n.actual_rows {
-            // A node that never ran (loops = 0) estimates nothing we can check.
-            if n.loops.unwrap_or(1.0) > 0.0 {
-                let (low, high) = if actual < n.plan_rows {
-                    (actual, n.plan_rows)
-                } else {
-                    (n.plan_rows, actual)
-                };
-                let factor = high / low.max(1.0);
-                if factor > 10.0 && high >= 10.0 {
-                    out.push(Finding::Misestimate {
-                        node: label.clone(),
-                        estimated: n.plan_rows,
-                        actual,
-                        factor,
-                    });
-                }
-            }
-        }
-        if n.node_type == "Seq Scan"
-            && let Some(relation) = &n.relation
-        {
-            let rows = table_rows
-                .iter()
-                .find(|(name, _)| name == relation)
-                .map_or(0.0, |(_, r)| *r);
-            if rows >= large_table_rows {
-                out.push(Finding::SeqScanOnLargeTable {
-                    table: relation.clone(),
-                    table_rows: rows,
-                    filter: n.filter.clone(),
-                });
-            }
-        }
-        if let Some(detail) = &n.spill {
-            out.push(Finding::Spill {
-                node: label,
-                detail: detail.clone(),
+        let factor = high / low.max(1.0);
+        let stopped_early = cut_short && actual < n.plan_rows;
+        if factor > 10.0 && high >= 10.0 && !stopped_early {
+            out.push(Finding::Misestimate {
+                node: label.clone(),
+                estimated: n.plan_rows,
+                actual,
+                factor,
             });
         }
-    });
-    out
+    }
+    if let (true, Some(relation)) = (n.node_type == "Seq Scan", &n.relation) {
+        let rows = table_rows
+            .iter()
+            .find(|(name, _)| name == relation)
+            .map_or(0.0, |(_, r)| *r);
+        if rows >= large_table_rows {
+            out.push(Finding::SeqScanOnLargeTable {
+                table: relation.clone(),
+                table_rows: rows,
+                filter: n.filter.clone(),
+            });
+        }
+    }
+    if let Some(detail) = &n.spill {
+        out.push(Finding::Spill {
+            node: label,
+            detail: detail.clone(),
+        });
+    }
+    let cut_short = cut_short || n.node_type == "Limit";
+    for child in &n.children {
+        visit_findings(child, cut_short, table_rows, large_table_rows, out);
+    }
 }
 
 /// Renders the plan as an indented tree, one line per node.
@@ -500,6 +512,29 @@ mod tests {
             !small
                 .iter()
                 .any(|f| matches!(f, Finding::SeqScanOnLargeTable { .. }))
+        );
+    }
+
+    #[test]
+    fn stopping_early_under_a_limit_is_not_a_misestimate() {
+        let plan = parse(&json!([{ "Plan": {
+            "Node Type": "Limit", "Total Cost": 18.0, "Plan Rows": 50.0,
+            "Actual Rows": 50.0, "Actual Loops": 1.0,
+            "Plans": [{
+                "Node Type": "Index Scan", "Schema": "public", "Relation Name": "patients",
+                "Total Cost": 2415.0, "Plan Rows": 6528.0, "Actual Rows": 50.0, "Actual Loops": 1.0,
+                "Plans": [{
+                    "Node Type": "Seq Scan", "Schema": "public", "Relation Name": "x",
+                    "Total Cost": 1.0, "Plan Rows": 1.0, "Actual Rows": 500.0, "Actual Loops": 1.0
+                }]
+            }]
+        }}]))
+        .unwrap();
+        let found = findings(&plan.plan, &[], 10_000.0);
+        // The scan cut short is fine; the one that produced 500x more than expected is not.
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            matches!(&found[0], Finding::Misestimate { node, .. } if node == "Seq Scan on public.x")
         );
     }
 
