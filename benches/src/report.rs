@@ -152,8 +152,13 @@ impl Report {
         for c in &self.comparisons {
             let _ = writeln!(
                 out,
-                "  {:<20} {:>14.1} {:>14.1} {:>7.3}  {} [{}]",
-                c.name, c.ours, c.anchor, c.ratio, c.anchor_tool, c.unit
+                "  {:<20} {:>14} {:>14} {:>7.3}  {} [{}]",
+                c.name,
+                figure(c.ours),
+                figure(c.anchor),
+                c.ratio,
+                c.anchor_tool,
+                c.unit
             );
         }
         if !self.measurements.is_empty() {
@@ -171,6 +176,15 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// A figure with one decimal when large, four significant digits when small (seconds).
+fn figure(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.4}")
     }
 }
 

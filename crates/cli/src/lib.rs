@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod exit;
+pub mod health;
 pub mod insights;
 pub mod lint;
 pub mod migrate;
@@ -35,6 +36,8 @@ pub enum Area {
     Pool(pool::Args),
     /// Slow-query logging, top queries, safe EXPLAIN, index advice and health checks.
     Insights(insights::Args),
+    /// The Prometheus endpoint (/metrics, /health, /ready) and a one-shot health check.
+    Health(health::Args),
 }
 
 /// The exit codes, as `--help` shows them.
@@ -49,5 +52,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
         Area::Migrate(args) => migrate::run(args, out),
         Area::Pool(args) => pool::run(args, out),
         Area::Insights(args) => insights::run(args, out),
+        Area::Health(args) => health::run(args, out),
     }
 }

@@ -194,8 +194,9 @@ struct JsonRows {
     rows: String,
 }
 
-/// Runs `query` and decodes its rows, through `json_agg`, into `T`s.
-pub(crate) fn rows<T: DeserializeOwned>(
+/// Runs `query` and decodes its rows, through `json_agg`, into `T`s (serde structs whose
+/// fields are the query's column names). `oid` columns arrive as strings: cast them to `int8`.
+pub fn rows<T: DeserializeOwned>(
     conn: &mut PgConnection,
     query: &str,
     context: &str,
@@ -228,11 +229,7 @@ pub(crate) fn top_level_row<T: DeserializeOwned>(
 }
 
 /// Runs `query`, which returns one row, and decodes it into `T`.
-pub(crate) fn row<T: DeserializeOwned>(
-    conn: &mut PgConnection,
-    query: &str,
-    context: &str,
-) -> Result<T> {
+pub fn row<T: DeserializeOwned>(conn: &mut PgConnection, query: &str, context: &str) -> Result<T> {
     rows(conn, query, context)?
         .into_iter()
         .next()

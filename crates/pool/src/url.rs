@@ -54,6 +54,30 @@ impl DatabaseUrl {
         &self.raw
     }
 
+    /// `host:port` of the server (`localhost:5432` when not given): a label that names the
+    /// server without credentials or database.
+    pub fn server(&self) -> String {
+        let (host, port) = if self.raw.starts_with("postgres") {
+            match url::Url::parse(&self.raw) {
+                Ok(url) => (
+                    url.host_str().filter(|h| !h.is_empty()).map(str::to_owned),
+                    url.port().map(|p| p.to_string()),
+                ),
+                Err(_) => (None, None),
+            }
+        } else {
+            (
+                keyword_value(&self.raw, "host").map(|(v, _)| v),
+                keyword_value(&self.raw, "port").map(|(v, _)| v),
+            )
+        };
+        format!(
+            "{}:{}",
+            host.unwrap_or_else(|| "localhost".to_owned()),
+            port.unwrap_or_else(|| "5432".to_owned())
+        )
+    }
+
     /// Replaces the password wherever it appears in `text`.
     pub fn scrub(&self, text: &str) -> String {
         match &self.password {
@@ -153,6 +177,18 @@ fn redact_unknown(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_names_host_and_port_only() {
+        let url = DatabaseUrl::parse("postgres://app:pw@db.internal:6432/app").unwrap();
+        assert_eq!(url.server(), "db.internal:6432");
+        let url = DatabaseUrl::parse("postgresql://app@10.0.0.5/app").unwrap();
+        assert_eq!(url.server(), "10.0.0.5:5432");
+        let url = DatabaseUrl::parse("host=/tmp port=5499 user=app password=pw").unwrap();
+        assert_eq!(url.server(), "/tmp:5499");
+        let url = DatabaseUrl::parse("dbname=app").unwrap();
+        assert_eq!(url.server(), "localhost:5432");
+    }
 
     #[test]
     fn url_password_is_hidden() {

@@ -1,0 +1,265 @@
+//! The `health` suite: the time to answer `/metrics` for pgops-health against Debian's
+//! `prometheus-postgres-exporter` with its default collectors, on a database with 1,000
+//! tables, scraped alternately in the same rounds; and a check that every metric family the
+//! exporter produced is in ours too.
+
+use std::{
+    collections::BTreeSet,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use pgops_health::{Exporter, Options};
+use pgops_pool::DatabaseUrl;
+use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
+
+use crate::report::{Comparison, Report, median};
+
+/// How long and how much.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Tables in the database.
+    pub tables: usize,
+    /// Rounds (medians are reported).
+    pub rounds: usize,
+    /// Scrapes per exporter per round.
+    pub scrapes: usize,
+}
+
+impl Plan {
+    /// The full plan, or a short one for `--quick`.
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                tables: 200,
+                rounds: 3,
+                scrapes: 10,
+            }
+        } else {
+            Plan {
+                tables: 1000,
+                rounds: 7,
+                scrapes: 30,
+            }
+        }
+    }
+}
+
+/// The exporter binary Debian installs.
+const POSTGRES_EXPORTER: &str = "prometheus-postgres-exporter";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
+    let mut response = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    ensure!(
+        response.status().as_u16() == 200,
+        "GET {url}: {}",
+        response.status()
+    );
+    Ok(response.body_mut().read_to_string()?)
+}
+
+/// Metric family names in an exposition text.
+fn families(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs the suite.
+pub fn run(plan: Plan) -> anyhow::Result<Report> {
+    let program = which(POSTGRES_EXPORTER).with_context(|| {
+        format!(
+            "{POSTGRES_EXPORTER} is not installed; apt-get install prometheus-postgres-exporter"
+        )
+    })?;
+    let cluster = Cluster::start(ClusterOptions::default()).context("starting a cluster")?;
+    cluster.create_database("bench")?;
+    eprintln!("creating {} tables ...", plan.tables);
+    cluster.execute(
+        "bench",
+        &format!(
+            "DO $$ BEGIN FOR i IN 1..{} LOOP
+               EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i);
+               EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text) FROM generate_series(1, 20) g', i);
+             END LOOP; END $$; ANALYZE;",
+            plan.tables
+        ),
+    )?;
+
+    let anchor_port = free_port()?;
+    let dsn = format!(
+        "postgresql://{SUPERUSER}@127.0.0.1:{}/bench?sslmode=disable",
+        cluster.port()
+    );
+    let anchor = Killed(
+        Command::new(&program)
+            .arg(format!("--web.listen-address=127.0.0.1:{anchor_port}"))
+            .env("DATA_SOURCE_NAME", &dsn)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let facade = pgops_health::install_recorder()?;
+    let url = DatabaseUrl::parse(&cluster.url("bench"))?;
+    let serve = |options: Options, facade| -> anyhow::Result<u16> {
+        let exporter = Arc::new(Exporter::new(url.clone(), vec![], options, facade)?);
+        let listener = runtime.block_on(pgops_health::server::bind("127.0.0.1:0".parse()?))?;
+        let port = listener.local_addr()?.port();
+        runtime.spawn(pgops_health::server::serve_on(
+            listener,
+            exporter,
+            None,
+            std::future::pending(),
+        ));
+        Ok(port)
+    };
+    let ours_port = serve(Options::default(), Some(facade))?;
+    let uncached_port = serve(
+        Options {
+            cache_for: Duration::ZERO,
+            ..Options::default()
+        },
+        None,
+    )?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let anchor_url = format!("http://127.0.0.1:{anchor_port}/metrics");
+    let ours_url = format!("http://127.0.0.1:{ours_port}/metrics");
+    let uncached_url = format!("http://127.0.0.1:{uncached_port}/metrics");
+    let started = Instant::now();
+    let anchor_text = loop {
+        match fetch(&agent, &anchor_url) {
+            Ok(text) if text.contains("pg_up 1") => break text,
+            _ if started.elapsed() > Duration::from_secs(20) => {
+                bail!("{POSTGRES_EXPORTER} did not report pg_up 1 within 20 s")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let ours_text = fetch(&agent, &ours_url)?;
+    // Coverage: every family the exporter produced for this server, except its own process
+    // and build metrics, is in ours.
+    let theirs = families(&anchor_text);
+    let ours = families(&ours_text);
+    let own = |name: &String| {
+        [
+            "go_",
+            "process_",
+            "promhttp_",
+            "postgres_exporter_",
+            "pg_scrape_collector_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+    };
+    let missing: Vec<&String> = theirs
+        .iter()
+        .filter(|n| !own(n) && !ours.contains(*n))
+        .collect();
+    eprintln!(
+        "{POSTGRES_EXPORTER}: {} families ({} its own); pgops: {} families; missing from pgops: {:?}",
+        theirs.len(),
+        theirs.iter().filter(|n| own(n)).count(),
+        ours.len(),
+        missing
+    );
+    ensure!(
+        missing.is_empty(),
+        "pgops-health lacks families postgres_exporter has: {missing:?}"
+    );
+
+    let time = |url: &str| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        fetch(&agent, url)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (mut ours_rounds, mut anchor_rounds, mut uncached_rounds) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..plan.rounds {
+        let (mut o, mut a, mut u) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..plan.scrapes {
+            // Alternate which side goes first.
+            if (round + i) % 2 == 0 {
+                o.push(time(&ours_url)?);
+                a.push(time(&anchor_url)?);
+            } else {
+                a.push(time(&anchor_url)?);
+                o.push(time(&ours_url)?);
+            }
+            u.push(time(&uncached_url)?);
+        }
+        ours_rounds.push(median(&o));
+        anchor_rounds.push(median(&a));
+        uncached_rounds.push(median(&u));
+        eprintln!(
+            "round {}: pgops {:.2} ms (uncached {:.2} ms), postgres_exporter {:.2} ms",
+            round + 1,
+            ours_rounds[round] * 1e3,
+            uncached_rounds[round] * 1e3,
+            anchor_rounds[round] * 1e3
+        );
+    }
+    drop(anchor);
+    let anchor_tool = format!(
+        "{POSTGRES_EXPORTER} 0.11 (Debian), default collectors, GET /metrics ({} tables)",
+        plan.tables
+    );
+    Ok(Report {
+        suite: "health".into(),
+        comparisons: vec![
+            Comparison::from_rounds(
+                "scrape_seconds",
+                "seconds",
+                &ours_rounds,
+                &anchor_rounds,
+                &anchor_tool,
+                false,
+            ),
+            Comparison::from_rounds(
+                "scrape_seconds_uncached",
+                "seconds",
+                &uncached_rounds,
+                &anchor_rounds,
+                &format!("{anchor_tool}; pgops with --cache 0s"),
+                false,
+            ),
+        ],
+        measurements: Vec::new(),
+    })
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,27 @@
+//! The health crate's error type.
+
+/// What can go wrong while collecting or serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A query of the insights helpers failed.
+    #[error(transparent)]
+    Query(#[from] pgops_insights::Error),
+    /// No connection could be had from the pool.
+    #[error(transparent)]
+    Pool(#[from] pgops_pool::Error),
+    /// A setting is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The listener could not be bound or served.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Result type of pgops-health.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,710 @@
+//! The scrape: collectors against the primary (and the replication collector against each
+//! replica) under one deadline, each on its own pooled connection with its own
+//! `statement_timeout`; one scrape in flight at a time, shared by concurrent requests;
+//! expensive collectors cached.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use diesel::{PgConnection, RunQueryDsl, connection::SimpleConnection as _};
+use metrics_exporter_prometheus::PrometheusHandle;
+use pgops_pool::{DatabaseUrl, Pool, PoolSettings};
+use serde::Serialize;
+use tokio::time::timeout_at;
+
+use crate::{
+    Error, Result,
+    collectors::{COLLECTORS, Context, REPLICA_COLLECTORS, Session},
+    text::{self, Family, Kind},
+};
+
+/// How the exporter behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The whole scrape answers within this, whatever the collectors do.
+    pub scrape_deadline: Duration,
+    /// `statement_timeout` (and `lock_timeout`) of every collector query.
+    pub collector_timeout: Duration,
+    /// How long an expensive collector's result is reused.
+    pub cache_for: Duration,
+    /// Top queries from pg_stat_statements to export (0: none).
+    pub top_queries: usize,
+    /// A replica further behind than this is not healthy.
+    pub max_replica_lag: Duration,
+    /// How long to wait for a connection before calling a server down.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            scrape_deadline: Duration::from_secs(5),
+            collector_timeout: Duration::from_secs(2),
+            cache_for: Duration::from_secs(60),
+            top_queries: 0,
+            max_replica_lag: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Options {
+    /// Checks the options against each other; the error says which and why.
+    pub fn validate(&self) -> Result<()> {
+        if self.scrape_deadline.is_zero() || self.collector_timeout.is_zero() {
+            return Err(Error::Invalid(
+                "the scrape deadline and the collector timeout must be above zero".into(),
+            ));
+        }
+        if self.collector_timeout > self.scrape_deadline {
+            return Err(Error::Invalid(format!(
+                "--collector-timeout ({:?}) is longer than --scrape-timeout ({:?}); a collector must end before the scrape does",
+                self.collector_timeout, self.scrape_deadline
+            )));
+        }
+        if self.top_queries > 100 {
+            return Err(Error::Invalid(format!(
+                "--top-queries {} is too many for a metrics endpoint; use at most 100 (pgops insights top shows more)",
+                self.top_queries
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Results of expensive collectors by (server index, collector), with when they were taken.
+/// Kept rendered: their families are theirs alone, so the text is appended as is.
+type Cache = HashMap<(usize, &'static str), (Instant, Arc<str>)>;
+
+/// One server the exporter watches.
+struct Target {
+    server: String,
+    url: DatabaseUrl,
+    /// For readiness probes.
+    pool: Pool,
+    primary: bool,
+    /// The collectors' own connections: cheap collectors on the first, expensive ones on the
+    /// second; each keeps its prepared statements.
+    lanes: [Mutex<Option<LaneConn>>; 2],
+    /// `SET` statements for a new lane connection (timeouts, application_name).
+    session_sql: String,
+    connect_timeout: Duration,
+}
+
+struct LaneConn {
+    conn: PgConnection,
+    prepared: HashSet<String>,
+}
+
+impl Target {
+    /// The lane's connection, opened when missing.
+    fn lane_conn(
+        &self,
+        lane: usize,
+        budget: Duration,
+    ) -> Result<std::sync::MutexGuard<'_, Option<LaneConn>>> {
+        // A lane still busy with the previous scrape (a query that outlived its deadline)
+        // keeps its connection; this scrape waits for it at most the budget.
+        let started = Instant::now();
+        let mut guard = loop {
+            match self.lanes[lane].try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if started.elapsed() < budget => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(Error::Invalid(
+                        "the previous scrape still holds the connection".into(),
+                    ));
+                }
+            }
+        };
+        if guard.is_none() {
+            let mut conn = connect(&self.url, budget.min(self.connect_timeout))?;
+            conn.batch_execute(&self.session_sql)
+                .map_err(|e| Error::Invalid(format!("setting up the session: {e}")))?;
+            *guard = Some(LaneConn {
+                conn,
+                prepared: HashSet::new(),
+            });
+        }
+        Ok(guard)
+    }
+}
+
+/// Connects with libpq's `connect_timeout` (whole seconds, at least 2, libpq's minimum).
+fn connect(url: &DatabaseUrl, timeout: Duration) -> Result<PgConnection> {
+    use diesel::Connection as _;
+    let secs = timeout.as_secs().max(2);
+    let raw = url.expose();
+    let with_timeout = if raw.contains("connect_timeout") {
+        raw.to_owned()
+    } else if raw.starts_with("postgres") {
+        format!(
+            "{raw}{}connect_timeout={secs}",
+            if raw.contains('?') { '&' } else { '?' }
+        )
+    } else {
+        format!("{raw} connect_timeout={secs}")
+    };
+    PgConnection::establish(&with_timeout)
+        .map_err(|e| Error::Invalid(url.scrub(e.to_string().trim())))
+}
+
+/// A finished scrape.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    /// When it finished.
+    pub finished: Instant,
+    /// The exposition text (database metrics only; the facade's are added when served).
+    pub body: String,
+    /// Whether the primary answered.
+    pub up: bool,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// The state of one server, for `/ready` and `pgops health check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerState {
+    /// `host:port`.
+    pub server: String,
+    /// It answered a query.
+    pub up: bool,
+    /// `pg_is_in_recovery()`, when it answered.
+    pub in_recovery: Option<bool>,
+    /// Replay lag in seconds (replicas).
+    pub lag_seconds: Option<f64>,
+    /// Up and in the role expected, and (replicas) within the lag limit.
+    pub healthy: bool,
+    /// What went wrong, password-free.
+    pub error: Option<String>,
+}
+
+/// `/ready`'s answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// The primary is reachable and not in recovery.
+    pub ready: bool,
+    /// The primary's state.
+    pub primary: ServerState,
+    /// Each replica's state.
+    pub replicas: Vec<ServerState>,
+}
+
+/// Collects metrics from a primary and its replicas.
+pub struct Exporter {
+    options: Options,
+    targets: Vec<Arc<Target>>,
+    last: tokio::sync::Mutex<Option<Arc<Scrape>>>,
+    cache: Mutex<Cache>,
+    facade: Option<PrometheusHandle>,
+    scrapes: AtomicU64,
+    last_duration: Mutex<Option<(Duration, bool)>>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field(
+                "servers",
+                &self
+                    .targets
+                    .iter()
+                    .map(|t| t.server.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// Installs the Prometheus recorder for the `metrics` facade (pool metrics and anything else
+/// the process records) and returns the handle that renders it. Call once, before opening
+/// pools; fails if another recorder is installed.
+pub fn install_recorder() -> Result<PrometheusHandle> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Error::Invalid(format!("installing the metrics recorder: {e}")))
+}
+
+impl Exporter {
+    /// An exporter for `primary` and `replicas`. Opens small pools without waiting for the
+    /// servers (a server that is down shows as `pg_up 0`, not as an error here).
+    pub fn new(
+        primary: DatabaseUrl,
+        replicas: Vec<DatabaseUrl>,
+        options: Options,
+        facade: Option<PrometheusHandle>,
+    ) -> Result<Self> {
+        options.validate()?;
+        let settings = |max_size| PoolSettings {
+            max_size,
+            min_idle: 0,
+            idle_timeout: Some(Duration::from_secs(300)),
+            connection_timeout: options.connect_timeout,
+            max_lifetime: Some(Duration::from_secs(1800)),
+            statement_timeout: Some(options.collector_timeout),
+            lock_timeout: Some(options.collector_timeout),
+            idle_in_transaction_session_timeout: Some(options.scrape_deadline),
+            application_name: "pgops-health".into(),
+            leak_threshold: None,
+            validate_after_idle: Duration::from_secs(1),
+        };
+        let session_sql = pgops_pool::session_sql(&settings(1));
+        let target = |url: DatabaseUrl, primary: bool| {
+            Arc::new(Target {
+                server: url.server(),
+                pool: Pool::open_unchecked(
+                    if primary {
+                        "pgops-health"
+                    } else {
+                        "pgops-health-replica"
+                    },
+                    url.clone(),
+                    settings(2),
+                ),
+                url,
+                primary,
+                lanes: [Mutex::new(None), Mutex::new(None)],
+                session_sql: session_sql.clone(),
+                connect_timeout: options.connect_timeout,
+            })
+        };
+        let mut targets = vec![target(primary, true)];
+        targets.extend(replicas.into_iter().map(|r| target(r, false)));
+        Ok(Exporter {
+            options,
+            targets,
+            last: tokio::sync::Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
+            facade,
+            scrapes: AtomicU64::new(0),
+            last_duration: Mutex::new(None),
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The facade's metrics, rendered (empty without a handle).
+    pub fn facade_text(&self) -> String {
+        self.facade
+            .as_ref()
+            .map(PrometheusHandle::render)
+            .unwrap_or_default()
+    }
+
+    /// A scrape: the latest one if it finished after this call began (another request ran
+    /// it), else a new one. At most one runs at a time.
+    pub async fn scrape(&self) -> Arc<Scrape> {
+        let asked = Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some(done) = last.as_ref().filter(|s| s.finished >= asked) {
+            return done.clone();
+        }
+        let scrape = Arc::new(self.collect().await);
+        *last = Some(scrape.clone());
+        scrape
+    }
+
+    async fn collect(&self) -> Scrape {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + self.options.scrape_deadline);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, target) in self.targets.iter().enumerate() {
+            let target = target.clone();
+            let cached = self.cached_for(index);
+            let options = self.options.clone();
+            tasks.spawn(collect_target(index, target, options, cached, deadline));
+        }
+        let mut outcomes = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(outcome) = joined {
+                outcomes.push(outcome);
+            }
+        }
+        outcomes.sort_by_key(|o| o.index);
+        let mut families = Vec::new();
+        let mut rendered: Vec<Arc<str>> = Vec::new();
+        let mut stats = Vec::new();
+        let mut up = false;
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            for outcome in &outcomes {
+                for (name, text) in &outcome.fresh_cacheable {
+                    cache.insert((outcome.index, *name), (Instant::now(), text.clone()));
+                }
+            }
+        }
+        for outcome in outcomes {
+            if outcome.primary {
+                up = outcome.up;
+                families.push(Family::single("pg_up", "Whether the last scrape of metrics from PostgreSQL was able to connect to the server (1 for yes, 0 for no).", Kind::Gauge, &[], f64::from(u8::from(outcome.up))));
+            } else {
+                families.push(Family::single(
+                    "pgops_replica_up",
+                    "Whether a configured replica answered this scrape",
+                    Kind::Gauge,
+                    &[("server", &outcome.server)],
+                    f64::from(u8::from(outcome.up)),
+                ));
+            }
+            families.extend(outcome.families);
+            stats.extend(outcome.stats);
+            rendered.extend(outcome.rendered);
+        }
+        let duration = started.elapsed();
+        let scrapes = self.scrapes.fetch_add(1, Ordering::Relaxed) + 1;
+        let failed = stats.iter().any(|s| !s.ok);
+        let mut duration_fam = Family::new(
+            "pgops_collector_duration_seconds",
+            "How long each collector took in the last scrape",
+            Kind::Gauge,
+        );
+        let mut success_fam = Family::new(
+            "pgops_collector_success",
+            "Whether each collector succeeded in the last scrape (0: failed or missed the deadline)",
+            Kind::Gauge,
+        );
+        for s in &stats {
+            let labels = [("collector", s.name), ("server", s.server.as_str())];
+            duration_fam.push(&labels, s.seconds);
+            success_fam.push(&labels, f64::from(u8::from(s.ok)));
+        }
+        families.push(duration_fam);
+        families.push(success_fam);
+        let previous = *self
+            .last_duration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        families.push(Family::single(
+            "pg_exporter_last_scrape_duration_seconds",
+            "Duration of the last scrape of metrics from PostgreSQL.",
+            Kind::Gauge,
+            &[],
+            previous.map_or(0.0, |p| p.0.as_secs_f64()),
+        ));
+        families.push(Family::single("pg_exporter_last_scrape_error", "Whether the last scrape of metrics from PostgreSQL resulted in an error (1 for error, 0 for success).", Kind::Gauge, &[], f64::from(u8::from(previous.is_some_and(|p| p.1)))));
+        families.push(Family::single(
+            "pg_exporter_scrapes_total",
+            "Total number of times PostgreSQL was scraped for metrics.",
+            Kind::Counter,
+            &[],
+            scrapes as f64,
+        ));
+        families.push(Family::single(
+            "pgops_scrape_duration_seconds",
+            "How long this scrape took",
+            Kind::Gauge,
+            &[],
+            duration.as_secs_f64(),
+        ));
+        *self
+            .last_duration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((duration, failed || !up));
+        let mut body =
+            String::with_capacity(64 * 1024 + rendered.iter().map(|r| r.len()).sum::<usize>());
+        text::render(&text::merge(families), &mut body);
+        for chunk in &rendered {
+            body.push_str(chunk);
+        }
+        Scrape {
+            finished: Instant::now(),
+            body,
+            up,
+            duration,
+        }
+    }
+
+    fn cached_for(&self, index: usize) -> HashMap<&'static str, Arc<str>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .iter()
+            .filter(|((i, _), (at, _))| *i == index && at.elapsed() < self.options.cache_for)
+            .map(|((_, name), (_, text))| (*name, text.clone()))
+            .collect()
+    }
+
+    /// Checks every server once: reachable, in the expected role, replicas within the lag
+    /// limit.
+    pub async fn readiness(&self) -> Readiness {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, target) in self.targets.iter().enumerate() {
+            let target = target.clone();
+            let options = self.options.clone();
+            tasks.spawn(async move { (index, probe(target, options).await) });
+        }
+        let mut states = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(state) = joined {
+                states.push(state);
+            }
+        }
+        states.sort_by_key(|(i, _)| *i);
+        let mut states = states.into_iter().map(|(_, s)| s);
+        let primary = states.next().unwrap_or(ServerState {
+            server: self.targets[0].server.clone(),
+            up: false,
+            in_recovery: None,
+            lag_seconds: None,
+            healthy: false,
+            error: Some("the probe did not finish".into()),
+        });
+        Readiness {
+            ready: primary.healthy,
+            primary,
+            replicas: states.collect(),
+        }
+    }
+}
+
+struct CollectorStat {
+    name: &'static str,
+    server: String,
+    seconds: f64,
+    ok: bool,
+}
+
+struct TargetOutcome {
+    index: usize,
+    primary: bool,
+    server: String,
+    up: bool,
+    families: Vec<Family>,
+    stats: Vec<CollectorStat>,
+    fresh_cacheable: Vec<(&'static str, Arc<str>)>,
+    /// Rendered text of expensive collectors (fresh or cached).
+    rendered: Vec<Arc<str>>,
+}
+
+/// What the lanes of one target report, as they go: the async side reads it at the deadline
+/// whether or not every lane finished.
+#[derive(Default)]
+struct Progress {
+    connected: bool,
+    done: Vec<(&'static str, f64, Result<Vec<Family>>)>,
+}
+
+async fn collect_target(
+    index: usize,
+    target: Arc<Target>,
+    options: Options,
+    mut cached: HashMap<&'static str, Arc<str>>,
+    deadline: tokio::time::Instant,
+) -> TargetOutcome {
+    let mut outcome = TargetOutcome {
+        index,
+        primary: target.primary,
+        server: target.server.clone(),
+        up: false,
+        families: Vec::new(),
+        stats: Vec::new(),
+        fresh_cacheable: Vec::new(),
+        rendered: Vec::new(),
+    };
+    let ctx = Context {
+        server: target.server.clone(),
+        top_queries: options.top_queries,
+    };
+    // Cheap collectors run one after another on one connection (a round trip each; on a
+    // busy server parallel queries only compete); expensive ones that are due run on a second
+    // connection so they never delay the cheap ones. Each query has the session's
+    // statement_timeout and lock_timeout; the deadline bounds the whole.
+    let mut cheap = Vec::new();
+    let mut expensive = Vec::new();
+    for collector in COLLECTORS
+        .iter()
+        .filter(|c| target.primary || REPLICA_COLLECTORS.contains(&c.name))
+    {
+        if !collector.cached {
+            cheap.push(*collector);
+        } else if let Some(text) = cached.remove(collector.name) {
+            outcome.rendered.push(text);
+        } else {
+            expensive.push(*collector);
+        }
+    }
+    let expected: Vec<&'static str> = cheap.iter().chain(&expensive).map(|c| c.name).collect();
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let started = Instant::now();
+    let mut lanes = Vec::new();
+    for (lane, collectors) in [cheap, expensive].into_iter().enumerate() {
+        if collectors.is_empty() {
+            continue;
+        }
+        let (ctx, progress) = (ctx.clone(), progress.clone());
+        let budget = options.connect_timeout;
+        let std_deadline = deadline.into_std();
+        let target = target.clone();
+        lanes.push(tokio::task::spawn_blocking(move || {
+            // A kept connection may have died with a server restart: when the first query on
+            // it fails, try once more on a fresh one before calling the server down.
+            for attempt in 0..2 {
+                let budget = budget.min(std_deadline.saturating_duration_since(Instant::now()));
+                let Ok(mut guard) = target.lane_conn(lane, budget) else {
+                    return;
+                };
+                let reused = attempt == 0 && guard.as_ref().is_some_and(|c| !c.prepared.is_empty());
+                let Some(lane_conn) = guard.as_mut() else {
+                    return;
+                };
+                let mut session = Session {
+                    conn: &mut lane_conn.conn,
+                    prepared: &mut lane_conn.prepared,
+                };
+                let mut failed = false;
+                let mut retry = false;
+                for (i, collector) in collectors.iter().enumerate() {
+                    if Instant::now() >= std_deadline {
+                        break;
+                    }
+                    let began = Instant::now();
+                    let result = (collector.run)(&mut session, &ctx);
+                    if i == 0 && reused && result.is_err() {
+                        (failed, retry) = (true, true);
+                        break;
+                    }
+                    failed |= result.is_err();
+                    let seconds = began.elapsed().as_secs_f64();
+                    let mut progress = progress.lock().unwrap_or_else(PoisonError::into_inner);
+                    progress.connected |= lane == 0 && (i > 0 || result.is_ok());
+                    progress.done.push((collector.name, seconds, result));
+                }
+                // After an error the connection may be broken or its statements gone: the
+                // next scrape (or the retry) starts on a fresh one.
+                if failed {
+                    *guard = None;
+                }
+                if !retry {
+                    return;
+                }
+            }
+        }));
+    }
+    for lane in lanes {
+        if timeout_at(deadline, lane).await.is_err() {
+            tracing::warn!(server = %target.server, "collectors missed the scrape deadline");
+        }
+    }
+    let progress = std::mem::take(&mut *progress.lock().unwrap_or_else(PoisonError::into_inner));
+    outcome.up = progress.connected;
+    if !outcome.up {
+        return outcome;
+    }
+    let mut finished = Vec::new();
+    for (name, seconds, result) in progress.done {
+        finished.push(name);
+        let ok = match result {
+            Ok(fams) => {
+                if COLLECTORS.iter().any(|c| c.name == name && c.cached) {
+                    let mut text = String::new();
+                    text::render(&fams, &mut text);
+                    let text: Arc<str> = Arc::from(text);
+                    outcome.fresh_cacheable.push((name, text.clone()));
+                    outcome.rendered.push(text);
+                } else {
+                    outcome.families.extend(fams);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(collector = name, server = %target.server, error = %target.url.scrub(&e.to_string()), "collector failed");
+                false
+            }
+        };
+        outcome.stats.push(CollectorStat {
+            name,
+            server: target.server.clone(),
+            seconds,
+            ok,
+        });
+    }
+    // What did not finish by the deadline failed.
+    for name in expected.into_iter().filter(|n| !finished.contains(n)) {
+        outcome.stats.push(CollectorStat {
+            name,
+            server: target.server.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+            ok: false,
+        });
+    }
+    outcome
+}
+
+async fn probe(target: Arc<Target>, options: Options) -> ServerState {
+    let pool = target.pool.clone();
+    let budget = options.connect_timeout;
+    #[derive(diesel::QueryableByName)]
+    struct Probe {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        in_recovery: bool,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+        lag: Option<f64>,
+    }
+    let deadline = tokio::time::Instant::now() + budget + options.collector_timeout;
+    let result = timeout_at(
+        deadline,
+        tokio::task::spawn_blocking(move || -> Result<Probe> {
+            let mut conn: pgops_pool::PooledConnection = pool.get_timeout(budget)?;
+            let conn: &mut PgConnection = &mut conn;
+            diesel::sql_query(
+                "SELECT pg_is_in_recovery() AS in_recovery,
+                        CASE WHEN NOT pg_is_in_recovery() THEN NULL
+                             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+                             ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::float8 AS lag",
+            )
+            .get_result::<Probe>(conn)
+            .map_err(|e| Error::Invalid(e.to_string()))
+        }),
+    )
+    .await;
+    let mut state = ServerState {
+        server: target.server.clone(),
+        up: false,
+        in_recovery: None,
+        lag_seconds: None,
+        healthy: false,
+        error: None,
+    };
+    match result {
+        Ok(Ok(Ok(p))) => {
+            state.up = true;
+            state.in_recovery = Some(p.in_recovery);
+            state.lag_seconds = p.lag;
+            state.healthy = if target.primary {
+                !p.in_recovery
+            } else {
+                p.in_recovery && p.lag.unwrap_or(0.0) <= options.max_replica_lag.as_secs_f64()
+            };
+            if target.primary && p.in_recovery {
+                state.error = Some(
+                    "the primary is in recovery (a standby, or a failover in progress)".into(),
+                );
+            } else if !state.healthy {
+                state.error = Some(if p.in_recovery {
+                    format!(
+                        "replay lag {:.1}s is above the limit of {}s",
+                        p.lag.unwrap_or(0.0),
+                        options.max_replica_lag.as_secs()
+                    )
+                } else {
+                    "not in recovery: promoted, or not a replica".into()
+                });
+            }
+        }
+        Ok(Ok(Err(e))) => state.error = Some(target.url.scrub(&e.to_string())),
+        Ok(Err(_)) | Err(_) => state.error = Some("no answer in time".into()),
+    }
+    state
+}

@@ -1,0 +1,430 @@
+//! pgops-health against real clusters: every documented family with sane values from a
+//! primary with a streaming replica, a collector blocked on a lock that cannot hold up the
+//! scrape, a stopped database that still gets a prompt answer, and the bearer token.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use diesel::connection::SimpleConnection;
+use pgops_health::{Exporter, Options, server};
+use pgops_pool::DatabaseUrl;
+use pgops_testkit::{Cluster, ClusterOptions};
+
+type Labels = BTreeMap<String, String>;
+
+/// Samples of an exposition text: (name, labels, value); checks one HELP and TYPE per name.
+fn parse(text: &str) -> Vec<(String, Labels, f64)> {
+    let mut out = Vec::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap().to_owned();
+            assert!(typed.insert(name.clone()), "{name} has two TYPE lines");
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let mut labels = Labels::new();
+                for pair in rest.trim_end_matches('}').split("\",") {
+                    let (k, v) = pair.split_once("=\"").unwrap();
+                    labels.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
+                }
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), Labels::new()),
+        };
+        let value = if value == "NaN" {
+            f64::NAN
+        } else {
+            value.parse().unwrap()
+        };
+        out.push((name, labels, value));
+    }
+    out
+}
+
+fn value(samples: &[(String, Labels, f64)], name: &str, with: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, labels, _)| {
+            n == name
+                && with
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+fn url(cluster: &Cluster) -> DatabaseUrl {
+    DatabaseUrl::parse(&cluster.url("postgres")).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_documented_family_from_a_primary_with_a_replica() {
+    let primary = Cluster::start(ClusterOptions::default()).unwrap();
+    let replica = primary.create_replica().unwrap();
+    primary
+        .execute(
+            "postgres",
+            "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;
+             SELECT pg_create_physical_replication_slot('forgotten', true);",
+        )
+        .unwrap();
+    replica.catch_up(&primary, Duration::from_secs(30)).unwrap();
+    let exporter = Exporter::new(
+        url(&primary),
+        vec![DatabaseUrl::parse(&replica.url("postgres")).unwrap()],
+        Options::default(),
+        None,
+    )
+    .unwrap();
+    let rt = runtime();
+    let scrape = rt.block_on(exporter.scrape());
+    assert!(scrape.up);
+    let s = parse(&scrape.body);
+    let server = format!("127.0.0.1:{}", primary.port());
+    let replica_server = format!("127.0.0.1:{}", replica.port());
+    let srv = [("server", server.as_str())];
+
+    assert_eq!(value(&s, "pg_up", &[]), Some(1.0));
+    assert_eq!(
+        value(&s, "pgops_replica_up", &[("server", &replica_server)]),
+        Some(1.0)
+    );
+    assert!(value(&s, "pg_static", &srv).is_some());
+    assert!(
+        value(
+            &s,
+            "pg_database_size_bytes",
+            &[("datname", "postgres"), ("server", &server)]
+        )
+        .unwrap()
+            > 1e6
+    );
+    assert!(
+        value(
+            &s,
+            "pg_stat_database_xact_commit",
+            &[("datname", "postgres")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(value(&s, "pg_stat_database_blks_hit", &[("datname", "postgres")]).unwrap() > 0.0);
+    for name in [
+        "pg_stat_database_deadlocks",
+        "pg_stat_database_temp_bytes",
+        "pg_stat_database_xact_rollback",
+        "pg_stat_database_numbackends",
+        "pg_stat_database_conflicts_confl_lock",
+    ] {
+        assert!(
+            value(&s, name, &[("datname", "postgres")]).is_some(),
+            "{name}"
+        );
+    }
+    assert!(
+        value(
+            &s,
+            "pg_locks_count",
+            &[("datname", "postgres"), ("mode", "accesssharelock")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        value(
+            &s,
+            "pg_stat_activity_count",
+            &[("datname", "postgres"), ("state", "active")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(value(&s, "pg_settings_max_connections", &srv), Some(100.0));
+    assert!(value(&s, "pg_settings_shared_buffers_bytes", &srv).unwrap() >= 8192.0 * 16.0);
+    assert!(value(&s, "pg_settings_statement_timeout_seconds", &srv).is_some());
+    assert!(value(&s, "pg_stat_bgwriter_buffers_alloc_total", &srv).unwrap() > 0.0);
+    assert!(value(&s, "pg_stat_archiver_archived_count", &srv).is_some());
+    assert_eq!(value(&s, "pg_replication_is_replica", &srv), Some(0.0));
+    assert_eq!(
+        value(
+            &s,
+            "pg_replication_is_replica",
+            &[("server", &replica_server)]
+        ),
+        Some(1.0)
+    );
+    let lag = value(
+        &s,
+        "pg_replication_lag_seconds",
+        &[("server", &replica_server)],
+    )
+    .unwrap();
+    assert!((0.0..60.0).contains(&lag), "{lag}");
+    assert_eq!(value(&s, "pgops_replication_standbys", &[]), Some(1.0));
+    assert!(value(&s, "pgops_replication_lag_bytes", &[]).unwrap() >= 0.0);
+    assert_eq!(
+        value(&s, "pgops_replication_slots_inactive", &[]),
+        Some(1.0)
+    );
+    assert!(
+        value(
+            &s,
+            "pgops_replication_slot_retained_wal_bytes",
+            &[("slot_name", "forgotten")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(value(&s, "pgops_wal_archive_failure_total", &[]).is_some());
+    assert!(value(&s, "pgops_oldest_transaction_age_seconds", &[]).unwrap() >= 0.0);
+    assert_eq!(value(&s, "pgops_blocked_queries", &[]), Some(0.0));
+    let wrap = value(&s, "pgops_xid_wraparound_ratio", &[]).unwrap();
+    assert!(wrap > 0.0 && wrap < 0.01, "{wrap}");
+    let hit = value(&s, "pgops_cache_hit_ratio", &[("datname", "postgres")]).unwrap();
+    assert!(hit > 0.5 && hit <= 1.0, "{hit}");
+    assert!(value(&s, "pgops_table_size_bytes", &[("table", "big")]).unwrap() > 1e6);
+    // Every collector that ran succeeded.
+    let collectors: Vec<_> = s
+        .iter()
+        .filter(|(n, _, _)| n == "pgops_collector_success")
+        .collect();
+    assert!(collectors.len() >= 12, "{collectors:?}");
+    assert!(
+        collectors.iter().all(|(_, _, v)| *v == 1.0),
+        "{collectors:?}"
+    );
+
+    // promtool accepts the exposition.
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    if let Ok(mut child) = promtool {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(scrape.body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!report.contains("error"), "{report}");
+    }
+
+    // The readiness of both servers.
+    let ready = rt.block_on(exporter.readiness());
+    assert!(ready.ready && ready.primary.healthy, "{ready:?}");
+    assert!(
+        ready.replicas[0].healthy && ready.replicas[0].in_recovery == Some(true),
+        "{ready:?}"
+    );
+}
+
+#[test]
+fn a_collector_blocked_on_a_lock_fails_alone_and_concurrent_scrapes_share_one() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    cluster
+        .execute("postgres", "CREATE TABLE held (id int)")
+        .unwrap();
+    let mut holder = cluster.connect("postgres").unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let options = Options {
+        scrape_deadline: Duration::from_secs(3),
+        collector_timeout: Duration::from_secs(1),
+        ..Options::default()
+    };
+    let exporter = Arc::new(Exporter::new(url(&cluster), vec![], options, None).unwrap());
+    let rt = runtime();
+    let started = Instant::now();
+    let scrapes: Vec<_> = rt.block_on(async {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let exporter = exporter.clone();
+                tokio::spawn(async move { exporter.scrape().await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap());
+        }
+        out
+    });
+    let elapsed = started.elapsed();
+    // The lock is held for the whole test: only the deadline machinery ends the wait.
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(
+        scrapes.iter().all(|s| Arc::ptr_eq(s, &scrapes[0])),
+        "four requests, one scrape"
+    );
+    let s = parse(&scrapes[0].body);
+    assert_eq!(value(&s, "pg_up", &[]), Some(1.0));
+    assert_eq!(
+        value(
+            &s,
+            "pgops_collector_success",
+            &[("collector", "table_sizes")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "pgops_collector_success",
+            &[("collector", "stat_database")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&s, "pg_exporter_scrapes_total", &[]), Some(1.0));
+    holder.batch_execute("COMMIT").unwrap();
+}
+
+fn get(agent: &ureq::Agent, url: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = agent.get(url);
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.call().unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    exporter: Exporter,
+    token: Option<&str>,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = rt
+        .block_on(server::bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let token = token.map(str::to_owned);
+    rt.spawn(server::serve_on(
+        listener,
+        Arc::new(exporter),
+        token,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+#[test]
+fn with_the_database_stopped_metrics_answer_promptly_and_ready_is_503() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let options = Options {
+        scrape_deadline: Duration::from_secs(2),
+        collector_timeout: Duration::from_secs(1),
+        cache_for: Duration::ZERO,
+        ..Options::default()
+    };
+    let rt = runtime();
+    let (addr, _stop) = serve(
+        &rt,
+        Exporter::new(url(&cluster), vec![], options, None).unwrap(),
+        None,
+    );
+    let agent = agent();
+    let (status, body) = get(&agent, &format!("http://{addr}/metrics"), None);
+    assert_eq!(status, 200);
+    assert_eq!(value(&parse(&body), "pg_up", &[]), Some(1.0));
+
+    cluster.stop().unwrap();
+    let started = Instant::now();
+    let (status, body) = get(&agent, &format!("http://{addr}/metrics"), None);
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    let s = parse(&body);
+    assert_eq!(value(&s, "pg_up", &[]), Some(0.0));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(value(&s, "pg_stat_database_xact_commit", &[]).is_none());
+
+    let (status, body) = get(&agent, &format!("http://{addr}/ready"), None);
+    assert_eq!(status, 503);
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["primary"]["up"], false);
+    let (status, _) = get(&agent, &format!("http://{addr}/health"), None);
+    assert_eq!(status, 200, "liveness does not depend on the database");
+
+    cluster.start_again().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(&agent, &format!("http://{addr}/metrics"), None);
+        if value(&parse(&body), "pg_up", &[]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pg_up stayed 0 after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_token_is_enforced_when_set() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let rt = runtime();
+    let (addr, _stop) = serve(
+        &rt,
+        Exporter::new(url(&cluster), vec![], Options::default(), None).unwrap(),
+        Some("s3cret-token"),
+    );
+    let agent = agent();
+    for path in ["metrics", "ready"] {
+        let (status, body) = get(&agent, &format!("http://{addr}/{path}"), None);
+        assert_eq!(status, 401, "{path}");
+        assert!(body.contains("Authorization: Bearer"), "{body}");
+        assert_eq!(
+            get(&agent, &format!("http://{addr}/{path}"), Some("wrong")).0,
+            401
+        );
+        assert_eq!(
+            get(
+                &agent,
+                &format!("http://{addr}/{path}"),
+                Some("s3cret-token")
+            )
+            .0,
+            200
+        );
+    }
+    let (status, body) = get(&agent, &format!("http://{addr}/health"), None);
+    assert_eq!(status, 200);
+    assert!(!body.contains("s3cret"));
+}
