@@ -42,6 +42,10 @@ pub fn run(args: &Args) -> ExitCode {
             run: migration_lint,
         },
         Step {
+            name: "alert rules",
+            run: alert_rules,
+        },
+        Step {
             name: "test",
             run: test,
         },
@@ -148,6 +152,30 @@ fn migration_lint() -> anyhow::Result<String> {
     let detail = format!("{} migrations clean", set.migrations().len());
     println!("{detail}");
     Ok(detail)
+}
+
+/// The documented alert rules through Prometheus's own checker.
+fn alert_rules() -> anyhow::Result<String> {
+    let rules = crate::workspace_root().join("docs/monitoring/alerts.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .context("running promtool (Debian: apt-get install prometheus)")?;
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    print!("{report}");
+    ensure!(
+        out.status.success(),
+        "promtool rejected {}",
+        rules.display()
+    );
+    let found = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SUCCESS: "))
+        .unwrap_or("ok")
+        .to_owned();
+    Ok(found)
 }
 
 /// The repository's migrations on a fresh cluster: up, down one by one, up again, with the

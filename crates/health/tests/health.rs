@@ -428,3 +428,54 @@ fn the_token_is_enforced_when_set() {
     assert_eq!(status, 200);
     assert!(!body.contains("s3cret"));
 }
+
+#[test]
+fn the_typed_snapshot_reports_what_the_server_says() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    cluster
+        .execute(
+            "postgres",
+            "CREATE TABLE ledger AS SELECT g AS id, repeat('x', 200) AS memo FROM generate_series(1, 5000) g",
+        )
+        .unwrap();
+    let pool = pgops_pool::Pool::open(
+        "snapshot-test",
+        url(&cluster),
+        pgops_pool::Environment::Test.profile(),
+    )
+    .unwrap();
+    let mut conn = pool.get().unwrap();
+    let mut holder = cluster.connect("postgres").unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let snapshot = pgops_health::snapshot(&mut conn, Some(pool.stats())).unwrap();
+    assert!(!snapshot.in_recovery);
+    assert_eq!(snapshot.max_connections, 100);
+    assert!(snapshot.database_size_bytes > 1_000_000);
+    assert!(
+        snapshot
+            .connections_by_state
+            .get("active")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+    assert!(
+        snapshot
+            .connections_by_state
+            .get("idle in transaction")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+    assert!(
+        snapshot.oldest_transaction_seconds >= 0.2,
+        "{}",
+        snapshot.oldest_transaction_seconds
+    );
+    assert_eq!(snapshot.largest_tables[0].table, "ledger");
+    assert!(snapshot.largest_tables[0].bytes > 1_000_000);
+    assert_eq!(snapshot.blocked_queries, 0);
+    assert_eq!(snapshot.pool.unwrap().in_use, 1);
+    holder.batch_execute("COMMIT").unwrap();
+}
