@@ -270,15 +270,20 @@ fn active_patients(conn: &mut PgConnection, keys: &Keys, rng: &mut u64) -> anyho
     Ok(rows.len())
 }
 
+/// The ids of a page of twenty random notes.
+fn note_page(keys: &Keys, rng: &mut u64) -> Vec<i64> {
+    (0..20)
+        .map(|_| 1 + pick(rng, keys.max_note as u64) as i64)
+        .collect()
+}
+
 /// Twenty notes by id with the name of the provider who wrote each: one JOIN, not 21 queries.
 fn notes_with_providers(
     conn: &mut PgConnection,
     keys: &Keys,
     rng: &mut u64,
 ) -> anyhow::Result<usize> {
-    let ids: Vec<i64> = (0..20)
-        .map(|_| 1 + pick(rng, keys.max_note as u64) as i64)
-        .collect();
+    let ids = note_page(keys, rng);
     let rows: Vec<(i64, String, DateTime<Utc>, String)> = notes::table
         .inner_join(users::table)
         .select((notes::id, notes::kind, notes::created_at, users::full_name))
@@ -294,9 +299,7 @@ fn notes_with_providers_n_plus_1(
     keys: &Keys,
     rng: &mut u64,
 ) -> anyhow::Result<usize> {
-    let ids: Vec<i64> = (0..20)
-        .map(|_| 1 + pick(rng, keys.max_note as u64) as i64)
-        .collect();
+    let ids = note_page(keys, rng);
     let found: Vec<(i64, String, DateTime<Utc>, i64)> = notes::table
         .select((
             notes::id,
