@@ -1,6 +1,7 @@
 //! The library behind the `pgops` binary: argument definitions and command implementations,
 //! shared with `cargo xtask` so both run the same code.
 
+pub mod backup;
 pub mod db;
 pub mod exit;
 pub mod health;
@@ -38,6 +39,8 @@ pub enum Area {
     Insights(insights::Args),
     /// The Prometheus endpoint (/metrics, /health, /ready) and a one-shot health check.
     Health(health::Args),
+    /// Logical backups into a file:// or s3:// repository: create, list, verify, restore, prune.
+    Backup(backup::Args),
 }
 
 /// The exit codes, as `--help` shows them.
@@ -53,5 +56,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
         Area::Pool(args) => pool::run(args, out),
         Area::Insights(args) => insights::run(args, out),
         Area::Health(args) => health::run(args, out),
+        Area::Backup(args) => backup::run(args, out),
     }
 }

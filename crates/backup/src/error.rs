@@ -1,0 +1,114 @@
+//! The backup error type: every variant says what to do.
+
+/// What can stop a backup, restore, verification or prune.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The repository URL is not one we understand.
+    #[error(
+        "repository URL {url:?}: {reason}; use file:///var/backups/pgops or s3://bucket/prefix (--repo or PGOPS_REPO)"
+    )]
+    BadRepository {
+        /// The URL as given (without credentials).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A PostgreSQL client program is missing.
+    #[error(
+        "{program} not found in {searched}; install the PostgreSQL client (Debian: postgresql-client) or set PGOPS_PG_BINDIR"
+    )]
+    MissingProgram {
+        /// pg_dump, pg_restore, ...
+        program: &'static str,
+        /// Where we looked.
+        searched: String,
+    },
+    /// A program failed.
+    #[error("{program} failed ({status}): {stderr}")]
+    Program {
+        /// Which one.
+        program: &'static str,
+        /// Its exit status.
+        status: String,
+        /// The end of its stderr, password-free.
+        stderr: String,
+    },
+    /// No backup with that id.
+    #[error("no backup {0} in the repository; `pgops backup list` shows what there is")]
+    NotFound(String),
+    /// A file does not match its checksum or size.
+    #[error(
+        "backup {id}: {file} is corrupt ({detail}); restore another backup, this one cannot be trusted"
+    )]
+    Corrupt {
+        /// The backup.
+        id: String,
+        /// The file.
+        file: String,
+        /// Expected against found.
+        detail: String,
+    },
+    /// The target database exists.
+    #[error(
+        "database {0} already exists; restore into a new name, or pass --replace to drop it first"
+    )]
+    TargetExists(String),
+    /// A setting is out of range or contradicts another.
+    #[error("{0}")]
+    Invalid(String),
+    /// The storage failed.
+    #[error("{context}: {source}")]
+    Storage {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Local I/O failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A statement failed.
+    #[error("{context}: {source}")]
+    Database {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Result type of pgops-backup.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(
+        context: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
+        let context = context.into();
+        move |source| Error::Storage {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn db<E: std::error::Error + Send + Sync + 'static>(
+        context: impl Into<String>,
+    ) -> impl FnOnce(E) -> Self {
+        let context = context.into();
+        move |source| Error::Database {
+            context,
+            source: Box::new(source),
+        }
+    }
+}

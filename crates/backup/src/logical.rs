@@ -1,0 +1,662 @@
+//! Logical backups: `pg_dump` in a snapshot we hold open (so the row counts in the manifest
+//! are the dump's), compressed with zstd and hashed while it streams; restore and verify.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufReader, BufWriter, Read, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Instant,
+};
+
+use chrono::Utc;
+use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection as _};
+use pgops_pool::DatabaseUrl;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Error, Result,
+    manifest::{self, DumpFormat, FileEntry, Kind, Manifest, TableRows, Verification},
+    programs,
+    repo::Store,
+};
+
+/// How to take a logical backup.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// `None`: one custom-format archive; `Some(n)`: directory format dumped by `n` jobs.
+    pub jobs: Option<u32>,
+    /// zstd level (1 fast .. 19 small).
+    pub level: i32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            jobs: None,
+            level: 3,
+        }
+    }
+}
+
+/// Reports bytes as they stream, for a progress bar.
+pub trait Progress {
+    /// `raw` bytes read from pg_dump so far, `stored` written after compression.
+    fn bytes(&mut self, raw: u64, stored: u64);
+}
+
+/// No progress reporting.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn bytes(&mut self, _: u64, _: u64) {}
+}
+
+fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
+    PgConnection::establish(url.expose()).map_err(|e| Error::Database {
+        context: format!("connecting to {url}"),
+        source: url.scrub(&e.to_string()).into(),
+    })
+}
+
+/// A writer that hashes and counts what passes through.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compresses `input` into `out_path` (0600), returning (raw bytes, stored bytes, sha256).
+fn compress(
+    mut input: impl Read,
+    out_path: &Path,
+    level: i32,
+    progress: &mut dyn Progress,
+    done_before: (u64, u64),
+) -> std::io::Result<(u64, u64, String)> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out_path)?;
+    let hashing = Hashing {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(hashing, level)?;
+    // zstd's own worker threads: compression keeps up with pg_dump on two cores.
+    let _ = encoder.multithread(2);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut raw = 0u64;
+    let mut last = Instant::now();
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        encoder.write_all(&buf[..n])?;
+        raw += n as u64;
+        if last.elapsed().as_millis() >= 200 {
+            progress.bytes(done_before.0 + raw, done_before.1 + encoder.get_ref().bytes);
+            last = Instant::now();
+        }
+    }
+    let mut hashing = encoder.finish()?;
+    hashing.flush()?;
+    let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    progress.bytes(done_before.0 + raw, done_before.1 + hashing.bytes);
+    Ok((raw, hashing.bytes, hex::encode(hashing.hash.finalize())))
+}
+
+/// A new backup id: UTC time, sortable, and the database.
+pub fn new_id(database: &str) -> String {
+    let safe: String = database
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}-{safe}", Utc::now().format("%Y%m%dT%H%M%S%3fZ"))
+}
+
+#[derive(Deserialize)]
+struct Head {
+    database: String,
+    version: String,
+    snapshot: String,
+}
+
+/// Takes a logical backup of the database `url` names into `store`.
+pub fn create(
+    store: &dyn Store,
+    url: &DatabaseUrl,
+    options: &CreateOptions,
+    progress: &mut dyn Progress,
+) -> Result<Manifest> {
+    if !(1..=19).contains(&options.level) {
+        return Err(Error::Invalid(format!(
+            "--level {} is out of range; use 1 (fast) to 19 (small)",
+            options.level
+        )));
+    }
+    if options.jobs == Some(0) {
+        return Err(Error::Invalid("--jobs must be at least 1".into()));
+    }
+    let pg_dump = programs::find("pg_dump")?;
+    let mut conn = connect(url)?;
+    // Hold a snapshot for pg_dump and for the row counts.
+    conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .map_err(Error::db("starting the snapshot transaction"))?;
+    let head: Head = pgops_insights::sql::row(
+        &mut conn,
+        "SELECT current_database()::text AS database, current_setting('server_version') AS version,
+                pg_export_snapshot() AS snapshot",
+        "exporting a snapshot",
+    )
+    .map_err(Error::db("exporting a snapshot"))?;
+    let started_at = Utc::now();
+    let id = new_id(&head.database);
+    let staging = Staging::new(store, &id)?;
+    let data_dir = staging.path.join("data");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data_dir)
+        .map_err(Error::io("creating the staging directory"))?;
+
+    let version = std::process::Command::new(&pg_dump)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut files = Vec::new();
+    let dump_format = match options.jobs {
+        None => {
+            let mut child = programs::command(&pg_dump, url)
+                .args(["--format=custom", "--compress=0", "--no-password"])
+                .arg(format!("--snapshot={}", head.snapshot))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(Error::io(format!("starting {}", pg_dump.display())))?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| Error::Invalid("pg_dump has no stdout".into()))?;
+            let stderr = child.stderr.take();
+            let err_reader = std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(mut s) = stderr {
+                    let _ = s.read_to_end(&mut text);
+                }
+                text
+            });
+            let out_path = data_dir.join("dump.zst");
+            let compressed = compress(
+                BufReader::with_capacity(1 << 20, stdout),
+                &out_path,
+                options.level,
+                progress,
+                (0, 0),
+            );
+            if compressed.is_err() {
+                let _ = child.kill();
+            }
+            let status = child.wait().map_err(Error::io("waiting for pg_dump"))?;
+            let stderr = err_reader.join().unwrap_or_default();
+            programs::check(
+                "pg_dump",
+                url,
+                &std::process::Output {
+                    status,
+                    stdout: Vec::new(),
+                    stderr,
+                },
+            )?;
+            let (raw, bytes, sha256) =
+                compressed.map_err(Error::io(format!("writing {}", out_path.display())))?;
+            files.push(FileEntry {
+                path: "data/dump.zst".into(),
+                bytes,
+                raw_bytes: raw,
+                sha256,
+            });
+            DumpFormat::Custom
+        }
+        Some(jobs) => {
+            let raw_dir = staging.path.join("raw");
+            let output = programs::command(&pg_dump, url)
+                .args(["--format=directory", "--compress=0", "--no-password"])
+                .arg(format!("--jobs={jobs}"))
+                .arg(format!("--snapshot={}", head.snapshot))
+                .arg("--file")
+                .arg(&raw_dir)
+                .output()
+                .map_err(Error::io(format!("running {}", pg_dump.display())))?;
+            programs::check("pg_dump", url, &output)?;
+            let mut names: Vec<String> = fs::read_dir(&raw_dir)
+                .map_err(Error::io("reading pg_dump's directory"))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            let mut done = (0, 0);
+            for name in names {
+                let source = raw_dir.join(&name);
+                let input = File::open(&source)
+                    .map_err(Error::io(format!("reading {}", source.display())))?;
+                let stored = format!("data/{name}.zst");
+                let (raw, bytes, sha256) = compress(
+                    BufReader::new(input),
+                    &staging.path.join(&stored),
+                    options.level,
+                    progress,
+                    done,
+                )
+                .map_err(Error::io(format!("compressing {name}")))?;
+                done = (done.0 + raw, done.1 + bytes);
+                files.push(FileEntry {
+                    path: stored,
+                    bytes,
+                    raw_bytes: raw,
+                    sha256,
+                });
+                let _ = fs::remove_file(&source);
+            }
+            DumpFormat::Directory
+        }
+    };
+    let tables = count_rows(&mut conn)?;
+    let _ = conn.batch_execute("COMMIT");
+
+    // Data first, the manifest last: until it is written the backup does not exist.
+    for file in &files {
+        store.put_file(
+            &format!("{}{}", manifest::prefix(&id), file.path),
+            &staging.path.join(&file.path),
+        )?;
+    }
+    let manifest = Manifest {
+        format: manifest::FORMAT,
+        id: id.clone(),
+        kind: Kind::Logical,
+        database: head.database,
+        server: url.server(),
+        server_version: head.version,
+        tool_version: format!("pgops {}", env!("CARGO_PKG_VERSION")),
+        pg_dump_version: version,
+        dump_format,
+        started_at,
+        finished_at: Utc::now(),
+        files,
+        tables,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+    store.put_bytes(&manifest::manifest_key(&id), &json)?;
+    staging.finish();
+    tracing::info!(id = %manifest.id, bytes = manifest.bytes(), "backup stored");
+    Ok(manifest)
+}
+
+/// Exact row counts of every user table, in the transaction's snapshot.
+fn count_rows(conn: &mut PgConnection) -> Result<Vec<TableRows>> {
+    #[derive(Deserialize)]
+    struct T {
+        schema: String,
+        table: String,
+    }
+    let tables: Vec<T> = pgops_insights::sql::rows(
+        conn,
+        "SELECT n.nspname::text AS schema, c.relname::text AS table FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2",
+        "listing tables",
+    )
+    .map_err(Error::db("listing tables"))?;
+    let mut out = Vec::new();
+    for t in tables {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let count: Count = diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM {}.{}",
+            pgops_insights::sql::quote_ident(&t.schema),
+            pgops_insights::sql::quote_ident(&t.table)
+        ))
+        .get_result(conn)
+        .map_err(Error::db(format!("counting {}.{}", t.schema, t.table)))?;
+        out.push(TableRows {
+            schema: t.schema,
+            table: t.table,
+            rows: count.n,
+        });
+    }
+    Ok(out)
+}
+
+/// A staging directory that is removed unless the backup completes.
+struct Staging {
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Staging {
+    fn new(store: &dyn Store, id: &str) -> Result<Self> {
+        match store.staging_root() {
+            Some(root) => {
+                let path = root.join(id);
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(Error::io(format!("creating {}", path.display())))?;
+                Ok(Staging { path, _temp: None })
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("pgops-backup-")
+                    .tempdir()
+                    .map_err(Error::io("creating a staging directory"))?;
+                Ok(Staging {
+                    path: temp.path().to_path_buf(),
+                    _temp: Some(temp),
+                })
+            }
+        }
+    }
+
+    fn finish(self) {}
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Reads a backup's manifest.
+pub fn manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
+    let bytes = store
+        .get_bytes(&manifest::manifest_key(id))?
+        .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        id: id.to_owned(),
+        file: "manifest.json".into(),
+        detail: e.to_string(),
+    })
+}
+
+/// Downloads every file of the backup into `dir` and checks sizes and checksums; the error
+/// names the first file that does not match.
+pub fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path) -> Result<()> {
+    for file in &manifest.files {
+        let local = dir.join(&file.path);
+        if let Some(parent) = local.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(Error::io(format!("creating {}", parent.display())))?;
+        }
+        store.get_to_file(
+            &format!("{}{}", manifest::prefix(&manifest.id), file.path),
+            &local,
+        )?;
+        let mut input =
+            File::open(&local).map_err(Error::io(format!("reading {}", local.display())))?;
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = input
+                .read(&mut buf)
+                .map_err(Error::io(format!("reading {}", local.display())))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        let sha = hex::encode(hash.finalize());
+        if bytes != file.bytes || sha != file.sha256 {
+            return Err(Error::Corrupt {
+                id: manifest.id.clone(),
+                file: file.path.clone(),
+                detail: format!(
+                    "expected {} bytes with SHA-256 {}, found {bytes} bytes with {sha}",
+                    file.bytes, file.sha256
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Parallel `pg_restore` jobs.
+    pub jobs: Option<u32>,
+    /// Drop the target database first when it exists.
+    pub replace: bool,
+}
+
+/// Restores backup `id` into a new database `target` on the server `url` names. Checksums
+/// are verified before anything is written; a failed restore drops the database it created.
+pub fn restore(
+    store: &dyn Store,
+    id: &str,
+    url: &DatabaseUrl,
+    target: &str,
+    options: &RestoreOptions,
+) -> Result<f64> {
+    if target.is_empty() || target.len() > 63 {
+        return Err(Error::Invalid(format!(
+            "--database {target:?}: give a database name of 1 to 63 characters"
+        )));
+    }
+    let pg_restore = programs::find("pg_restore")?;
+    let manifest = manifest(store, id)?;
+    let work = tempfile::Builder::new()
+        .prefix("pgops-restore-")
+        .tempdir()
+        .map_err(Error::io("creating a work directory"))?;
+    fetch_verified(store, &manifest, work.path())?;
+    let started = Instant::now();
+    let mut admin = connect(url)?;
+    let quoted = pgops_insights::sql::quote_ident(target);
+    #[derive(Deserialize)]
+    struct Exists {
+        exists: bool,
+    }
+    let exists: Exists = pgops_insights::sql::row(
+        &mut admin,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = {}) AS exists",
+            pgops_insights::sql::quote_literal(target)
+        ),
+        "looking for the target database",
+    )
+    .map_err(Error::db("looking for the target database"))?;
+    if exists.exists {
+        if !options.replace {
+            return Err(Error::TargetExists(target.to_owned()));
+        }
+        admin
+            .batch_execute(&format!("DROP DATABASE {quoted} WITH (FORCE)"))
+            .map_err(Error::db(format!("dropping {target}")))?;
+    }
+    admin
+        .batch_execute(&format!("CREATE DATABASE {quoted} TEMPLATE template0"))
+        .map_err(Error::db(format!("creating {target}")))?;
+    let result = (|| {
+        let source = match manifest.dump_format {
+            DumpFormat::Custom => {
+                let out = work.path().join("dump");
+                decompress(&work.path().join("data/dump.zst"), &out)?;
+                out
+            }
+            DumpFormat::Directory => {
+                let out = work.path().join("dir");
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&out)
+                    .map_err(Error::io("creating the dump directory"))?;
+                for file in &manifest.files {
+                    let name = file
+                        .path
+                        .trim_start_matches("data/")
+                        .trim_end_matches(".zst");
+                    decompress(&work.path().join(&file.path), &out.join(name))?;
+                }
+                out
+            }
+        };
+        let target_url = programs::with_database(url, target)?;
+        let mut cmd = programs::command(&pg_restore, &target_url);
+        cmd.args(["--exit-on-error", "--no-password"]);
+        if let Some(jobs) = options.jobs {
+            cmd.arg(format!("--jobs={jobs}"));
+        }
+        let output = cmd
+            .arg(&source)
+            .output()
+            .map_err(Error::io(format!("running {}", pg_restore.display())))?;
+        programs::check("pg_restore", &target_url, &output)
+    })();
+    if let Err(e) = result {
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"));
+        return Err(e);
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn decompress(from: &Path, to: &Path) -> Result<()> {
+    let input = File::open(from).map_err(Error::io(format!("reading {}", from.display())))?;
+    let mut decoder = zstd::stream::read::Decoder::new(input)
+        .map_err(Error::io(format!("decompressing {}", from.display())))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(Error::io(format!("creating {}", to.display())))?;
+    std::io::copy(&mut decoder, &mut out)
+        .map(|_| ())
+        .map_err(Error::io(format!("decompressing {}", from.display())))
+}
+
+/// Checks every checksum; with `restore`, also restores into a throwaway database on the
+/// server `url` names and compares every table's row count with the manifest. The result is
+/// recorded in the repository beside the backup.
+pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<Verification> {
+    let manifest = manifest(store, id)?;
+    let work = tempfile::Builder::new()
+        .prefix("pgops-verify-")
+        .tempdir()
+        .map_err(Error::io("creating a work directory"))?;
+    let mut verification = Verification {
+        id: id.to_owned(),
+        at: Utc::now(),
+        checksums_ok: false,
+        restored: false,
+        ok: false,
+        restore_seconds: None,
+        problems: Vec::new(),
+    };
+    match fetch_verified(store, &manifest, work.path()) {
+        Ok(()) => verification.checksums_ok = true,
+        Err(e) => {
+            verification.problems.push(e.to_string());
+            record(store, &verification)?;
+            return Err(e);
+        }
+    }
+    drop(work);
+    if let Some(url) = url {
+        let scratch = format!("pgops_verify_{}", std::process::id());
+        verification.restored = true;
+        match restore(
+            store,
+            id,
+            url,
+            &scratch,
+            &RestoreOptions {
+                jobs: Some(2),
+                replace: true,
+            },
+        ) {
+            Ok(seconds) => {
+                verification.restore_seconds = Some(seconds);
+                let scratch_url = programs::with_database(url, &scratch)?;
+                let mut conn = connect(&scratch_url)?;
+                let found = count_rows(&mut conn)?;
+                drop(conn);
+                for want in &manifest.tables {
+                    let got = found
+                        .iter()
+                        .find(|t| t.schema == want.schema && t.table == want.table);
+                    match got {
+                        Some(got) if got.rows == want.rows => {}
+                        Some(got) => verification.problems.push(format!(
+                            "{}.{}: {} rows restored, {} in the backup",
+                            want.schema, want.table, got.rows, want.rows
+                        )),
+                        None => verification.problems.push(format!(
+                            "{}.{}: missing after the restore",
+                            want.schema, want.table
+                        )),
+                    }
+                }
+            }
+            Err(e) => verification.problems.push(format!("restore failed: {e}")),
+        }
+        let mut admin = connect(url)?;
+        let _ = admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            pgops_insights::sql::quote_ident(&scratch)
+        ));
+    }
+    verification.ok = verification.checksums_ok && verification.problems.is_empty();
+    record(store, &verification)?;
+    Ok(verification)
+}
+
+fn record(store: &dyn Store, verification: &Verification) -> Result<()> {
+    let json =
+        serde_json::to_vec_pretty(verification).map_err(|e| Error::Invalid(e.to_string()))?;
+    store.put_bytes(
+        &format!(
+            "{}verify/{}.json",
+            manifest::prefix(&verification.id),
+            verification.at.format("%Y%m%dT%H%M%S%3fZ")
+        ),
+        &json,
+    )
+}

@@ -1,0 +1,122 @@
+//! The manifest: what a backup holds and how to check it. Written last; a backup without one
+//! does not exist.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The manifest format version.
+pub const FORMAT: u32 = 1;
+
+/// What kind of backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `pg_dump` of one database.
+    Logical,
+}
+
+/// How pg_dump wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DumpFormat {
+    /// One archive (`pg_dump -Fc`).
+    Custom,
+    /// A directory of files (`pg_dump -Fd -j N`), for parallel dumps.
+    Directory,
+}
+
+/// One stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path inside the backup (`data/dump.zst`).
+    pub path: String,
+    /// Bytes stored (compressed).
+    pub bytes: u64,
+    /// Bytes before compression.
+    pub raw_bytes: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub sha256: String,
+}
+
+/// Rows of one table at the backup's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRows {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub table: String,
+    /// Exact row count in the dump's snapshot.
+    pub rows: i64,
+}
+
+/// A backup's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The backup id (sortable by time).
+    pub id: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// The database dumped.
+    pub database: String,
+    /// `host:port` of the server.
+    pub server: String,
+    /// `server_version` of the server.
+    pub server_version: String,
+    /// pgops's version.
+    pub tool_version: String,
+    /// `pg_dump --version`.
+    pub pg_dump_version: String,
+    /// How pg_dump wrote it.
+    pub dump_format: DumpFormat,
+    /// When the snapshot was taken.
+    pub started_at: DateTime<Utc>,
+    /// When the last byte was stored.
+    pub finished_at: DateTime<Utc>,
+    /// The stored files.
+    pub files: Vec<FileEntry>,
+    /// Row counts per table in the dump's snapshot.
+    pub tables: Vec<TableRows>,
+}
+
+impl Manifest {
+    /// Bytes stored.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    /// Bytes before compression.
+    pub fn raw_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.raw_bytes).sum()
+    }
+}
+
+/// A verification's record, stored beside the backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// The backup.
+    pub id: String,
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// Every checksum matched.
+    pub checksums_ok: bool,
+    /// A restore was attempted.
+    pub restored: bool,
+    /// The restore and every row count matched.
+    pub ok: bool,
+    /// Seconds the restore took.
+    pub restore_seconds: Option<f64>,
+    /// What did not match.
+    pub problems: Vec<String>,
+}
+
+/// Where a backup's objects live in the repository.
+pub fn prefix(id: &str) -> String {
+    format!("backups/{id}/")
+}
+
+/// The manifest's key.
+pub fn manifest_key(id: &str) -> String {
+    format!("backups/{id}/manifest.json")
+}

@@ -1,0 +1,445 @@
+//! Backup repositories: a local directory (`file:///var/backups/pgops`) or an S3-compatible
+//! bucket (`s3://bucket/prefix`, through `object_store`). Objects are written whole or not at
+//! all; a backup exists only once its manifest is written, after its data.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{Read, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use crate::{Error, Result};
+
+/// Where backups live.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores a local file under `key`, whole or not at all.
+    fn put_file(&self, key: &str, local: &Path) -> Result<()>;
+    /// Stores bytes under `key`, whole or not at all.
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Copies the object into a local file.
+    fn get_to_file(&self, key: &str, local: &Path) -> Result<()>;
+    /// Reads a small object; `None` when it does not exist.
+    fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Keys under `prefix`.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Deletes an object (absent is fine).
+    fn delete(&self, key: &str) -> Result<()>;
+    /// The repository URL, for messages.
+    fn url(&self) -> &str;
+    /// A local directory for files on their way in, when the repository is local (so storing
+    /// them is a rename); `None` for remote stores (a temporary directory is used).
+    fn staging_root(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// Opens the repository named by `url`.
+pub fn open(url: &str) -> Result<Box<dyn Store>> {
+    let bad = |reason: &str| Error::BadRepository {
+        url: redact(url),
+        reason: reason.to_owned(),
+    };
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    match parsed.scheme() {
+        "file" => {
+            let path = parsed
+                .to_file_path()
+                .map_err(|()| bad("a file:// URL needs an absolute path"))?;
+            Ok(Box::new(LocalStore::open(path, url)?))
+        }
+        "s3" => Ok(Box::new(S3Store::open(&parsed, url)?)),
+        other => Err(bad(&format!("scheme {other}:// is not supported"))),
+    }
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A repository directory: files 0600, directories 0700, every write through a temporary
+/// file, `fsync` and `rename`.
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+    url: String,
+}
+
+impl LocalStore {
+    /// Opens (creating) the directory.
+    pub fn open(root: PathBuf, url: &str) -> Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(Error::io(format!(
+                "creating the repository {}",
+                root.display()
+            )))?;
+        Ok(LocalStore {
+            root,
+            url: url.to_owned(),
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn write_with(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let target = self.path(key);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object"),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            fill(&mut file)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &target)?;
+            File::open(&dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(Error::io(format!("writing {}", target.display())))
+    }
+}
+
+impl Store for LocalStore {
+    fn staging_root(&self) -> Option<PathBuf> {
+        Some(self.root.join(".staging"))
+    }
+
+    fn put_file(&self, key: &str, local: &Path) -> Result<()> {
+        // A file staged inside the repository (already 0600 and synced) is moved into place.
+        if local.starts_with(self.root.join(".staging")) {
+            let target = self.path(key);
+            let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(Error::io(format!("creating {}", dir.display())))?;
+            return fs::rename(local, &target)
+                .and_then(|()| File::open(&dir)?.sync_all())
+                .map_err(Error::io(format!("storing {}", target.display())));
+        }
+        self.write_with(key, |out| {
+            let mut input = File::open(local)?;
+            std::io::copy(&mut input, out).map(|_| ())
+        })
+    }
+
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.write_with(key, |out| out.write_all(data))
+    }
+
+    fn get_to_file(&self, key: &str, local: &Path) -> Result<()> {
+        let source = self.path(key);
+        let mut input =
+            File::open(&source).map_err(Error::io(format!("opening {}", source.display())))?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(local)
+            .map_err(Error::io(format!("creating {}", local.display())))?;
+        std::io::copy(&mut input, &mut out)
+            .map(|_| ())
+            .map_err(Error::io(format!("copying {}", source.display())))
+    }
+
+    fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key);
+        match File::open(&path) {
+            Ok(mut f) => {
+                let mut data = Vec::new();
+                f.read_to_end(&mut data)
+                    .map_err(Error::io(format!("reading {}", path.display())))?;
+                Ok(Some(data))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()))(e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let start = self.path(prefix);
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("listing {}", dir.display()))(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(Error::io(format!("listing {}", dir.display())))?;
+                let path = entry.path();
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with('.') {
+                    continue; // temporary files of writes in progress
+                }
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                // Remove directories left empty, up to the root.
+                let mut dir = path.parent().map(Path::to_path_buf);
+                while let Some(d) = dir {
+                    if d == self.root || fs::remove_dir(&d).is_err() {
+                        break;
+                    }
+                    dir = d.parent().map(Path::to_path_buf);
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("deleting {}", path.display()))(e)),
+        }
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Checks that a repository file has the modes we promise (0600 files, 0700 directories).
+pub fn mode_of(path: &Path) -> Result<u32> {
+    Ok(fs::metadata(path)
+        .map_err(Error::io(format!("reading {}", path.display())))?
+        .permissions()
+        .mode()
+        & 0o777)
+}
+
+/// An S3-compatible bucket. Credentials, region and endpoint come from the usual `AWS_*`
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`
+/// for MinIO and friends).
+pub struct S3Store {
+    store: object_store::aws::AmazonS3,
+    prefix: String,
+    url: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store").field("url", &self.url).finish()
+    }
+}
+
+impl S3Store {
+    fn open(parsed: &url::Url, url: &str) -> Result<Self> {
+        use object_store::aws::AmazonS3Builder;
+        let bucket =
+            parsed
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| Error::BadRepository {
+                    url: redact(url),
+                    reason: "an s3:// URL needs a bucket: s3://bucket/prefix".into(),
+                })?;
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Ok(endpoint) =
+            std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
+        {
+            builder = builder
+                .with_endpoint(&endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder.build().map_err(|e| Error::BadRepository {
+            url: redact(url),
+            reason: e.to_string(),
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::io("starting the S3 client runtime"))?;
+        Ok(S3Store {
+            store,
+            prefix: parsed.path().trim_matches('/').to_owned(),
+            url: url.to_owned(),
+            runtime,
+        })
+    }
+
+    fn key(&self, key: &str) -> object_store::path::Path {
+        if self.prefix.is_empty() {
+            object_store::path::Path::from(key)
+        } else {
+            object_store::path::Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+}
+
+impl Store for S3Store {
+    fn put_file(&self, key: &str, local: &Path) -> Result<()> {
+        use object_store::{ObjectStore as _, WriteMultipart};
+        let location = self.key(key);
+        self.runtime.block_on(async {
+            let upload = self
+                .store
+                .put_multipart(&location)
+                .await
+                .map_err(Error::storage(format!("starting the upload of {key}")))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, 16 * 1024 * 1024);
+            let mut input =
+                File::open(local).map_err(Error::io(format!("opening {}", local.display())))?;
+            let mut buf = vec![0u8; 1024 * 1024];
+            loop {
+                let n = input
+                    .read(&mut buf)
+                    .map_err(Error::io(format!("reading {}", local.display())))?;
+                if n == 0 {
+                    break;
+                }
+                writer
+                    .wait_for_capacity(4)
+                    .await
+                    .map_err(Error::storage(format!("uploading {key}")))?;
+                writer.write(&buf[..n]);
+            }
+            // An upload that fails is aborted: nothing appears under the key.
+            writer
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(Error::storage(format!("uploading {key}")))
+        })
+    }
+
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+        use object_store::ObjectStore as _;
+        let location = self.key(key);
+        self.runtime
+            .block_on(self.store.put(&location, data.to_vec().into()))
+            .map(|_| ())
+            .map_err(Error::storage(format!("writing {key}")))
+    }
+
+    fn get_to_file(&self, key: &str, local: &Path) -> Result<()> {
+        use object_store::ObjectStore as _;
+        let location = self.key(key);
+        self.runtime.block_on(async {
+            let got = self
+                .store
+                .get(&location)
+                .await
+                .map_err(Error::storage(format!("reading {key}")))?;
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(local)
+                .map_err(Error::io(format!("creating {}", local.display())))?;
+            let mut stream = got.into_stream();
+            use futures_util::StreamExt as _;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(Error::storage(format!("reading {key}")))?;
+                out.write_all(&chunk)
+                    .map_err(Error::io(format!("writing {}", local.display())))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        use object_store::ObjectStore as _;
+        let location = self.key(key);
+        self.runtime.block_on(async {
+            match self.store.get(&location).await {
+                Ok(got) => Ok(Some(
+                    got.bytes()
+                        .await
+                        .map_err(Error::storage(format!("reading {key}")))?
+                        .to_vec(),
+                )),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(Error::storage(format!("reading {key}"))(e)),
+            }
+        })
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures_util::TryStreamExt as _;
+        use object_store::ObjectStore as _;
+        let location = self.key(prefix.trim_end_matches('/'));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        self.runtime.block_on(async {
+            let metas: Vec<object_store::ObjectMeta> = self
+                .store
+                .list(Some(&location))
+                .try_collect()
+                .await
+                .map_err(Error::storage(format!("listing {prefix}")))?;
+            let mut keys: Vec<String> = metas
+                .into_iter()
+                .map(|m| m.location.to_string())
+                .map(|k| k.strip_prefix(&strip).map(str::to_owned).unwrap_or(k))
+                .collect();
+            keys.sort();
+            Ok(keys)
+        })
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        use object_store::ObjectStore as _;
+        let location = self.key(key);
+        match self.runtime.block_on(self.store.delete(&location)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::storage(format!("deleting {key}"))(e)),
+        }
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}

@@ -1,0 +1,378 @@
+//! `pgops backup` as an operator runs it, against real clusters and a real repository:
+//! create, list, verify with a restore, restore, prune; a flipped byte, a crash mid-backup,
+//! a backup under write load, and bad input.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use pgops_testkit::{Cluster, ClusterOptions};
+use serde_json::Value;
+
+fn pgops(args: &[&str], repo: &Path, url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .arg("backup")
+        .args(args)
+        .env("PGOPS_REPO", format!("file://{}", repo.display()))
+        .env("DATABASE_URL", url)
+        .env_remove("PGOPS_PG_BINDIR")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn list(repo: &Path, url: &str) -> Vec<Value> {
+    serde_json::from_str::<Value>(&ok(&pgops(&["list", "--json"], repo, url)))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn create(repo: &Path, url: &str, extra: &[&str]) -> String {
+    let mut args = vec!["create", "--json"];
+    args.extend_from_slice(extra);
+    let manifest: Value = serde_json::from_str(&ok(&pgops(&args, repo, url))).unwrap();
+    manifest["id"].as_str().unwrap().to_owned()
+}
+
+fn fingerprint(cluster: &Cluster, db: &str) -> String {
+    cluster
+        .query_text(
+            db,
+            "(SELECT count(*) || ':' || md5(string_agg(id::text || v, ',' ORDER BY id)) FROM items)
+             || '/' || (SELECT count(*) FROM notes)",
+        )
+        .unwrap()
+        .unwrap()
+}
+
+fn seeded() -> Cluster {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    cluster.create_database("app").unwrap();
+    cluster
+        .execute(
+            "app",
+            "CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL);
+             INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+             CREATE TABLE notes (id serial PRIMARY KEY, item int REFERENCES items, body text);
+             INSERT INTO notes (item, body) SELECT g % 20000 + 1, repeat('note ', 20) FROM generate_series(1, 3000) g;",
+        )
+        .unwrap();
+    cluster
+}
+
+#[test]
+fn create_list_verify_restore_and_refuse_an_existing_target() {
+    let cluster = seeded();
+    let repo = tempfile::tempdir().unwrap();
+    let url = cluster.url("app");
+    let id = create(repo.path(), &url, &[]);
+
+    let backups = list(repo.path(), &url);
+    assert_eq!(backups.len(), 1);
+    let manifest = &backups[0]["manifest"];
+    assert_eq!(manifest["id"], id.as_str());
+    assert_eq!(manifest["database"], "app");
+    assert_eq!(manifest["dump_format"], "custom");
+    let rows: Vec<(String, i64)> = manifest["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_owned(),
+                t["rows"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("items".to_owned(), 20000), ("notes".to_owned(), 3000)]
+    );
+    assert!(manifest["files"][0]["sha256"].as_str().unwrap().len() == 64);
+    assert!(
+        manifest["files"][0]["bytes"].as_u64().unwrap()
+            < manifest["files"][0]["raw_bytes"].as_u64().unwrap()
+    );
+
+    // Files 0600, directories 0700, nothing left in staging.
+    let backup_dir = repo.path().join("backups").join(&id);
+    assert_eq!(
+        std::fs::metadata(&backup_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(backup_dir.join("manifest.json"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(backup_dir.join("data/dump.zst"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_dir(repo.path().join(".staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    let out = pgops(&["verify", &id, "--restore"], repo.path(), &url);
+    assert!(
+        ok(&out).contains("checksums ok, restored in"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(list(repo.path(), &url)[0]["last_verification"]["ok"], true);
+
+    ok(&pgops(
+        &["restore", &id, "--database", "app_copy", "--jobs", "2"],
+        repo.path(),
+        &url,
+    ));
+    assert_eq!(
+        fingerprint(&cluster, "app_copy"),
+        fingerprint(&cluster, "app")
+    );
+
+    let out = pgops(
+        &["restore", &id, "--database", "app_copy"],
+        repo.path(),
+        &url,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("database app_copy already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    ok(&pgops(
+        &["restore", &id, "--database", "app_copy", "--replace"],
+        repo.path(),
+        &url,
+    ));
+
+    // Directory format with parallel jobs restores the same data.
+    let id = create(repo.path(), &url, &["--jobs", "2"]);
+    ok(&pgops(
+        &["restore", &id, "--database", "app_dir"],
+        repo.path(),
+        &url,
+    ));
+    assert_eq!(
+        fingerprint(&cluster, "app_dir"),
+        fingerprint(&cluster, "app")
+    );
+}
+
+#[test]
+fn a_flipped_byte_fails_verify_and_restore_touches_nothing() {
+    let cluster = seeded();
+    let repo = tempfile::tempdir().unwrap();
+    let url = cluster.url("app");
+    let id = create(repo.path(), &url, &[]);
+    let data = repo.path().join("backups").join(&id).join("data/dump.zst");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&data, bytes).unwrap();
+
+    let out = pgops(&["verify", &id], repo.path(), &url);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("data/dump.zst is corrupt"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = pgops(
+        &["restore", &id, "--database", "never_created"],
+        repo.path(),
+        &url,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("data/dump.zst is corrupt"));
+    assert_eq!(
+        cluster
+            .query_text(
+                "postgres",
+                "(SELECT count(*) FROM pg_database WHERE datname = 'never_created')"
+            )
+            .unwrap()
+            .as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
+fn a_backup_that_dies_midway_leaves_no_trace_and_earlier_ones_intact() {
+    let cluster = seeded();
+    cluster
+        .execute("app", "INSERT INTO items SELECT g, repeat(md5(g::text), 20) FROM generate_series(20001, 60000) g")
+        .unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let url = cluster.url("app");
+    let first = create(repo.path(), &url, &[]);
+    // The file size limit kills the process (SIGXFSZ) while it writes the dump: like a full disk.
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -f 256; exec {} backup create",
+                env!("CARGO_BIN_EXE_pgops")
+            ),
+        ])
+        .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let backups = list(repo.path(), &url);
+    assert_eq!(
+        backups.len(),
+        1,
+        "only the complete backup is listed: {backups:?}"
+    );
+    assert_eq!(backups[0]["manifest"]["id"], first.as_str());
+    ok(&pgops(&["verify", &first], repo.path(), &url));
+    // The next backup clears the way and works.
+    create(repo.path(), &url, &[]);
+    assert_eq!(list(repo.path(), &url).len(), 2);
+}
+
+#[test]
+fn a_backup_taken_under_writes_restores_consistent() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    cluster.create_database("bank").unwrap();
+    let pgbench = cluster.binaries().program("pgbench");
+    let port = cluster.port().to_string();
+    let base = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres"];
+    let init = Command::new(&pgbench)
+        .args(base)
+        .args(["-i", "-s", "2", "-q", "bank"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    let load = Command::new(&pgbench)
+        .args(base)
+        .args(["-n", "-c", "2", "-T", "6", "bank"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let repo = tempfile::tempdir().unwrap();
+    let url = cluster.url("bank");
+    let id = create(repo.path(), &url, &[]);
+    let status = {
+        let mut load = load;
+        load.wait().unwrap()
+    };
+    assert!(status.success());
+    ok(&pgops(
+        &["restore", &id, "--database", "bank_restored"],
+        repo.path(),
+        &url,
+    ));
+    let invariant = "(SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)
+                      AND (SELECT count(*) FROM pgbench_history) > 0)::text";
+    assert_eq!(
+        cluster
+            .query_text("bank_restored", invariant)
+            .unwrap()
+            .as_deref(),
+        Some("true")
+    );
+    // And the manifest's counts are the dump's: verify --restore agrees.
+    ok(&pgops(&["verify", &id, "--restore"], repo.path(), &url));
+}
+
+#[test]
+fn prune_keeps_the_newest_and_dry_run_deletes_nothing() {
+    let cluster = seeded();
+    let repo = tempfile::tempdir().unwrap();
+    let url = cluster.url("app");
+    let ids: Vec<String> = (0..3).map(|_| create(repo.path(), &url, &[])).collect();
+    let out = ok(&pgops(
+        &["prune", "--keep-last", "1", "--dry-run"],
+        repo.path(),
+        &url,
+    ));
+    assert_eq!(out.matches("would delete").count(), 2, "{out}");
+    assert_eq!(list(repo.path(), &url).len(), 3);
+    ok(&pgops(&["prune", "--keep-last", "1"], repo.path(), &url));
+    let left = list(repo.path(), &url);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["manifest"]["id"], ids[2].as_str());
+    assert!(!repo.path().join("backups").join(&ids[0]).exists());
+    let out = pgops(&["prune"], repo.path(), &url);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bad_input_exits_2_and_never_prints_the_password() {
+    let repo = tempfile::tempdir().unwrap();
+    let secret_url = "postgres://app:hunter2@127.0.0.1:1/app";
+    let out = pgops(&["create"], repo.path(), secret_url);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["backup", "list", "--repo", "ftp://backups.example/x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("scheme ftp:// is not supported"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["backup", "create"])
+        .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
+        .env("DATABASE_URL", secret_url)
+        .env("PGOPS_PG_BINDIR", "/nonexistent/bin")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("pg_dump not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["backup", "list"])
+        .env_remove("PGOPS_REPO")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--repo"));
+
+    let out = pgops(&["verify", "no-such-backup"], repo.path(), secret_url);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no backup no-such-backup"));
+}
