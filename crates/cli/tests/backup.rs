@@ -282,6 +282,7 @@ fn a_backup_taken_under_writes_restores_consistent() {
     let load = Command::new(&pgbench)
         .args(base)
         .args(["-n", "-c", "2", "-T", "6", "bank"])
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
@@ -375,4 +376,93 @@ fn bad_input_exits_2_and_never_prints_the_password() {
     let out = pgops(&["verify", "no-such-backup"], repo.path(), secret_url);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no backup no-such-backup"));
+}
+
+/// moto's S3 server on a free loopback port, killed on drop.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3_server() -> S3Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server is needed for the S3 tests (pip install \"moto[server]\")");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = S3Server { child, endpoint };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for _ in 0..100 {
+        if agent
+            .put(&format!("{}/backups", server.endpoint))
+            .send_empty()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+        {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("moto_server did not come up on {}", server.endpoint);
+}
+
+fn pgops_s3(args: &[&str], endpoint: &str, url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .arg("backup")
+        .args(args)
+        .env("PGOPS_REPO", "s3://backups/pgops/app")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "pgops-test")
+        .env("AWS_SECRET_ACCESS_KEY", "pgops-test-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("DATABASE_URL", url)
+        .env_remove("PGOPS_PG_BINDIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_s3_repository_stores_lists_verifies_and_restores() {
+    let cluster = seeded();
+    let s3 = s3_server();
+    let url = cluster.url("app");
+    let manifest: Value =
+        serde_json::from_str(&ok(&pgops_s3(&["create", "--json"], &s3.endpoint, &url))).unwrap();
+    let id = manifest["id"].as_str().unwrap().to_owned();
+    let listed: Value =
+        serde_json::from_str(&ok(&pgops_s3(&["list", "--json"], &s3.endpoint, &url))).unwrap();
+    assert_eq!(listed[0]["manifest"]["id"], id.as_str());
+    assert!(ok(&pgops_s3(&["verify", &id, "--restore"], &s3.endpoint, &url)).contains("ok"));
+    ok(&pgops_s3(
+        &["restore", &id, "--database", "from_s3"],
+        &s3.endpoint,
+        &url,
+    ));
+    assert_eq!(
+        fingerprint(&cluster, "from_s3"),
+        fingerprint(&cluster, "app")
+    );
+
+    // The store goes away: the backup fails, says why, and prints no secret.
+    drop(s3);
+    let out = pgops_s3(&["create"], "http://127.0.0.1:1", &url);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("pgops-test-secret"), "{stderr}");
 }
