@@ -4,6 +4,7 @@
 // A harness, not a library for services: it reports progress on stderr.
 #![allow(clippy::print_stderr)]
 
+pub mod backup;
 pub mod health;
 pub mod pool;
 pub mod queries;
@@ -13,7 +14,7 @@ pub mod seed;
 pub mod workload;
 
 /// The suites, by name.
-pub const SUITES: &[&str] = &["pool", "router", "seed", "workload", "health"];
+pub const SUITES: &[&str] = &["pool", "router", "seed", "workload", "health", "backup"];
 
 /// Runs one suite.
 pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
@@ -23,6 +24,7 @@ pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
         "seed" => seed::run(seed::Plan::new(quick)),
         "workload" => queries::run(queries::Plan::new(quick)),
         "health" => health::run(health::Plan::new(quick)),
+        "backup" => backup::run(backup::Plan::new(quick)),
         other => anyhow::bail!(
             "unknown benchmark suite `{other}`; known suites: {}",
             SUITES.join(", ")

@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The suite to run (pool, router, seed, workload, health); all suites when omitted.
+    /// The suite to run (pool, router, seed, workload, health, backup); all suites when omitted.
     pub suite: Option<String>,
     /// Shorter runs: a smaller data set, fewer and shorter rounds.
     #[arg(long)]
@@ -27,6 +27,7 @@ const SUITES: &[(&str, &[&str])] = &[
     ("seed", &[]),
     ("workload", &[]),
     ("health", &[]),
+    ("backup", &[]),
 ];
 
 /// Runs the benchmarks.
