@@ -33,7 +33,7 @@ fn help_lists_every_area_and_documents_exit_codes() {
     let out = pgops(&["--help"], None);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
-    for area in ["migrate", "pool", "insights", "health"] {
+    for area in ["migrate", "pool", "insights", "health", "backup"] {
         assert!(help.contains(area), "{area} missing from\n{help}");
     }
     assert!(
