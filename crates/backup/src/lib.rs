@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod programs;
 pub mod repo;
 pub mod retention;
+pub mod wal;
 
 pub use error::{Error, Result};
 pub use manifest::{Manifest, Verification};

@@ -9,6 +9,7 @@ pub mod insights;
 pub mod lint;
 pub mod migrate;
 pub mod pool;
+pub mod wal;
 
 use std::io::Write;
 
@@ -41,6 +42,8 @@ pub enum Area {
     Health(health::Args),
     /// Logical backups into a file:// or s3:// repository: create, list, verify, restore, prune.
     Backup(backup::Args),
+    /// The WAL archive: push (archive_command), fetch (restore_command), setup, check.
+    Wal(wal::Args),
 }
 
 /// The exit codes, as `--help` shows them.
@@ -57,5 +60,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
         Area::Insights(args) => insights::run(args, out),
         Area::Health(args) => health::run(args, out),
         Area::Backup(args) => backup::run(args, out),
+        Area::Wal(args) => wal::run(args, out),
     }
 }

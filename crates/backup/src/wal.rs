@@ -1,0 +1,309 @@
+//! The WAL archive: `pgops wal push %p` as `archive_command` and `pgops wal fetch %f %p` as
+//! `restore_command`. Segments are compressed and checksummed; a segment is archived only
+//! once its checksum object is written (after its data); history is never overwritten.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{Read, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result, repo::Store};
+
+/// What `push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Stored now.
+    Stored,
+    /// Already in the archive with the same content (PostgreSQL retried after a crash).
+    AlreadyArchived,
+}
+
+/// The checksum object of a segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentSum {
+    /// The file name (`000000010000000000000003`, `00000002.history`, ...).
+    pub name: String,
+    /// Size before compression.
+    pub raw_bytes: u64,
+    /// SHA-256 of the segment as PostgreSQL wrote it.
+    pub raw_sha256: String,
+    /// Size stored.
+    pub bytes: u64,
+    /// SHA-256 of the stored (compressed) bytes.
+    pub sha256: String,
+}
+
+fn data_key(name: &str) -> String {
+    format!("wal/{name}.zst")
+}
+
+fn sum_key(name: &str) -> String {
+    format!("wal/{name}.sha256.json")
+}
+
+/// Checks that `name` is a WAL file name PostgreSQL archives (segment, history, backup
+/// label, partial), so a typo cannot write or read elsewhere in the repository.
+pub fn check_name(name: &str) -> Result<()> {
+    let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
+    let ok = (name.len() == 24 && hex(name))
+        || name
+            .strip_suffix(".history")
+            .is_some_and(|t| t.len() == 8 && hex(t))
+        || name
+            .strip_suffix(".partial")
+            .is_some_and(|t| t.len() == 24 && hex(t))
+        || (name.len() > 25 && name.ends_with(".backup") && hex(&name[..24]));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{name:?} is not a WAL file name (24 hex digits, or a .history, .backup or .partial file)"
+        )))
+    }
+}
+
+fn sha_of(path: &Path) -> Result<(u64, String)> {
+    let mut input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(Error::io(format!("reading {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((bytes, hex::encode(hash.finalize())))
+}
+
+/// Archives the file at `path` (what PostgreSQL passes as `%p`).
+pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Invalid(format!("{} has no file name", path.display())))?
+        .to_owned();
+    check_name(&name)?;
+    let (raw_bytes, raw_sha256) = sha_of(path)?;
+    if let Some(existing) = store.get_bytes(&sum_key(&name))? {
+        let existing: SegmentSum =
+            serde_json::from_slice(&existing).map_err(|e| Error::Corrupt {
+                id: "wal".into(),
+                file: sum_key(&name),
+                detail: e.to_string(),
+            })?;
+        return if existing.raw_sha256 == raw_sha256 {
+            Ok(Pushed::AlreadyArchived)
+        } else {
+            Err(Error::Invalid(format!(
+                "{name} is already archived with different content (SHA-256 {} there, {raw_sha256} here); \
+                 refusing to overwrite history. Two servers may be archiving into one repository",
+                existing.raw_sha256
+            )))
+        };
+    }
+    let staging = tempfile::Builder::new()
+        .prefix("pgops-wal-")
+        .tempdir_in(
+            store
+                .staging_root()
+                .filter(|r| fs::create_dir_all(r).is_ok())
+                .unwrap_or_else(std::env::temp_dir),
+        )
+        .map_err(Error::io("creating a staging directory"))?;
+    let compressed = staging.path().join(format!("{name}.zst"));
+    {
+        let input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
+        let out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&compressed)
+            .map_err(Error::io(format!("creating {}", compressed.display())))?;
+        let mut encoder =
+            zstd::stream::write::Encoder::new(out, 3).map_err(Error::io("starting zstd"))?;
+        std::io::copy(&mut { input }, &mut encoder)
+            .map_err(Error::io(format!("compressing {name}")))?;
+        let out = encoder
+            .finish()
+            .map_err(Error::io(format!("compressing {name}")))?;
+        out.sync_all()
+            .map_err(Error::io(format!("syncing {}", compressed.display())))?;
+    }
+    let (bytes, sha256) = sha_of(&compressed)?;
+    store.put_file(&data_key(&name), &compressed)?;
+    let sum = SegmentSum {
+        name: name.clone(),
+        raw_bytes,
+        raw_sha256,
+        bytes,
+        sha256,
+    };
+    let json = serde_json::to_vec(&sum).map_err(|e| Error::Invalid(e.to_string()))?;
+    store.put_bytes(&sum_key(&name), &json)?;
+    Ok(Pushed::Stored)
+}
+
+/// Restores archived file `name` to `dest` (what PostgreSQL passes as `%f` and `%p`), after
+/// checking both checksums. `Ok(false)` when the archive does not have it (PostgreSQL asks for
+/// files that may not exist).
+pub fn fetch(store: &dyn Store, name: &str, dest: &Path) -> Result<bool> {
+    check_name(name)?;
+    let Some(sum) = store.get_bytes(&sum_key(name))? else {
+        return Ok(false);
+    };
+    let sum: SegmentSum = serde_json::from_slice(&sum).map_err(|e| Error::Corrupt {
+        id: "wal".into(),
+        file: sum_key(name),
+        detail: e.to_string(),
+    })?;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new()
+        .prefix(".pgops-fetch-")
+        .tempdir_in(dir)
+        .map_err(Error::io(format!(
+            "creating a work directory in {}",
+            dir.display()
+        )))?;
+    let compressed = work.path().join("segment.zst");
+    store.get_to_file(&data_key(name), &compressed)?;
+    let (bytes, sha256) = sha_of(&compressed)?;
+    if bytes != sum.bytes || sha256 != sum.sha256 {
+        return Err(Error::Corrupt {
+            id: "wal".into(),
+            file: data_key(name),
+            detail: format!(
+                "expected {} bytes with SHA-256 {}, found {bytes} with {sha256}",
+                sum.bytes, sum.sha256
+            ),
+        });
+    }
+    let raw = work.path().join("segment");
+    {
+        let input = File::open(&compressed).map_err(Error::io("reading the segment"))?;
+        let mut decoder = zstd::stream::read::Decoder::new(input)
+            .map_err(Error::io("decompressing the segment"))?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&raw)
+            .map_err(Error::io("writing the segment"))?;
+        std::io::copy(&mut decoder, &mut out)
+            .map_err(Error::io(format!("decompressing {name}")))?;
+        out.flush().map_err(Error::io("writing the segment"))?;
+        out.sync_all().map_err(Error::io("syncing the segment"))?;
+    }
+    let (raw_bytes, raw_sha256) = sha_of(&raw)?;
+    if raw_bytes != sum.raw_bytes || raw_sha256 != sum.raw_sha256 {
+        return Err(Error::Corrupt {
+            id: "wal".into(),
+            file: data_key(name),
+            detail: format!(
+                "decompressed to {raw_bytes} bytes with SHA-256 {raw_sha256}, expected {} with {}",
+                sum.raw_bytes, sum.raw_sha256
+            ),
+        });
+    }
+    fs::rename(&raw, dest).map_err(Error::io(format!(
+        "moving the segment to {}",
+        dest.display()
+    )))?;
+    Ok(true)
+}
+
+/// Names of every archived file (those whose checksum object exists), sorted.
+pub fn archived(store: &dyn Store) -> Result<Vec<String>> {
+    Ok(store
+        .list("wal/")?
+        .into_iter()
+        .filter_map(|k| {
+            k.strip_prefix("wal/")
+                .and_then(|k| k.strip_suffix(".sha256.json"))
+                .map(str::to_owned)
+        })
+        .collect())
+}
+
+/// Gaps in a sorted list of segment names of one timeline: the names missing between the
+/// first and the last (16 MB segments). Pure.
+pub fn gaps(names: &[String]) -> Vec<String> {
+    let mut segments: Vec<(u32, u64)> = names
+        .iter()
+        .filter(|n| n.len() == 24 && n.chars().all(|c| c.is_ascii_hexdigit()))
+        .filter_map(|n| {
+            let tli = u32::from_str_radix(&n[..8], 16).ok()?;
+            let log = u64::from_str_radix(&n[8..16], 16).ok()?;
+            let seg = u64::from_str_radix(&n[16..], 16).ok()?;
+            Some((tli, log * 0x100 + seg))
+        })
+        .collect();
+    segments.sort_unstable();
+    let mut missing = Vec::new();
+    for pair in segments.windows(2) {
+        let ((tli_a, a), (tli_b, b)) = (pair[0], pair[1]);
+        if tli_a == tli_b {
+            for n in a + 1..b {
+                missing.push(format!("{tli_a:08X}{:08X}{:08X}", n / 0x100, n % 0x100));
+            }
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_postgres_archives() {
+        for ok in [
+            "000000010000000000000003",
+            "00000002.history",
+            "000000010000000000000003.partial",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../etc/passwd",
+            "00000001000000000000000",
+            "00000001000000000000000G",
+            "x.history",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gaps_are_named_within_a_timeline() {
+        let names: Vec<String> = [
+            "0000000100000000000000FE",
+            "000000010000000100000001",
+            "000000020000000100000005",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            gaps(&names),
+            ["0000000100000000000000FF", "000000010000000100000000"]
+        );
+        assert!(gaps(&names[..1]).is_empty());
+    }
+}

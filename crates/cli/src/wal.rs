@@ -1,0 +1,181 @@
+//! `pgops wal push %p` (archive_command), `pgops wal fetch %f %p` (restore_command) and
+//! `pgops wal setup [--apply]`.
+
+use std::{io::Write, path::PathBuf};
+
+use diesel::{RunQueryDsl, connection::SimpleConnection as _};
+use pgops_backup::{repo, wal};
+use serde::Deserialize;
+
+use crate::{
+    db::{connect, database_url},
+    exit::{Exit, Failure},
+};
+
+/// Options of `pgops wal`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub verb: Verb,
+    /// The repository: file:///var/backups/pgops or s3://bucket/prefix.
+    #[arg(long, env = "PGOPS_REPO", global = true)]
+    pub repo: Option<String>,
+    /// The server to configure (setup only); its password is never printed.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+}
+
+/// The verbs of `pgops wal`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Verb {
+    /// Archive one WAL file (archive_command = 'pgops wal push --repo URL %p'). Pushing the
+    /// same content twice succeeds; different content under the same name fails.
+    Push {
+        /// The file, as PostgreSQL passes %p.
+        path: PathBuf,
+    },
+    /// Restore one WAL file after checking its checksums (restore_command =
+    /// 'pgops wal fetch --repo URL %f %p'); exits 1 without a word when the archive lacks it.
+    Fetch {
+        /// The file name, as PostgreSQL passes %f.
+        name: String,
+        /// Where to write it, as PostgreSQL passes %p.
+        path: PathBuf,
+    },
+    /// Print (or with --apply, apply through ALTER SYSTEM) the archiving settings, and say
+    /// whether a restart is needed.
+    Setup {
+        /// Apply them.
+        #[arg(long)]
+        apply: bool,
+    },
+    /// List archived files and name any gap in the sequence (exit 1 on gaps).
+    Check,
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Runs one `pgops wal` command.
+pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
+    let repo_url = args.repo.as_deref().ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!("no repository; pass --repo file:///var/backups/pgops (or s3://bucket/prefix) or set PGOPS_REPO"))
+    })?;
+    match &args.verb {
+        Verb::Push { path } => {
+            let store = repo::open(repo_url).map_err(Failure::usage)?;
+            match wal::push(&*store, path) {
+                Ok(wal::Pushed::Stored) => Ok(Exit::Ok),
+                Ok(wal::Pushed::AlreadyArchived) => {
+                    tracing::info!(file = %path.display(), "already archived with the same content");
+                    Ok(Exit::Ok)
+                }
+                Err(e) => Err(Failure::problem(e)),
+            }
+        }
+        Verb::Fetch { name, path } => {
+            let store = repo::open(repo_url).map_err(Failure::usage)?;
+            match wal::fetch(&*store, name, path) {
+                Ok(true) => Ok(Exit::Ok),
+                // PostgreSQL asks for files that may not exist (the next timeline's history,
+                // the segment after the last): not finding one is not worth a log line.
+                Ok(false) => Ok(Exit::Problem),
+                Err(e) => Err(Failure::problem(e)),
+            }
+        }
+        Verb::Check => {
+            let store = repo::open(repo_url).map_err(Failure::usage)?;
+            let names = wal::archived(&*store).map_err(Failure::problem)?;
+            let gaps = wal::gaps(&names);
+            let segments: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
+            let _ = writeln!(
+                out,
+                "{} files archived; segments {} to {}",
+                names.len(),
+                segments.first().map_or("-", |s| s.as_str()),
+                segments.last().map_or("-", |s| s.as_str())
+            );
+            for gap in &gaps {
+                let _ = writeln!(out, "missing {gap}");
+            }
+            Ok(if gaps.is_empty() {
+                Exit::Ok
+            } else {
+                Exit::Problem
+            })
+        }
+        Verb::Setup { apply } => {
+            repo::open(repo_url).map_err(Failure::usage)?;
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "pgops".into());
+            let command = format!("{exe} wal push --repo {} %p", quote(repo_url));
+            let restore = format!("{exe} wal fetch --repo {} %f %p", quote(repo_url));
+            let statements = [
+                "ALTER SYSTEM SET wal_level = 'replica'".to_owned(),
+                "ALTER SYSTEM SET archive_mode = 'on'".to_owned(),
+                format!("ALTER SYSTEM SET archive_command = {}", quote(&command)),
+                "SELECT pg_reload_conf()".to_owned(),
+            ];
+            if !*apply {
+                let _ = writeln!(out, "{};", statements.join(";\n"));
+                let _ = writeln!(out, "-- restore_command for recovery: {restore}");
+                let _ = writeln!(
+                    out,
+                    "-- wal_level and archive_mode take effect after a restart; archive_command after the reload"
+                );
+                return Ok(Exit::Ok);
+            }
+            let url = database_url(args.database_url.as_deref())?;
+            let mut conn = connect(&url)?;
+            #[derive(Deserialize)]
+            struct Level {
+                wal_level: String,
+            }
+            let level: Level = pgops_insights::sql::row(
+                &mut conn,
+                "SELECT current_setting('wal_level') AS wal_level",
+                "reading wal_level",
+            )
+            .map_err(Failure::usage)?;
+            for statement in &statements {
+                if statement.contains("wal_level") && level.wal_level != "minimal" {
+                    continue; // replica or logical already archive enough
+                }
+                diesel::sql_query(statement)
+                    .execute(&mut conn)
+                    .map_err(|e| {
+                        Failure::usage(anyhow::anyhow!(
+                            "{statement}: {e}; ALTER SYSTEM needs a superuser"
+                        ))
+                    })?;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            #[derive(Deserialize)]
+            struct Pending {
+                name: String,
+            }
+            let pending: Vec<Pending> = pgops_insights::sql::rows(
+                &mut conn,
+                "SELECT name FROM pg_settings WHERE pending_restart",
+                "reading pending_restart",
+            )
+            .map_err(Failure::problem)?;
+            let _ = conn.batch_execute("SELECT 1");
+            let _ = writeln!(out, "archive_command = {command}");
+            if pending.is_empty() {
+                let _ = writeln!(out, "applied; no restart needed");
+            } else {
+                let names: Vec<&str> = pending.iter().map(|p| p.name.as_str()).collect();
+                let _ = writeln!(
+                    out,
+                    "applied; restart the server for {} to take effect",
+                    names.join(", ")
+                );
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
