@@ -17,6 +17,7 @@
 mod error;
 pub mod logical;
 pub mod manifest;
+pub mod physical;
 pub mod programs;
 pub mod repo;
 pub mod retention;

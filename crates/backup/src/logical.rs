@@ -55,7 +55,7 @@ impl Progress for Quiet {
     fn bytes(&mut self, _: u64, _: u64) {}
 }
 
-fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
+pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
     PgConnection::establish(url.expose()).map_err(|e| Error::Database {
         context: format!("connecting to {url}"),
         source: url.scrub(&e.to_string()).into(),
@@ -306,12 +306,14 @@ pub fn create(
         server: url.server(),
         server_version: head.version,
         tool_version: format!("pgops {}", env!("CARGO_PKG_VERSION")),
-        pg_dump_version: version,
+        client_version: version,
         dump_format,
         started_at,
         finished_at: Utc::now(),
         files,
         tables,
+        wal: None,
+        from_standby: false,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
     store.put_bytes(&manifest::manifest_key(&id), &json)?;
@@ -360,13 +362,13 @@ fn count_rows(conn: &mut PgConnection) -> Result<Vec<TableRows>> {
 }
 
 /// A staging directory that is removed unless the backup completes.
-struct Staging {
-    path: PathBuf,
+pub(crate) struct Staging {
+    pub(crate) path: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
 
 impl Staging {
-    fn new(store: &dyn Store, id: &str) -> Result<Self> {
+    pub(crate) fn new(store: &dyn Store, id: &str) -> Result<Self> {
         match store.staging_root() {
             Some(root) => {
                 let path = root.join(id);
@@ -390,7 +392,7 @@ impl Staging {
         }
     }
 
-    fn finish(self) {}
+    pub(crate) fn finish(self) {}
 }
 
 impl Drop for Staging {
@@ -521,6 +523,11 @@ pub fn restore(
                 decompress(&work.path().join("data/dump.zst"), &out)?;
                 out
             }
+            DumpFormat::Tar => {
+                return Err(Error::Invalid(format!(
+                    "{id} is a physical backup; restore it with `pgops backup restore {id} --to-dir DIR`"
+                )));
+            }
             DumpFormat::Directory => {
                 let out = work.path().join("dir");
                 fs::DirBuilder::new()
@@ -556,7 +563,7 @@ pub fn restore(
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn decompress(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn decompress(from: &Path, to: &Path) -> Result<()> {
     let input = File::open(from).map_err(Error::io(format!("reading {}", from.display())))?;
     let mut decoder = zstd::stream::read::Decoder::new(input)
         .map_err(Error::io(format!("decompressing {}", from.display())))?;

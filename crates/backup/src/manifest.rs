@@ -13,6 +13,8 @@ pub const FORMAT: u32 = 1;
 pub enum Kind {
     /// `pg_dump` of one database.
     Logical,
+    /// `pg_basebackup` of the whole cluster, for point-in-time recovery with the WAL archive.
+    Physical,
 }
 
 /// How pg_dump wrote it.
@@ -23,6 +25,19 @@ pub enum DumpFormat {
     Custom,
     /// A directory of files (`pg_dump -Fd -j N`), for parallel dumps.
     Directory,
+    /// `pg_basebackup -Ft`: `base.tar.zst`, `pg_wal.tar.zst` and `backup_manifest`.
+    Tar,
+}
+
+/// Where a physical backup starts and ends in the WAL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalRange {
+    /// Timeline.
+    pub timeline: u32,
+    /// Start LSN (`0/2000028`).
+    pub start_lsn: String,
+    /// End LSN: the backup is consistent once replay reaches it.
+    pub end_lsn: String,
 }
 
 /// One stored file.
@@ -66,8 +81,9 @@ pub struct Manifest {
     pub server_version: String,
     /// pgops's version.
     pub tool_version: String,
-    /// `pg_dump --version`.
-    pub pg_dump_version: String,
+    /// `pg_dump --version` or `pg_basebackup --version`.
+    #[serde(alias = "pg_dump_version")]
+    pub client_version: String,
     /// How pg_dump wrote it.
     pub dump_format: DumpFormat,
     /// When the snapshot was taken.
@@ -76,8 +92,14 @@ pub struct Manifest {
     pub finished_at: DateTime<Utc>,
     /// The stored files.
     pub files: Vec<FileEntry>,
-    /// Row counts per table in the dump's snapshot.
+    /// Row counts per table in the dump's snapshot (logical backups).
     pub tables: Vec<TableRows>,
+    /// The WAL the backup spans (physical backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalRange>,
+    /// Taken from a standby.
+    #[serde(default)]
+    pub from_standby: bool,
 }
 
 impl Manifest {

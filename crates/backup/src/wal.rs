@@ -36,6 +36,9 @@ pub struct SegmentSum {
     pub bytes: u64,
     /// SHA-256 of the stored (compressed) bytes.
     pub sha256: String,
+    /// When it was archived.
+    #[serde(default)]
+    pub archived_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn data_key(name: &str) -> String {
@@ -111,14 +114,11 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
             )))
         };
     }
+    // Staged in the system's temporary directory: the server's user may not share the
+    // repository's staging directory with the user who takes backups.
     let staging = tempfile::Builder::new()
         .prefix("pgops-wal-")
-        .tempdir_in(
-            store
-                .staging_root()
-                .filter(|r| fs::create_dir_all(r).is_ok())
-                .unwrap_or_else(std::env::temp_dir),
-        )
+        .tempdir()
         .map_err(Error::io("creating a staging directory"))?;
     let compressed = staging.path().join(format!("{name}.zst"));
     {
@@ -148,6 +148,7 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
         raw_sha256,
         bytes,
         sha256,
+        archived_at: Some(chrono::Utc::now()),
     };
     let json = serde_json::to_vec(&sum).map_err(|e| Error::Invalid(e.to_string()))?;
     store.put_bytes(&sum_key(&name), &json)?;
@@ -224,6 +225,20 @@ pub fn fetch(store: &dyn Store, name: &str, dest: &Path) -> Result<bool> {
         dest.display()
     )))?;
     Ok(true)
+}
+
+/// The checksum object of an archived file, when it exists.
+pub fn sum(store: &dyn Store, name: &str) -> Result<Option<SegmentSum>> {
+    match store.get_bytes(&sum_key(name))? {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                id: "wal".into(),
+                file: sum_key(name),
+                detail: e.to_string(),
+            }),
+        None => Ok(None),
+    }
 }
 
 /// Names of every archived file (those whose checksum object exists), sorted.

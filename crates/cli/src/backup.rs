@@ -33,8 +33,9 @@ pub struct Args {
 pub enum Verb {
     /// Take a backup.
     Create {
-        /// Only `logical` (pg_dump) for now.
-        #[arg(long, value_parser = ["logical"], default_value = "logical")]
+        /// `logical` (pg_dump of one database) or `physical` (pg_basebackup of the cluster, for
+        /// point-in-time recovery with `pgops wal push` archiving).
+        #[arg(long, value_parser = ["logical", "physical"], default_value = "logical")]
         kind: String,
         /// The database to dump [default: the one DATABASE_URL names].
         #[arg(long)]
@@ -57,19 +58,46 @@ pub enum Verb {
         #[arg(long)]
         restore: bool,
     },
-    /// Restore a backup into a new database (checksums are verified first).
+    /// Restore a logical backup into a new database (--database), or lay out a physical one
+    /// for point-in-time recovery (--to-dir). Checksums are verified first.
     Restore {
-        /// The backup id.
-        id: String,
-        /// The database to create.
+        /// The backup id (for --to-dir: chosen from the target when omitted).
+        id: Option<String>,
+        /// The database to create (logical backups).
+        #[arg(long, conflicts_with = "to_dir", required_unless_present = "to_dir")]
+        database: Option<String>,
+        /// An empty directory to lay the data directory out in (physical backups).
         #[arg(long)]
-        database: String,
+        to_dir: Option<std::path::PathBuf>,
+        /// Recover to this time (RFC 3339, e.g. 2026-11-26T10:15:00Z).
+        #[arg(long, group = "target", requires = "to_dir")]
+        target_time: Option<String>,
+        /// Recover to this WAL position (e.g. 0/3000060).
+        #[arg(long, group = "target", requires = "to_dir")]
+        target_lsn: Option<String>,
+        /// Recover to a restore point (`pgops backup restore-point NAME`).
+        #[arg(long, group = "target", requires = "to_dir")]
+        target_name: Option<String>,
+        /// Recover through this transaction id.
+        #[arg(long, group = "target", requires = "to_dir")]
+        target_xid: Option<String>,
+        /// Replay every archived segment.
+        #[arg(long, group = "target", requires = "to_dir")]
+        latest: bool,
+        /// What the server does at the target.
+        #[arg(long, value_parser = ["promote", "pause"], default_value = "promote", requires = "to_dir")]
+        target_action: String,
         /// Parallel pg_restore jobs.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
         jobs: Option<u32>,
         /// Drop the target database first if it exists.
         #[arg(long)]
         replace: bool,
+    },
+    /// Create a named restore point on the server, a target for `restore --target-name`.
+    RestorePoint {
+        /// Its name.
+        name: String,
     },
     /// Delete backups the retention policy does not keep (the newest is always kept).
     Prune {
@@ -129,6 +157,89 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     let store = repo::open(repo_url).map_err(fail)?;
     let url = || database_url(args.database_url.as_deref());
     match &args.verb {
+        Verb::Create { kind, .. } if kind == "physical" => {
+            let url: DatabaseUrl = url()?;
+            let manifest =
+                pgops_backup::physical::create(&*store, &url, &mut logical::Quiet).map_err(fail)?;
+            if args.json {
+                json(out, &manifest)?;
+            } else {
+                let wal = manifest.wal.as_ref();
+                emit(
+                    out,
+                    &format!(
+                        "backup {} of {} (timeline {}, {} to {}): {} stored in {}\n",
+                        manifest.id,
+                        manifest.server,
+                        wal.map_or(0, |w| w.timeline),
+                        wal.map_or("?", |w| w.start_lsn.as_str()),
+                        wal.map_or("?", |w| w.end_lsn.as_str()),
+                        indicatif::HumanBytes(manifest.bytes()),
+                        store.url()
+                    ),
+                )?;
+            }
+            Ok(Exit::Ok)
+        }
+        Verb::RestorePoint { name } => {
+            let lsn = pgops_backup::physical::restore_point(&url()?, name).map_err(fail)?;
+            emit(out, &format!("restore point {name} at {lsn}\n"))?;
+            Ok(Exit::Ok)
+        }
+        Verb::Restore {
+            to_dir: Some(dir),
+            target_time,
+            target_lsn,
+            target_name,
+            target_xid,
+            target_action,
+            ..
+        } => {
+            use pgops_backup::physical::Target;
+            let target = if let Some(t) = target_time {
+                Target::Time(
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map_err(|e| {
+                            Failure::usage(anyhow::anyhow!(
+                                "--target-time {t:?}: {e}; write it like 2026-11-26T10:15:00Z"
+                            ))
+                        })?
+                        .with_timezone(&chrono::Utc),
+                )
+            } else if let Some(lsn) = target_lsn {
+                pgops_backup::physical::parse_lsn(lsn).map_err(Failure::usage)?;
+                Target::Lsn(lsn.clone())
+            } else if let Some(name) = target_name {
+                Target::Name(name.clone())
+            } else if let Some(xid) = target_xid {
+                Target::Xid(xid.clone())
+            } else {
+                Target::Latest
+            };
+            let exe = std::env::current_exe()
+                .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))?;
+            let restored = pgops_backup::physical::restore_to_dir(
+                &*store,
+                repo_url,
+                &exe,
+                &target,
+                target_action == "promote",
+                dir,
+            )
+            .map_err(fail)?;
+            if args.json {
+                json(out, &restored)?;
+            } else {
+                emit(
+                    out,
+                    &format!(
+                        "laid out {} in {} with recovery to {:?}; start PostgreSQL on it (as its owner) to recover\n",
+                        restored.backup, restored.dir, restored.target
+                    ),
+                )?;
+            }
+            Ok(Exit::Ok)
+        }
         Verb::Create {
             database,
             jobs,
@@ -195,8 +306,15 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                     text.push_str(&format!(
                         "{:<40} {:<8} {:<16} {:<20} {:>10} {:>10}  {}\n",
                         m.id,
-                        "logical",
-                        m.database,
+                        match m.kind {
+                            pgops_backup::manifest::Kind::Logical => "logical",
+                            pgops_backup::manifest::Kind::Physical => "physical",
+                        },
+                        if m.database.is_empty() {
+                            "(cluster)"
+                        } else {
+                            m.database.as_str()
+                        },
                         m.finished_at.format("%Y-%m-%d %H:%M:%S"),
                         indicatif::HumanBytes(m.bytes()).to_string(),
                         indicatif::HumanBytes(m.raw_bytes()).to_string(),
@@ -249,7 +367,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             database,
             jobs,
             replace,
+            ..
         } => {
+            let id = id.as_deref().ok_or_else(|| {
+                Failure::usage(anyhow::anyhow!(
+                    "name the backup to restore: pgops backup restore ID --database NEW_DB"
+                ))
+            })?;
+            let database = database.as_deref().unwrap_or_default();
             let url = url()?;
             let seconds = logical::restore(
                 &*store,

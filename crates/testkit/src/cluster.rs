@@ -157,6 +157,44 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts a cluster on a data directory that `fill` lays out (a restored backup, say):
+    /// `fill` gets the empty data directory's path; the kit then hands it to the server user,
+    /// writes its own settings (port, socket dir, archiving from `options`) and starts it.
+    /// Returns once the server accepts connections (a server still in recovery, or paused at
+    /// its target, answers read-only).
+    pub fn start_restored(
+        options: ClusterOptions,
+        fill: impl FnOnce(&Path) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<Self> {
+        let mut cluster = Self::prepare(options)?;
+        let data = cluster.data_dir();
+        fill(&data).map_err(|e| {
+            Error::io(
+                format!("laying out {}", data.display()),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let mut stack = vec![data.clone()];
+        while let Some(path) = stack.pop() {
+            cluster.run_as.own(&path)?;
+            if path.is_dir() && !path.is_symlink() {
+                let entries = fs::read_dir(&path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                for entry in entries.flatten() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        if let Ok(text) = fs::read_to_string(&conf)
+            && !text.contains("include 'pgops.conf'")
+        {
+            cluster.write_file(&conf, &format!("{text}\ninclude 'pgops.conf'\n"))?;
+        }
+        cluster.start_on_a_free_port(None)?;
+        Ok(cluster)
+    }
+
     /// Creates and starts a streaming replica of this running cluster (`pg_basebackup -R`).
     pub fn create_replica(&self) -> Result<crate::Replica> {
         self.ensure_running()?;

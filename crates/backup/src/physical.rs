@@ -1,0 +1,543 @@
+//! Physical backups (`pg_basebackup`, tar, WAL streamed in, compressed with zstd on the
+//! server) and point-in-time restore: pick the newest base backup before the target, lay it
+//! out, and write the `restore_command`, the target and `recovery.signal`.
+
+use std::{
+    fs::{self, File},
+    io::Read,
+    os::unix::fs::DirBuilderExt,
+    path::Path,
+};
+
+use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection as _;
+use pgops_pool::DatabaseUrl;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    Error, Result,
+    logical::{Progress, Staging, connect, fetch_verified, new_id},
+    manifest::{self, DumpFormat, FileEntry, Kind, Manifest, WalRange},
+    programs,
+    repo::Store,
+    wal,
+};
+
+#[derive(Deserialize)]
+struct Head {
+    version: String,
+    version_num: i32,
+    in_recovery: bool,
+}
+
+/// Takes a physical backup of the cluster `url` points at (a primary or a standby).
+pub fn create(
+    store: &dyn Store,
+    url: &DatabaseUrl,
+    progress: &mut dyn Progress,
+) -> Result<Manifest> {
+    let pg_basebackup = programs::find("pg_basebackup")?;
+    let mut conn = connect(url)?;
+    let head: Head = pgops_insights::sql::row(
+        &mut conn,
+        "SELECT current_setting('server_version') AS version,
+                current_setting('server_version_num')::int4 AS version_num,
+                pg_is_in_recovery() AS in_recovery",
+        "reading the server version",
+    )
+    .map_err(Error::db("reading the server version"))?;
+    drop(conn);
+    let started_at = Utc::now();
+    let id = new_id("cluster");
+    let staging = Staging::new(store, &id)?;
+    let raw = staging.path.join("raw");
+    // Server-side zstd (PostgreSQL 15+) sends a third of the bytes and spends the server's
+    // spare cores; older servers send the tar as is and it is stored as is.
+    let compress = if head.version_num >= 150_000 {
+        "server-zstd:level=3"
+    } else {
+        "none"
+    };
+    let output = programs::command(&pg_basebackup, url)
+        .args([
+            "--format=tar",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--no-password",
+        ])
+        .arg(format!("--compress={compress}"))
+        .arg("--pgdata")
+        .arg(&raw)
+        .output()
+        .map_err(Error::io(format!("running {}", pg_basebackup.display())))?;
+    programs::check("pg_basebackup", url, &output)?;
+    let version = std::process::Command::new(&pg_basebackup)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+
+    #[derive(Deserialize)]
+    struct BackupManifest {
+        #[serde(rename = "Files")]
+        files: Vec<ManifestFile>,
+        #[serde(rename = "WAL-Ranges")]
+        wal_ranges: Vec<Range>,
+    }
+    #[derive(Deserialize)]
+    struct ManifestFile {
+        #[serde(rename = "Size")]
+        size: u64,
+    }
+    #[derive(Deserialize)]
+    struct Range {
+        #[serde(rename = "Timeline")]
+        timeline: u32,
+        #[serde(rename = "Start-LSN")]
+        start: String,
+        #[serde(rename = "End-LSN")]
+        end: String,
+    }
+    let label = fs::read(raw.join("backup_manifest"))
+        .map_err(Error::io("reading pg_basebackup's backup_manifest"))?;
+    let label: BackupManifest = serde_json::from_slice(&label)
+        .map_err(|e| Error::Invalid(format!("pg_basebackup's backup_manifest: {e}")))?;
+    let range = label
+        .wal_ranges
+        .first()
+        .ok_or_else(|| Error::Invalid("backup_manifest has no WAL range".into()))?;
+    let data_bytes: u64 = label.files.iter().map(|f| f.size).sum();
+
+    let mut names: Vec<String> = fs::read_dir(&raw)
+        .map_err(Error::io("reading pg_basebackup's output"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut files = Vec::new();
+    let mut stored_total = 0;
+    for name in &names {
+        let path = raw.join(name);
+        let (bytes, sha256) = sha_of(&path)?;
+        stored_total += bytes;
+        progress.bytes(data_bytes, stored_total);
+        let raw_bytes = if name.starts_with("base.tar") {
+            data_bytes
+        } else {
+            bytes
+        };
+        let key = format!("data/{name}");
+        store.put_file(&format!("{}{key}", manifest::prefix(&id)), &path)?;
+        files.push(FileEntry {
+            path: key,
+            bytes,
+            raw_bytes,
+            sha256,
+        });
+    }
+    let manifest = Manifest {
+        format: manifest::FORMAT,
+        id: id.clone(),
+        kind: Kind::Physical,
+        database: String::new(),
+        server: url.server(),
+        server_version: head.version,
+        tool_version: format!("pgops {}", env!("CARGO_PKG_VERSION")),
+        client_version: version,
+        dump_format: DumpFormat::Tar,
+        started_at,
+        finished_at: Utc::now(),
+        files,
+        tables: Vec::new(),
+        wal: Some(WalRange {
+            timeline: range.timeline,
+            start_lsn: range.start.clone(),
+            end_lsn: range.end.clone(),
+        }),
+        from_standby: head.in_recovery,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+    store.put_bytes(&manifest::manifest_key(&id), &json)?;
+    staging.finish();
+    Ok(manifest)
+}
+
+fn sha_of(path: &Path) -> Result<(u64, String)> {
+    let mut input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0;
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(Error::io(format!("reading {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((bytes, hex::encode(hash.finalize())))
+}
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Replay every archived segment.
+    Latest,
+    /// Stop before the first transaction committed after this time.
+    Time(DateTime<Utc>),
+    /// Stop at this WAL position.
+    Lsn(String),
+    /// Stop at a restore point created with `pgops backup restore-point NAME`.
+    Name(String),
+    /// Stop after this transaction id.
+    Xid(String),
+}
+
+/// An LSN as a number. Pure.
+pub fn parse_lsn(text: &str) -> Result<u64> {
+    let (hi, lo) = text.split_once('/').ok_or_else(|| {
+        Error::Invalid(format!("{text:?} is not an LSN; write it like 0/3000060"))
+    })?;
+    let hi = u64::from_str_radix(hi, 16)
+        .map_err(|_| Error::Invalid(format!("{text:?} is not an LSN")))?;
+    let lo = u64::from_str_radix(lo, 16)
+        .map_err(|_| Error::Invalid(format!("{text:?} is not an LSN")))?;
+    Ok((hi << 32) | lo)
+}
+
+/// The WAL position where a segment ends (16 MB segments). Pure.
+fn segment_end(name: &str) -> Option<u64> {
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    Some(((log << 32) | (seg << 24)) + (1 << 24))
+}
+
+/// Chooses the base backup for `target` among physical backups (oldest first), given the
+/// newest archived segment; the error says what is available. Pure.
+pub fn choose<'a>(
+    backups: &'a [Manifest],
+    target: &Target,
+    newest_segment: Option<(&str, Option<DateTime<Utc>>)>,
+) -> Result<&'a Manifest> {
+    let oldest = backups.first().ok_or_else(|| Error::Invalid("the repository has no physical backup; take one with `pgops backup create --kind physical`".into()))?;
+    let available = format!(
+        "backups finish from {} to {}; WAL is archived up to {}",
+        oldest.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        backups.last().map_or(String::new(), |b| b
+            .finished_at
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string()),
+        newest_segment.map_or("nothing".to_owned(), |(name, at)| match at {
+            Some(at) => format!("{name} (archived {})", at.format("%Y-%m-%d %H:%M:%S UTC")),
+            None => name.to_owned(),
+        })
+    );
+    match target {
+        Target::Time(t) => {
+            if let Some((_, Some(at))) = newest_segment
+                && *t > at
+            {
+                return Err(Error::Invalid(format!(
+                    "the target {} is after the newest archived WAL; {available}",
+                    t.format("%Y-%m-%d %H:%M:%S UTC")
+                )));
+            }
+            backups
+                .iter()
+                .rev()
+                .find(|b| b.finished_at < *t)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the target {} is older than the oldest backup; {available}",
+                        t.format("%Y-%m-%d %H:%M:%S UTC")
+                    ))
+                })
+        }
+        Target::Lsn(lsn) => {
+            let want = parse_lsn(lsn)?;
+            if let Some(end) = newest_segment.and_then(|(name, _)| segment_end(name))
+                && want > end
+            {
+                return Err(Error::Invalid(format!(
+                    "the target LSN {lsn} is after the newest archived WAL; {available}"
+                )));
+            }
+            backups
+                .iter()
+                .rev()
+                .find(|b| {
+                    b.wal
+                        .as_ref()
+                        .and_then(|w| parse_lsn(&w.end_lsn).ok())
+                        .is_some_and(|end| end <= want)
+                })
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the target LSN {lsn} is older than the oldest backup's end; {available}"
+                    ))
+                })
+        }
+        Target::Latest | Target::Name(_) | Target::Xid(_) => backups
+            .last()
+            .ok_or_else(|| Error::Invalid(available.clone())),
+    }
+}
+
+/// What a point-in-time restore laid out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    /// The base backup used.
+    pub backup: String,
+    /// The recovery target.
+    pub target: Target,
+    /// The data directory.
+    pub dir: String,
+}
+
+/// Lays out the newest base backup before `target` in `dir` (which must be empty or absent),
+/// with `restore_command` fetching from `repo_url` and the recovery target; start PostgreSQL
+/// on `dir` to recover. Checksums are verified before anything is written to `dir`.
+pub fn restore_to_dir(
+    store: &dyn Store,
+    repo_url: &str,
+    pgops: &Path,
+    target: &Target,
+    promote: bool,
+    dir: &Path,
+) -> Result<Restored> {
+    if dir.exists()
+        && fs::read_dir(dir)
+            .map_err(Error::io(format!("reading {}", dir.display())))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::Invalid(format!(
+            "{} is not empty; give an empty or new directory",
+            dir.display()
+        )));
+    }
+    let backups: Vec<Manifest> = crate::list(store)?
+        .into_iter()
+        .map(|(m, _)| m)
+        .filter(|m| m.kind == Kind::Physical)
+        .collect();
+    let archived = wal::archived(store)?;
+    let newest = archived.iter().rev().find(|n| n.len() == 24).cloned();
+    let newest_at = match &newest {
+        Some(name) => wal::sum(store, name)?.and_then(|s| s.archived_at),
+        None => None,
+    };
+    let chosen = choose(&backups, target, newest.as_deref().map(|n| (n, newest_at)))?;
+    let work = tempfile::Builder::new()
+        .prefix("pgops-pitr-")
+        .tempdir()
+        .map_err(Error::io("creating a work directory"))?;
+    fetch_verified(store, chosen, work.path())?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(Error::io(format!("creating {}", dir.display())))?;
+    let unpack = |name: &str, into: &Path| -> Result<()> {
+        let path = work.path().join("data").join(name);
+        if !path.exists() {
+            return Ok(());
+        }
+        let file = File::open(&path).map_err(Error::io(format!("reading {}", path.display())))?;
+        let reader: Box<dyn Read> = if name.ends_with(".zst") {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(Error::io("starting zstd"))?)
+        } else {
+            Box::new(file)
+        };
+        let mut archive = tar::Archive::new(reader);
+        archive.set_preserve_permissions(true);
+        archive.unpack(into).map_err(Error::io(format!(
+            "unpacking {name} into {}",
+            into.display()
+        )))
+    };
+    let base = chosen
+        .files
+        .iter()
+        .find(|f| f.path.starts_with("data/base.tar"))
+        .ok_or_else(|| Error::Corrupt {
+            id: chosen.id.clone(),
+            file: "data/base.tar*".into(),
+            detail: "the manifest lists no base archive".into(),
+        })?;
+    unpack(base.path.trim_start_matches("data/"), dir)?;
+    let wal_dir = dir.join("pg_wal");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&wal_dir)
+        .map_err(Error::io("creating pg_wal"))?;
+    if let Some(wal_tar) = chosen
+        .files
+        .iter()
+        .find(|f| f.path.starts_with("data/pg_wal.tar"))
+    {
+        unpack(wal_tar.path.trim_start_matches("data/"), &wal_dir)?;
+    }
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let restore_command = format!(
+        "{} wal fetch --repo {} %f %p",
+        pgops.display(),
+        quote(repo_url)
+    );
+    let mut settings = format!(
+        "\n# written by pgops backup restore from {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        chosen.id,
+        quote(&restore_command)
+    );
+    match target {
+        Target::Latest => {}
+        Target::Time(t) => settings.push_str(&format!(
+            "recovery_target_time = '{}'\n",
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00")
+        )),
+        Target::Lsn(lsn) => settings.push_str(&format!("recovery_target_lsn = {}\n", quote(lsn))),
+        Target::Name(name) => {
+            settings.push_str(&format!("recovery_target_name = {}\n", quote(name)))
+        }
+        Target::Xid(xid) => settings.push_str(&format!("recovery_target_xid = {}\n", quote(xid))),
+    }
+    if *target != Target::Latest {
+        settings.push_str(&format!(
+            "recovery_target_action = '{}'\n",
+            if promote { "promote" } else { "pause" }
+        ));
+    }
+    let auto = dir.join("postgresql.auto.conf");
+    let mut text = fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&settings);
+    fs::write(&auto, text).map_err(Error::io(format!("writing {}", auto.display())))?;
+    fs::write(dir.join("recovery.signal"), b"").map_err(Error::io("writing recovery.signal"))?;
+    Ok(Restored {
+        backup: chosen.id.clone(),
+        target: target.clone(),
+        dir: dir.display().to_string(),
+    })
+}
+
+/// Creates a named restore point on the server; returns its LSN.
+pub fn restore_point(url: &DatabaseUrl, name: &str) -> Result<String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(Error::Invalid(
+            "give a restore point name of 1 to 63 characters".into(),
+        ));
+    }
+    let mut conn = connect(url)?;
+    #[derive(Deserialize)]
+    struct Point {
+        lsn: String,
+    }
+    let point: Point = pgops_insights::sql::row(
+        &mut conn,
+        &format!(
+            "SELECT pg_create_restore_point({})::text AS lsn",
+            pgops_insights::sql::quote_literal(name)
+        ),
+        "creating the restore point",
+    )
+    .map_err(Error::db(
+        "creating the restore point (needs superuser or EXECUTE on pg_create_restore_point)",
+    ))?;
+    // Make the restore point's segment archivable now.
+    let _ = conn.batch_execute("SELECT pg_switch_wal()");
+    Ok(point.lsn)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn backup(id: &str, minute: u32, end_lsn: &str) -> Manifest {
+        Manifest {
+            format: 1,
+            id: id.into(),
+            kind: Kind::Physical,
+            database: String::new(),
+            server: "db:5432".into(),
+            server_version: "15".into(),
+            tool_version: "pgops".into(),
+            client_version: String::new(),
+            dump_format: DumpFormat::Tar,
+            started_at: Utc.with_ymd_and_hms(2026, 11, 26, 10, minute, 0).unwrap(),
+            finished_at: Utc.with_ymd_and_hms(2026, 11, 26, 10, minute, 30).unwrap(),
+            files: Vec::new(),
+            tables: Vec::new(),
+            wal: Some(WalRange {
+                timeline: 1,
+                start_lsn: "0/1000000".into(),
+                end_lsn: end_lsn.into(),
+            }),
+            from_standby: false,
+        }
+    }
+
+    #[test]
+    fn the_newest_backup_before_the_target_is_chosen() {
+        let backups = [backup("a", 0, "0/2000100"), backup("b", 20, "0/5000100")];
+        let at = |m, s| Utc.with_ymd_and_hms(2026, 11, 26, 10, m, s).unwrap();
+        let newest = Some(("000000010000000000000009", Some(at(50, 0))));
+        assert_eq!(
+            choose(&backups, &Target::Time(at(10, 0)), newest)
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert_eq!(
+            choose(&backups, &Target::Time(at(30, 0)), newest)
+                .unwrap()
+                .id,
+            "b"
+        );
+        let err = choose(&backups, &Target::Time(at(0, 10)), newest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("older than the oldest backup")
+                && err.contains("WAL is archived up to 000000010000000000000009"),
+            "{err}"
+        );
+        let err = choose(&backups, &Target::Time(at(55, 0)), newest)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("after the newest archived WAL"), "{err}");
+        assert_eq!(
+            choose(&backups, &Target::Lsn("0/3000000".into()), newest)
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert_eq!(
+            choose(&backups, &Target::Lsn("0/6000000".into()), newest)
+                .unwrap()
+                .id,
+            "b"
+        );
+        assert!(choose(&backups, &Target::Lsn("0/FF000000".into()), newest).is_err());
+        assert_eq!(choose(&backups, &Target::Latest, newest).unwrap().id, "b");
+        assert!(
+            choose(&[], &Target::Latest, None)
+                .unwrap_err()
+                .to_string()
+                .contains("no physical backup")
+        );
+    }
+
+    #[test]
+    fn lsns_and_segments() {
+        assert_eq!(parse_lsn("0/3000060").unwrap(), 0x3000060);
+        assert_eq!(parse_lsn("1/0").unwrap(), 1 << 32);
+        assert!(parse_lsn("nope").is_err());
+        assert_eq!(segment_end("000000010000000000000003"), Some(0x4000000));
+    }
+}

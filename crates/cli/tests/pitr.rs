@@ -1,0 +1,203 @@
+//! Point-in-time recovery end to end: a server archiving through `pgops wal push`, a physical
+//! backup, batches committed over time, then restores to a time, an LSN and a restore point,
+//! each started as a real server that must hold exactly the batches before its target.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use pgops_testkit::{Archive, Cluster, ClusterOptions};
+
+fn pgops(args: &[&str], repo: &Path, url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(args)
+        .env("PGOPS_REPO", format!("file://{}", repo.display()))
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+struct Base(PathBuf);
+
+impl Drop for Base {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn q(cluster: &Cluster, expression: &str) -> String {
+    cluster
+        .query_text("postgres", expression)
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// Restores into a fresh data directory and starts it; returns the batches it holds.
+fn recover(repo: &Path, url: &str, target: &[&str]) -> Vec<i32> {
+    let cluster = Cluster::start_restored(ClusterOptions::default(), |data| {
+        let mut args = vec!["backup", "restore", "--to-dir", data.to_str().unwrap()];
+        args.extend_from_slice(target);
+        let out = pgops(&args, repo, url);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned().into())
+        }
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while q(&cluster, "pg_is_in_recovery()::text") != "false" {
+        assert!(
+            Instant::now() < deadline,
+            "recovery did not finish:\n{}",
+            cluster.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let batches = q(
+        &cluster,
+        "(SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM batches)",
+    );
+    batches
+        .split(',')
+        .filter(|b| !b.is_empty())
+        .map(|b| b.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batches() {
+    let base = std::env::temp_dir().join(format!("pgops-pitr-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let _cleanup = Base(base.clone());
+    // The server (as postgres) archives into it and this test (perhaps as root) stores base
+    // backups in it: both may write.
+    let repo = base.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let command = format!(
+        "{} wal push --repo file://{} %p",
+        env!("CARGO_BIN_EXE_pgops"),
+        repo.display()
+    );
+    let primary =
+        Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
+    let url = primary.url("postgres");
+    primary
+        .execute(
+            "postgres",
+            "CREATE TABLE batches (batch int, at timestamptz DEFAULT clock_timestamp())",
+        )
+        .unwrap();
+    ok(&pgops(
+        &["backup", "create", "--kind", "physical"],
+        &repo,
+        &url,
+    ));
+
+    let mut after = Vec::new();
+    for batch in 1..=4 {
+        primary
+            .execute(
+                "postgres",
+                &format!("INSERT INTO batches (batch) SELECT {batch} FROM generate_series(1, 100)"),
+            )
+            .unwrap();
+        let time = q(
+            &primary,
+            "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        );
+        let lsn = q(&primary, "pg_current_wal_lsn()::text");
+        after.push((time, lsn));
+        if batch == 3 {
+            ok(&pgops(&["backup", "restore-point", "after_3"], &repo, &url));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Archive everything written so far.
+    let last = q(&primary, "pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !repo.join(format!("wal/{last}.sha256.json")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the last segment was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    assert_eq!(
+        recover(&repo, &url, &["--target-time", &after[1].0]),
+        [1, 2],
+        "to the time after batch 2"
+    );
+    assert_eq!(
+        recover(&repo, &url, &["--target-lsn", &after[0].1]),
+        [1],
+        "to the LSN after batch 1"
+    );
+    assert_eq!(
+        recover(&repo, &url, &["--target-name", "after_3"]),
+        [1, 2, 3],
+        "to the restore point"
+    );
+    assert_eq!(
+        recover(&repo, &url, &["--latest"]),
+        [1, 2, 3, 4],
+        "to the end of the archive"
+    );
+
+    // Targets outside what the repository holds are refused with what is available.
+    let dir = base.join("refused");
+    let out = pgops(
+        &[
+            "backup",
+            "restore",
+            "--to-dir",
+            dir.to_str().unwrap(),
+            "--target-time",
+            "2001-01-01T00:00:00Z",
+        ],
+        &repo,
+        &url,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("older than the oldest backup") && stderr.contains("WAL is archived up to"),
+        "{stderr}"
+    );
+    let out = pgops(
+        &[
+            "backup",
+            "restore",
+            "--to-dir",
+            dir.to_str().unwrap(),
+            "--target-time",
+            "2999-01-01T00:00:00Z",
+        ],
+        &repo,
+        &url,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("after the newest archived WAL"));
+    assert!(
+        !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing laid out"
+    );
+}
