@@ -83,5 +83,32 @@ pub fn prune(
             }
         }
     }
+    // WAL older than the oldest kept physical backup can only serve deleted backups.
+    let oldest_kept = backups
+        .iter()
+        .filter(|(m, _)| decisions.iter().any(|d| d.keep && d.id == m.id))
+        .filter_map(|(m, _)| m.wal.as_ref())
+        .filter_map(|w| {
+            Some(wal::segment_name(
+                w.timeline,
+                physical::parse_lsn(&w.start_lsn).ok()?,
+            ))
+        })
+        .min_by_key(|name| wal::segment_number(name));
+    let mut decisions = decisions;
+    if let Some(oldest) = oldest_kept {
+        for name in wal::expendable(&wal::archived(store)?, &oldest) {
+            if !dry_run {
+                wal::delete(store, &name)?;
+            }
+            decisions.push(retention::Decision {
+                id: format!("wal/{name}"),
+                keep: false,
+                reasons: vec![format!(
+                    "WAL before {oldest}, the oldest kept physical backup's start"
+                )],
+            });
+        }
+    }
     Ok(decisions)
 }

@@ -606,6 +606,37 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
         }
     }
     drop(work);
+    if let Some(range) = &manifest.wal {
+        // A physical backup is only as good as the WAL after it: name every missing segment
+        // from its start to the newest archived one.
+        let first = crate::wal::segment_name(
+            range.timeline,
+            crate::physical::parse_lsn(&range.start_lsn)?,
+        );
+        let mut names: Vec<String> = crate::wal::archived(store)?
+            .into_iter()
+            .filter(|n| {
+                n.len() == 24 && crate::wal::segment_number(n) >= crate::wal::segment_number(&first)
+            })
+            .collect();
+        if !names.contains(&first) {
+            verification.problems.push(format!(
+                "WAL segment {first}, where the backup starts, is not archived"
+            ));
+            names.insert(0, first);
+        }
+        for gap in crate::wal::gaps(&names) {
+            verification
+                .problems
+                .push(format!("WAL segment {gap} is missing from the archive"));
+        }
+        if url.is_some() {
+            verification.problems.push("--restore of a physical backup: restore it with `pgops backup restore --to-dir DIR` and start a server on it".into());
+        }
+        verification.ok = verification.checksums_ok && verification.problems.is_empty();
+        record(store, &verification)?;
+        return Ok(verification);
+    }
     if let Some(url) = url {
         let scratch = format!("pgops_verify_{}", std::process::id());
         verification.restored = true;

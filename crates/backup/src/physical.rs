@@ -389,8 +389,11 @@ pub fn restore_to_dir(
         pgops.display(),
         quote(repo_url)
     );
+    // A backup taken from a standby carries its standby.signal and primary_conninfo: this is
+    // a recovery from the archive, not a new standby.
+    let _ = fs::remove_file(dir.join("standby.signal"));
     let mut settings = format!(
-        "\n# written by pgops backup restore from {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\n",
+        "\n# written by pgops backup restore from {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\nprimary_conninfo = ''\n",
         chosen.id,
         quote(&restore_command)
     );

@@ -254,6 +254,42 @@ pub fn archived(store: &dyn Store) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The name of the segment holding `lsn` on `timeline` (16 MB segments). Pure.
+pub fn segment_name(timeline: u32, lsn: u64) -> String {
+    format!("{timeline:08X}{:08X}{:08X}", lsn >> 32, (lsn >> 24) & 0xFF)
+}
+
+/// The segment number (log * 256 + segment) of a segment name, across timelines. Pure.
+pub fn segment_number(name: &str) -> Option<u64> {
+    if name.len() < 24 || !name[..24].chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    Some(log * 0x100 + seg)
+}
+
+/// Archived files no kept backup needs: segments (and `.backup`/`.partial` files) numbered
+/// below the oldest kept physical backup's first segment. History files are always kept.
+/// Pure.
+pub fn expendable(archived: &[String], oldest_needed: &str) -> Vec<String> {
+    let Some(floor) = segment_number(oldest_needed) else {
+        return Vec::new();
+    };
+    archived
+        .iter()
+        .filter(|n| !n.ends_with(".history"))
+        .filter(|n| segment_number(n).is_some_and(|s| s < floor))
+        .cloned()
+        .collect()
+}
+
+/// Deletes an archived file (its checksum object first, so it stops counting as archived).
+pub fn delete(store: &dyn Store, name: &str) -> Result<()> {
+    store.delete(&sum_key(name))?;
+    store.delete(&data_key(name))
+}
+
 /// Gaps in a sorted list of segment names of one timeline: the names missing between the
 /// first and the last (16 MB segments). Pure.
 pub fn gaps(names: &[String]) -> Vec<String> {
@@ -303,6 +339,30 @@ mod tests {
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn expendable_wal_is_below_the_oldest_needed_segment_and_never_history() {
+        let archived: Vec<String> = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000002.00000028.backup",
+            "00000002.history",
+            "000000020000000000000003",
+            "000000020000000000000004",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            expendable(&archived, &segment_name(2, 0x3000028)),
+            [
+                "000000010000000000000001",
+                "000000010000000000000002",
+                "000000010000000000000002.00000028.backup"
+            ]
+        );
+        assert_eq!(segment_name(1, 0x1_2300_0000), "000000010000000100000023");
     }
 
     #[test]

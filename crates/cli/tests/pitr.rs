@@ -201,3 +201,162 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
         "nothing laid out"
     );
 }
+
+#[test]
+fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_wal() {
+    let base = std::env::temp_dir().join(format!("pgops-pitr2-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let _cleanup = Base(base.clone());
+    let repo = base.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let command = format!(
+        "{} wal push --repo file://{} %p",
+        env!("CARGO_BIN_EXE_pgops"),
+        repo.display()
+    );
+    let primary =
+        Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
+    let url = primary.url("postgres");
+    let pgbench = primary.binaries().program("pgbench");
+    let port = primary.port().to_string();
+    let conn = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres"];
+    assert!(
+        Command::new(&pgbench)
+            .args(conn)
+            .args(["-i", "-s", "2", "-q", "postgres"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let replica = primary.create_replica().unwrap();
+
+    // A base backup taken from the standby while pgbench writes on the primary.
+    let load = Command::new(&pgbench)
+        .args(conn)
+        .args(["-n", "-c", "2", "-T", "4", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&ok(&pgops(
+        &["backup", "create", "--kind", "physical", "--json"],
+        &repo,
+        &replica.url("postgres"),
+    )))
+    .unwrap();
+    assert_eq!(manifest["from_standby"], true);
+    assert!(manifest["wal"]["end_lsn"].as_str().unwrap().contains('/'));
+    let first = manifest["id"].as_str().unwrap().to_owned();
+    let status = {
+        let mut load = load;
+        load.wait().unwrap()
+    };
+    assert!(status.success());
+    for _ in 0..3 {
+        primary.execute("postgres", "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())").unwrap();
+        q(&primary, "pg_switch_wal()::text");
+    }
+    let last = q(&primary, "pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !repo.join(format!("wal/{last}.sha256.json")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the last segment was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Restored to the end of the archive, the bank balances: every transfer's account
+    // update and history row came back together.
+    let restored = Cluster::start_restored(ClusterOptions::default(), |data| {
+        let out = pgops(
+            &[
+                "backup",
+                "restore",
+                "--to-dir",
+                data.to_str().unwrap(),
+                "--latest",
+            ],
+            &repo,
+            &url,
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned().into())
+        }
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while q(&restored, "pg_is_in_recovery()::text") != "false" {
+        assert!(
+            Instant::now() < deadline,
+            "recovery did not finish:\n{}",
+            restored.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        q(
+            &restored,
+            "((SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(delta) FROM pgbench_history))::text"
+        ),
+        "true"
+    );
+    drop(restored);
+
+    // Continuity from the backup's start: fine, then a segment goes missing and is named.
+    ok(&pgops(&["backup", "verify", &first], &repo, &url));
+    let segments: Vec<String> = std::fs::read_dir(repo.join("wal"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 + ".sha256.json".len() && n.ends_with(".sha256.json"))
+        .map(|n| n[..24].to_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let victim = &segments[segments.len() - 2];
+    let hidden = repo.join(format!("wal/{victim}.sha256.json.hidden"));
+    std::fs::rename(repo.join(format!("wal/{victim}.sha256.json")), &hidden).unwrap();
+    let out = pgops(&["backup", "verify", &first], &repo, &url);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("WAL segment {victim} is missing")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::rename(&hidden, repo.join(format!("wal/{victim}.sha256.json"))).unwrap();
+
+    // A second base backup; keeping only it drops the first and the WAL before it.
+    let second: serde_json::Value = serde_json::from_str(&ok(&pgops(
+        &["backup", "create", "--kind", "physical", "--json"],
+        &repo,
+        &url,
+    )))
+    .unwrap();
+    let before = segments.len();
+    let pruned = ok(&pgops(
+        &["backup", "prune", "--keep-last", "1"],
+        &repo,
+        &url,
+    ));
+    assert!(
+        pruned.contains(&first) && pruned.contains("wal/"),
+        "{pruned}"
+    );
+    let start = second["wal"]["start_lsn"].as_str().unwrap().to_owned();
+    let left = ok(&pgops(&["wal", "check"], &repo, &url));
+    assert!(!left.contains("missing"), "{left}");
+    assert!(
+        std::fs::read_dir(repo.join("wal")).unwrap().count() / 2 < before,
+        "WAL was pruned ({start})"
+    );
+    ok(&pgops(
+        &["backup", "verify", second["id"].as_str().unwrap()],
+        &repo,
+        &url,
+    ));
+}
