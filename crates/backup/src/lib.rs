@@ -14,6 +14,7 @@
 //! assert!(check.ok);
 //! ```
 
+pub mod drill;
 mod error;
 pub mod logical;
 pub mod manifest;

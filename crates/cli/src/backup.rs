@@ -94,6 +94,20 @@ pub enum Verb {
         #[arg(long)]
         replace: bool,
     },
+    /// A restore drill: point-in-time restore into a throwaway server on a free port, a probe
+    /// query, the time it took (RTO) and the point reached, recorded in the repository (exit 1
+    /// when it fails).
+    Drill {
+        /// Recover to this time (RFC 3339) [default: everything archived].
+        #[arg(long)]
+        target_time: Option<String>,
+        /// The probe query (one value).
+        #[arg(long, default_value = "SELECT count(*) FROM pg_database")]
+        probe: String,
+        /// The role to connect as on the restored server.
+        #[arg(long, default_value = "postgres")]
+        user: String,
+    },
     /// Create a named restore point on the server, a target for `restore --target-name`.
     RestorePoint {
         /// Its name.
@@ -180,6 +194,52 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 )?;
             }
             Ok(Exit::Ok)
+        }
+        Verb::Drill {
+            target_time,
+            probe,
+            user,
+        } => {
+            let target = match target_time {
+                Some(t) => pgops_backup::physical::Target::Time(
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map_err(|e| {
+                            Failure::usage(anyhow::anyhow!(
+                                "--target-time {t:?}: {e}; write it like 2026-11-26T10:15:00Z"
+                            ))
+                        })?
+                        .with_timezone(&chrono::Utc),
+                ),
+                None => pgops_backup::physical::Target::Latest,
+            };
+            let exe = std::env::current_exe()
+                .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))?;
+            let drill = pgops_backup::drill::run(&*store, repo_url, &exe, &target, probe, user)
+                .map_err(fail)?;
+            if args.json {
+                json(out, &drill)?;
+            } else if drill.ok {
+                emit(
+                    out,
+                    &format!(
+                        "drill ok: {} restored and answering in {:.1}s (RTO), last transaction replayed {}, probe answered {}\n",
+                        drill.backup,
+                        drill.rto_seconds,
+                        drill.reached.as_deref().unwrap_or("none"),
+                        drill.answer.as_deref().unwrap_or("")
+                    ),
+                )?;
+            } else {
+                emit(
+                    out,
+                    &format!(
+                        "drill FAILED after {:.1}s: {}\n",
+                        drill.rto_seconds,
+                        drill.error.as_deref().unwrap_or("")
+                    ),
+                )?;
+            }
+            Ok(if drill.ok { Exit::Ok } else { Exit::Problem })
         }
         Verb::RestorePoint { name } => {
             let lsn = pgops_backup::physical::restore_point(&url()?, name).map_err(fail)?;

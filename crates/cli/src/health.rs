@@ -57,6 +57,9 @@ pub enum Verb {
         /// Export the top N queries by total time from pg_stat_statements (0: none).
         #[arg(long, default_value_t = 0)]
         top_queries: usize,
+        /// Also report this backup repository (newest backups and drills).
+        #[arg(long, env = "PGOPS_REPO")]
+        repo: Option<String>,
     },
     /// Check the primary and replicas once: exit 0 healthy, 1 unhealthy, 2 primary unreachable.
     Check {
@@ -106,6 +109,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             collector_timeout,
             cache,
             top_queries,
+            repo,
         } => {
             options.scrape_deadline = *scrape_timeout;
             options.collector_timeout = *collector_timeout;
@@ -118,10 +122,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             let rt = runtime()?;
             rt.block_on(async {
                 let facade = pgops_health::install_recorder().map_err(Failure::problem)?;
-                let exporter = Arc::new(
-                    Exporter::new(primary.clone(), replicas, options, Some(facade))
-                        .map_err(Failure::usage)?,
-                );
+                let mut exporter = Exporter::new(primary.clone(), replicas, options, Some(facade))
+                    .map_err(Failure::usage)?;
+                if let Some(repo) = repo {
+                    exporter = exporter.with_repository(
+                        pgops_backup::repo::open(repo).map_err(Failure::usage)?,
+                    );
+                }
+                let exporter = Arc::new(exporter);
                 let listener = pgops_health::server::bind(*listen).await.map_err(Failure::usage)?;
                 let _ = writeln!(
                     out,

@@ -360,3 +360,104 @@ fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_
         &url,
     ));
 }
+
+#[test]
+fn a_drill_restores_into_a_throwaway_server_and_health_reports_it() {
+    let base = std::env::temp_dir().join(format!("pgops-drill-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let _cleanup = Base(base.clone());
+    let repo = base.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let command = format!(
+        "{} wal push --repo file://{} %p",
+        env!("CARGO_BIN_EXE_pgops"),
+        repo.display()
+    );
+    let primary =
+        Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
+    let url = primary.url("postgres");
+    ok(&pgops(
+        &["backup", "create", "--kind", "physical"],
+        &repo,
+        &url,
+    ));
+    primary
+        .execute(
+            "postgres",
+            "CREATE TABLE batches AS SELECT 7 AS batch FROM generate_series(1, 100)",
+        )
+        .unwrap();
+    let last = q(&primary, "pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !repo.join(format!("wal/{last}.sha256.json")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the last segment was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let drill: serde_json::Value = serde_json::from_str(&ok(&pgops(
+        &[
+            "backup",
+            "drill",
+            "--probe",
+            "SELECT count(*) FROM batches WHERE batch = 7",
+            "--json",
+        ],
+        &repo,
+        &url,
+    )))
+    .unwrap();
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert_eq!(drill["answer"], "100");
+    assert!(drill["rto_seconds"].as_f64().unwrap() > 0.0);
+    assert!(std::fs::read_dir(repo.join("drills")).unwrap().count() == 1);
+
+    // The health endpoint reports the newest backup and drill of the repository.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["health", "serve", "--listen", &listen])
+        .env("DATABASE_URL", &url)
+        .env("PGOPS_REPO", format!("file://{}", repo.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let mut stream = std::net::TcpStream::connect(&listen).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        format!("GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut metrics).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    for family in [
+        "pgops_backup_last_success_timestamp_seconds{kind=\"physical\"",
+        "pgops_backup_last_drill_timestamp_seconds{",
+        "pgops_backup_last_drill_duration_seconds{",
+        "pgops_backup_last_drill_success{",
+        "pgops_collector_success{collector=\"backup_repository\"",
+    ] {
+        assert!(metrics.contains(family), "{family} missing from\n{metrics}");
+    }
+    assert!(
+        metrics.contains("pgops_backup_last_drill_success{repository=")
+            && !metrics.contains("pgops_backup_last_drill_success{repository=\"file://") == false
+    );
+}

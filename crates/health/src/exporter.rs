@@ -208,6 +208,7 @@ pub struct Exporter {
     facade: Option<PrometheusHandle>,
     scrapes: AtomicU64,
     last_duration: Mutex<Option<(Duration, bool)>>,
+    repository: Option<Arc<dyn pgops_backup::repo::Store>>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -288,7 +289,15 @@ impl Exporter {
             facade,
             scrapes: AtomicU64::new(0),
             last_duration: Mutex::new(None),
+            repository: None,
         })
+    }
+
+    /// Also reports the backup repository: the newest backup per kind and the newest drill
+    /// (`pgops_backup_*`), read at most once per cache interval.
+    pub fn with_repository(mut self, store: Box<dyn pgops_backup::repo::Store>) -> Self {
+        self.repository = Some(Arc::from(store));
+        self
     }
 
     /// The options in force.
@@ -334,6 +343,7 @@ impl Exporter {
             }
         }
         outcomes.sort_by_key(|o| o.index);
+        let repository = self.repository_text(deadline).await;
         let mut families = Vec::new();
         let mut rendered: Vec<Arc<str>> = Vec::new();
         let mut stats = Vec::new();
@@ -362,6 +372,10 @@ impl Exporter {
             families.extend(outcome.families);
             stats.extend(outcome.stats);
             rendered.extend(outcome.rendered);
+        }
+        if let Some((text, stat)) = repository {
+            rendered.extend(text);
+            stats.extend(stat);
         }
         let duration = started.elapsed();
         let scrapes = self.scrapes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -425,6 +439,51 @@ impl Exporter {
             up,
             duration,
         }
+    }
+
+    /// The repository's families, rendered (cached), and the collector's outcome when it ran.
+    async fn repository_text(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Option<(Option<Arc<str>>, Option<CollectorStat>)> {
+        let store = self.repository.clone()?;
+        const NAME: &str = "backup_repository";
+        if let Some(text) = self.cached_for(usize::MAX).remove(NAME) {
+            return Some((Some(text), None));
+        }
+        let began = Instant::now();
+        let url = store.url().to_owned();
+        let result = timeout_at(
+            deadline,
+            tokio::task::spawn_blocking(move || crate::collectors::repository(&*store)),
+        )
+        .await;
+        let (text, ok) = match result {
+            Ok(Ok(Ok(families))) => {
+                let mut text = String::new();
+                text::render(&families, &mut text);
+                let text: Arc<str> = Arc::from(text);
+                self.cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert((usize::MAX, NAME), (Instant::now(), text.clone()));
+                (Some(text), true)
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(repository = %url, error = %e, "reading the backup repository failed");
+                (None, false)
+            }
+            _ => (None, false),
+        };
+        Some((
+            text,
+            Some(CollectorStat {
+                name: NAME,
+                server: url,
+                seconds: began.elapsed().as_secs_f64(),
+                ok,
+            }),
+        ))
     }
 
     fn cached_for(&self, index: usize) -> HashMap<&'static str, Arc<str>> {
