@@ -456,8 +456,12 @@ fn a_drill_restores_into_a_throwaway_server_and_health_reports_it() {
     ] {
         assert!(metrics.contains(family), "{family} missing from\n{metrics}");
     }
+    let success = format!(
+        "pgops_backup_last_drill_success{{repository=\"file://{}\"}} 1",
+        repo.display()
+    );
     assert!(
-        metrics.contains("pgops_backup_last_drill_success{repository=")
-            && !metrics.contains("pgops_backup_last_drill_success{repository=\"file://") == false
+        metrics.contains(&success),
+        "{success} missing from\n{metrics}"
     );
 }
