@@ -109,6 +109,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
             anchor_bytes
         );
     }
+    drop(cluster);
+    let physical = physical(plan)?;
     Ok(Report {
         suite: "backup".into(),
         comparisons: vec![
@@ -128,7 +130,210 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 &anchor_tool,
                 false,
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(physical)
+        .collect(),
         measurements: Vec::new(),
     })
+}
+
+/// Runs `pgbackrest` as the server's OS user with `config`.
+fn pgbackrest(config: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "pgbackrest"]);
+        c
+    } else {
+        Command::new("pgbackrest")
+    };
+    let out = cmd
+        .arg(format!("--config={}", config.display()))
+        .args(args)
+        .output()
+        .context("running pgbackrest (apt-get install pgbackrest)")?;
+    ensure!(
+        out.status.success(),
+        "pgbackrest {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The physical comparisons: pgops against pgBackRest (zstd, process-max 2) for backup and
+/// restore, and raw `pg_basebackup` as the floor; all on the same cluster, alternating.
+pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
+    let cluster = Cluster::start(ClusterOptions::default()).context("starting a cluster")?;
+    eprintln!("pgbench -i -s {} (physical) ...", plan.scale);
+    pgbench(
+        &cluster,
+        "postgres",
+        &["-i", "-q", "-s", &plan.scale.to_string()],
+    )?;
+    // A directory the server's user can use too (pgBackRest runs as that user).
+    let dir = tempfile::Builder::new()
+        .prefix("pgops-bench-physical-")
+        .tempdir()?;
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )?;
+    let config = dir.path().join("pgbackrest.conf");
+    let repo_path = dir.path().join("pgbackrest-repo");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nrepo1-path={}\ncompress-type=zst\ncompress-level=3\nprocess-max=2\nstart-fast=y\narchive-check=n\n\
+             log-level-console=warn\nlog-level-file=off\nlock-path={}/lock\nspool-path={}/spool\n\n\
+             [bench]\npg1-path={}\npg1-port={}\npg1-socket-path={}\npg1-user={SUPERUSER}\n",
+            repo_path.display(),
+            dir.path().display(),
+            dir.path().display(),
+            cluster.data_dir().display(),
+            cluster.port(),
+            cluster.socket_dir().display()
+        ),
+    )?;
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    pgbackrest(&config, &["--stanza=bench", "stanza-create"])?;
+    let store = repo::open(&format!("file://{}/pgops-repo", dir.path().display()))?;
+    let url = DatabaseUrl::parse(&cluster.url("postgres"))?;
+    let pg_basebackup = cluster.binaries().program("pg_basebackup");
+    let exe = std::env::current_exe()?;
+    let (mut ours_b, mut anchor_b, mut floor_b) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_r, mut anchor_r) = (Vec::new(), Vec::new());
+    for round in 0..plan.rounds {
+        let pgops_first = round % 2 == 0;
+        for side in [pgops_first, !pgops_first] {
+            if side {
+                let t = Instant::now();
+                logical_free_physical(&*store, &url)?;
+                ours_b.push(t.elapsed().as_secs_f64());
+                let target = dir.path().join("pgops-restore");
+                let _ = std::fs::remove_dir_all(&target);
+                let t = Instant::now();
+                pgops_backup::physical::restore_to_dir(
+                    &*store,
+                    store.url(),
+                    &exe,
+                    &pgops_backup::physical::Target::Latest,
+                    true,
+                    &target,
+                )?;
+                ours_r.push(t.elapsed().as_secs_f64());
+                std::fs::remove_dir_all(&target)?;
+                pgops_backup::prune(
+                    &*store,
+                    pgops_backup::retention::Policy {
+                        keep_last: 1,
+                        ..Default::default()
+                    },
+                    false,
+                )?;
+            } else {
+                let t = Instant::now();
+                pgbackrest(&config, &["--stanza=bench", "--type=full", "backup"])?;
+                anchor_b.push(t.elapsed().as_secs_f64());
+                let target = dir.path().join("pgbackrest-restore");
+                let _ = std::fs::remove_dir_all(&target);
+                std::fs::create_dir(&target)?;
+                std::fs::set_permissions(
+                    &target,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )?;
+                if nix::unistd::geteuid().is_root() {
+                    let user =
+                        nix::unistd::User::from_name("postgres")?.context("no postgres OS user")?;
+                    nix::unistd::chown(&target, Some(user.uid), Some(user.gid))?;
+                }
+                let t = Instant::now();
+                pgbackrest(
+                    &config,
+                    &[
+                        "--stanza=bench",
+                        &format!("--pg1-path={}", target.display()),
+                        "restore",
+                    ],
+                )?;
+                anchor_r.push(t.elapsed().as_secs_f64());
+                std::fs::remove_dir_all(&target)?;
+                pgbackrest(
+                    &config,
+                    &["--stanza=bench", "--repo1-retention-full=1", "expire"],
+                )?;
+            }
+        }
+        let floor_dir = dir.path().join("floor");
+        let _ = std::fs::remove_dir_all(&floor_dir);
+        let port = cluster.port().to_string();
+        let t = Instant::now();
+        let out = Command::new(&pg_basebackup)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                SUPERUSER,
+                "--format=tar",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--compress=server-zstd:level=3",
+                "-D",
+            ])
+            .arg(&floor_dir)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        floor_b.push(t.elapsed().as_secs_f64());
+        eprintln!(
+            "round {}: backup pgops {:.2} s, pgbackrest {:.2} s, pg_basebackup {:.2} s; restore pgops {:.2} s, pgbackrest {:.2} s",
+            round + 1,
+            ours_b[round],
+            anchor_b[round],
+            floor_b[round],
+            ours_r[round],
+            anchor_r[round]
+        );
+    }
+    let backrest = format!(
+        "pgbackrest --type=full backup (pgBackRest 2.45, compress-type=zst level 3, process-max=2, start-fast; pgbench scale {})",
+        plan.scale
+    );
+    Ok(vec![
+        Comparison::from_rounds(
+            "physical_backup_seconds",
+            "seconds",
+            &ours_b,
+            &anchor_b,
+            &backrest,
+            false,
+        ),
+        Comparison::from_rounds(
+            "restore_seconds",
+            "seconds",
+            &ours_r,
+            &anchor_r,
+            "pgbackrest restore into an empty directory (same settings)",
+            false,
+        ),
+        Comparison::from_rounds(
+            "physical_backup_vs_pg_basebackup",
+            "seconds",
+            &ours_b,
+            &floor_b,
+            "pg_basebackup -Ft -X stream --checkpoint=fast --compress=server-zstd:level=3 (the floor: no checksums, no repository)",
+            false,
+        ),
+    ])
+}
+
+fn logical_free_physical(store: &dyn repo::Store, url: &DatabaseUrl) -> anyhow::Result<()> {
+    pgops_backup::physical::create(store, url, &mut logical::Quiet)?;
+    Ok(())
 }
