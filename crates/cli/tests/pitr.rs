@@ -111,7 +111,7 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
         &url,
     ));
 
-    let mut after = Vec::new();
+    let mut after: Vec<(String, String, String)> = Vec::new();
     for batch in 1..=4 {
         primary
             .execute(
@@ -124,7 +124,11 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
             "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
         );
         let lsn = q(&primary, "pg_current_wal_lsn()::text");
-        after.push((time, lsn));
+        let xid = q(
+            &primary,
+            &format!("(SELECT xmin::text FROM batches WHERE batch = {batch} LIMIT 1)"),
+        );
+        after.push((time, lsn, xid));
         if batch == 3 {
             ok(&pgops(&["backup", "restore-point", "after_3"], &repo, &url));
         }
@@ -141,15 +145,26 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Every batch boundary, by time and by LSN: exactly the earlier batches each time.
+    for (k, (time, lsn, _)) in after.iter().enumerate().take(3) {
+        let expected: Vec<i32> = (1..=(k as i32 + 1)).collect();
+        assert_eq!(
+            recover(&repo, &url, &["--target-time", time]),
+            expected,
+            "to the time after batch {}",
+            k + 1
+        );
+        assert_eq!(
+            recover(&repo, &url, &["--target-lsn", lsn]),
+            expected,
+            "to the LSN after batch {}",
+            k + 1
+        );
+    }
     assert_eq!(
-        recover(&repo, &url, &["--target-time", &after[1].0]),
+        recover(&repo, &url, &["--target-xid", &after[1].2]),
         [1, 2],
-        "to the time after batch 2"
-    );
-    assert_eq!(
-        recover(&repo, &url, &["--target-lsn", &after[0].1]),
-        [1],
-        "to the LSN after batch 1"
+        "through batch 2's transaction"
     );
     assert_eq!(
         recover(&repo, &url, &["--target-name", "after_3"]),
