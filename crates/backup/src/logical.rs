@@ -630,6 +630,19 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
                 .problems
                 .push(format!("WAL segment {gap} is missing from the archive"));
         }
+        // Every segment recovery would read must also be intact.
+        let scratch = tempfile::Builder::new()
+            .prefix("pgops-verify-wal-")
+            .tempdir()
+            .map_err(Error::io("creating a work directory"))?;
+        for name in names
+            .iter()
+            .filter(|n| crate::wal::segment_number(n).is_some())
+        {
+            if let Err(e) = crate::wal::fetch(store, name, &scratch.path().join("segment")) {
+                verification.problems.push(e.to_string());
+            }
+        }
         if url.is_some() {
             verification.problems.push("--restore of a physical backup: restore it with `pgops backup restore --to-dir DIR` and start a server on it".into());
         }

@@ -344,6 +344,21 @@ fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_
         String::from_utf8_lossy(&out.stdout)
     );
     std::fs::rename(&hidden, repo.join(format!("wal/{victim}.sha256.json"))).unwrap();
+    // A flipped byte in a stored segment is named too.
+    let stored = repo.join(format!("wal/{victim}.zst"));
+    let original = std::fs::read(&stored).unwrap();
+    let mut bytes = original.clone();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&stored, bytes).unwrap();
+    let out = pgops(&["backup", "verify", &first], &repo, &url);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("wal/{victim}.zst is corrupt")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(&stored, original).unwrap();
 
     // A second base backup; keeping only it drops the first and the WAL before it.
     let second: serde_json::Value = serde_json::from_str(&ok(&pgops(
