@@ -16,6 +16,7 @@
 
 pub mod drill;
 mod error;
+mod files;
 pub mod logical;
 pub mod manifest;
 pub mod physical;

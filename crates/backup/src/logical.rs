@@ -2,9 +2,9 @@
 //! are the dump's), compressed with zstd and hashed while it streams; restore and verify.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{BufReader, BufWriter, Read, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::Stdio,
     time::Instant,
@@ -14,10 +14,11 @@ use chrono::Utc;
 use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection as _};
 use pgops_pool::DatabaseUrl;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::{
     Error, Result,
+    files::{self, Hashing},
     manifest::{self, DumpFormat, FileEntry, Kind, Manifest, TableRows, Verification},
     programs,
     repo::Store,
@@ -62,25 +63,6 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
     })
 }
 
-/// A writer that hashes and counts what passes through.
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Compresses `input` into `out_path` (0600), returning (raw bytes, stored bytes, sha256).
 fn compress(
     mut input: impl Read,
@@ -89,17 +71,8 @@ fn compress(
     progress: &mut dyn Progress,
     done_before: (u64, u64),
 ) -> std::io::Result<(u64, u64, String)> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(out_path)?;
-    let hashing = Hashing {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hash: Sha256::new(),
-        bytes: 0,
-    };
+    let file = files::private_file(out_path)?;
+    let hashing = Hashing::new(BufWriter::with_capacity(1 << 20, file));
     let mut encoder = zstd::stream::write::Encoder::new(hashing, level)?;
     // zstd's own worker threads: compression keeps up with pg_dump on two cores.
     let _ = encoder.multithread(2);
@@ -429,22 +402,7 @@ pub fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path) -> Res
             &format!("{}{}", manifest::prefix(&manifest.id), file.path),
             &local,
         )?;
-        let mut input =
-            File::open(&local).map_err(Error::io(format!("reading {}", local.display())))?;
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut bytes = 0u64;
-        loop {
-            let n = input
-                .read(&mut buf)
-                .map_err(Error::io(format!("reading {}", local.display())))?;
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            bytes += n as u64;
-        }
-        let sha = hex::encode(hash.finalize());
+        let (bytes, sha) = files::sha_of(&local)?;
         if bytes != file.bytes || sha != file.sha256 {
             return Err(Error::Corrupt {
                 id: manifest.id.clone(),
@@ -520,7 +478,7 @@ pub fn restore(
         let source = match manifest.dump_format {
             DumpFormat::Custom => {
                 let out = work.path().join("dump");
-                decompress(&work.path().join("data/dump.zst"), &out)?;
+                files::decompress(&work.path().join("data/dump.zst"), &out)?;
                 out
             }
             DumpFormat::Tar => {
@@ -539,7 +497,7 @@ pub fn restore(
                         .path
                         .trim_start_matches("data/")
                         .trim_end_matches(".zst");
-                    decompress(&work.path().join(&file.path), &out.join(name))?;
+                    files::decompress(&work.path().join(&file.path), &out.join(name))?;
                 }
                 out
             }
@@ -561,22 +519,6 @@ pub fn restore(
         return Err(e);
     }
     Ok(started.elapsed().as_secs_f64())
-}
-
-pub(crate) fn decompress(from: &Path, to: &Path) -> Result<()> {
-    let input = File::open(from).map_err(Error::io(format!("reading {}", from.display())))?;
-    let mut decoder = zstd::stream::read::Decoder::new(input)
-        .map_err(Error::io(format!("decompressing {}", from.display())))?;
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(to)
-        .map_err(Error::io(format!("creating {}", to.display())))?;
-    std::io::copy(&mut decoder, &mut out)
-        .map(|_| ())
-        .map_err(Error::io(format!("decompressing {}", from.display())))
 }
 
 /// Checks every checksum; with `restore`, also restores into a throwaway database on the

@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection as _;
 use pgops_pool::DatabaseUrl;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{
     Error, Result,
+    files::sha_of,
     logical::{Progress, Staging, connect, fetch_verified, new_id},
     manifest::{self, DumpFormat, FileEntry, Kind, Manifest, WalRange},
     programs,
@@ -161,24 +161,6 @@ pub fn create(
     store.put_bytes(&manifest::manifest_key(&id), &json)?;
     staging.finish();
     Ok(manifest)
-}
-
-fn sha_of(path: &Path) -> Result<(u64, String)> {
-    let mut input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0;
-    loop {
-        let n = input
-            .read(&mut buf)
-            .map_err(Error::io(format!("reading {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    Ok((bytes, hex::encode(hash.finalize())))
 }
 
 /// Where recovery stops.

@@ -3,9 +3,9 @@
 //! all; a backup exists only once its manifest is written, after its data.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{Read, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -113,12 +113,7 @@ impl LocalStore {
             std::process::id()
         ));
         let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut file = crate::files::private_file(&tmp)?;
             fill(&mut file)?;
             file.sync_all()?;
             fs::rename(&tmp, &target)?;
@@ -164,12 +159,7 @@ impl Store for LocalStore {
         let source = self.path(key);
         let mut input =
             File::open(&source).map_err(Error::io(format!("opening {}", source.display())))?;
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(local)
+        let mut out = crate::files::private_file(local)
             .map_err(Error::io(format!("creating {}", local.display())))?;
         std::io::copy(&mut input, &mut out)
             .map(|_| ())
@@ -369,12 +359,7 @@ impl Store for S3Store {
                 .get(&location)
                 .await
                 .map_err(Error::storage(format!("reading {key}")))?;
-            let mut out = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(local)
+            let mut out = crate::files::private_file(local)
                 .map_err(Error::io(format!("creating {}", local.display())))?;
             let mut stream = got.into_stream();
             use futures_util::StreamExt as _;

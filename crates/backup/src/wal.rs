@@ -3,16 +3,17 @@
 //! once its checksum object is written (after its data); history is never overwritten.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{Read, Write},
-    os::unix::fs::OpenOptionsExt,
+    fs::{self, File},
     path::Path,
 };
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::{Error, Result, repo::Store};
+use crate::{
+    Error, Result,
+    files::{decompress, private_file, sha_of},
+    repo::Store,
+};
 
 /// What `push` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,24 +71,6 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn sha_of(path: &Path) -> Result<(u64, String)> {
-    let mut input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = input
-            .read(&mut buf)
-            .map_err(Error::io(format!("reading {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    Ok((bytes, hex::encode(hash.finalize())))
-}
-
 /// Archives the file at `path` (what PostgreSQL passes as `%p`).
 pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
     let name = path
@@ -123,12 +106,7 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
     let compressed = staging.path().join(format!("{name}.zst"));
     {
         let input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
-        let out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&compressed)
+        let out = private_file(&compressed)
             .map_err(Error::io(format!("creating {}", compressed.display())))?;
         let mut encoder =
             zstd::stream::write::Encoder::new(out, 3).map_err(Error::io("starting zstd"))?;
@@ -193,23 +171,7 @@ pub fn fetch(store: &dyn Store, name: &str, dest: &Path) -> Result<bool> {
         });
     }
     let raw = work.path().join("segment");
-    {
-        let input = File::open(&compressed).map_err(Error::io("reading the segment"))?;
-        let mut decoder = zstd::stream::read::Decoder::new(input)
-            .map_err(Error::io("decompressing the segment"))?;
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&raw)
-            .map_err(Error::io("writing the segment"))?;
-        std::io::copy(&mut decoder, &mut out)
-            .map_err(Error::io(format!("decompressing {name}")))?;
-        out.flush().map_err(Error::io("writing the segment"))?;
-        out.sync_all().map_err(Error::io("syncing the segment"))?;
-    }
-    let (raw_bytes, raw_sha256) = sha_of(&raw)?;
+    let (raw_bytes, raw_sha256) = decompress(&compressed, &raw)?;
     if raw_bytes != sum.raw_bytes || raw_sha256 != sum.raw_sha256 {
         return Err(Error::Corrupt {
             id: "wal".into(),
