@@ -40,6 +40,52 @@ impl Drop for Base {
     }
 }
 
+/// A primary archiving through `pgops wal push` into `repo`, under a directory removed on
+/// drop. The server (as postgres) archives into the repository and the tests (perhaps as
+/// root) store base backups in it: both may write.
+struct Archiving {
+    _base: Base,
+    repo: PathBuf,
+    primary: Cluster,
+    url: String,
+}
+
+fn archiving(name: &str) -> Archiving {
+    let base = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let repo = base.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let command = format!(
+        "{} wal push --repo file://{} %p",
+        env!("CARGO_BIN_EXE_pgops"),
+        repo.display()
+    );
+    let primary =
+        Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
+    let url = primary.url("postgres");
+    Archiving {
+        _base: Base(base),
+        repo,
+        primary,
+        url,
+    }
+}
+
+/// Switches to a new WAL segment and waits until the one just finished is archived.
+fn archive_all(primary: &Cluster, repo: &Path) {
+    let last = q(primary, "pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !repo.join(format!("wal/{last}.sha256.json")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the last segment was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn q(cluster: &Cluster, expression: &str) -> String {
     cluster
         .query_text("postgres", expression)
@@ -48,7 +94,9 @@ fn q(cluster: &Cluster, expression: &str) -> String {
 }
 
 /// Restores into a fresh data directory and starts it; returns the batches it holds.
-fn recover(repo: &Path, url: &str, target: &[&str]) -> Vec<i32> {
+/// Lays out a restore to `target` in a fresh data directory, starts it, and waits until
+/// recovery has ended and the server was promoted.
+fn restored(repo: &Path, url: &str, target: &[&str]) -> Cluster {
     let cluster = Cluster::start_restored(ClusterOptions::default(), |data| {
         let mut args = vec!["backup", "restore", "--to-dir", data.to_str().unwrap()];
         args.extend_from_slice(target);
@@ -69,6 +117,12 @@ fn recover(repo: &Path, url: &str, target: &[&str]) -> Vec<i32> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    cluster
+}
+
+/// The batches a restore to `target` holds.
+fn recover(repo: &Path, url: &str, target: &[&str]) -> Vec<i32> {
+    let cluster = restored(repo, url, target);
     let batches = q(
         &cluster,
         "(SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM batches)",
@@ -82,23 +136,12 @@ fn recover(repo: &Path, url: &str, target: &[&str]) -> Vec<i32> {
 
 #[test]
 fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batches() {
-    let base = std::env::temp_dir().join(format!("pgops-pitr-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let _cleanup = Base(base.clone());
-    // The server (as postgres) archives into it and this test (perhaps as root) stores base
-    // backups in it: both may write.
-    let repo = base.join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let command = format!(
-        "{} wal push --repo file://{} %p",
-        env!("CARGO_BIN_EXE_pgops"),
-        repo.display()
-    );
-    let primary =
-        Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
-    let url = primary.url("postgres");
+    let Archiving {
+        _base,
+        repo,
+        primary,
+        url,
+    } = archiving("pgops-pitr");
     primary
         .execute(
             "postgres",
@@ -135,15 +178,7 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
         std::thread::sleep(Duration::from_millis(300));
     }
     // Archive everything written so far.
-    let last = q(&primary, "pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !repo.join(format!("wal/{last}.sha256.json")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the last segment was not archived"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    archive_all(&primary, &repo);
 
     // Every batch boundary, by time and by LSN: exactly the earlier batches each time.
     for (k, (time, lsn, _)) in after.iter().enumerate().take(3) {
@@ -178,7 +213,7 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
     );
 
     // Targets outside what the repository holds are refused with what is available.
-    let dir = base.join("refused");
+    let dir = repo.with_file_name("refused");
     let out = pgops(
         &[
             "backup",
@@ -219,21 +254,12 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
 
 #[test]
 fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_wal() {
-    let base = std::env::temp_dir().join(format!("pgops-pitr2-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let _cleanup = Base(base.clone());
-    let repo = base.join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let command = format!(
-        "{} wal push --repo file://{} %p",
-        env!("CARGO_BIN_EXE_pgops"),
-        repo.display()
-    );
-    let primary =
-        Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
-    let url = primary.url("postgres");
+    let Archiving {
+        _base,
+        repo,
+        primary,
+        url,
+    } = archiving("pgops-pitr2");
     let pgbench = primary.binaries().program("pgbench");
     let port = primary.port().to_string();
     let conn = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres"];
@@ -273,46 +299,11 @@ fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_
         primary.execute("postgres", "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())").unwrap();
         q(&primary, "pg_switch_wal()::text");
     }
-    let last = q(&primary, "pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !repo.join(format!("wal/{last}.sha256.json")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the last segment was not archived"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    archive_all(&primary, &repo);
 
     // Restored to the end of the archive, the bank balances: every transfer's account
     // update and history row came back together.
-    let restored = Cluster::start_restored(ClusterOptions::default(), |data| {
-        let out = pgops(
-            &[
-                "backup",
-                "restore",
-                "--to-dir",
-                data.to_str().unwrap(),
-                "--latest",
-            ],
-            &repo,
-            &url,
-        );
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned().into())
-        }
-    })
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while q(&restored, "pg_is_in_recovery()::text") != "false" {
-        assert!(
-            Instant::now() < deadline,
-            "recovery did not finish:\n{}",
-            restored.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let restored = restored(&repo, &url, &["--latest"]);
     assert_eq!(
         q(
             &restored,
@@ -393,21 +384,12 @@ fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_
 
 #[test]
 fn a_drill_restores_into_a_throwaway_server_and_health_reports_it() {
-    let base = std::env::temp_dir().join(format!("pgops-drill-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let _cleanup = Base(base.clone());
-    let repo = base.join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let command = format!(
-        "{} wal push --repo file://{} %p",
-        env!("CARGO_BIN_EXE_pgops"),
-        repo.display()
-    );
-    let primary =
-        Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
-    let url = primary.url("postgres");
+    let Archiving {
+        _base,
+        repo,
+        primary,
+        url,
+    } = archiving("pgops-drill");
     ok(&pgops(
         &["backup", "create", "--kind", "physical"],
         &repo,
@@ -419,15 +401,7 @@ fn a_drill_restores_into_a_throwaway_server_and_health_reports_it() {
             "CREATE TABLE batches AS SELECT 7 AS batch FROM generate_series(1, 100)",
         )
         .unwrap();
-    let last = q(&primary, "pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !repo.join(format!("wal/{last}.sha256.json")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the last segment was not archived"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    archive_all(&primary, &repo);
 
     let drill: serde_json::Value = serde_json::from_str(&ok(&pgops(
         &[
