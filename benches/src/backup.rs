@@ -75,14 +75,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 )?;
                 ours.push(t.elapsed().as_secs_f64());
                 ours_bytes = manifest.bytes();
-                pgops_backup::prune(
-                    &*store,
-                    pgops_backup::retention::Policy {
-                        keep_last: 1,
-                        ..Default::default()
-                    },
-                    false,
-                )?;
+                keep_newest(&*store)?;
             } else {
                 let t = Instant::now();
                 let out = Command::new(&pg_dump)
@@ -209,7 +202,7 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
         for side in [pgops_first, !pgops_first] {
             if side {
                 let t = Instant::now();
-                logical_free_physical(&*store, &url)?;
+                pgops_backup::physical::create(&*store, &url, &mut logical::Quiet)?;
                 ours_b.push(t.elapsed().as_secs_f64());
                 let target = dir.path().join("pgops-restore");
                 let _ = std::fs::remove_dir_all(&target);
@@ -224,14 +217,7 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
                 )?;
                 ours_r.push(t.elapsed().as_secs_f64());
                 std::fs::remove_dir_all(&target)?;
-                pgops_backup::prune(
-                    &*store,
-                    pgops_backup::retention::Policy {
-                        keep_last: 1,
-                        ..Default::default()
-                    },
-                    false,
-                )?;
+                keep_newest(&*store)?;
             } else {
                 let t = Instant::now();
                 pgbackrest(&config, &["--stanza=bench", "--type=full", "backup"])?;
@@ -333,7 +319,12 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
     ])
 }
 
-fn logical_free_physical(store: &dyn repo::Store, url: &DatabaseUrl) -> anyhow::Result<()> {
-    pgops_backup::physical::create(store, url, &mut logical::Quiet)?;
+/// Deletes every backup but the newest, so rounds do not fill the disk.
+fn keep_newest(store: &dyn repo::Store) -> anyhow::Result<()> {
+    let policy = pgops_backup::retention::Policy {
+        keep_last: 1,
+        ..Default::default()
+    };
+    pgops_backup::prune(store, policy, false)?;
     Ok(())
 }

@@ -136,7 +136,7 @@ fn fail(error: pgops_backup::Error) -> Failure {
         E::Corrupt { .. } | E::Program { .. } | E::Storage { .. } | E::Io { .. } => {
             Failure::problem(error)
         }
-        E::Database { .. } => Failure::usage(error),
+        // Bad input, a repository or server that cannot be reached.
         _ => Failure::usage(error),
     }
 }
@@ -163,12 +163,19 @@ fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), Failur
     emit(out, &format!("{text}\n"))
 }
 
+/// The repository from `--repo` or `PGOPS_REPO`, opened; shared with `pgops wal`.
+pub(crate) fn repository(url: Option<&str>) -> Result<(&str, Box<dyn repo::Store>), Failure> {
+    let url = url.ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "no repository; pass --repo file:///var/backups/pgops (or s3://bucket/prefix) or set PGOPS_REPO"
+        ))
+    })?;
+    Ok((url, repo::open(url).map_err(fail)?))
+}
+
 /// Runs one `pgops backup` command.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
-    let repo_url = args.repo.as_deref().ok_or_else(|| {
-        Failure::usage(anyhow::anyhow!("no repository; pass --repo file:///var/backups/pgops (or s3://bucket/prefix) or set PGOPS_REPO"))
-    })?;
-    let store = repo::open(repo_url).map_err(fail)?;
+    let (repo_url, store) = repository(args.repo.as_deref())?;
     let url = || database_url(args.database_url.as_deref());
     match &args.verb {
         Verb::Create { kind, .. } if kind == "physical" => {

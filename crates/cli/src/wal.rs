@@ -4,7 +4,7 @@
 use std::{io::Write, path::PathBuf};
 
 use diesel::{RunQueryDsl, connection::SimpleConnection as _};
-use pgops_backup::{repo, wal};
+use pgops_backup::wal;
 use serde::Deserialize;
 
 use crate::{
@@ -60,23 +60,17 @@ fn quote(s: &str) -> String {
 
 /// Runs one `pgops wal` command.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
-    let repo_url = args.repo.as_deref().ok_or_else(|| {
-        Failure::usage(anyhow::anyhow!("no repository; pass --repo file:///var/backups/pgops (or s3://bucket/prefix) or set PGOPS_REPO"))
-    })?;
+    let (repo_url, store) = crate::backup::repository(args.repo.as_deref())?;
     match &args.verb {
-        Verb::Push { path } => {
-            let store = repo::open(repo_url).map_err(Failure::usage)?;
-            match wal::push(&*store, path) {
-                Ok(wal::Pushed::Stored) => Ok(Exit::Ok),
-                Ok(wal::Pushed::AlreadyArchived) => {
-                    tracing::info!(file = %path.display(), "already archived with the same content");
-                    Ok(Exit::Ok)
-                }
-                Err(e) => Err(Failure::problem(e)),
+        Verb::Push { path } => match wal::push(&*store, path) {
+            Ok(wal::Pushed::Stored) => Ok(Exit::Ok),
+            Ok(wal::Pushed::AlreadyArchived) => {
+                tracing::info!(file = %path.display(), "already archived with the same content");
+                Ok(Exit::Ok)
             }
-        }
+            Err(e) => Err(Failure::problem(e)),
+        },
         Verb::Fetch { name, path } => {
-            let store = repo::open(repo_url).map_err(Failure::usage)?;
             match wal::fetch(&*store, name, path) {
                 Ok(true) => Ok(Exit::Ok),
                 // PostgreSQL asks for files that may not exist (the next timeline's history,
@@ -86,7 +80,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             }
         }
         Verb::Check => {
-            let store = repo::open(repo_url).map_err(Failure::usage)?;
             let names = wal::archived(&*store).map_err(Failure::problem)?;
             let gaps = wal::gaps(&names);
             let segments: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
@@ -107,7 +100,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             })
         }
         Verb::Setup { apply } => {
-            repo::open(repo_url).map_err(Failure::usage)?;
             let exe = std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "pgops".into());
