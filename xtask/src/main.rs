@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod dev;
 mod migrate;
 mod seed;
 
@@ -17,6 +18,10 @@ enum Task {
     /// Everything CI checks: formatting, clippy, the test suite, the migration round trip on a
     /// fresh cluster, and that no PostgreSQL process or directory is left behind.
     Ci(ci::Args),
+    /// The local stack: a primary and a streaming replica under target/pgops-dev, archiving
+    /// WAL, migrated, seeded, backed up, with the health endpoint on 127.0.0.1:9187, until
+    /// Ctrl-C.
+    Dev(dev::Args),
     /// `pgops migrate` against DATABASE_URL, with this repository's migrations/ by default.
     Migrate(migrate::Args),
     /// Load a sample dataset into DATABASE_URL (never when PGOPS_ENV=production).
@@ -26,8 +31,17 @@ enum Task {
 }
 
 fn main() -> ExitCode {
+    // Installed as `bin/pgops` by `cargo xtask dev`, this binary is the pgops command.
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_os_string()));
+    if invoked_as.as_deref() == Some(std::ffi::OsStr::new("pgops")) {
+        return pgops::main();
+    }
     match Task::parse() {
         Task::Ci(args) => ci::run(&args),
+        Task::Dev(args) => dev::run(&args),
         Task::Migrate(args) => migrate::run(args),
         Task::Bench(args) => bench::run(&args),
         Task::Seed(args) => seed::run(&args),

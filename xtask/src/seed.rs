@@ -27,34 +27,50 @@ pub struct Args {
     /// Empty the sample tables first (needed to change seed or scale on a seeded database).
     #[arg(long)]
     pub reset: bool,
-    /// The database to seed (its password is never printed).
+    /// The database to seed (its password is never printed) [default: the `cargo xtask dev`
+    /// stack's database, when that stack has run].
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
 /// Runs the seed.
 pub fn run(args: &Args) -> ExitCode {
+    seed(args).into()
+}
+
+/// Seeds and says how it went, as an exit code.
+pub fn seed(args: &Args) -> Exit {
     // Refuse production before touching anything, even before connecting.
     if let Err(e) = pgops_seed::refuse_production(&|name| std::env::var(name).ok()) {
         eprintln!("error: {e}");
-        return Exit::Usage.into();
+        return Exit::Usage;
     }
     let Some(dataset) = Dataset::from_name(&args.dataset) else {
         eprintln!("error: unknown dataset {}", args.dataset);
-        return Exit::Usage.into();
+        return Exit::Usage;
     };
-    let url = match pgops::db::database_url(args.database_url.as_deref()) {
+    let given = args
+        .database_url
+        .clone()
+        .or_else(|| crate::dev::recorded_database_url(&crate::dev::default_dir()));
+    if given.is_none() {
+        eprintln!(
+            "error: DATABASE_URL is not set; export it, pass --database-url, or start the local stack with `cargo xtask dev`"
+        );
+        return Exit::Usage;
+    }
+    let url = match pgops::db::database_url(given.as_deref()) {
         Ok(url) => url,
         Err(failure) => {
             eprintln!("error: {failure}");
-            return failure.exit.into();
+            return failure.exit;
         }
     };
     let mut conn = match pgops::db::connect(&url) {
         Ok(conn) => conn,
         Err(failure) => {
             eprintln!("error: {failure}");
-            return failure.exit.into();
+            return failure.exit;
         }
     };
     let options = SeedOptions {
@@ -78,7 +94,7 @@ pub fn run(args: &Args) -> ExitCode {
                 args.scale,
                 &checksum[..12]
             );
-            Exit::Ok.into()
+            Exit::Ok
         }
         Ok(Outcome::Seeded(report)) => {
             println!(
@@ -117,13 +133,13 @@ pub fn run(args: &Args) -> ExitCode {
                 rows as f64 / elapsed
             );
             println!("  checksum {}", report.checksum);
-            Exit::Ok.into()
+            Exit::Ok
         }
         Err(e) => {
             eprintln!("error: {}", url.scrub(&e.to_string()));
             match e {
-                Error::Database { .. } | Error::Io(_) => Exit::Problem.into(),
-                _ => Exit::Usage.into(),
+                Error::Database { .. } | Error::Io(_) => Exit::Problem,
+                _ => Exit::Usage,
             }
         }
     }

@@ -131,6 +131,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 }
                 let exporter = Arc::new(exporter);
                 let listener = pgops_health::server::bind(*listen).await.map_err(Failure::usage)?;
+                let shutdown = shutdown_signal()?;
                 let _ = writeln!(
                     out,
                     "serving http://{listen}/metrics, /health and /ready for {primary}{}",
@@ -140,7 +141,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 if !listen.ip().is_loopback() && token.is_none() {
                     tracing::warn!(%listen, "listening beyond loopback without PGOPS_METRICS_TOKEN: anyone who can reach the port can read the metrics");
                 }
-                pgops_health::server::serve_on(listener, exporter, token, shutdown_signal())
+                pgops_health::server::serve_on(listener, exporter, token, shutdown)
                     .await
                     .map_err(Failure::problem)
             })?;
@@ -191,25 +192,21 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled, so a signal that arrives as soon as the server says it is
+/// serving still means "stop cleanly" rather than the default "die".
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind| {
+        signal(kind)
+            .map_err(|e| Failure::problem(anyhow::anyhow!("installing a signal handler: {e}")))
+    };
+    let mut interrupt = install(SignalKind::interrupt())?;
+    let mut terminate = install(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
 }

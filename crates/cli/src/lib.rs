@@ -52,6 +52,44 @@ pub const EXIT_CODES: &str = "Exit codes:
   1  a check found a problem, or an operation on the database failed
   2  usage, configuration or connection error";
 
+/// The whole `pgops` program: parses the command line (clap exits with 2 on usage errors and
+/// 0 for --help / --version), sets up logging on stderr, runs, and maps every outcome to the
+/// documented exit code. The binary is this function; `cargo xtask dev` installs a copy that
+/// calls it too.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "warning: PGOPS_LOG/--log `{}` is not a valid filter ({e}); using `info`",
+                cli.log
+            );
+        }
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let mut stdout = std::io::stdout().lock();
+    match run(&cli, &mut stdout) {
+        Ok(exit) => exit.into(),
+        Err(failure) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {failure}");
+            }
+            match failure.exit {
+                Exit::Ok => Exit::Problem.into(),
+                exit => exit.into(),
+            }
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
     match &cli.area {

@@ -1,6 +1,7 @@
-//! One ephemeral PostgreSQL cluster: its own temp dir, port and socket dir; started, driven
-//! (restart, crash, kill a backend) and removed when dropped, or by its watchdog when the
-//! owning process dies without dropping it.
+//! One PostgreSQL cluster: its own temp dir, port and socket dir; started, driven (restart,
+//! crash, kill a backend) and removed when dropped, or by its watchdog when the owning process
+//! dies without dropping it. A kept cluster ([`ClusterOptions::keep_in`]) lives in a fixed
+//! directory instead: started again on the data it holds, and only stopped, never removed.
 
 use std::{
     fmt, fs,
@@ -60,6 +61,8 @@ pub struct ClusterOptions {
     fsync: bool,
     require_passwords: bool,
     base_dir: Option<PathBuf>,
+    keep_in: Option<PathBuf>,
+    port: Option<u16>,
 }
 
 /// A running (or stopped) PostgreSQL cluster owned by this process.
@@ -88,6 +91,8 @@ impl Default for ClusterOptions {
             fsync: false,
             require_passwords: false,
             base_dir: None,
+            keep_in: None,
+            port: None,
         }
     }
 }
@@ -137,11 +142,29 @@ impl ClusterOptions {
         self
     }
 
+    /// Uses `dir` as the cluster's directory and keeps it: a data directory already there is
+    /// started again (after stopping a server an earlier owner left running on it); dropping
+    /// the cluster, or the death of its owner, stops the server with a fast shutdown and
+    /// leaves the files. A data directory made by another major version is refused.
+    pub fn keep_in(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.keep_in = Some(dir.into());
+        self
+    }
+
+    /// Listens on this port on 127.0.0.1 instead of a free one the kit picks; a busy port is
+    /// an error ([`Error::PortBusy`]) rather than a reason to move.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
     /// The options a streaming replica of a primary built with `self` gets: the same settings,
     /// no archiving of its own.
     fn for_replica(&self) -> Self {
         ClusterOptions {
             archive: Archive::Off,
+            keep_in: None,
+            port: None,
             ..self.clone()
         }
     }
@@ -149,9 +172,12 @@ impl ClusterOptions {
 
 impl Cluster {
     /// Creates (initdb) and starts a new primary cluster.
+    /// With [`ClusterOptions::keep_in`], starts the data directory found there instead, if any.
     pub fn start(options: ClusterOptions) -> Result<Self> {
         let mut cluster = Self::prepare(options)?;
-        cluster.initdb()?;
+        if !cluster.reopen()? {
+            cluster.initdb()?;
+        }
         cluster.start_on_a_free_port(None)?;
         cluster.wait_until_writable()?;
         Ok(cluster)
@@ -195,15 +221,59 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Stops a server left running on the kept cluster directory `dir` (by a process that was
+    /// killed along with its watchdog, say), with a fast shutdown. `true` when there was one.
+    pub fn stop_left_over(dir: &Path) -> Result<bool> {
+        let data = dir.join("data");
+        if !data.join("postmaster.pid").exists() {
+            return Ok(false);
+        }
+        let bins = PgBinaries::discover()?;
+        let run_as = RunAs::detect()?;
+        let mut status = run_as.command(bins.program("pg_ctl"), Path::new("/"));
+        status.arg("--pgdata").arg(&data).arg("status");
+        if process::run(status, "pg_ctl status").is_err() {
+            return Ok(false);
+        }
+        let mut stop = run_as.command(bins.program("pg_ctl"), Path::new("/"));
+        stop.arg("--pgdata")
+            .arg(&data)
+            .args(["--mode", "fast", "--wait", "--timeout=120", "stop"]);
+        process::run(stop, "pg_ctl stop -m fast")?;
+        Ok(true)
+    }
+
+    /// Creates `dir` (and its parents) owned by the server user, for files the server writes
+    /// outside its data directory (a WAL archive, say).
+    pub fn make_server_dir(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        self.run_as.own(dir)
+    }
+
     /// Creates and starts a streaming replica of this running cluster (`pg_basebackup -R`).
     pub fn create_replica(&self) -> Result<crate::Replica> {
+        self.create_replica_with(self.options.for_replica())
+    }
+
+    /// Creates and starts a streaming replica with its own options (a kept directory or a
+    /// fixed port, say; archiving is always off). A kept replica whose data directory exists
+    /// is started again and streams from this primary.
+    pub fn create_replica_with(&self, options: ClusterOptions) -> Result<crate::Replica> {
         self.ensure_running()?;
-        let mut replica = Self::prepare(self.options.for_replica())?;
+        let options = ClusterOptions {
+            archive: Archive::Off,
+            ..options
+        };
+        let mut replica = Self::prepare(options)?;
         let name = replica.application_name();
         let conninfo = format!(
             "host=127.0.0.1 port={} user={SUPERUSER} application_name={name}",
             self.port
         );
+        if replica.reopen()? {
+            replica.start_on_a_free_port(Some(&conninfo))?;
+            return Ok(crate::Replica::new(replica));
+        }
         let mut cmd = replica.pg_command("pg_basebackup");
         cmd.arg("--pgdata")
             .arg(replica.data_dir())
@@ -376,19 +446,29 @@ impl Cluster {
     fn prepare(options: ClusterOptions) -> Result<Self> {
         let bins = PgBinaries::discover()?;
         let run_as = RunAs::detect()?;
-        let base = options.base_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let root = tempfile::Builder::new()
-            .prefix("pgops-")
-            .tempdir_in(&base)
-            .map_err(|e| {
-                Error::io(
-                    format!("creating a cluster directory in {}", base.display()),
-                    e,
-                )
-            })?
-            .keep();
+        let root = match &options.keep_in {
+            Some(dir) => std::path::absolute(dir)
+                .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?,
+            None => {
+                let base = options.base_dir.clone().unwrap_or_else(std::env::temp_dir);
+                tempfile::Builder::new()
+                    .prefix("pgops-")
+                    .tempdir_in(&base)
+                    .map_err(|e| {
+                        Error::io(
+                            format!("creating a cluster directory in {}", base.display()),
+                            e,
+                        )
+                    })?
+                    .keep()
+            }
+        };
+        let port = match options.port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let cluster = Cluster {
-            port: free_port()?,
+            port,
             state: Mutex::new(State {
                 running: false,
                 watchdog: None,
@@ -413,9 +493,47 @@ impl Cluster {
             &cluster.bins.program("pg_ctl"),
             &cluster.data_dir(),
             &cluster.root,
+            cluster.options.keep_in.is_none(),
         )?;
         cluster.state().watchdog = Some(watchdog);
         Ok(cluster)
+    }
+
+    /// For a kept cluster whose data directory exists: checks that these binaries can run
+    /// it, stops a server an earlier owner left running on it, and says `true`. `false` when
+    /// there is nothing to reopen.
+    fn reopen(&self) -> Result<bool> {
+        if self.options.keep_in.is_none() {
+            return Ok(false);
+        }
+        let data = self.data_dir();
+        let version_file = data.join("PG_VERSION");
+        let found = match fs::read_to_string(&version_file) {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if data.exists() {
+                    return Err(Error::NotADataDirectory(data));
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", version_file.display()), e)),
+        };
+        let expected = self.bins.major_version()?;
+        if found != expected.to_string() {
+            return Err(Error::VersionMismatch {
+                data,
+                found,
+                expected,
+                bindir: self.bins.bindir().to_path_buf(),
+            });
+        }
+        let mut status = self.pg_command("pg_ctl");
+        status.arg("--pgdata").arg(&data).arg("status");
+        if process::run(status, "pg_ctl status").is_ok() {
+            tracing::info!(data = %data.display(), "stopping a server an earlier run left behind");
+            self.pg_ctl_stop("fast")?;
+        }
+        Ok(true)
     }
 
     fn initdb(&self) -> Result<()> {
@@ -522,11 +640,18 @@ impl Cluster {
     /// Writes the configuration and starts; if another process took the port between our
     /// probe and the server's bind, tries again on another port.
     fn start_on_a_free_port(&mut self, primary_conninfo: Option<&str>) -> Result<()> {
+        if self.options.port.is_some() && TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            return Err(Error::PortBusy { port: self.port });
+        }
         let mut attempts = 0;
         loop {
             self.write_config(primary_conninfo)?;
             match self.start_server() {
-                Err(e) if attempts < 5 && self.log_tail(20).contains("could not bind") => {
+                Err(e)
+                    if self.options.port.is_none()
+                        && attempts < 5
+                        && self.log_tail(20).contains("could not bind") =>
+                {
                     tracing::debug!(port = self.port, error = %e, "port taken, trying another");
                     attempts += 1;
                     self.port = free_port()?;
@@ -644,7 +769,8 @@ impl Drop for Cluster {
         if let Some(mut watchdog) = watchdog {
             watchdog.finish();
         }
-        if self.root.exists()
+        if self.options.keep_in.is_none()
+            && self.root.exists()
             && let Err(e) = fs::remove_dir_all(&self.root)
         {
             tracing::warn!(dir = %self.root.display(), error = %e, "could not remove test cluster directory");

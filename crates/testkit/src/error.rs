@@ -80,6 +80,34 @@ pub enum Error {
     /// The shared cluster failed to start earlier in this process; the first error is repeated.
     #[error("the shared test cluster could not be started: {0}")]
     SharedUnavailable(String),
+    /// A kept data directory was made by another PostgreSQL major version.
+    #[error(
+        "{data} holds a PostgreSQL {found} cluster, but the binaries found ({bindir}) are PostgreSQL {expected}; \
+         set PGOPS_PG_BINDIR to PostgreSQL {found}'s bin directory, or remove the directory to start over"
+    )]
+    VersionMismatch {
+        /// The data directory.
+        data: PathBuf,
+        /// The major version in its `PG_VERSION`.
+        found: String,
+        /// The binaries' major version.
+        expected: u32,
+        /// Where the binaries are.
+        bindir: PathBuf,
+    },
+    /// A kept cluster's data directory exists but holds no cluster.
+    #[error(
+        "{0} exists but is not a PostgreSQL data directory (no PG_VERSION); remove it to start over"
+    )]
+    NotADataDirectory(PathBuf),
+    /// A fixed port is taken by another process.
+    #[error(
+        "port {port} on 127.0.0.1 is already in use by another process; stop that process or choose another port"
+    )]
+    PortBusy {
+        /// The port.
+        port: u16,
+    },
     /// An operation needs a running cluster.
     #[error("cluster in {0} is not running; start() it first")]
     NotRunning(PathBuf),

@@ -91,8 +91,8 @@ pub(crate) fn run(mut cmd: Command, what: &str) -> Result<Output> {
     }
 }
 
-/// A small `sh` process that waits for its stdin to close, then stops the cluster and removes
-/// its directory. We hold the only write end of that pipe, so it closes when we drop the
+/// A small `sh` process that waits for its stdin to close, then stops the cluster and (unless
+/// the cluster is kept) removes its directory. We hold the only write end of that pipe, so it closes when we drop the
 /// watchdog *or* when our process exits for any reason (panic, abort, SIGKILL): that is how a
 /// cluster in a `static` that is never dropped is still cleaned up.
 #[derive(Debug)]
@@ -102,10 +102,21 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    pub(crate) fn spawn(run_as: &RunAs, pg_ctl: &Path, data: &Path, root: &Path) -> Result<Self> {
+    pub(crate) fn spawn(
+        run_as: &RunAs,
+        pg_ctl: &Path,
+        data: &Path,
+        root: &Path,
+        remove: bool,
+    ) -> Result<Self> {
+        // A throwaway cluster stops at once; a kept one shuts down cleanly and stays.
         const SCRIPT: &str = r#"read -r _ignored
-"$1" -D "$2" -m immediate -w -t 60 stop >/dev/null 2>&1
-rm -rf "$3"
+if [ "$4" = remove ]; then
+  "$1" -D "$2" -m immediate -w -t 60 stop >/dev/null 2>&1
+  rm -rf "$3"
+else
+  "$1" -D "$2" -m fast -w -t 120 stop >/dev/null 2>&1
+fi
 "#;
         let mut cmd = run_as.command("/bin/sh", Path::new("/"));
         cmd.arg("-c")
@@ -114,6 +125,7 @@ rm -rf "$3"
             .arg(pg_ctl)
             .arg(data)
             .arg(root)
+            .arg(if remove { "remove" } else { "keep" })
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,0 +1,285 @@
+//! `cargo xtask dev`: the local stack. A primary and a streaming replica kept under
+//! `target/pgops-dev`, archiving WAL into a local repository, with `pg_stat_statements`
+//! preloaded; migrated, seeded with the development dataset, backed up once (physical), and
+//! watched by the health endpoint on 127.0.0.1:9187 until Ctrl-C or SIGTERM.
+//!
+//! Nothing outlives the command: the servers belong to kept test-kit clusters whose watchdogs
+//! stop them (fast shutdown) when this process ends, however it ends; a server an earlier,
+//! killed run left behind is stopped before anything starts.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context, bail};
+use clap::Parser as _;
+use pgops::Exit;
+use pgops_testkit::{Archive, Cluster, ClusterOptions, Error as KitError, PgBinaries};
+
+/// The database the stack migrates and seeds.
+pub const DATABASE: &str = "pgops_dev";
+
+/// The file, inside the stack's directory, with the stack's connection settings as shell
+/// assignments (`set -a; . target/pgops-dev/env`); `cargo xtask seed` reads it too.
+pub const ENV_FILE: &str = "env";
+
+/// Options of `cargo xtask dev`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Delete the stack's data (clusters, repository) and start over.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Where the stack lives [default: target/pgops-dev].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The primary's port on 127.0.0.1; the replica listens on the next one.
+    #[arg(long, default_value_t = 54320, value_parser = clap::value_parser!(u16).range(1024..65535))]
+    pub port: u16,
+    /// Where the health endpoint listens.
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    pub metrics_listen: SocketAddr,
+}
+
+/// Runs the stack until Ctrl-C or SIGTERM.
+pub fn run(args: &Args) -> ExitCode {
+    match up(args) {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // Our own clusters are dropped (and stopped) by now; what is left is the message.
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The default directory of the stack.
+pub fn default_dir() -> PathBuf {
+    let root = crate::workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("pgops-dev")
+}
+
+/// The primary's URL recorded by the last `cargo xtask dev` in `dir`, if any.
+pub fn recorded_database_url(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join(ENV_FILE)).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("DATABASE_URL="))
+        .map(|v| v.trim_matches('\'').to_owned())
+}
+
+fn up(args: &Args) -> anyhow::Result<Exit> {
+    let dir = std::path::absolute(args.dir.clone().unwrap_or_else(default_dir))
+        .context("resolving the stack directory")?;
+    let replica_port = args
+        .port
+        .checked_add(1)
+        .context("--port leaves no room for the replica's port (port + 1)")?;
+
+    // Check what can be checked before anything starts.
+    let bins = PgBinaries::discover()?;
+    let major = bins.major_version()?;
+    for name in ["primary", "replica"] {
+        if Cluster::stop_left_over(&dir.join(name))? {
+            println!("stopped the {name} server an earlier run left behind");
+        }
+    }
+    if args.fresh && dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        println!("removed {} (--fresh)", dir.display());
+    }
+    if TcpListener::bind(args.metrics_listen).is_err() {
+        bail!(
+            "{} is already in use (another `cargo xtask dev`, `pgops health serve` or postgres_exporter?); \
+             stop that process or pass --metrics-listen ADDR",
+            args.metrics_listen
+        );
+    }
+    for (port, what) in [(args.port, "primary"), (replica_port, "replica")] {
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!(
+                "port {port} on 127.0.0.1 (for the {what}) is already in use by another process; \
+                 stop it or pass --port N (the primary takes N, the replica N+1)"
+            );
+        }
+    }
+
+    fs::create_dir_all(dir.join("bin")).with_context(|| format!("creating {}", dir.display()))?;
+    let pgops_bin = install_pgops(&dir)?;
+    let repo_dir = dir.join("repo");
+    let repo = format!("file://{}", repo_dir.display());
+    let options = ClusterOptions::default()
+        .fsync(true)
+        .preload("pg_stat_statements")
+        .setting("pg_stat_statements.track", "all")
+        .setting("track_io_timing", "on")
+        .setting("archive_timeout", "5min")
+        .archive(Archive::Command(format!(
+            "'{}' wal push --repo '{repo}' %p",
+            pgops_bin.display()
+        )));
+
+    println!(
+        "starting the pgops dev stack in {} (PostgreSQL {major})",
+        dir.display()
+    );
+    let primary = Cluster::start(options.clone().keep_in(dir.join("primary")).port(args.port))
+        .map_err(|e| explain(e, &dir))?;
+    primary.make_server_dir(&repo_dir)?;
+    let replica = primary
+        .create_replica_with(options.keep_in(dir.join("replica")).port(replica_port))
+        .map_err(|e| explain(e, &dir))?;
+    println!("  primary  127.0.0.1:{}", primary.port());
+    println!("  replica  127.0.0.1:{} (streaming)", replica.port());
+
+    let exists = primary.query_text(
+        "postgres",
+        &format!("EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')"),
+    )?;
+    if exists.as_deref() != Some("true") {
+        primary.create_database(DATABASE)?;
+    }
+    let url = primary.url(DATABASE);
+    let replica_url = replica.url(DATABASE);
+    write_env(&dir, &url, &replica_url, &repo)?;
+
+    pgops_step(&["migrate", "run", "--database-url", &url])?;
+    let seeded = crate::seed::seed(&crate::seed::Args {
+        dataset: "development".into(),
+        seed: 1,
+        scale: 1.0,
+        reset: false,
+        database_url: Some(url.clone()),
+    });
+    if seeded != Exit::Ok {
+        bail!("seeding the development dataset failed (see above)");
+    }
+    let store = pgops_backup::repo::open(&repo)?;
+    let has_physical = pgops_backup::list(&*store)?
+        .iter()
+        .any(|(m, _)| m.kind == pgops_backup::manifest::Kind::Physical);
+    if has_physical {
+        println!("a physical backup is already in {repo}");
+    } else {
+        println!("taking the first physical backup");
+        pgops_step(&[
+            "backup",
+            "create",
+            "--kind",
+            "physical",
+            "--repo",
+            &repo,
+            "--database-url",
+            &url,
+        ])?;
+    }
+
+    let metrics = format!("http://{}", args.metrics_listen);
+    let bin = pgops_bin.display();
+    let env_file = dir.join(ENV_FILE);
+    println!(
+        "\n\
+         The pgops dev stack is running:\n\
+         \x20 primary     {url}\n\
+         \x20 replica     {replica_url}\n\
+         \x20 metrics     {metrics}/metrics   (also /health and /ready)\n\
+         \x20 repository  {repo}   (WAL archive and backups)\n\
+         \x20 data        {}   (kept between runs; --fresh starts over)\n\
+         \n\
+         Next, in another shell:\n\
+         \x20 set -a; . {}; set +a   # DATABASE_URL, DATABASE_REPLICA_URLS, PGOPS_REPO\n\
+         \x20 psql \"$DATABASE_URL\"\n\
+         \x20 {bin} insights top\n\
+         \x20 {bin} health check\n\
+         \x20 {bin} backup list\n\
+         \x20 {bin} wal check\n\
+         \x20 curl -s {metrics}/metrics | grep pg_up\n\
+         \x20 cargo xtask bench workload --quick\n\
+         \n\
+         Ctrl-C stops everything.",
+        dir.display(),
+        env_file.display(),
+    );
+    let _ = std::io::stdout().flush();
+
+    let serve = pgops_step(&[
+        "health",
+        "serve",
+        "--listen",
+        &args.metrics_listen.to_string(),
+        "--database-url",
+        &url,
+        "--replica-urls",
+        &replica_url,
+        "--repo",
+        &repo,
+    ]);
+    println!("stopping the replica and the primary");
+    drop(replica);
+    drop(primary);
+    serve?;
+    println!("stopped; the data stays in {}", dir.display());
+    Ok(Exit::Ok)
+}
+
+/// Runs one `pgops` command in this process, as the binary would.
+fn pgops_step(argv: &[&str]) -> anyhow::Result<()> {
+    let cli = pgops::Cli::try_parse_from(std::iter::once("pgops").chain(argv.iter().copied()))
+        .with_context(|| format!("pgops {}", argv.join(" ")))?;
+    let mut stdout = std::io::stdout().lock();
+    match pgops::run(&cli, &mut stdout) {
+        Ok(Exit::Ok) => Ok(()),
+        Ok(exit) => bail!("`pgops {} ...` exited with {}", argv[0], exit as i32),
+        Err(failure) => Err(failure
+            .error
+            .context(format!("pgops {} {}", argv[0], argv[1]))),
+    }
+}
+
+/// Installs this very binary as `bin/pgops` in the stack's directory: invoked under that name
+/// it is the `pgops` command (see `main`), so the servers' `archive_command` and the commands
+/// printed for the developer need no separate build. Copied under a temporary name and
+/// renamed, so a running copy is never overwritten in place.
+fn install_pgops(dir: &Path) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("finding the xtask binary")?;
+    let target = dir.join("bin").join("pgops");
+    let tmp = dir.join("bin").join(".pgops.tmp");
+    fs::copy(&me, &tmp)
+        .with_context(|| format!("copying {} to {}", me.display(), tmp.display()))?;
+    fs::rename(&tmp, &target).with_context(|| format!("installing {}", target.display()))?;
+    Ok(target)
+}
+
+/// Writes the stack's connection settings for shells and `cargo xtask seed`.
+fn write_env(dir: &Path, url: &str, replica_url: &str, repo: &str) -> anyhow::Result<()> {
+    let path = dir.join(ENV_FILE);
+    let text = format!(
+        "# written by cargo xtask dev: set -a; . {}; set +a\n\
+         DATABASE_URL='{url}'\n\
+         DATABASE_REPLICA_URLS='{replica_url}'\n\
+         PGOPS_REPO='{repo}'\n\
+         PGOPS_ENV='development'\n",
+        path.display()
+    );
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Adds the dev stack's own remedy to the test kit's errors that name one.
+fn explain(error: KitError, dir: &Path) -> anyhow::Error {
+    let hint = match &error {
+        KitError::VersionMismatch { .. } | KitError::NotADataDirectory(_) => Some(format!(
+            "`cargo xtask dev --fresh` deletes {} and starts over",
+            dir.display()
+        )),
+        KitError::PortBusy { .. } => Some("pass --port N to use other ports".to_owned()),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow::anyhow!("{error}\nhint: {hint}"),
+        None => error.into(),
+    }
+}
