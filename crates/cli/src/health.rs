@@ -195,7 +195,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called, not
 /// when the future is first polled, so a signal that arrives as soon as the server says it is
 /// serving still means "stop cleanly" rather than the default "die".
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
+fn shutdown_signal() -> Result<impl Future<Output = ()>, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
     let install = |kind| {
         signal(kind)
