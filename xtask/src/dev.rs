@@ -114,6 +114,8 @@ fn up(args: &Args) -> anyhow::Result<Exit> {
     let repo = format!("file://{}", repo_dir.display());
     let options = ClusterOptions::default()
         .fsync(true)
+        // Trust for the superuser on loopback; every other role logs in with a password.
+        .require_passwords(true)
         .preload("pg_stat_statements")
         .setting("pg_stat_statements.track", "all")
         .setting("track_io_timing", "on")

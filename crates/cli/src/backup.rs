@@ -52,7 +52,7 @@ pub enum Verb {
     /// Check every checksum; with --restore, restore into a throwaway database and compare the
     /// row counts recorded at backup time (exit 1 on any mismatch).
     Verify {
-        /// The backup id.
+        /// The backup id, or latest, latest-logical, latest-physical.
         id: String,
         /// Also restore it into a throwaway database on DATABASE_URL's server.
         #[arg(long)]
@@ -61,7 +61,7 @@ pub enum Verb {
     /// Restore a logical backup into a new database (--database), or lay out a physical one
     /// for point-in-time recovery (--to-dir). Checksums are verified first.
     Restore {
-        /// The backup id (for --to-dir: chosen from the target when omitted).
+        /// The backup id, or latest-logical (for --to-dir: chosen from the target when omitted).
         id: Option<String>,
         /// The database to create (logical backups).
         #[arg(long, conflicts_with = "to_dir", required_unless_present = "to_dir")]
@@ -161,6 +161,47 @@ fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), Failur
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Failure::problem(anyhow::anyhow!("encoding JSON: {e}")))?;
     emit(out, &format!("{text}\n"))
+}
+
+/// The names that stand for the newest backup (of one kind): `latest`, `latest-logical`,
+/// `latest-physical`, so scripts and runbooks need no id.
+pub const LATEST_ALIASES: &[&str] = &["latest", "latest-logical", "latest-physical"];
+
+/// Turns an alias from [`LATEST_ALIASES`] into the id of the newest matching backup among
+/// `backups` (oldest first, as `pgops_backup::list` gives them); any other id is returned
+/// as it is.
+pub fn pick_id(backups: &[pgops_backup::manifest::Manifest], id: &str) -> Result<String, String> {
+    use pgops_backup::manifest::Kind;
+    let kind = match id {
+        "latest" => None,
+        "latest-logical" => Some(Kind::Logical),
+        "latest-physical" => Some(Kind::Physical),
+        other => return Ok(other.to_owned()),
+    };
+    backups
+        .iter()
+        .rev()
+        .find(|m| kind.is_none_or(|k| m.kind == k))
+        .map(|m| m.id.clone())
+        .ok_or_else(|| {
+            format!(
+                "`{id}`: the repository holds no {}backup yet; take one with `pgops backup create{}`",
+                kind.map_or("", |k| if k == Kind::Logical { "logical " } else { "physical " }),
+                if kind == Some(Kind::Physical) { " --kind physical" } else { "" }
+            )
+        })
+}
+
+fn resolve_id(store: &dyn repo::Store, id: &str) -> Result<String, Failure> {
+    if !LATEST_ALIASES.contains(&id) {
+        return Ok(id.to_owned());
+    }
+    let backups: Vec<_> = pgops_backup::list(store)
+        .map_err(fail)?
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    pick_id(&backups, id).map_err(|e| Failure::usage(anyhow::anyhow!(e)))
 }
 
 /// The repository from `--repo` or `PGOPS_REPO`, opened; shared with `pgops wal`.
@@ -397,6 +438,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Verb::Verify { id, restore } => {
+            let id = &resolve_id(&*store, id)?;
             let server = if *restore { Some(url()?) } else { None };
             let verification = match logical::verify(&*store, id, server.as_ref()) {
                 Ok(v) => v,
@@ -441,6 +483,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                     "name the backup to restore: pgops backup restore ID --database NEW_DB"
                 ))
             })?;
+            let id = &resolve_id(&*store, id)?;
             let database = database.as_deref().unwrap_or_default();
             let url = url()?;
             let seconds = logical::restore(
@@ -501,5 +544,56 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             }
             Ok(Exit::Ok)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pgops_backup::manifest::{DumpFormat, Kind, Manifest};
+
+    use super::pick_id;
+
+    fn backup(id: &str, kind: Kind) -> Manifest {
+        let at = chrono::Utc::now();
+        Manifest {
+            format: 1,
+            id: id.into(),
+            kind,
+            database: "app".into(),
+            server: "127.0.0.1:5432".into(),
+            server_version: "15".into(),
+            tool_version: "0".into(),
+            client_version: "15".into(),
+            dump_format: DumpFormat::Custom,
+            started_at: at,
+            finished_at: at,
+            files: Vec::new(),
+            tables: Vec::new(),
+            wal: None,
+            from_standby: false,
+        }
+    }
+
+    #[test]
+    fn latest_aliases_pick_the_newest_backup_of_their_kind() {
+        let backups = [
+            backup("a-logical", Kind::Logical),
+            backup("b-physical", Kind::Physical),
+            backup("c-logical", Kind::Logical),
+        ];
+        assert_eq!(pick_id(&backups, "latest").unwrap(), "c-logical");
+        assert_eq!(pick_id(&backups, "latest-logical").unwrap(), "c-logical");
+        assert_eq!(pick_id(&backups, "latest-physical").unwrap(), "b-physical");
+        assert_eq!(pick_id(&backups, "a-logical").unwrap(), "a-logical");
+        let err = pick_id(&backups[..1], "latest-physical").unwrap_err();
+        assert!(
+            err.contains("no physical backup") && err.contains("--kind physical"),
+            "{err}"
+        );
+        assert!(
+            pick_id(&[], "latest")
+                .unwrap_err()
+                .contains("no backup yet")
+        );
     }
 }

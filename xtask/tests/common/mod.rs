@@ -1,0 +1,218 @@
+//! What the xtask tests share: a `cargo xtask dev` stack in a temp dir, driven as a newcomer
+//! would drive it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+/// A running `cargo xtask dev`, stopped (SIGTERM, then SIGKILL) if a test fails midway.
+pub struct Stack {
+    child: Option<Child>,
+    /// What it printed until it said it was serving.
+    pub output: String,
+}
+
+impl Stack {
+    /// Starts the stack and waits until it says it is running.
+    pub fn start(dir: &Path, ports: &Ports) -> Stack {
+        Stack::start_with(dir, ports, &[])
+    }
+
+    /// Starts the stack with `--fresh`.
+    pub fn start_fresh(dir: &Path, ports: &Ports) -> Stack {
+        Stack::start_with(dir, ports, &["--fresh"])
+    }
+
+    pub fn start_with(dir: &Path, ports: &Ports, extra: &[&str]) -> Stack {
+        let mut child = dev_command(dir, ports)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut stack = Stack {
+            child: Some(child),
+            output: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    stack.output.push_str(&line);
+                    stack.output.push('\n');
+                    if line.starts_with("serving http://") {
+                        // Keep draining in the background so the child never blocks on a pipe.
+                        std::thread::spawn(move || while rx.recv().is_ok() {});
+                        return stack;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("the stack did not come up:\n{}", stack.output);
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    /// Sends `signal` and waits for the exit code (None when killed by a signal).
+    pub fn stop(mut self, signal: Signal) -> Option<i32> {
+        kill(self.pid(), signal).unwrap();
+        let mut child = self.child.take().unwrap();
+        child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct Ports {
+    pub primary: u16,
+    pub metrics: u16,
+}
+
+impl Ports {
+    /// A free port whose successor is free too, and a free metrics port.
+    pub fn free() -> Ports {
+        loop {
+            let a = TcpListener::bind("127.0.0.1:0").unwrap();
+            let primary = a.local_addr().unwrap().port();
+            if primary < 65000 && TcpListener::bind(("127.0.0.1", primary + 1)).is_ok() {
+                let m = TcpListener::bind("127.0.0.1:0").unwrap();
+                let metrics = m.local_addr().unwrap().port();
+                if metrics != primary + 1 {
+                    return Ports { primary, metrics };
+                }
+            }
+        }
+    }
+}
+
+pub fn dev_command(dir: &Path, ports: &Ports) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.arg("dev")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--port", &ports.primary.to_string()])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", ports.metrics)])
+        .env_remove("DATABASE_URL")
+        .env_remove("PGOPS_REPO")
+        .env_remove("PGOPS_ENV");
+    cmd
+}
+
+pub fn run_dev(dir: &Path, ports: &Ports, extra_env: &[(&str, &str)]) -> Output {
+    let mut cmd = dev_command(dir, ports);
+    cmd.envs(extra_env.iter().copied());
+    cmd.output().unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A directory the server user can enter (the kit runs PostgreSQL as `postgres` under root).
+pub fn stack_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("pgops-dev");
+    (tmp, dir)
+}
+
+pub fn get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+pub fn psql_value(port: u16, sql: &str) -> String {
+    use diesel::{Connection, RunQueryDsl, dsl::sql as raw, sql_types::Text};
+    let mut conn =
+        diesel::PgConnection::establish(&format!("postgres://postgres@127.0.0.1:{port}/pgops_dev"))
+            .unwrap();
+    diesel::select(raw::<Text>(&format!("({sql})::text")))
+        .get_result(&mut conn)
+        .unwrap()
+}
+
+/// Whether a server runs on the stack's cluster `name` (its postmaster.pid names a live process).
+pub fn server_running(dir: &Path, name: &str) -> bool {
+    let pid_file = dir.join(name).join("data").join("postmaster.pid");
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+}
+
+pub fn wait_until_stopped(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if !server_running(dir, "primary") && !server_running(dir, "replica") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("a server of {} is still running", dir.display());
+}
+
+/// The pids of the test kit's watchdogs for clusters under `dir`.
+pub fn watchdogs_of(dir: &Path) -> Vec<Pid> {
+    let needle = dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("pgops-testkit-watchdog") && cmdline.contains(&needle) {
+            pids.push(Pid::from_raw(pid));
+        }
+    }
+    pids
+}
