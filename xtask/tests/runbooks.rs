@@ -35,7 +35,10 @@ fn steps(markdown: &str) -> Vec<Step> {
             None => {
                 if let Some(info) = trimmed.strip_prefix("```") {
                     let words: Vec<_> = info.split_whitespace().collect();
-                    if words.len() >= 2 && matches!(words[0], "sh" | "bash") && words[1] == "runbook" {
+                    if words.len() >= 2
+                        && matches!(words[0], "sh" | "bash")
+                        && words[1] == "runbook"
+                    {
                         current = Some(Step {
                             line: index + 1,
                             script: String::new(),
@@ -95,8 +98,8 @@ fn run_runbook(path: &Path, stack_dir: &Path, env: &[(String, String)]) -> Strin
     if !out.status.success() {
         let step = text
             .lines()
-            .filter_map(|l| l.strip_prefix("::step "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("::step "))
             .unwrap_or("(before the first step)");
         let tail: Vec<_> = text.lines().rev().take(40).collect();
         let tail: Vec<_> = tail.into_iter().rev().collect();
@@ -139,6 +142,24 @@ fn every_runbook_step_runs_against_a_dev_stack() {
     fs::set_permissions(&scratch, fs::Permissions::from_mode(0o1777)).unwrap();
     let pitr_port = Ports::free().primary;
     let new_password = "Runbook-rotated-7f3a9c";
+    let old_password = "Runbook-old-2b81e0";
+
+    // A service role to rotate (created without the statement being tracked), and a server
+    // that logs every statement: the rotation must keep the password out of both.
+    let primary_url = format!("postgres://postgres@127.0.0.1:{}/pgops_dev", ports.primary);
+    {
+        use diesel::{Connection, connection::SimpleConnection};
+        let mut admin = diesel::PgConnection::establish(&primary_url).unwrap();
+        for statement in [
+            "SET pg_stat_statements.track_utility = off".to_owned(),
+            format!("CREATE ROLE app_runbook LOGIN PASSWORD '{old_password}'"),
+            "GRANT CONNECT ON DATABASE pgops_dev TO app_runbook".to_owned(),
+            "ALTER SYSTEM SET log_statement = 'all'".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            admin.batch_execute(&statement).unwrap();
+        }
+    }
 
     let mut env: Vec<(String, String)> = fs::read_to_string(dir.join("env"))
         .unwrap()
@@ -154,11 +175,24 @@ fn every_runbook_step_runs_against_a_dev_stack() {
     };
     env.extend(
         [
-            ("PGOPS_METRICS", format!("http://127.0.0.1:{}", ports.metrics)),
+            (
+                "PGOPS_METRICS",
+                format!("http://127.0.0.1:{}", ports.metrics),
+            ),
             ("AS_POSTGRES", as_postgres.to_owned()),
             ("PITR_DIR", scratch.join("pitr").display().to_string()),
             ("PITR_PORT", pitr_port.to_string()),
             ("PITR_LOG", scratch.join("pitr.log").display().to_string()),
+            ("PITR_DATABASE", "pgops_dev".to_owned()),
+            ("PITR_TARGET", "--target-name=before_cleanup".to_owned()),
+            (
+                "PG_BINDIR",
+                pgops_testkit::PgBinaries::discover()
+                    .unwrap()
+                    .bindir()
+                    .display()
+                    .to_string(),
+            ),
             ("NEW_PASSWORD", new_password.to_owned()),
             ("ROTATE_ROLE", "app_runbook".to_owned()),
         ]
@@ -184,7 +218,10 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         "verifying-backups.md",
         "rotating-credentials.md",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing: {names:?}"
+        );
     }
     let mut outputs = Vec::new();
     for file in &files {
@@ -199,9 +236,17 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         ports.primary
     ));
     let _: diesel::PgConnection = rotated.expect("the rotated password logs in");
+    let old: Result<diesel::PgConnection, _> = diesel::Connection::establish(&format!(
+        "postgres://app_runbook:{old_password}@127.0.0.1:{}/pgops_dev",
+        ports.primary
+    ));
+    assert!(old.is_err(), "the old password no longer logs in");
     let server_log = fs::read_to_string(dir.join("primary").join("log").join("postgres.log"))
         .unwrap_or_default();
-    assert!(!server_log.contains(new_password), "the password reached the server log");
+    assert!(
+        !server_log.contains(new_password),
+        "the password reached the server log"
+    );
     assert_eq!(
         psql_value(
             ports.primary,
@@ -212,10 +257,16 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         "0",
         "the password reached pg_stat_statements"
     );
-    assert!(!all.contains(new_password), "a runbook printed the password");
+    assert!(
+        !all.contains(new_password),
+        "a runbook printed the password"
+    );
     // Restore to a point in time: the copy was started, checked and removed again.
     assert!(all.contains("pitr copy answers"), "{all}");
-    assert!(!scratch.join("pitr").exists(), "the runbook's clean-up removes the copy");
+    assert!(
+        !scratch.join("pitr").exists(),
+        "the runbook's clean-up removes the copy"
+    );
     // Verifying backups: a restore drill ran and was recorded.
     assert!(all.contains("drill ok"), "{all}");
 
