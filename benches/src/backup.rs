@@ -114,7 +114,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 &anchor,
                 &anchor_tool,
                 false,
-            ),
+            )
+            .target(0.95),
             Comparison::from_rounds(
                 "logical_backup_bytes",
                 "bytes",
@@ -122,12 +123,14 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 &[anchor_bytes as f64],
                 &anchor_tool,
                 false,
-            ),
+            )
+            .target(1.0),
         ]
         .into_iter()
         .chain(physical)
         .collect(),
         measurements: Vec::new(),
+        machine: None,
     })
 }
 
@@ -299,7 +302,8 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
             &anchor_b,
             &backrest,
             false,
-        ),
+        )
+        .target(1.5),
         Comparison::from_rounds(
             "restore_seconds",
             "seconds",
@@ -307,7 +311,8 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
             &anchor_r,
             "pgbackrest restore into an empty directory (same settings)",
             false,
-        ),
+        )
+        .target(1.2),
         Comparison::from_rounds(
             "physical_backup_vs_pg_basebackup",
             "seconds",

@@ -242,7 +242,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 &anchor_rounds,
                 &anchor_tool,
                 false,
-            ),
+            )
+            .target(2.0),
             Comparison::from_rounds(
                 "scrape_seconds_uncached",
                 "seconds",
@@ -253,6 +254,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
             ),
         ],
         measurements: Vec::new(),
+        machine: None,
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod health;
+pub mod page;
 pub mod pool;
 pub mod queries;
 pub mod report;
@@ -18,7 +19,7 @@ pub const SUITES: &[&str] = &["pool", "router", "seed", "workload", "health", "b
 
 /// Runs one suite.
 pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
-    match suite {
+    let mut report = match suite {
         "pool" => pool::run(workload::LookupPlan::new(quick)),
         "router" => router::run(workload::LookupPlan::new(quick)),
         "seed" => seed::run(seed::Plan::new(quick)),
@@ -29,5 +30,7 @@ pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
             "unknown benchmark suite `{other}`; known suites: {}",
             SUITES.join(", ")
         ),
-    }
+    }?;
+    report.machine = Some(page::machine());
+    Ok(report)
 }

@@ -1,12 +1,16 @@
 //! `pgops-bench <suite> [--quick] [--out FILE] [--compare BASELINE.json [--threshold 0.2]]`:
 //! runs one suite, prints its table and writes its JSON; with `--compare`, exits 1 when a
-//! figure got worse than the baseline's by more than the threshold. Built in release mode by
+//! figure got worse than the baseline's by more than the threshold. `pgops-bench page DIR DOC
+//! SVG` regenerates the results page from the JSON in DIR. Built in release mode by
 //! `cargo xtask bench`.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::{path::PathBuf, process::ExitCode};
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("page") {
+        return page(std::env::args().skip(2).collect());
+    }
     let mut args = std::env::args().skip(1);
     let (mut suite, mut quick, mut out) = (None, false, None);
     let (mut compare, mut threshold) = (None, 0.2);
@@ -73,6 +77,26 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pgops-bench page DIR DOC SVG`.
+fn page(args: Vec<String>) -> ExitCode {
+    let [dir, doc, svg] = args.as_slice() else {
+        eprintln!("error: usage: pgops-bench page RESULTS_DIR DOC.md CHART.svg");
+        return ExitCode::from(2);
+    };
+    let result = pgops_benches::page::read_reports(dir.as_ref())
+        .and_then(|reports| pgops_benches::page::regenerate(&reports, doc.as_ref(), svg.as_ref()));
+    match result {
+        Ok(()) => {
+            println!("regenerated {doc} and {svg} from {dir}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

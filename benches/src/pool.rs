@@ -91,7 +91,8 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                 &anchor,
                 &anchor_tool,
                 true,
-            ),
+            )
+        .target(0.9),
             Comparison::from_rounds(
                 "checkout_overhead",
                 "queries/s",
@@ -102,9 +103,11 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                     plan.clients, plan.seconds
                 ),
                 true,
-            ),
+            )
+        .target(0.95),
         ],
         measurements: Vec::new(),
+        machine: None,
     })
 }
 

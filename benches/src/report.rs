@@ -16,6 +16,26 @@ pub struct Report {
     /// Figures without an anchor (per-query latency percentiles of the workload suite).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub measurements: Vec<Measurement>,
+    /// The machine and server the suite ran on (absent in reports of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+}
+
+/// Where a suite ran: enough to tell whether two reports are comparable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// CPU model, from `/proc/cpuinfo`.
+    pub cpu: String,
+    /// CPUs this process may use.
+    pub cpus: usize,
+    /// Memory, from `/proc/meminfo`, in GiB.
+    pub memory_gib: u64,
+    /// The operating system, from `/etc/os-release`.
+    pub os: String,
+    /// `postgres --version`.
+    pub postgres: String,
+    /// When the suite finished (RFC 3339, UTC).
+    pub finished_at: String,
 }
 
 /// Throughput and latency of one query under load (medians over rounds).
@@ -51,6 +71,9 @@ pub struct Comparison {
     pub higher_is_better: bool,
     /// > 1 means pgops is better.
     pub ratio: f64,
+    /// The ratio pgops aims for; absent for figures given as context only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
 }
 
 impl Comparison {
@@ -78,7 +101,19 @@ impl Comparison {
             anchor_tool: anchor_tool.to_owned(),
             higher_is_better,
             ratio,
+            target: None,
         }
+    }
+
+    /// Sets the ratio pgops aims for.
+    pub fn target(mut self, ratio: f64) -> Self {
+        self.target = Some(ratio);
+        self
+    }
+
+    /// Whether the target is met (`None` for context figures).
+    pub fn meets_target(&self) -> Option<bool> {
+        self.target.map(|t| self.ratio >= t)
     }
 }
 
@@ -146,17 +181,23 @@ impl Report {
         let mut out = format!("suite {}\n", self.suite);
         let _ = writeln!(
             out,
-            "  {:<20} {:>14} {:>14} {:>7}  anchor",
-            "name", "ours", "anchor", "ratio"
+            "  {:<20} {:>14} {:>14} {:>7} {:>8}  anchor",
+            "name", "ours", "anchor", "ratio", "target"
         );
         for c in &self.comparisons {
+            let target = match (c.target, c.meets_target()) {
+                (Some(t), Some(true)) => format!(">={t} ok"),
+                (Some(t), _) => format!(">={t} MISS"),
+                (None, _) => "context".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<20} {:>14} {:>14} {:>7.3}  {} [{}]",
+                "  {:<20} {:>14} {:>14} {:>7.3} {:>8}  {} [{}]",
                 c.name,
                 figure(c.ours),
                 figure(c.anchor),
                 c.ratio,
+                target,
                 c.anchor_tool,
                 c.unit
             );
@@ -180,7 +221,7 @@ impl Report {
 }
 
 /// A figure with one decimal when large, four significant digits when small (seconds).
-fn figure(value: f64) -> String {
+pub fn figure(value: f64) -> String {
     if value.abs() >= 100.0 {
         format!("{value:.1}")
     } else {
@@ -214,13 +255,23 @@ mod tests {
         assert!((c.ratio - 0.9).abs() < 1e-9);
         let json = serde_json::to_value(Report {
             suite: "s".into(),
-            comparisons: vec![c],
+            comparisons: vec![c.clone().target(0.95)],
             measurements: Vec::new(),
+            machine: None,
         })
         .unwrap();
         assert_eq!(json["comparisons"][0]["anchor_tool"], "tool");
         assert_eq!(json["comparisons"][0]["higher_is_better"], true);
         assert!(json.get("measurements").is_none());
+        assert_eq!(json["comparisons"][0]["target"], 0.95);
+        assert_eq!(c.meets_target(), None);
+        assert_eq!(c.clone().target(0.95).meets_target(), Some(false));
+        // Reports written before targets existed still read.
+        let old: Report = serde_json::from_str(
+            r#"{"suite":"s","comparisons":[{"name":"x","unit":"qps","ours":1.0,"anchor":1.0,"anchor_tool":"t","higher_is_better":true,"ratio":1.0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.comparisons[0].target, None);
     }
 
     #[test]
@@ -243,6 +294,7 @@ mod tests {
                 true,
             )],
             measurements: vec![m("session_lookup", qps, p95), m("new_query", 1.0, 100.0)],
+            machine: None,
         };
         let baseline = report(1000.0, 1.0, 100.0);
         assert!(

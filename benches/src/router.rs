@@ -102,7 +102,9 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                 plan.clients, plan.seconds
             ),
             true,
-        )],
+        )
+        .target(0.95)],
         measurements: Vec::new(),
+        machine: None,
     })
 }

@@ -147,7 +147,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 &anchor,
                 anchor_tool,
                 true,
-            ),
+            )
+            .target(1.2),
             Comparison::from_rounds(
                 "context_pgbench_init",
                 "rows/s",
@@ -161,6 +162,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
             ),
         ],
         measurements: Vec::new(),
+        machine: None,
     })
 }
 

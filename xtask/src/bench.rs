@@ -1,6 +1,8 @@
 //! `cargo xtask bench [suite] [--quick]`: runs a benchmark suite (or all) built in release mode,
 //! prints its table and writes `target/pgops-bench/<suite>.json`; suites with criterion
-//! benches run those too.
+//! benches run those too. A full run of every suite (not `--quick`) then regenerates
+//! `docs/benchmarks.md` and its chart `docs/benchmarks.svg`; `--page-only` does just that
+//! from the JSON already there.
 
 use std::process::{Command, ExitCode};
 
@@ -18,6 +20,9 @@ pub struct Args {
     /// The share a figure may get worse before --compare flags it.
     #[arg(long, default_value_t = 0.2, requires = "compare")]
     pub threshold: f64,
+    /// Only regenerate docs/benchmarks.md and docs/benchmarks.svg from target/pgops-bench/*.json.
+    #[arg(long, conflicts_with_all = ["suite", "quick", "compare"])]
+    pub page_only: bool,
 }
 
 /// Suites and their criterion benches.
@@ -50,6 +55,33 @@ pub fn run(args: &Args) -> ExitCode {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let page = || {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root)
+            .args([
+                "run",
+                "--release",
+                "--locked",
+                "-p",
+                "pgops-benches",
+                "--bin",
+                "pgops-bench",
+                "--",
+                "page",
+            ])
+            .arg(target.join("pgops-bench"))
+            .arg(root.join("docs").join("benchmarks.md"))
+            .arg(root.join("docs").join("benchmarks.svg"));
+        succeeded(cmd, "regenerating docs/benchmarks.md")
+    };
+    if args.page_only {
+        return if page() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let every_suite = suites.len() == SUITES.len();
     for (suite, criterion_benches) in suites {
         let out = target.join("pgops-bench").join(format!("{suite}.json"));
         let mut cmd = Command::new(&cargo);
@@ -98,6 +130,13 @@ pub fn run(args: &Args) -> ExitCode {
             if !succeeded(cmd, &format!("criterion bench {bench}")) {
                 return ExitCode::FAILURE;
             }
+        }
+    }
+    if every_suite {
+        if args.quick {
+            println!("--quick figures are not published: docs/benchmarks.md is left as it was");
+        } else if !page() {
+            return ExitCode::FAILURE;
         }
     }
     ExitCode::SUCCESS
