@@ -25,6 +25,12 @@
 
 mod policy;
 
+/// The README's example of a service using the pool and the router, compiled as a doctest so
+/// it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExample;
+
 use std::{
     fmt,
     sync::{
