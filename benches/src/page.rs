@@ -113,15 +113,17 @@ pub fn section(reports: &[Report], svg_name: &str) -> String {
     let _ = writeln!(out);
     match machines.first() {
         Some(m) => {
+            let last = machines
+                .iter()
+                .map(|o| o.finished_at.as_str())
+                .max()
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "Ran on: {} ({} CPUs), {} GiB, {}, {}; last suite finished {}.",
-                m.cpu, m.cpus, m.memory_gib, m.os, m.postgres, m.finished_at
+                "Ran on: {} ({} CPUs), {} GiB, {}, {}; last suite finished {last}.",
+                m.cpu, m.cpus, m.memory_gib, m.os, m.postgres
             );
-            if machines
-                .iter()
-                .any(|o| (&o.cpu, o.cpus, &o.postgres) != (&m.cpu, m.cpus, &m.postgres))
-            {
+            if machines.iter().any(|o| !same_machine(o, m)) {
                 let _ = writeln!(
                     out,
                     "\nNot every suite ran on that machine; each table names its own."
@@ -163,7 +165,7 @@ pub fn section(reports: &[Report], svg_name: &str) -> String {
         let _ = writeln!(out, "### {}\n", report.suite);
         let _ = writeln!(out, "`cargo xtask bench {}`", report.suite);
         if let Some(m) = &report.machine
-            && machines.first().is_some_and(|first| *first != m)
+            && machines.first().is_some_and(|first| !same_machine(first, m))
         {
             let _ = writeln!(out, " (on {}, {} CPUs, {})", m.cpu, m.cpus, m.postgres);
         }
@@ -184,7 +186,7 @@ pub fn section(reports: &[Report], svg_name: &str) -> String {
                 c.unit,
                 readable(c.ours),
                 readable(c.anchor),
-                c.anchor_tool.replace('|', "\\|"),
+                cell(&c.anchor_tool),
                 c.ratio,
                 target
             );
@@ -296,6 +298,17 @@ fn readable(value: f64) -> String {
     if value < 0.0 { format!("-{out}") } else { out }
 }
 
+/// Whether two reports ran on the same machine and server (whenever they finished).
+fn same_machine(a: &Machine, b: &Machine) -> bool {
+    (&a.cpu, a.cpus, a.memory_gib, &a.os, &a.postgres)
+        == (&b.cpu, b.cpus, b.memory_gib, &b.os, &b.postgres)
+}
+
+/// Text for a Markdown table cell: no column breaks, no HTML.
+fn cell(text: &str) -> String {
+    escape(text).replace('|', "\\|")
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -368,7 +381,10 @@ mod tests {
                     ),
                 ],
             ),
-            workload,
+            {
+                workload.machine.as_mut().unwrap().finished_at = "2026-11-26T23:00:00Z".into();
+                workload
+            },
         ]
     }
 
@@ -391,6 +407,15 @@ mod tests {
             "| `q` | queries/s | 50,000 | 55,000 | pgbench -f q.sql | 0.91 | ≥ 0.95 (**missed**) |"
         ));
         assert!(text.contains("| `session_lookup` | 85,341 | 0.092 ms | 0.142 ms | 0.184 ms |"));
+        assert!(text.contains("last suite finished 2026-11-26T23:00:00Z"), "{text}");
+        assert!(!text.contains("(on Test CPU"), "one machine, named once: {text}");
+        let mut other = reports();
+        other[0].comparisons[0].anchor_tool = "pg_dump -p <port>".into();
+        other[1].machine.as_mut().unwrap().cpus = 4;
+        let text = section(&other, "b.svg");
+        assert!(text.contains("pg_dump -p &lt;port&gt;"), "{text}");
+        assert!(text.contains("Not every suite ran on that machine"));
+        assert!(text.contains("(on Test CPU, 4 CPUs"));
     }
 
     #[test]
