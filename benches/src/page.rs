@@ -165,7 +165,9 @@ pub fn section(reports: &[Report], svg_name: &str) -> String {
         let _ = writeln!(out, "### {}\n", report.suite);
         let _ = writeln!(out, "`cargo xtask bench {}`", report.suite);
         if let Some(m) = &report.machine
-            && machines.first().is_some_and(|first| !same_machine(first, m))
+            && machines
+                .first()
+                .is_some_and(|first| !same_machine(first, m))
         {
             let _ = writeln!(out, " (on {}, {} CPUs, {})", m.cpu, m.cpus, m.postgres);
         }
@@ -407,8 +409,14 @@ mod tests {
             "| `q` | queries/s | 50,000 | 55,000 | pgbench -f q.sql | 0.91 | ≥ 0.95 (**missed**) |"
         ));
         assert!(text.contains("| `session_lookup` | 85,341 | 0.092 ms | 0.142 ms | 0.184 ms |"));
-        assert!(text.contains("last suite finished 2026-11-26T23:00:00Z"), "{text}");
-        assert!(!text.contains("(on Test CPU"), "one machine, named once: {text}");
+        assert!(
+            text.contains("last suite finished 2026-11-26T23:00:00Z"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("(on Test CPU"),
+            "one machine, named once: {text}"
+        );
         let mut other = reports();
         other[0].comparisons[0].anchor_tool = "pg_dump -p <port>".into();
         other[1].machine.as_mut().unwrap().cpus = 4;

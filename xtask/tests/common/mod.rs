@@ -155,7 +155,10 @@ pub fn text(bytes: &[u8]) -> String {
 /// A directory the server user can enter (the kit runs PostgreSQL as `postgres` under root).
 pub fn stack_dir() -> (tempfile::TempDir, PathBuf) {
     // Named like the test kit's own directories, so `cargo xtask ci`'s leftover check covers it.
-    let tmp = tempfile::Builder::new().prefix("pgops-xtask-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("pgops-xtask-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("pgops-dev");
     (tmp, dir)
