@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long)]
     pub fresh: bool,
     /// Where the stack lives [default: target/pgops-dev].
-    #[arg(long)]
+    #[arg(long, env = "PGOPS_DEV_DIR")]
     pub dir: Option<PathBuf>,
     /// The primary's port on 127.0.0.1; the replica listens on the next one.
     #[arg(long, default_value_t = 54320, value_parser = clap::value_parser!(u16).range(1024..65535))]
@@ -56,8 +56,11 @@ pub fn run(args: &Args) -> ExitCode {
     }
 }
 
-/// The default directory of the stack.
+/// The stack's directory when none is given: `PGOPS_DEV_DIR`, else `target/pgops-dev`.
 pub fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGOPS_DEV_DIR") {
+        return dir.into();
+    }
     let root = crate::workspace_root();
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), PathBuf::from)

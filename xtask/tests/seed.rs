@@ -8,7 +8,8 @@ fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.args(args)
         .env_remove("PGOPS_ENV")
         .env_remove("APP_ENV")
-        .env_remove("DATABASE_URL");
+        .env_remove("DATABASE_URL")
+        .env_remove("PGOPS_DEV_DIR");
     cmd.envs(env.iter().copied());
     cmd.output().unwrap()
 }
@@ -92,7 +93,38 @@ fn seeds_prints_a_summary_and_is_idempotent() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_ne!(count(&db, "users"), "8");
 
-    let out = xtask(&["seed", "--env", "staging"], &[]);
+    // No DATABASE_URL and no dev stack: the error says what to do.
+    let no_stack = tempfile::tempdir().unwrap();
+    let no_stack = no_stack.path().display().to_string();
+    let out = xtask(
+        &["seed", "--env", "staging"],
+        &[("PGOPS_DEV_DIR", &no_stack)],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("DATABASE_URL is not set"));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("DATABASE_URL is not set") && err.contains("cargo xtask dev"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_database_url_the_dev_stack_is_seeded() {
+    let db = pgops_schema::testing::database().unwrap();
+    // What `cargo xtask dev` records for shells and for this command.
+    let stack = tempfile::tempdir().unwrap();
+    std::fs::write(
+        stack.path().join("env"),
+        format!("DATABASE_URL='{}'\n", db.url()),
+    )
+    .unwrap();
+    let dir = stack.path().display().to_string();
+    let out = xtask(&["seed", "--env", "test"], &[("PGOPS_DEV_DIR", &dir)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(db.name()),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(count(&db, "users"), "8");
 }
