@@ -316,3 +316,88 @@ fn pid_alive(pid: i32) -> bool {
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
     })
 }
+
+#[test]
+fn a_kept_cluster_keeps_its_data_and_its_replica_across_owners() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::Builder::new()
+        .prefix("pgops-kept-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (primary_dir, replica_dir) = (tmp.path().join("primary"), tmp.path().join("replica"));
+    let data_dir;
+    {
+        let primary = Cluster::start(ClusterOptions::default().keep_in(&primary_dir)).unwrap();
+        let replica = primary
+            .create_replica_with(ClusterOptions::default().keep_in(&replica_dir))
+            .unwrap();
+        primary
+            .execute(
+                "postgres",
+                "CREATE TABLE kept (id int); INSERT INTO kept VALUES (1), (2)",
+            )
+            .unwrap();
+        replica.catch_up(&primary, WAIT).unwrap();
+        data_dir = primary.data_dir();
+        assert_eq!(primary.root(), primary_dir.as_path());
+        // Dropped: stopped, not removed.
+    }
+    assert!(data_dir.join("PG_VERSION").exists(), "the data stays");
+    assert!(
+        !data_dir.join("postmaster.pid").exists(),
+        "the server stopped"
+    );
+    assert!(
+        !Cluster::stop_left_over(&primary_dir).unwrap(),
+        "nothing left running"
+    );
+
+    let primary = Cluster::start(ClusterOptions::default().keep_in(&primary_dir)).unwrap();
+    assert_eq!(count(&primary, "postgres", "kept"), 2);
+    let replica = primary
+        .create_replica_with(ClusterOptions::default().keep_in(&replica_dir))
+        .unwrap();
+    primary
+        .execute("postgres", "INSERT INTO kept VALUES (3)")
+        .unwrap();
+    replica.catch_up(&primary, WAIT).unwrap();
+    assert_eq!(
+        count(&replica, "postgres", "kept"),
+        3,
+        "the old replica streams again"
+    );
+    assert!(replica.is_in_recovery().unwrap());
+}
+
+#[test]
+fn a_kept_cluster_refuses_another_versions_data_and_a_busy_port() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::Builder::new()
+        .prefix("pgops-kept-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("old");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("data").join("PG_VERSION"), "9.6\n").unwrap();
+    let err = Cluster::start(ClusterOptions::default().keep_in(&dir)).unwrap_err();
+    assert!(
+        matches!(&err, pgops_testkit::Error::VersionMismatch { found, .. } if found == "9.6"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("PGOPS_PG_BINDIR"), "{err}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let err = Cluster::start(
+        ClusterOptions::default()
+            .keep_in(tmp.path().join("new"))
+            .port(port),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, pgops_testkit::Error::PortBusy { port: p } if p == port),
+        "{err}"
+    );
+}
