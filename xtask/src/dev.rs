@@ -83,6 +83,11 @@ fn up(args: &Args) -> anyhow::Result<Exit> {
         .checked_add(1)
         .context("--port leaves no room for the replica's port (port + 1)")?;
 
+    // One stack per directory: a second run would otherwise take the first one's servers for
+    // leftovers and stop them. The lock sits beside the directory (so --fresh keeps it) and
+    // goes with the process, however it ends.
+    let _lock = lock(&dir)?;
+
     // Check what can be checked before anything starts.
     let bins = PgBinaries::discover()?;
     let major = bins.major_version()?;
@@ -229,6 +234,39 @@ fn up(args: &Args) -> anyhow::Result<Exit> {
     serve?;
     println!("stopped; the data stays in {}", dir.display());
     Ok(Exit::Ok)
+}
+
+/// Takes the stack's lock (`<dir>.lock`), naming the process that holds it when taken.
+fn lock(dir: &Path) -> anyhow::Result<fs::File> {
+    let path = dir.with_extension("lock");
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another `cargo xtask dev` (pid {}) is running the stack in {}; use that one, or stop it (Ctrl-C) first",
+                holder.trim(),
+                dir.display()
+            )
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 /// Runs one `pgops` command in this process, as the binary would.

@@ -122,6 +122,16 @@ fn dev_stack_comes_up_stops_cleanly_and_finds_its_data_again() {
         stack.output
     );
 
+    // While it runs, a second run on the same directory is refused and leaves it running.
+    let again = run_dev(&dir, &ports, &[]);
+    assert_eq!(again.status.code(), Some(2));
+    let err = text(&again.stderr);
+    assert!(err.contains("is running the stack in"), "{err}");
+    assert!(
+        server_running(&dir, "primary"),
+        "the running stack was not touched"
+    );
+
     // While it runs, a second stack on the same ports is refused before it starts anything.
     let (_tmp2, other) = stack_dir();
     let busy = run_dev(&other, &ports, &[]);
