@@ -262,6 +262,11 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         "a runbook printed the password"
     );
     // Restore to a point in time: the copy was started, checked and removed again.
+    assert!(
+        all.contains("with recovery to restore point before_cleanup"),
+        "{all}"
+    );
+    assert!(all.contains("recovery: paused"), "{all}");
     assert!(all.contains("pitr copy answers"), "{all}");
     assert!(
         !scratch.join("pitr").exists(),

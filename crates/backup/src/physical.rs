@@ -179,6 +179,19 @@ pub enum Target {
     Xid(String),
 }
 
+impl std::fmt::Display for Target {
+    /// How an operator would say it: `restore point before_cleanup`, `2026-11-26 10:15:00 UTC`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Latest => f.write_str("the end of the archived WAL"),
+            Target::Time(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S%.f UTC")),
+            Target::Lsn(lsn) => write!(f, "WAL position {lsn}"),
+            Target::Name(name) => write!(f, "restore point {name}"),
+            Target::Xid(xid) => write!(f, "transaction {xid}"),
+        }
+    }
+}
+
 /// An LSN as a number. Pure.
 pub fn parse_lsn(text: &str) -> Result<u64> {
     let (hi, lo) = text.split_once('/').ok_or_else(|| {
@@ -439,6 +452,25 @@ pub fn restore_point(url: &DatabaseUrl, name: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn targets_read_as_an_operator_says_them() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-26T10:15:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(Target::Time(t).to_string(), "2026-11-26 10:15:00 UTC");
+        assert_eq!(
+            Target::Name("before_cleanup".into()).to_string(),
+            "restore point before_cleanup"
+        );
+        assert_eq!(
+            Target::Lsn("0/3000060".into()).to_string(),
+            "WAL position 0/3000060"
+        );
+        assert_eq!(Target::Xid("742".into()).to_string(), "transaction 742");
+        assert_eq!(Target::Latest.to_string(), "the end of the archived WAL");
+    }
+
     use chrono::TimeZone;
 
     use super::*;

@@ -341,7 +341,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 emit(
                     out,
                     &format!(
-                        "laid out {} in {} with recovery to {:?}; start PostgreSQL on it (as its owner) to recover\n",
+                        "laid out {} in {} with recovery to {}; start PostgreSQL on it (as its owner) to recover\n",
                         restored.backup, restored.dir, restored.target
                     ),
                 )?;
