@@ -455,9 +455,9 @@ mod tests {
 
     #[test]
     fn targets_read_as_an_operator_says_them() {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-11-26T10:15:00Z")
+        let t = DateTime::parse_from_rfc3339("2026-11-26T10:15:00Z")
             .unwrap()
-            .with_timezone(&chrono::Utc);
+            .with_timezone(&Utc);
         assert_eq!(Target::Time(t).to_string(), "2026-11-26 10:15:00 UTC");
         assert_eq!(
             Target::Name("before_cleanup".into()).to_string(),
