@@ -211,12 +211,7 @@ impl Cluster {
                 }
             }
         }
-        let conf = data.join("postgresql.conf");
-        if let Ok(text) = fs::read_to_string(&conf)
-            && !text.contains("include 'pgops.conf'")
-        {
-            cluster.write_file(&conf, &format!("{text}\ninclude 'pgops.conf'\n"))?;
-        }
+        cluster.include_kit_settings(&data)?;
         cluster.start_on_a_free_port(None)?;
         Ok(cluster)
     }
@@ -274,18 +269,22 @@ impl Cluster {
             replica.start_on_a_free_port(Some(&conninfo))?;
             return Ok(crate::Replica::new(replica));
         }
+        let partial = replica.fresh_partial_dir()?;
         let mut cmd = replica.pg_command("pg_basebackup");
         cmd.arg("--pgdata")
-            .arg(replica.data_dir())
+            .arg(&partial)
             .arg("--dbname")
             .arg(&conninfo)
             .args([
                 "--write-recovery-conf",
                 "--wal-method=stream",
                 "--checkpoint=fast",
-                "--no-sync",
             ]);
+        if !replica.options.fsync {
+            cmd.arg("--no-sync");
+        }
         process::run(cmd, "pg_basebackup")?;
+        replica.complete(&partial)?;
         replica.start_on_a_free_port(Some(&conninfo))?;
         Ok(crate::Replica::new(replica))
     }
@@ -533,27 +532,28 @@ impl Cluster {
             tracing::info!(data = %data.display(), "stopping a server an earlier run left behind");
             self.pg_ctl_stop("fast")?;
         }
+        self.include_kit_settings(&data)?;
         Ok(true)
     }
 
+    /// Creates the data directory under a temporary name and renames it into place once it
+    /// is complete, so a kept cluster whose owner died half-way never reopens half a cluster.
     fn initdb(&self) -> Result<()> {
+        let partial = self.fresh_partial_dir()?;
         let mut cmd = self.pg_command("initdb");
-        cmd.arg("--pgdata")
-            .arg(self.data_dir())
-            .args([
-                "--username",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-            ])
-            .args(["--no-sync", "--no-instructions"]);
+        cmd.arg("--pgdata").arg(&partial).args([
+            "--username",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-instructions",
+        ]);
+        if !self.options.fsync {
+            cmd.arg("--no-sync");
+        }
         process::run(cmd, "initdb")?;
-        let conf = self.data_dir().join("postgresql.conf");
-        let mut text = fs::read_to_string(&conf)
-            .map_err(|e| Error::io(format!("reading {}", conf.display()), e))?;
-        text.push_str("\ninclude 'pgops.conf'\n");
-        self.write_file(&conf, &text)?;
+        self.include_kit_settings(&partial)?;
         if self.options.require_passwords {
             let hba = format!(
                 "# written by pgops-testkit\n\
@@ -562,9 +562,43 @@ impl Cluster {
                  host replication {SUPERUSER} 127.0.0.1/32 trust\n\
                  host all all 127.0.0.1/32 scram-sha-256\n"
             );
-            self.write_file(&self.data_dir().join("pg_hba.conf"), &hba)?;
+            self.write_file(&partial.join("pg_hba.conf"), &hba)?;
+        }
+        self.complete(&partial)
+    }
+
+    /// Makes the `postgresql.conf` in `data` include the kit's `pgops.conf` (port, socket
+    /// dir, archiving, settings), once.
+    fn include_kit_settings(&self, data: &Path) -> Result<()> {
+        let conf = data.join("postgresql.conf");
+        let text = fs::read_to_string(&conf)
+            .map_err(|e| Error::io(format!("reading {}", conf.display()), e))?;
+        if !text.contains("include 'pgops.conf'") {
+            self.write_file(&conf, &format!("{text}\ninclude 'pgops.conf'\n"))?;
         }
         Ok(())
+    }
+
+    /// `data.partial` in the cluster's directory, emptied of what a process that died while
+    /// creating the data directory left there.
+    fn fresh_partial_dir(&self) -> Result<PathBuf> {
+        let partial = self.root.join("data.partial");
+        if partial.exists() {
+            fs::remove_dir_all(&partial)
+                .map_err(|e| Error::io(format!("removing {}", partial.display()), e))?;
+        }
+        Ok(partial)
+    }
+
+    /// Renames a finished `data.partial` to the data directory.
+    fn complete(&self, partial: &Path) -> Result<()> {
+        let data = self.data_dir();
+        fs::rename(partial, &data).map_err(|e| {
+            Error::io(
+                format!("renaming {} to {}", partial.display(), data.display()),
+                e,
+            )
+        })
     }
 
     /// Writes `pgops.conf` (port, socket dir, WAL and archive settings, extra settings) into

@@ -353,8 +353,18 @@ fn a_kept_cluster_keeps_its_data_and_its_replica_across_owners() {
         "nothing left running"
     );
 
+    // An owner that died half-way: its settings not yet included, a half-made data directory.
+    let conf = data_dir.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace("include 'pgops.conf'", "")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("third").join("data.partial").join("base")).unwrap();
+
     let primary = Cluster::start(ClusterOptions::default().keep_in(&primary_dir)).unwrap();
-    assert_eq!(count(&primary, "postgres", "kept"), 2);
+    assert_eq!(
+        count(&primary, "postgres", "kept"),
+        2,
+        "on the kit's port again"
+    );
     let replica = primary
         .create_replica_with(ClusterOptions::default().keep_in(&replica_dir))
         .unwrap();
@@ -368,6 +378,16 @@ fn a_kept_cluster_keeps_its_data_and_its_replica_across_owners() {
         "the old replica streams again"
     );
     assert!(replica.is_in_recovery().unwrap());
+    let third =
+        Cluster::start(ClusterOptions::default().keep_in(tmp.path().join("third"))).unwrap();
+    assert!(
+        !third.root().join("data.partial").exists(),
+        "the half-made directory is replaced"
+    );
+    assert_eq!(
+        third.query_text("postgres", "1").unwrap().as_deref(),
+        Some("1")
+    );
 }
 
 #[test]
