@@ -13,6 +13,10 @@ use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::{Context, bail};
@@ -46,8 +50,21 @@ pub struct Args {
 
 /// Runs the stack until Ctrl-C or SIGTERM.
 pub fn run(args: &Args) -> ExitCode {
-    match up(args) {
+    let stop = match StopSignal::install() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match up(args, &stop) {
         Ok(exit) => exit.into(),
+        // A terminal's Ctrl-C also reaches the step's own programs (pg_basebackup, say), so
+        // the step may fail of it: that is the interruption too.
+        Err(e) if e.is::<Interrupted>() || stop.requested() => {
+            println!("interrupted: stopped the replica and the primary");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             // Our own clusters are dropped (and stopped) by now; what is left is the message.
@@ -75,7 +92,69 @@ pub fn recorded_database_url(dir: &Path) -> Option<String> {
         .map(|v| v.trim_matches('\'').to_owned())
 }
 
-fn up(args: &Args) -> anyhow::Result<Exit> {
+/// Ctrl-C or SIGTERM during the setup steps: the stack stops after the step it was in.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Ctrl-C and SIGTERM, caught from the first moment, so that no signal ever kills the stack
+/// half-way: during setup it stops after the current step; while serving, the health server
+/// (which listens for the same signals) returns and the stack stops.
+struct StopSignal(Arc<AtomicBool>);
+
+impl StopSignal {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the signal listener")?;
+        let (mut interrupt, mut terminate) = rt
+            .block_on(async {
+                Ok::<_, std::io::Error>((
+                    signal(SignalKind::interrupt())?,
+                    signal(SignalKind::terminate())?,
+                ))
+            })
+            .context("installing the Ctrl-C and SIGTERM handlers")?;
+        let flag = Arc::new(AtomicBool::new(false));
+        let seen = flag.clone();
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                loop {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                    seen.store(true, Ordering::SeqCst);
+                }
+            });
+        });
+        Ok(StopSignal(flag))
+    }
+
+    /// Whether a stop was asked for.
+    fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Fails with [`Interrupted`] once a stop was asked for.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.requested() {
+            return Err(Interrupted.into());
+        }
+        Ok(())
+    }
+}
+
+fn up(args: &Args, stop: &StopSignal) -> anyhow::Result<Exit> {
     let dir = std::path::absolute(args.dir.clone().unwrap_or_else(default_dir))
         .context("resolving the stack directory")?;
     let replica_port = args
@@ -139,10 +218,12 @@ fn up(args: &Args) -> anyhow::Result<Exit> {
     );
     let primary = Cluster::start(options.clone().keep_in(dir.join("primary")).port(args.port))
         .map_err(|e| explain(e, &dir))?;
+    stop.check()?;
     primary.make_server_dir(&repo_dir)?;
     let replica = primary
         .create_replica_with(options.keep_in(dir.join("replica")).port(replica_port))
         .map_err(|e| explain(e, &dir))?;
+    stop.check()?;
     println!("  primary  127.0.0.1:{}", primary.port());
     println!("  replica  127.0.0.1:{} (streaming)", replica.port());
 
@@ -158,6 +239,7 @@ fn up(args: &Args) -> anyhow::Result<Exit> {
     write_env(&dir, &url, &replica_url, &repo)?;
 
     pgops_step(&["migrate", "run", "--database-url", &url])?;
+    stop.check()?;
     let seeded = crate::seed::seed(&crate::seed::Args {
         dataset: "development".into(),
         seed: 1,
@@ -168,6 +250,7 @@ fn up(args: &Args) -> anyhow::Result<Exit> {
     if seeded != Exit::Ok {
         bail!("seeding the development dataset failed (see above)");
     }
+    stop.check()?;
     let store = pgops_backup::repo::open(&repo)?;
     let has_physical = pgops_backup::list(&*store)?
         .iter()
@@ -187,6 +270,8 @@ fn up(args: &Args) -> anyhow::Result<Exit> {
             &url,
         ])?;
     }
+
+    stop.check()?;
 
     let metrics = format!("http://{}", args.metrics_listen);
     let bin = pgops_bin.display();

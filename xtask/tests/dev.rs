@@ -173,6 +173,17 @@ fn dev_stack_comes_up_stops_cleanly_and_finds_its_data_again() {
     );
     wait_until_stopped(&dir);
 
+    // SIGTERM (or Ctrl-C) while it is still setting up: it stops after the current step,
+    // cleanly, and the next run carries on.
+    let stack = Stack::start_until(&dir, &ports, &["--fresh"], "starting the pgops dev stack");
+    let (code, rest) = stack.stop_with_output(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{rest}");
+    assert!(
+        rest.contains("interrupted: stopped the replica and the primary"),
+        "{rest}"
+    );
+    wait_until_stopped(&dir);
+
     // --fresh starts over.
     let stack = Stack::start_fresh(&dir, &ports);
     assert!(stack.output.contains("(--fresh)"), "{}", stack.output);

@@ -22,6 +22,8 @@ pub struct Stack {
     child: Option<Child>,
     /// What it printed until it said it was serving.
     pub output: String,
+    /// What it printed after that, once it has exited.
+    rest: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Stack {
@@ -36,6 +38,11 @@ impl Stack {
     }
 
     pub fn start_with(dir: &Path, ports: &Ports, extra: &[&str]) -> Stack {
+        Stack::start_until(dir, ports, extra, "serving http://")
+    }
+
+    /// Starts the stack and returns once it printed a line starting with `marker`.
+    pub fn start_until(dir: &Path, ports: &Ports, extra: &[&str], marker: &str) -> Stack {
         let mut child = dev_command(dir, ports)
             .args(extra)
             .stdout(Stdio::piped())
@@ -57,6 +64,7 @@ impl Stack {
         let mut stack = Stack {
             child: Some(child),
             output: String::new(),
+            rest: None,
         };
         let deadline = Instant::now() + Duration::from_secs(180);
         while Instant::now() < deadline {
@@ -64,9 +72,16 @@ impl Stack {
                 Ok(line) => {
                     stack.output.push_str(&line);
                     stack.output.push('\n');
-                    if line.starts_with("serving http://") {
+                    if line.starts_with(marker) {
                         // Keep draining in the background so the child never blocks on a pipe.
-                        std::thread::spawn(move || while rx.recv().is_ok() {});
+                        stack.rest = Some(std::thread::spawn(move || {
+                            let mut rest = String::new();
+                            while let Ok(line) = rx.recv() {
+                                rest.push_str(&line);
+                                rest.push('\n');
+                            }
+                            rest
+                        }));
                         return stack;
                     }
                 }
@@ -82,10 +97,21 @@ impl Stack {
     }
 
     /// Sends `signal` and waits for the exit code (None when killed by a signal).
-    pub fn stop(mut self, signal: Signal) -> Option<i32> {
+    pub fn stop(self, signal: Signal) -> Option<i32> {
+        self.stop_with_output(signal).0
+    }
+
+    /// Sends `signal`, waits, and returns the exit code and what it printed after the marker.
+    pub fn stop_with_output(mut self, signal: Signal) -> (Option<i32>, String) {
         kill(self.pid(), signal).unwrap();
         let mut child = self.child.take().unwrap();
-        child.wait().unwrap().code()
+        let code = child.wait().unwrap().code();
+        let rest = self
+            .rest
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        (code, rest)
     }
 }
 
