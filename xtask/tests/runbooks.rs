@@ -112,6 +112,39 @@ fn run_runbook(path: &Path, stack_dir: &Path, env: &[(String, String)]) -> Strin
     text
 }
 
+/// Takes the stack repository's `wal/` from the server's user and waits until archiving a
+/// new segment has failed.
+fn break_archiving(stack_dir: &Path, primary_url: &str) {
+    use diesel::{
+        Connection, RunQueryDsl, connection::SimpleConnection, dsl::sql, sql_types::BigInt,
+    };
+    let wal = stack_dir.join("repo").join("wal");
+    nix::unistd::chown(
+        &wal,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    )
+    .unwrap();
+    fs::set_permissions(&wal, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut conn = diesel::PgConnection::establish(primary_url).unwrap();
+    conn.batch_execute("SELECT txid_current(); SELECT pg_switch_wal();")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let failed: i64 = diesel::select(sql::<BigInt>("failed_count FROM pg_stat_archiver"))
+            .get_result(&mut conn)
+            .unwrap();
+        if failed > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "archiving never failed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn runbook_blocks_are_found_with_their_line() {
     let md = "# t\n```sh\nnot a step\n```\n\n```sh runbook\necho one\necho two\n```\n```bash runbook\nx\n```\n";
@@ -195,6 +228,10 @@ fn every_runbook_step_runs_against_a_dev_stack() {
             ),
             ("NEW_PASSWORD", new_password.to_owned()),
             ("ROTATE_ROLE", "app_runbook".to_owned()),
+            (
+                "PG_OS_USER",
+                std::env::var("PGOPS_PG_USER").unwrap_or_else(|_| "postgres".to_owned()),
+            ),
         ]
         .map(|(k, v)| (k.to_owned(), v)),
     );
@@ -223,11 +260,26 @@ fn every_runbook_step_runs_against_a_dev_stack() {
             "{expected} missing: {names:?}"
         );
     }
+    let is_root = nix::unistd::Uid::effective().is_root();
     let mut outputs = Vec::new();
     for file in &files {
+        if is_root && file.ends_with("wal-archive-failing.md") {
+            // The failure that runbook diagnoses and fixes: the repository's wal/ taken from
+            // the server's user, and a segment that cannot be archived.
+            break_archiving(&dir, &primary_url);
+        }
         outputs.push(run_runbook(file, &dir, &env));
     }
     let all = outputs.join("\n");
+    if is_root {
+        let wal = outputs.last().unwrap();
+        assert!(
+            wal.contains("Permission denied"),
+            "step 2 shows the cause:\n{wal}"
+        );
+        assert!(wal.contains("back to postgres"), "the fix step ran:\n{wal}");
+        assert!(wal.contains("archiving works"), "{wal}");
+    }
 
     // What the runbooks promise, checked on the stack they ran against.
     // Rotating credentials: the new password works, and appears in no log or statistics.
