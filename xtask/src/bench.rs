@@ -55,21 +55,25 @@ pub fn run(args: &Args) -> ExitCode {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let page = || {
+    // `pgops-bench` built in release mode, with its first argument.
+    let harness = |first: &str| {
         let mut cmd = Command::new(&cargo);
-        cmd.current_dir(&root)
-            .args([
-                "run",
-                "--release",
-                "--locked",
-                "-p",
-                "pgops-benches",
-                "--bin",
-                "pgops-bench",
-                "--",
-                "page",
-            ])
-            .arg(target.join("pgops-bench"))
+        cmd.current_dir(&root).args([
+            "run",
+            "--release",
+            "--locked",
+            "-p",
+            "pgops-benches",
+            "--bin",
+            "pgops-bench",
+            "--",
+            first,
+        ]);
+        cmd
+    };
+    let page = || {
+        let mut cmd = harness("page");
+        cmd.arg(target.join("pgops-bench"))
             .arg(root.join("docs").join("benchmarks.md"))
             .arg(root.join("docs").join("benchmarks.svg"));
         succeeded(cmd, "regenerating docs/benchmarks.md")
@@ -84,21 +88,8 @@ pub fn run(args: &Args) -> ExitCode {
     let every_suite = suites.len() == SUITES.len();
     for (suite, criterion_benches) in suites {
         let out = target.join("pgops-bench").join(format!("{suite}.json"));
-        let mut cmd = Command::new(&cargo);
-        cmd.current_dir(&root)
-            .args([
-                "run",
-                "--release",
-                "--locked",
-                "-p",
-                "pgops-benches",
-                "--bin",
-                "pgops-bench",
-                "--",
-                suite,
-            ])
-            .arg("--out")
-            .arg(&out);
+        let mut cmd = harness(suite);
+        cmd.arg("--out").arg(&out);
         if args.quick {
             cmd.arg("--quick");
         }
