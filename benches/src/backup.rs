@@ -131,6 +131,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         .collect(),
         measurements: Vec::new(),
         machine: None,
+        quick: false,
     })
 }
 

@@ -32,5 +32,6 @@ pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
         ),
     }?;
     report.machine = Some(page::machine());
+    report.quick = quick;
     Ok(report)
 }

@@ -164,6 +164,13 @@ pub fn section(reports: &[Report], svg_name: &str) -> String {
     for report in reports {
         let _ = writeln!(out, "### {}\n", report.suite);
         let _ = writeln!(out, "`cargo xtask bench {}`", report.suite);
+        if report.quick {
+            let _ = writeln!(
+                out,
+                "\n**A `--quick` run (smaller data, fewer rounds): not representative; run `cargo xtask bench {}`.**",
+                report.suite
+            );
+        }
         if let Some(m) = &report.machine
             && machines
                 .first()
@@ -335,6 +342,7 @@ mod tests {
                 postgres: "postgres (PostgreSQL) 15.18".into(),
                 finished_at: "2026-11-26T22:00:00Z".into(),
             }),
+            quick: false,
         }
     }
 
@@ -420,10 +428,17 @@ mod tests {
         let mut other = reports();
         other[0].comparisons[0].anchor_tool = "pg_dump -p <port>".into();
         other[1].machine.as_mut().unwrap().cpus = 4;
+        other[1].quick = true;
         let text = section(&other, "b.svg");
         assert!(text.contains("pg_dump -p &lt;port&gt;"), "{text}");
         assert!(text.contains("Not every suite ran on that machine"));
         assert!(text.contains("(on Test CPU, 4 CPUs"));
+        assert!(text.contains("**A `--quick` run"), "{text}");
+        assert_eq!(
+            text.matches("`--quick` run").count(),
+            1,
+            "only the quick suite"
+        );
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
         ],
         measurements: Vec::new(),
         machine: None,
+        quick: false,
     })
 }
 

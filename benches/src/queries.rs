@@ -220,6 +220,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         ],
         measurements,
         machine: None,
+        quick: false,
     })
 }
 

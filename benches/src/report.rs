@@ -19,6 +19,9 @@ pub struct Report {
     /// The machine and server the suite ran on (absent in reports of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<Machine>,
+    /// Written by a `--quick` run: smaller data, fewer rounds, not for publishing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quick: bool,
 }
 
 /// Where a suite ran: enough to tell whether two reports are comparable.
@@ -258,6 +261,7 @@ mod tests {
             comparisons: vec![c.clone().target(0.95)],
             measurements: Vec::new(),
             machine: None,
+            quick: false,
         })
         .unwrap();
         assert_eq!(json["comparisons"][0]["anchor_tool"], "tool");
@@ -295,6 +299,7 @@ mod tests {
             )],
             measurements: vec![m("session_lookup", qps, p95), m("new_query", 1.0, 100.0)],
             machine: None,
+            quick: false,
         };
         let baseline = report(1000.0, 1.0, 100.0);
         assert!(

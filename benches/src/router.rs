@@ -106,5 +106,6 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
         .target(0.95)],
         measurements: Vec::new(),
         machine: None,
+        quick: false,
     })
 }

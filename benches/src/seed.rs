@@ -163,6 +163,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         ],
         measurements: Vec::new(),
         machine: None,
+        quick: false,
     })
 }
 
