@@ -40,7 +40,8 @@ pub enum Area {
     Insights(insights::Args),
     /// The Prometheus endpoint (/metrics, /health, /ready) and a one-shot health check.
     Health(health::Args),
-    /// Logical backups into a file:// or s3:// repository: create, list, verify, restore, prune.
+    /// Logical and physical backups in a file:// or s3:// repository: create, verify, restore
+    /// (to a point in time), drills, retention.
     Backup(backup::Args),
     /// The WAL archive: push (archive_command), fetch (restore_command), setup, check.
     Wal(wal::Args),
