@@ -26,7 +26,8 @@ enum Task {
     Migrate(migrate::Args),
     /// Load a sample dataset into DATABASE_URL (never when PGOPS_ENV=production).
     Seed(seed::Args),
-    /// Benchmarks side by side with the existing tools; writes target/pgops-bench/<suite>.json.
+    /// Benchmarks side by side with the existing tools; writes target/pgops-bench/<suite>.json,
+    /// and after every suite, docs/benchmarks.md with its chart.
     Bench(bench::Args),
 }
 
