@@ -15,8 +15,9 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", max_term_width = 100)]
 enum Task {
-    /// Everything CI checks: formatting, clippy, the test suite, the migration round trip on a
-    /// fresh cluster, and that no PostgreSQL process or directory is left behind.
+    /// Everything CI checks: formatting, clippy, the migration linter, the alert rules, the test
+    /// suite (the runbooks' steps included), the migration round trip on a fresh cluster, and
+    /// that no PostgreSQL process or directory is left behind.
     Ci(ci::Args),
     /// The local stack: a primary and a streaming replica under target/pgops-dev, archiving
     /// WAL, migrated, seeded, backed up, with the health endpoint on 127.0.0.1:9187, until
