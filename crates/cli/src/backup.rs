@@ -163,6 +163,17 @@ fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), Failur
     emit(out, &format!("{text}\n"))
 }
 
+/// `--target-time`, as RFC 3339.
+fn target_time_arg(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            Failure::usage(anyhow::anyhow!(
+                "--target-time {text:?}: {e}; write it like 2026-11-26T10:15:00Z"
+            ))
+        })
+}
+
 /// The names that stand for the newest backup (of one kind): `latest`, `latest-logical`,
 /// `latest-physical`, so scripts and runbooks need no id.
 pub const LATEST_ALIASES: &[&str] = &["latest", "latest-logical", "latest-physical"];
@@ -249,15 +260,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             user,
         } => {
             let target = match target_time {
-                Some(t) => pgops_backup::physical::Target::Time(
-                    chrono::DateTime::parse_from_rfc3339(t)
-                        .map_err(|e| {
-                            Failure::usage(anyhow::anyhow!(
-                                "--target-time {t:?}: {e}; write it like 2026-11-26T10:15:00Z"
-                            ))
-                        })?
-                        .with_timezone(&chrono::Utc),
-                ),
+                Some(t) => pgops_backup::physical::Target::Time(target_time_arg(t)?),
                 None => pgops_backup::physical::Target::Latest,
             };
             let exe = std::env::current_exe()
@@ -305,15 +308,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         } => {
             use pgops_backup::physical::Target;
             let target = if let Some(t) = target_time {
-                Target::Time(
-                    chrono::DateTime::parse_from_rfc3339(t)
-                        .map_err(|e| {
-                            Failure::usage(anyhow::anyhow!(
-                                "--target-time {t:?}: {e}; write it like 2026-11-26T10:15:00Z"
-                            ))
-                        })?
-                        .with_timezone(&chrono::Utc),
-                )
+                Target::Time(target_time_arg(t)?)
             } else if let Some(lsn) = target_lsn {
                 pgops_backup::physical::parse_lsn(lsn).map_err(Failure::usage)?;
                 Target::Lsn(lsn.clone())
