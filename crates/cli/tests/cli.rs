@@ -264,3 +264,32 @@ fn lint_exit_codes_clean_findings_and_parse_errors() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn a_target_time_that_is_not_rfc_3339_is_refused_with_the_form_to_use() {
+    let repo = tempfile::tempdir().unwrap();
+    let repo_url = format!("file://{}", repo.path().display());
+    let to_dir = repo.path().join("restore").display().to_string();
+    for args in [
+        vec!["backup", "drill", "--target-time", "yesterday"],
+        vec![
+            "backup",
+            "restore",
+            "--to-dir",
+            &to_dir,
+            "--target-time",
+            "2026-11-26 10:15",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--repo", &repo_url]);
+        let out = pgops(&args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--target-time") && err.contains("2026-11-26T10:15:00Z"),
+            "{err}"
+        );
+    }
+    assert!(!repo.path().join("restore").exists(), "nothing laid out");
+}
