@@ -139,17 +139,27 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// A free port whose successor is free too, and a free metrics port.
+    /// Three free ports (the primary's, the one after it for the replica, and the metrics
+    /// port) below the kernel's ephemeral range. The stacks keep their ports across
+    /// restarts, and the clusters other tests start meanwhile take ephemeral ports (bind to
+    /// port 0), so they can never take these.
     pub fn free() -> Ports {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        // Spread over the range by process and clock, then step through it.
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let spread = ((std::process::id() ^ nanos) % 600) as u16 * 20;
         loop {
-            let a = TcpListener::bind("127.0.0.1:0").unwrap();
-            let primary = a.local_addr().unwrap().port();
-            if primary < 65000 && TcpListener::bind(("127.0.0.1", primary + 1)).is_ok() {
-                let m = TcpListener::bind("127.0.0.1:0").unwrap();
-                let metrics = m.local_addr().unwrap().port();
-                if metrics != primary + 1 {
-                    return Ports { primary, metrics };
-                }
+            let step = NEXT.fetch_add(3, Ordering::Relaxed);
+            let primary = 20_000 + (spread + step) % 12_000;
+            let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+            if free(primary) && free(primary + 1) && free(primary + 2) {
+                return Ports {
+                    primary,
+                    metrics: primary + 2,
+                };
             }
         }
     }
