@@ -67,9 +67,9 @@ fn runbook_dir() -> PathBuf {
         .join("runbooks")
 }
 
-/// Runs one runbook's steps in one `bash`, with the stack's environment; returns the output,
-/// or panics naming the step that failed.
-fn run_runbook(path: &Path, stack_dir: &Path, env: &[(String, String)]) -> String {
+/// Runs one runbook's steps in one `bash`, with the stack's environment (`PATH` included);
+/// returns the output, or panics naming the step that failed.
+fn run_runbook(path: &Path, env: &[(String, String)]) -> String {
     let markdown = fs::read_to_string(path).unwrap();
     let steps = steps(&markdown);
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -79,18 +79,10 @@ fn run_runbook(path: &Path, stack_dir: &Path, env: &[(String, String)]) -> Strin
         script.push_str(&format!("echo '::step {name}:{}'\n", step.line));
         script.push_str(&step.script);
     }
-    let bindir = pgops_testkit::PgBinaries::discover().unwrap();
-    let path_var = format!(
-        "{}:{}:{}",
-        stack_dir.join("bin").display(),
-        bindir.bindir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("PATH", path_var)
         .env_remove("PGPASSWORD")
         .output()
         .unwrap();
@@ -201,7 +193,12 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
         .collect();
-    let as_postgres = if nix::unistd::Uid::effective().is_root() {
+    let bindir = pgops_testkit::PgBinaries::discover()
+        .unwrap()
+        .bindir()
+        .to_path_buf();
+    let is_root = nix::unistd::Uid::effective().is_root();
+    let as_postgres = if is_root {
         "runuser -u postgres --"
     } else {
         ""
@@ -218,13 +215,16 @@ fn every_runbook_step_runs_against_a_dev_stack() {
             ("PITR_LOG", scratch.join("pitr.log").display().to_string()),
             ("PITR_DATABASE", "pgops_dev".to_owned()),
             ("PITR_TARGET", "--target-name=before_cleanup".to_owned()),
+            ("PG_BINDIR", bindir.display().to_string()),
+            // The stack's `pgops` and the server's programs first.
             (
-                "PG_BINDIR",
-                pgops_testkit::PgBinaries::discover()
-                    .unwrap()
-                    .bindir()
-                    .display()
-                    .to_string(),
+                "PATH",
+                format!(
+                    "{}:{}:{}",
+                    dir.join("bin").display(),
+                    bindir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
             ),
             ("NEW_PASSWORD", new_password.to_owned()),
             ("ROTATE_ROLE", "app_runbook".to_owned()),
@@ -260,7 +260,6 @@ fn every_runbook_step_runs_against_a_dev_stack() {
             "{expected} missing: {names:?}"
         );
     }
-    let is_root = nix::unistd::Uid::effective().is_root();
     let mut outputs = Vec::new();
     for file in &files {
         if is_root && file.ends_with("wal-archive-failing.md") {
@@ -268,7 +267,7 @@ fn every_runbook_step_runs_against_a_dev_stack() {
             // the server's user, and a segment that cannot be archived.
             break_archiving(&dir, &primary_url);
         }
-        outputs.push(run_runbook(file, &dir, &env));
+        outputs.push(run_runbook(file, &env));
     }
     let all = outputs.join("\n");
     if is_root {

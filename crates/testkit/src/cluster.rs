@@ -223,19 +223,7 @@ impl Cluster {
         if !data.join("postmaster.pid").exists() {
             return Ok(false);
         }
-        let bins = PgBinaries::discover()?;
-        let run_as = RunAs::detect()?;
-        let mut status = run_as.command(bins.program("pg_ctl"), Path::new("/"));
-        status.arg("--pgdata").arg(&data).arg("status");
-        if process::run(status, "pg_ctl status").is_err() {
-            return Ok(false);
-        }
-        let mut stop = run_as.command(bins.program("pg_ctl"), Path::new("/"));
-        stop.arg("--pgdata")
-            .arg(&data)
-            .args(["--mode", "fast", "--wait", "--timeout=120", "stop"]);
-        process::run(stop, "pg_ctl stop -m fast")?;
-        Ok(true)
+        stop_if_running(&PgBinaries::discover()?, &RunAs::detect()?, &data)
     }
 
     /// Creates `dir` (and its parents) owned by the server user, for files the server writes
@@ -526,11 +514,8 @@ impl Cluster {
                 bindir: self.bins.bindir().to_path_buf(),
             });
         }
-        let mut status = self.pg_command("pg_ctl");
-        status.arg("--pgdata").arg(&data).arg("status");
-        if process::run(status, "pg_ctl status").is_ok() {
-            tracing::info!(data = %data.display(), "stopping a server an earlier run left behind");
-            self.pg_ctl_stop("fast")?;
+        if stop_if_running(&self.bins, &self.run_as, &data)? {
+            tracing::info!(data = %data.display(), "stopped a server an earlier run left behind");
         }
         self.include_kit_settings(&data)?;
         Ok(true)
@@ -850,6 +835,24 @@ pub(crate) fn wait_for(
         }
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Stops the server running on `data`, if one is (`pg_ctl status`, then `stop -m fast`);
+/// `true` when there was one.
+fn stop_if_running(bins: &PgBinaries, run_as: &RunAs, data: &Path) -> Result<bool> {
+    let pg_ctl = |args: &[&str]| {
+        let mut cmd = run_as.command(bins.program("pg_ctl"), Path::new("/"));
+        cmd.arg("--pgdata").arg(data).args(args);
+        cmd
+    };
+    if process::run(pg_ctl(&["status"]), "pg_ctl status").is_err() {
+        return Ok(false);
+    }
+    process::run(
+        pg_ctl(&["--mode", "fast", "--wait", "--timeout=120", "stop"]),
+        "pg_ctl stop -m fast",
+    )?;
+    Ok(true)
 }
 
 /// Quotes an SQL identifier.
