@@ -4,10 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Result,
-    sql::{quote_ident, rows},
-};
+use pgops_pg::{quote_ident, rows::rows};
+
+use crate::Result;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

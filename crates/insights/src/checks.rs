@@ -7,7 +7,9 @@ use std::time::Duration;
 use diesel::PgConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, sql::rows};
+use pgops_pg::rows::rows;
+
+use crate::Result;
 
 /// The thresholds; a check fails when its value crosses one.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,7 +116,7 @@ fn sessions(
     since: &str,
     limit: Duration,
 ) -> Result<Vec<Session>> {
-    rows(
+    Ok(rows(
         conn,
         &format!(
             "SELECT pid, usename::text AS user, datname::text AS database,
@@ -127,7 +129,7 @@ fn sessions(
             limit.as_secs_f64()
         ),
         "reading pg_stat_activity",
-    )
+    )?)
 }
 
 fn count_check(

@@ -75,3 +75,13 @@ impl Error {
         move |source| Error::Database { context, source }
     }
 }
+
+impl From<pgops_pg::Error> for Error {
+    fn from(e: pgops_pg::Error) -> Self {
+        match e {
+            pgops_pg::Error::Query { context, source } => Error::Database { context, source },
+            pgops_pg::Error::Decode { context, source } => Error::Decode { context, source },
+            other => Error::Invalid(other.to_string()),
+        }
+    }
+}

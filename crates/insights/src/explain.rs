@@ -7,10 +7,9 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{
-    Error, Result,
-    sql::{check_explainable, quote_literal, rows},
-};
+use pgops_pg::{quote_literal, rows::rows};
+
+use crate::{Error, Result, sql::check_explainable};
 
 /// How to explain.
 #[derive(Debug, Clone)]

@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 use diesel::{PgConnection, RunQueryDsl, connection::SimpleConnection as _};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Error, Result,
-    sql::{quote_literal, row, rows, server_version},
+use pgops_pg::{
+    quote_literal,
+    rows::{row, rows},
 };
+
+use crate::{Error, Result, sql::server_version};
 
 /// The log line prefix we set: time with milliseconds, pid, and (for sessions) user, database,
 /// application and client, the form pgBadger reads.

@@ -1,8 +1,7 @@
 //! A small PostgreSQL-aware lexer (quotes, dollar quotes, comments) for refusing what EXPLAIN
-//! must not run, and the helpers that read query results as JSON rows.
+//! must not run. Reading rows and quoting live in `pgops-pg`.
 
-use diesel::{PgConnection, QueryableByName, RunQueryDsl, sql_types::Text};
-use serde::de::DeserializeOwned;
+use diesel::PgConnection;
 
 use crate::{Error, Result};
 
@@ -69,7 +68,11 @@ pub fn shape(sql: &str) -> Shape {
         current_has_content = true;
         match c {
             b'\'' => {
-                let escapes = i > 0 && matches!(bytes[i - 1], b'E' | b'e');
+                // E'..' only when the E stands alone: `date'..'` is a typed literal whose
+                // backslashes are plain characters.
+                let escapes = i > 0
+                    && matches!(bytes[i - 1], b'E' | b'e')
+                    && (i < 2 || !is_ident_byte(bytes[i - 2]));
                 i += 1;
                 while i < bytes.len() {
                     if escapes && bytes[i] == b'\\' {
@@ -168,6 +171,12 @@ pub fn check_explainable(sql: &str) -> Result<()> {
     Ok(())
 }
 
+/// A byte that continues an identifier (ASCII letters, digits, `_`, `$`, or part of a
+/// non-ASCII character).
+fn is_ident_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
 fn dollar_tag(rest: &[u8]) -> Option<&[u8]> {
     let end = rest[1..].iter().position(|&b| b == b'$')? + 1;
     let inner = &rest[1..end];
@@ -188,85 +197,13 @@ fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
         .map(|p| p + from)
 }
 
-#[derive(QueryableByName)]
-struct JsonRows {
-    #[diesel(sql_type = Text)]
-    rows: String,
-}
-
-/// Runs `query` and decodes its rows, through `json_agg`, into `T`s (serde structs whose
-/// fields are the query's column names). `oid` columns arrive as strings: cast them to `int8`.
-pub fn rows<T: DeserializeOwned>(
-    conn: &mut PgConnection,
-    query: &str,
-    context: &str,
-) -> Result<Vec<T>> {
-    let wrapped =
-        format!("SELECT coalesce(json_agg(q), '[]'::json)::text AS rows FROM ({query}) AS q");
-    let got = diesel::sql_query(wrapped)
-        .get_result::<JsonRows>(conn)
-        .map_err(Error::db(context))?;
-    serde_json::from_str(&got.rows).map_err(|source| Error::Decode {
-        context: context.to_owned(),
-        source,
-    })
-}
-
-/// Runs `query`, which must return one text column `rows` holding a JSON document, and
-/// decodes it: for statements that cannot be a subquery (data-modifying `WITH`).
-pub(crate) fn top_level_row<T: DeserializeOwned>(
-    conn: &mut PgConnection,
-    query: &str,
-    context: &str,
-) -> Result<T> {
-    let got = diesel::sql_query(query)
-        .get_result::<JsonRows>(conn)
-        .map_err(Error::db(context))?;
-    serde_json::from_str(&got.rows).map_err(|source| Error::Decode {
-        context: context.to_owned(),
-        source,
-    })
-}
-
-/// Runs `query`, which returns one row, and decodes it into `T`.
-pub fn row<T: DeserializeOwned>(conn: &mut PgConnection, query: &str, context: &str) -> Result<T> {
-    rows(conn, query, context)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Database {
-            context: context.to_owned(),
-            source: diesel::result::Error::NotFound,
-        })
-}
-
-/// Quotes a string as an SQL literal.
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// Quotes an identifier when it needs it.
-pub fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_owned()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
 /// The server's version number (`server_version_num`, 150004 for 15.4).
 pub(crate) fn server_version(conn: &mut PgConnection) -> Result<u32> {
     #[derive(serde::Deserialize)]
     struct V {
         v: String,
     }
-    let v: V = row(
+    let v: V = pgops_pg::rows::row(
         conn,
         "SELECT current_setting('server_version_num') AS v",
         "reading the server version",
@@ -305,6 +242,12 @@ mod tests {
         assert_eq!(shape("SELECT 1; DELETE FROM t").statements, 2);
         assert_eq!(shape("SELECT $1; SELECT 2").statements, 2);
         assert_eq!(shape("  -- only a comment\n").statements, 0);
+        // A typed literal is not an E'' string: its backslash does not escape the quote.
+        assert_eq!(
+            shape("SELECT date'C:\\'; DELETE FROM t; SELECT 'x'").statements,
+            3
+        );
+        assert_eq!(shape("SELECT e'\\'; still one'").statements, 1);
     }
 
     #[test]
@@ -331,13 +274,5 @@ mod tests {
             let err = check_explainable(sql).unwrap_err().to_string();
             assert!(err.contains(says), "{sql}: {err}");
         }
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_ident("notes"), "notes");
-        assert_eq!(quote_ident("Notes"), "\"Notes\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -8,10 +8,12 @@ use chrono::{DateTime, Utc};
 use diesel::{PgConnection, RunQueryDsl, connection::SimpleConnection as _};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Error, Result,
-    sql::{quote_literal, row, rows, server_version},
+use pgops_pg::{
+    quote_literal,
+    rows::{row, rows},
 };
+
+use crate::{Error, Result, sql::server_version};
 
 /// The tables that hold our snapshots, in the database we connect to.
 pub const SNAPSHOT_TABLES: [&str; 2] = ["pgops_stat_snapshots", "pgops_stat_snapshot_entries"];
@@ -387,7 +389,7 @@ pub fn record_snapshot(conn: &mut PgConnection, keep: Duration) -> Result<Snapsh
          SELECT row_to_json(s)::text AS rows FROM s"
     );
     let snapshot: SnapshotInfo =
-        crate::sql::top_level_row(conn, &statement, "recording a pg_stat_statements snapshot")?;
+        pgops_pg::rows::json_document(conn, &statement, "recording a pg_stat_statements snapshot")?;
     let keep_secs = keep.as_secs().max(60);
     diesel::sql_query(format!(
         "DELETE FROM pgops_stat_snapshots WHERE taken_at < now() - interval '{keep_secs} seconds'"
@@ -402,11 +404,11 @@ pub fn snapshots(conn: &mut PgConnection) -> Result<Vec<SnapshotInfo>> {
     if !tables_exist(conn)? {
         return Ok(Vec::new());
     }
-    rows(
+    Ok(rows(
         conn,
         "SELECT id, taken_at, stats_reset, dealloc FROM pgops_stat_snapshots ORDER BY taken_at",
         "listing snapshots",
-    )
+    )?)
 }
 
 /// The top queries, over a window when `options.since` is set.

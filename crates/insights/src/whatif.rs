@@ -7,10 +7,15 @@ use std::time::Duration;
 use diesel::{PgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
+use pgops_pg::{
+    quote_ident, quote_literal,
+    rows::{row, rows},
+};
+
 use crate::{
     Error, Result,
     explain::{self, Node, explain_json, in_rolled_back_transaction, walk},
-    sql::{check_explainable, quote_ident, quote_literal, row, rows},
+    sql::check_explainable,
 };
 
 /// One hypothetical index and whether the planner chose it.

@@ -74,3 +74,12 @@ pub enum Error {
 
 /// Result type of the pool crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<pgops_pg::Error> for Error {
+    fn from(e: pgops_pg::Error) -> Self {
+        match e {
+            pgops_pg::Error::InvalidConnectionString(message) => Error::InvalidUrl(message),
+            other => Error::InvalidUrl(other.to_string()),
+        }
+    }
+}

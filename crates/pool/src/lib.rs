@@ -22,10 +22,9 @@ mod leak;
 mod manager;
 pub mod metrics;
 mod pool;
-mod url;
 
 pub use config::{Config, Environment, KEYS, PoolSettings, Source};
 pub use error::{Error, Result};
 pub use manager::session_sql;
 pub use pool::{Pool, PoolStats, PooledConnection};
-pub use url::DatabaseUrl;
+pub use pgops_pg::DatabaseUrl;
