@@ -6,7 +6,7 @@ use std::{process::Command, time::Instant};
 
 use anyhow::{Context as _, ensure};
 use pgops_backup::{logical, repo};
-use pgops_pool::DatabaseUrl;
+use pgops_pg::DatabaseUrl;
 use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
 
 use crate::{
@@ -51,7 +51,10 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         &["-i", "-q", "-s", &plan.scale.to_string()],
     )?;
     let dir = tempfile::tempdir()?;
-    let store = repo::open(&format!("file://{}/repo", dir.path().display()))?;
+    let store = repo::open(
+        &format!("file://{}/repo", dir.path().display()),
+        repo::Access::Create,
+    )?;
     let url = DatabaseUrl::parse(&cluster.url("bench"))?;
     let pg_dump = cluster.binaries().program("pg_dump");
     let dump_path = dir.path().join("bench.dump");
@@ -137,13 +140,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
 
 /// Runs `pgbackrest` as the server's OS user with `config`.
 fn pgbackrest(config: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
-    let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", "pgbackrest"]);
-        c
-    } else {
-        Command::new("pgbackrest")
-    };
+    let mut cmd = pgops_pg::ServerUser::detect()?.command("pgbackrest", std::path::Path::new("/"));
     let out = cmd
         .arg(format!("--config={}", config.display()))
         .args(args)
@@ -195,7 +192,10 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
     )?;
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     pgbackrest(&config, &["--stanza=bench", "stanza-create"])?;
-    let store = repo::open(&format!("file://{}/pgops-repo", dir.path().display()))?;
+    let store = repo::open(
+        &format!("file://{}/pgops-repo", dir.path().display()),
+        repo::Access::Create,
+    )?;
     let url = DatabaseUrl::parse(&cluster.url("postgres"))?;
     let pg_basebackup = cluster.binaries().program("pg_basebackup");
     let exe = std::env::current_exe()?;

@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeSet,
-    net::TcpListener,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -13,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use pgops_health::{Exporter, Options};
-use pgops_pool::DatabaseUrl;
+use pgops_pg::DatabaseUrl;
 use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
 
 use crate::report::{Comparison, Report, median};
@@ -60,10 +59,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
     let mut response = agent
         .get(url)
@@ -107,7 +102,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         ),
     )?;
 
-    let anchor_port = free_port()?;
+    let anchor_port = pgops_pg::free_port()?;
     let dsn = format!(
         "postgresql://{SUPERUSER}@127.0.0.1:{}/bench?sslmode=disable",
         cluster.port()

@@ -11,10 +11,15 @@ use diesel::{ExpressionMethods, PgConnection, QueryDsl, RunQueryDsl};
 use pgops_testkit::{Cluster, SUPERUSER};
 
 diesel::table! {
+    /// pgbench's accounts table, as `pgbench -i` creates it.
     pgbench_accounts (aid) {
+        /// The account id.
         aid -> Int4,
+        /// The branch.
         bid -> Int4,
+        /// The balance.
         abalance -> Int4,
+        /// Padding.
         filler -> Nullable<Bpchar>,
     }
 }

@@ -251,7 +251,7 @@ fn up(args: &Args, stop: &StopSignal) -> anyhow::Result<Exit> {
         bail!("seeding the development dataset failed (see above)");
     }
     stop.check()?;
-    let store = pgops_backup::repo::open(&repo)?;
+    let store = pgops_backup::repo::open(&repo, pgops_backup::repo::Access::Create)?;
     let has_physical = pgops_backup::list(&*store)?
         .iter()
         .any(|(m, _)| m.kind == pgops_backup::manifest::Kind::Physical);

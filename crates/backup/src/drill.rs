@@ -4,16 +4,16 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
 use diesel::{Connection, PgConnection, RunQueryDsl};
+use pgops_pg::ServerUser;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, physical, programs, repo::Store};
+use crate::{Error, Result, physical, repo::Store};
 
 /// A drill's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,56 +41,13 @@ pub struct Drill {
 /// Key prefix of drill records.
 pub const PREFIX: &str = "drills/";
 
-fn free_port() -> Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(Error::io("finding a free port"))
-}
-
-/// The OS user to run the server as when we are root (PostgreSQL refuses root).
-fn server_user() -> Option<String> {
-    nix::unistd::geteuid()
-        .is_root()
-        .then(|| std::env::var("PGOPS_PG_USER").unwrap_or_else(|_| "postgres".into()))
-}
-
-fn chown_tree(path: &Path, user: &str) -> Result<()> {
-    let user = nix::unistd::User::from_name(user)
-        .ok()
-        .flatten()
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "no OS user {user} to run the drill's server as; set PGOPS_PG_USER"
-            ))
-        })?;
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        nix::unistd::chown(&p, Some(user.uid), Some(user.gid))
-            .map_err(|e| Error::io(format!("chown {}", p.display()))(e.into()))?;
-        if p.is_dir() && !p.is_symlink() {
-            for entry in fs::read_dir(&p)
-                .map_err(Error::io(format!("reading {}", p.display())))?
-                .flatten()
-            {
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok(())
-}
-
-fn pg_ctl(user: Option<&str>, args: &[&str]) -> Result<std::process::Output> {
-    let program: PathBuf = programs::find("pg_ctl")?;
-    let mut cmd = match user {
-        Some(user) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", user, "--"]).arg(&program);
-            c
-        }
-        None => Command::new(&program),
-    };
-    cmd.args(args).output().map_err(Error::io("running pg_ctl"))
+/// Runs `pg_ctl` as the server's OS user (never root, which PostgreSQL refuses).
+fn pg_ctl(user: &ServerUser, args: &[&str]) -> Result<std::process::Output> {
+    let program = pgops_pg::find_program("pg_ctl")?;
+    user.command(&program, Path::new("/"))
+        .args(args)
+        .output()
+        .map_err(Error::io("running pg_ctl"))
 }
 
 /// Runs a drill: restore to `target` (latest when `None`) into a throwaway server, wait for
@@ -123,10 +80,12 @@ pub fn run(
         ok: false,
         error: None,
     };
-    let run_as = server_user();
+    let run_as = ServerUser::detect()?;
+    // The restored server's restore_command runs pgops as the server's user.
+    run_as.check_can_run(pgops)?;
     let outcome = (|| -> Result<(String, Option<String>, String)> {
         let restored = physical::restore_to_dir(store, repo_url, pgops, target, true, &data)?;
-        let port = free_port()?;
+        let port = pgops_pg::free_port()?;
         let conf = data.join("postgresql.auto.conf");
         let mut text = fs::read_to_string(&conf).unwrap_or_default();
         text.push_str(&format!(
@@ -134,12 +93,10 @@ pub fn run(
             socket.display()
         ));
         fs::write(&conf, text).map_err(Error::io("writing the drill's settings"))?;
-        if let Some(user) = &run_as {
-            chown_tree(work.path(), user)?;
-        }
+        run_as.own_tree(work.path())?;
         let log = work.path().join("server.log");
         let out = pg_ctl(
-            run_as.as_deref(),
+            &run_as,
             &[
                 "-D",
                 &data.display().to_string(),
@@ -184,12 +141,11 @@ pub fn run(
             reached: Option<String>,
         }
         loop {
-            let state: State = pgops_insights::sql::row(
+            let state: State = pgops_pg::rows::row(
                 &mut conn,
                 "SELECT pg_is_in_recovery() AS in_recovery, pg_last_xact_replay_timestamp()::text AS reached",
                 "reading the recovery state",
-            )
-            .map_err(Error::db("reading the recovery state"))?;
+            )?;
             if !state.in_recovery {
                 #[derive(diesel::QueryableByName)]
                 struct Answer {
@@ -216,7 +172,7 @@ pub fn run(
     drill.rto_seconds = started.elapsed().as_secs_f64();
     if data.join("postmaster.pid").exists() {
         let _ = pg_ctl(
-            run_as.as_deref(),
+            &run_as,
             &[
                 "-D",
                 &data.display().to_string(),

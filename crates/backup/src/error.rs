@@ -20,7 +20,7 @@ pub enum Error {
     )]
     MissingProgram {
         /// pg_dump, pg_restore, ...
-        program: &'static str,
+        program: String,
         /// Where we looked.
         searched: String,
     },
@@ -28,7 +28,7 @@ pub enum Error {
     #[error("{program} failed ({status}): {stderr}")]
     Program {
         /// Which one.
-        program: &'static str,
+        program: String,
         /// Its exit status.
         status: String,
         /// The end of its stderr, password-free.
@@ -73,6 +73,14 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The server could not be reached or refused us.
+    #[error("{context}: {source}")]
+    Connect {
+        /// Which server (its URL without password).
+        context: String,
+        /// The driver's message, password-free.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A statement failed.
     #[error("{context}: {source}")]
     Database {
@@ -109,6 +117,25 @@ impl Error {
         move |source| Error::Database {
             context,
             source: Box::new(source),
+        }
+    }
+}
+
+impl From<pgops_pg::Error> for Error {
+    fn from(e: pgops_pg::Error) -> Self {
+        use pgops_pg::Error as E;
+        match e {
+            E::MissingProgram { program, searched } => Error::MissingProgram { program, searched },
+            E::Query { context, source } => Error::Database {
+                context,
+                source: Box::new(source),
+            },
+            E::Decode { context, source } => Error::Database {
+                context,
+                source: Box::new(source),
+            },
+            E::Io { context, source } => Error::Io { context, source },
+            other => Error::Invalid(other.to_string()),
         }
     }
 }

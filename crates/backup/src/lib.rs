@@ -5,9 +5,9 @@
 //!
 //! ```no_run
 //! use pgops_backup::{logical, repo};
-//! use pgops_pool::DatabaseUrl;
+//! use pgops_pg::DatabaseUrl;
 //!
-//! let store = repo::open("file:///var/backups/pgops").unwrap();
+//! let store = repo::open("file:///var/backups/pgops", repo::Access::Create).unwrap();
 //! let url = DatabaseUrl::parse("postgres://backup@db/app").unwrap();
 //! let manifest = logical::create(&*store, &url, &Default::default(), &mut logical::Quiet).unwrap();
 //! let check = logical::verify(&*store, &manifest.id, Some(&url)).unwrap();
@@ -56,8 +56,19 @@ pub fn list(store: &dyn Store) -> Result<Vec<(Manifest, Option<Verification>)>> 
     Ok(out)
 }
 
-/// Applies `policy`: decides, and unless `dry_run`, deletes the expired backups (manifest
-/// first, so a half-deleted backup is never listed as complete).
+/// The retention series a backup belongs to: `physical`, or `logical <database>`.
+pub fn series(manifest: &Manifest) -> String {
+    match manifest.kind {
+        manifest::Kind::Physical => "physical".to_owned(),
+        manifest::Kind::Logical => format!("logical {}", manifest.database),
+    }
+}
+
+/// Applies `policy` to each series (physical backups; logical backups per database):
+/// decides, and unless `dry_run`, deletes the expired backups (manifest first, so a
+/// half-deleted backup is never listed as complete), then the WAL that only deleted backups
+/// needed. Everything is decided before anything is deleted: a manifest whose WAL start
+/// cannot be read is an error that deletes nothing.
 pub fn prune(
     store: &dyn Store,
     policy: retention::Policy,
@@ -74,9 +85,53 @@ pub fn prune(
         .map(|(m, _)| retention::Candidate {
             id: m.id.clone(),
             finished_at: m.finished_at,
+            series: series(m),
         })
         .collect();
-    let decisions = retention::decide(policy, &candidates);
+    let mut decisions = retention::decide(policy, &candidates);
+    // WAL older than the oldest kept physical backup's start can only serve deleted backups.
+    let mut floor: Option<pgops_pg::Segment> = None;
+    for (m, _) in &backups {
+        let kept = decisions.iter().any(|d| d.keep && d.id == m.id);
+        if let (true, Some(w)) = (kept, &m.wal) {
+            let start = physical::parse_lsn(&w.start_lsn).map_err(|_| {
+                Error::Invalid(format!(
+                    "backup {}: its manifest's WAL start {:?} is not an LSN, so the WAL it needs \
+                     is unknown; nothing was deleted. Verify the backup (`pgops backup verify {}`)",
+                    m.id, w.start_lsn, m.id
+                ))
+            })?;
+            let segment = start.segment(w.timeline);
+            if floor.is_none_or(|f| segment.number < f.number) {
+                floor = Some(segment);
+            }
+        }
+    }
+    let mut wal_decisions = Vec::new();
+    if floor.is_some() || backups.iter().any(|(m, _)| m.wal.is_some()) {
+        let archived = wal::archived(store)?;
+        let (_, foreign) = wal::classify(&archived);
+        if let Some(oldest) = floor {
+            for name in wal::expendable(&archived, oldest) {
+                wal_decisions.push(retention::Decision {
+                    id: format!("wal/{name}"),
+                    series: "wal".into(),
+                    keep: false,
+                    reasons: vec![format!(
+                        "WAL before {oldest}, the oldest kept physical backup's start"
+                    )],
+                });
+            }
+        }
+        for name in foreign {
+            wal_decisions.push(retention::Decision {
+                id: format!("wal/{name}"),
+                series: "wal".into(),
+                keep: true,
+                reasons: vec!["not a WAL file name: left alone".into()],
+            });
+        }
+    }
     if !dry_run {
         for decision in decisions.iter().filter(|d| !d.keep) {
             store.delete(&manifest::manifest_key(&decision.id))?;
@@ -84,33 +139,10 @@ pub fn prune(
                 store.delete(&key)?;
             }
         }
-    }
-    // WAL older than the oldest kept physical backup can only serve deleted backups.
-    let oldest_kept = backups
-        .iter()
-        .filter(|(m, _)| decisions.iter().any(|d| d.keep && d.id == m.id))
-        .filter_map(|(m, _)| m.wal.as_ref())
-        .filter_map(|w| {
-            Some(wal::segment_name(
-                w.timeline,
-                physical::parse_lsn(&w.start_lsn).ok()?,
-            ))
-        })
-        .min_by_key(|name| wal::segment_number(name));
-    let mut decisions = decisions;
-    if let Some(oldest) = oldest_kept {
-        for name in wal::expendable(&wal::archived(store)?, &oldest) {
-            if !dry_run {
-                wal::delete(store, &name)?;
-            }
-            decisions.push(retention::Decision {
-                id: format!("wal/{name}"),
-                keep: false,
-                reasons: vec![format!(
-                    "WAL before {oldest}, the oldest kept physical backup's start"
-                )],
-            });
+        for decision in wal_decisions.iter().filter(|d| !d.keep) {
+            wal::delete(store, decision.id.trim_start_matches("wal/"))?;
         }
     }
+    decisions.extend(wal_decisions);
     Ok(decisions)
 }

@@ -12,7 +12,7 @@ use std::{
 
 use chrono::Utc;
 use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection as _};
-use pgops_pool::DatabaseUrl;
+use pgops_pg::DatabaseUrl;
 use serde::Deserialize;
 use sha2::Digest;
 
@@ -57,7 +57,7 @@ impl Progress for Quiet {
 }
 
 pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
-    PgConnection::establish(url.expose()).map_err(|e| Error::Database {
+    PgConnection::establish(url.expose()).map_err(|e| Error::Connect {
         context: format!("connecting to {url}"),
         source: url.scrub(&e.to_string()).into(),
     })
@@ -137,18 +137,17 @@ pub fn create(
     if options.jobs == Some(0) {
         return Err(Error::Invalid("--jobs must be at least 1".into()));
     }
-    let pg_dump = programs::find("pg_dump")?;
+    let pg_dump = pgops_pg::find_program("pg_dump")?;
     let mut conn = connect(url)?;
     // Hold a snapshot for pg_dump and for the row counts.
     conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .map_err(Error::db("starting the snapshot transaction"))?;
-    let head: Head = pgops_insights::sql::row(
+    let head: Head = pgops_pg::rows::row(
         &mut conn,
         "SELECT current_database()::text AS database, current_setting('server_version') AS version,
                 pg_export_snapshot() AS snapshot",
         "exporting a snapshot",
-    )
-    .map_err(Error::db("exporting a snapshot"))?;
+    )?;
     let started_at = Utc::now();
     let id = new_id(&head.database);
     let staging = Staging::new(store, &id)?;
@@ -302,15 +301,14 @@ fn count_rows(conn: &mut PgConnection) -> Result<Vec<TableRows>> {
         schema: String,
         table: String,
     }
-    let tables: Vec<T> = pgops_insights::sql::rows(
+    let tables: Vec<T> = pgops_pg::rows::rows(
         conn,
         "SELECT n.nspname::text AS schema, c.relname::text AS table FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2",
         "listing tables",
-    )
-    .map_err(Error::db("listing tables"))?;
+    )?;
     let mut out = Vec::new();
     for t in tables {
         #[derive(diesel::QueryableByName)]
@@ -320,8 +318,8 @@ fn count_rows(conn: &mut PgConnection) -> Result<Vec<TableRows>> {
         }
         let count: Count = diesel::sql_query(format!(
             "SELECT count(*) AS n FROM {}.{}",
-            pgops_insights::sql::quote_ident(&t.schema),
-            pgops_insights::sql::quote_ident(&t.table)
+            pgops_pg::quote_ident(&t.schema),
+            pgops_pg::quote_ident(&t.table)
         ))
         .get_result(conn)
         .map_err(Error::db(format!("counting {}.{}", t.schema, t.table)))?;
@@ -440,7 +438,7 @@ pub fn restore(
             "--database {target:?}: give a database name of 1 to 63 characters"
         )));
     }
-    let pg_restore = programs::find("pg_restore")?;
+    let pg_restore = pgops_pg::find_program("pg_restore")?;
     let manifest = manifest(store, id)?;
     let work = tempfile::Builder::new()
         .prefix("pgops-restore-")
@@ -449,20 +447,19 @@ pub fn restore(
     fetch_verified(store, &manifest, work.path())?;
     let started = Instant::now();
     let mut admin = connect(url)?;
-    let quoted = pgops_insights::sql::quote_ident(target);
+    let quoted = pgops_pg::quote_ident(target);
     #[derive(Deserialize)]
     struct Exists {
         exists: bool,
     }
-    let exists: Exists = pgops_insights::sql::row(
+    let exists: Exists = pgops_pg::rows::row(
         &mut admin,
         &format!(
             "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = {}) AS exists",
-            pgops_insights::sql::quote_literal(target)
+            pgops_pg::quote_literal(target)
         ),
         "looking for the target database",
-    )
-    .map_err(Error::db("looking for the target database"))?;
+    )?;
     if exists.exists {
         if !options.replace {
             return Err(Error::TargetExists(target.to_owned()));
@@ -502,7 +499,7 @@ pub fn restore(
                 out
             }
         };
-        let target_url = programs::with_database(url, target)?;
+        let target_url = url.with_database(target)?;
         let mut cmd = programs::command(&pg_restore, &target_url);
         cmd.args(["--exit-on-error", "--no-password"]);
         if let Some(jobs) = options.jobs {
@@ -551,15 +548,17 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
     if let Some(range) = &manifest.wal {
         // A physical backup is only as good as the WAL after it: name every missing segment
         // from its start to the newest archived one.
-        let first = crate::wal::segment_name(
-            range.timeline,
-            crate::physical::parse_lsn(&range.start_lsn)?,
-        );
-        let mut names: Vec<String> = crate::wal::archived(store)?
+        let first = crate::physical::parse_lsn(&range.start_lsn)?
+            .segment(range.timeline)
+            .name();
+        let (files, _foreign) = crate::wal::classify(&crate::wal::archived(store)?);
+        let first_segment = crate::physical::parse_lsn(&range.start_lsn)?.segment(range.timeline);
+        let mut names: Vec<String> = files
             .into_iter()
-            .filter(|n| {
-                n.len() == 24 && crate::wal::segment_number(n) >= crate::wal::segment_number(&first)
+            .filter(|(_, file)| {
+                matches!(file, pgops_pg::WalFile::Segment(s) if s.number >= first_segment.number)
             })
+            .map(|(name, _)| name)
             .collect();
         if !names.contains(&first) {
             verification.problems.push(format!(
@@ -577,10 +576,7 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
             .prefix("pgops-verify-wal-")
             .tempdir()
             .map_err(Error::io("creating a work directory"))?;
-        for name in names
-            .iter()
-            .filter(|n| crate::wal::segment_number(n).is_some())
-        {
+        for name in &names {
             if let Err(e) = crate::wal::fetch(store, name, &scratch.path().join("segment")) {
                 verification.problems.push(e.to_string());
             }
@@ -607,7 +603,7 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
         ) {
             Ok(seconds) => {
                 verification.restore_seconds = Some(seconds);
-                let scratch_url = programs::with_database(url, &scratch)?;
+                let scratch_url = url.with_database(&scratch)?;
                 let mut conn = connect(&scratch_url)?;
                 let found = count_rows(&mut conn)?;
                 drop(conn);
@@ -633,7 +629,7 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
         let mut admin = connect(url)?;
         let _ = admin.batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            pgops_insights::sql::quote_ident(&scratch)
+            pgops_pg::quote_ident(&scratch)
         ));
     }
     verification.ok = verification.checksums_ok && verification.problems.is_empty();

@@ -11,7 +11,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use diesel::connection::SimpleConnection as _;
-use pgops_pool::DatabaseUrl;
+use pgops_pg::{DatabaseUrl, Lsn, WalFile};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -37,16 +37,15 @@ pub fn create(
     url: &DatabaseUrl,
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
-    let pg_basebackup = programs::find("pg_basebackup")?;
+    let pg_basebackup = pgops_pg::find_program("pg_basebackup")?;
     let mut conn = connect(url)?;
-    let head: Head = pgops_insights::sql::row(
+    let head: Head = pgops_pg::rows::row(
         &mut conn,
         "SELECT current_setting('server_version') AS version,
                 current_setting('server_version_num')::int4 AS version_num,
                 pg_is_in_recovery() AS in_recovery",
         "reading the server version",
-    )
-    .map_err(Error::db("reading the server version"))?;
+    )?;
     drop(conn);
     let started_at = Utc::now();
     let id = new_id("cluster");
@@ -192,23 +191,18 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// An LSN as a number. Pure.
-pub fn parse_lsn(text: &str) -> Result<u64> {
-    let (hi, lo) = text.split_once('/').ok_or_else(|| {
-        Error::Invalid(format!("{text:?} is not an LSN; write it like 0/3000060"))
-    })?;
-    let hi = u64::from_str_radix(hi, 16)
-        .map_err(|_| Error::Invalid(format!("{text:?} is not an LSN")))?;
-    let lo = u64::from_str_radix(lo, 16)
-        .map_err(|_| Error::Invalid(format!("{text:?} is not an LSN")))?;
-    Ok((hi << 32) | lo)
+/// Reads an LSN (`0/3000060`); anything malformed is an error, never a guess. Pure.
+pub fn parse_lsn(text: &str) -> Result<Lsn> {
+    text.parse::<Lsn>()
+        .map_err(|_| Error::Invalid(format!("{text:?} is not an LSN; write it like 0/3000060")))
 }
 
-/// The WAL position where a segment ends (16 MB segments). Pure.
-fn segment_end(name: &str) -> Option<u64> {
-    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
-    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-    Some(((log << 32) | (seg << 24)) + (1 << 24))
+/// The WAL position where a segment ends. Pure.
+fn segment_end(name: &str) -> Option<Lsn> {
+    name.parse::<WalFile>()
+        .ok()?
+        .segment()
+        .map(|s| s.next().start())
 }
 
 /// Chooses the base backup for `target` among physical backups (oldest first), given the
@@ -434,17 +428,14 @@ pub fn restore_point(url: &DatabaseUrl, name: &str) -> Result<String> {
     struct Point {
         lsn: String,
     }
-    let point: Point = pgops_insights::sql::row(
+    let point: Point = pgops_pg::rows::row(
         &mut conn,
         &format!(
             "SELECT pg_create_restore_point({})::text AS lsn",
-            pgops_insights::sql::quote_literal(name)
+            pgops_pg::quote_literal(name)
         ),
         "creating the restore point",
-    )
-    .map_err(Error::db(
-        "creating the restore point (needs superuser or EXECUTE on pg_create_restore_point)",
-    ))?;
+    )?;
     // Make the restore point's segment archivable now.
     let _ = conn.batch_execute("SELECT pg_switch_wal()");
     Ok(point.lsn)
@@ -552,9 +543,14 @@ mod tests {
 
     #[test]
     fn lsns_and_segments() {
-        assert_eq!(parse_lsn("0/3000060").unwrap(), 0x3000060);
-        assert_eq!(parse_lsn("1/0").unwrap(), 1 << 32);
+        assert_eq!(parse_lsn("0/3000060").unwrap(), Lsn(0x3000060));
+        assert_eq!(parse_lsn("1/0").unwrap(), Lsn(1 << 32));
         assert!(parse_lsn("nope").is_err());
-        assert_eq!(segment_end("000000010000000000000003"), Some(0x4000000));
+        // Once, the high bits of an overlong half were silently dropped.
+        assert!(parse_lsn("1FFFFFFFFF/0").is_err());
+        assert_eq!(
+            segment_end("000000010000000000000003"),
+            Some(Lsn(0x4000000))
+        );
     }
 }

@@ -34,8 +34,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// How a command uses the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// It only reads, or changes what is there: a repository that does not exist is an error,
+    /// so a mistyped path in a monitoring job is not read as an empty, healthy repository.
+    Existing,
+    /// It may write the first object (`backup create`, `wal push`): a missing local
+    /// repository directory is created (0700).
+    Create,
+}
+
 /// Opens the repository named by `url`.
-pub fn open(url: &str) -> Result<Box<dyn Store>> {
+pub fn open(url: &str, access: Access) -> Result<Box<dyn Store>> {
     let bad = |reason: &str| Error::BadRepository {
         url: redact(url),
         reason: reason.to_owned(),
@@ -46,7 +57,7 @@ pub fn open(url: &str) -> Result<Box<dyn Store>> {
             let path = parsed
                 .to_file_path()
                 .map_err(|()| bad("a file:// URL needs an absolute path"))?;
-            Ok(Box::new(LocalStore::open(path, url)?))
+            Ok(Box::new(LocalStore::open(path, url, access)?))
         }
         "s3" => Ok(Box::new(S3Store::open(&parsed, url)?)),
         other => Err(bad(&format!("scheme {other}:// is not supported"))),
@@ -72,8 +83,18 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (creating) the directory.
-    pub fn open(root: PathBuf, url: &str) -> Result<Self> {
+    /// Opens the directory; with [`Access::Create`], creates it when missing.
+    pub fn open(root: PathBuf, url: &str, access: Access) -> Result<Self> {
+        if access == Access::Existing && !root.is_dir() {
+            return Err(Error::BadRepository {
+                url: redact(url),
+                reason: format!(
+                    "{} does not exist; check the path, or create the repository by taking a \
+                     backup (`pgops backup create`) or archiving WAL (`pgops wal push`)",
+                    root.display()
+                ),
+            });
+        }
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -248,7 +269,19 @@ pub struct S3Store {
     store: object_store::aws::AmazonS3,
     prefix: String,
     url: String,
-    runtime: tokio::runtime::Runtime,
+    /// The store's own runtime; `None` only while dropping. See [`S3Store::run`].
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for S3Store {
+    /// A runtime dropped inside another runtime's async code panics: let it go in the
+    /// background instead (a service's SIGTERM drops the exporter, and this store with it,
+    /// inside its own runtime).
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for S3Store {
@@ -292,8 +325,30 @@ impl S3Store {
             store,
             prefix: parsed.path().trim_matches('/').to_owned(),
             url: url.to_owned(),
-            runtime,
+            runtime: Some(runtime),
         })
+    }
+
+    /// Runs `future` to completion on the store's runtime. Called from async code (another
+    /// runtime's worker), where blocking on a runtime would panic, it blocks a scoped thread
+    /// of its own instead.
+    fn run<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        let Some(runtime) = &self.runtime else {
+            unreachable!("the runtime is only taken in drop")
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return runtime.block_on(future);
+        }
+        std::thread::scope(
+            |scope| match scope.spawn(|| runtime.block_on(future)).join() {
+                Ok(output) => output,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+        )
     }
 
     fn key(&self, key: &str) -> object_store::path::Path {
@@ -308,20 +363,24 @@ impl S3Store {
 impl Store for S3Store {
     fn put_file(&self, key: &str, local: &Path) -> Result<()> {
         use object_store::{ObjectStore as _, WriteMultipart};
+        use tokio::io::AsyncReadExt as _;
         let location = self.key(key);
-        self.runtime.block_on(async {
+        self.run(async {
             let upload = self
                 .store
                 .put_multipart(&location)
                 .await
                 .map_err(Error::storage(format!("starting the upload of {key}")))?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, 16 * 1024 * 1024);
-            let mut input =
-                File::open(local).map_err(Error::io(format!("opening {}", local.display())))?;
+            // File reads go to the blocking pool (tokio::fs), not the runtime's thread.
+            let mut input = tokio::fs::File::open(local)
+                .await
+                .map_err(Error::io(format!("opening {}", local.display())))?;
             let mut buf = vec![0u8; 1024 * 1024];
             loop {
                 let n = input
                     .read(&mut buf)
+                    .await
                     .map_err(Error::io(format!("reading {}", local.display())))?;
                 if n == 0 {
                     break;
@@ -344,38 +403,43 @@ impl Store for S3Store {
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
         use object_store::ObjectStore as _;
         let location = self.key(key);
-        self.runtime
-            .block_on(self.store.put(&location, data.to_vec().into()))
+        self.run(self.store.put(&location, data.to_vec().into()))
             .map(|_| ())
             .map_err(Error::storage(format!("writing {key}")))
     }
 
     fn get_to_file(&self, key: &str, local: &Path) -> Result<()> {
         use object_store::ObjectStore as _;
+        use tokio::io::AsyncWriteExt as _;
         let location = self.key(key);
-        self.runtime.block_on(async {
+        self.run(async {
             let got = self
                 .store
                 .get(&location)
                 .await
                 .map_err(Error::storage(format!("reading {key}")))?;
-            let mut out = crate::files::private_file(local)
+            let out = crate::files::private_file(local)
                 .map_err(Error::io(format!("creating {}", local.display())))?;
+            // File writes go to the blocking pool (tokio::fs), not the runtime's thread.
+            let mut out = tokio::fs::File::from_std(out);
             let mut stream = got.into_stream();
             use futures_util::StreamExt as _;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(Error::storage(format!("reading {key}")))?;
                 out.write_all(&chunk)
+                    .await
                     .map_err(Error::io(format!("writing {}", local.display())))?;
             }
-            Ok(())
+            out.flush()
+                .await
+                .map_err(Error::io(format!("writing {}", local.display())))
         })
     }
 
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         use object_store::ObjectStore as _;
         let location = self.key(key);
-        self.runtime.block_on(async {
+        self.run(async {
             match self.store.get(&location).await {
                 Ok(got) => Ok(Some(
                     got.bytes()
@@ -398,7 +462,7 @@ impl Store for S3Store {
         } else {
             format!("{}/", self.prefix)
         };
-        self.runtime.block_on(async {
+        self.run(async {
             let metas: Vec<object_store::ObjectMeta> = self
                 .store
                 .list(Some(&location))
@@ -418,7 +482,7 @@ impl Store for S3Store {
     fn delete(&self, key: &str) -> Result<()> {
         use object_store::ObjectStore as _;
         let location = self.key(key);
-        match self.runtime.block_on(self.store.delete(&location)) {
+        match self.run(self.store.delete(&location)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::storage(format!("deleting {key}"))(e)),
         }

@@ -1,7 +1,9 @@
 //! The retention policy: which backups to keep and which to delete. Pure: plain data in,
-//! a decision with a reason per backup out.
+//! a decision with a reason per backup out. The policy applies to each series on its own
+//! (physical backups; logical backups of one database), so nightly dumps never push out the
+//! base backups point-in-time recovery starts from, nor one database's dumps another's.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
@@ -24,6 +26,8 @@ pub struct Candidate {
     pub id: String,
     /// When it finished.
     pub finished_at: DateTime<Utc>,
+    /// The series it belongs to (`physical`, `logical app`): the policy counts within one.
+    pub series: String,
 }
 
 /// The decision for one backup.
@@ -31,6 +35,8 @@ pub struct Candidate {
 pub struct Decision {
     /// The backup.
     pub id: String,
+    /// Its series (`physical`, `logical app`); `wal` for archived WAL.
+    pub series: String,
     /// Kept or not.
     pub keep: bool,
     /// Why (`last`, `daily 2026-11-26`, `weekly 2026-W48`, `newest`), or `expired`.
@@ -44,9 +50,21 @@ impl Policy {
     }
 }
 
-/// Decides, newest first. The newest backup is always kept, whatever the policy says.
+/// Decides for every series on its own, series by name, newest first within each. The
+/// newest backup of each series is always kept, whatever the policy says.
 pub fn decide(policy: Policy, backups: &[Candidate]) -> Vec<Decision> {
-    let mut sorted: Vec<&Candidate> = backups.iter().collect();
+    let mut series: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
+    for backup in backups {
+        series.entry(&backup.series).or_default().push(backup);
+    }
+    series
+        .into_values()
+        .flat_map(|members| decide_series(policy, members))
+        .collect()
+}
+
+fn decide_series(policy: Policy, members: Vec<&Candidate>) -> Vec<Decision> {
+    let mut sorted = members;
     sorted.sort_by(|a, b| b.finished_at.cmp(&a.finished_at).then(b.id.cmp(&a.id)));
     let mut days_seen = HashSet::new();
     let mut weeks_seen = HashSet::new();
@@ -78,6 +96,7 @@ pub fn decide(policy: Policy, backups: &[Candidate]) -> Vec<Decision> {
             }
             Decision {
                 id: b.id.clone(),
+                series: b.series.clone(),
                 keep,
                 reasons,
             }
@@ -92,9 +111,14 @@ mod tests {
     use super::*;
 
     fn at(day: u32, hour: u32) -> Candidate {
+        in_series("physical", day, hour)
+    }
+
+    fn in_series(series: &str, day: u32, hour: u32) -> Candidate {
         Candidate {
             id: format!("2026-11-{day:02}T{hour:02}"),
             finished_at: Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap(),
+            series: series.to_owned(),
         }
     }
 
@@ -184,5 +208,61 @@ mod tests {
         let d = decide(Policy::default(), &backups);
         assert_eq!(kept(&d), ["2026-11-26T05"]);
         assert!(decide(Policy::default(), &[]).is_empty());
+    }
+
+    #[test]
+    fn each_series_keeps_its_own_backups() {
+        // The measured case: one physical backup and logical backups of two databases, all
+        // the same day. Ranked as one series, --keep-daily 7 kept only the newest dump.
+        let mut backups = vec![
+            Candidate {
+                id: "physical-1".into(),
+                ..in_series("physical", 26, 1)
+            },
+            Candidate {
+                id: "app-1".into(),
+                ..in_series("logical app", 26, 2)
+            },
+            Candidate {
+                id: "billing-1".into(),
+                ..in_series("logical billing", 26, 3)
+            },
+            Candidate {
+                id: "app-2".into(),
+                ..in_series("logical app", 26, 4)
+            },
+        ];
+        let policy = Policy {
+            keep_daily: 7,
+            ..Policy::default()
+        };
+        let d = decide(policy, &backups);
+        let mut kept = kept(&d);
+        kept.sort_unstable();
+        assert_eq!(kept, ["app-2", "billing-1", "physical-1"]);
+        assert_eq!(
+            d.iter().find(|x| x.id == "app-1").unwrap().reasons,
+            ["expired"]
+        );
+        // Nightly dumps and base backups: every series keeps its own last seven days.
+        backups.clear();
+        for day in 1..=20 {
+            backups.push(Candidate {
+                id: format!("p{day:02}"),
+                ..in_series("physical", day, 1)
+            });
+            backups.push(Candidate {
+                id: format!("l{day:02}"),
+                ..in_series("logical app", day, 2)
+            });
+        }
+        let d = decide(policy, &backups);
+        let physical: Vec<&str> = d
+            .iter()
+            .filter(|x| x.keep && x.series == "physical")
+            .map(|x| x.id.as_str())
+            .collect();
+        assert_eq!(physical, ["p20", "p19", "p18", "p17", "p16", "p15", "p14"]);
+        assert_eq!(d.iter().filter(|x| x.keep).count(), 14);
     }
 }

@@ -7,6 +7,7 @@ use std::{
     path::Path,
 };
 
+use pgops_pg::{Segment, WalFile};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -52,23 +53,8 @@ fn sum_key(name: &str) -> String {
 
 /// Checks that `name` is a WAL file name PostgreSQL archives (segment, history, backup
 /// label, partial), so a typo cannot write or read elsewhere in the repository.
-pub fn check_name(name: &str) -> Result<()> {
-    let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
-    let ok = (name.len() == 24 && hex(name))
-        || name
-            .strip_suffix(".history")
-            .is_some_and(|t| t.len() == 8 && hex(t))
-        || name
-            .strip_suffix(".partial")
-            .is_some_and(|t| t.len() == 24 && hex(t))
-        || (name.len() > 25 && name.ends_with(".backup") && hex(&name[..24]));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{name:?} is not a WAL file name (24 hex digits, or a .history, .backup or .partial file)"
-        )))
-    }
+pub fn check_name(name: &str) -> Result<WalFile> {
+    Ok(name.parse::<WalFile>()?)
 }
 
 /// Archives the file at `path` (what PostgreSQL passes as `%p`).
@@ -216,33 +202,32 @@ pub fn archived(store: &dyn Store) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The name of the segment holding `lsn` on `timeline` (16 MB segments). Pure.
-pub fn segment_name(timeline: u32, lsn: u64) -> String {
-    format!("{timeline:08X}{:08X}{:08X}", lsn >> 32, (lsn >> 24) & 0xFF)
-}
-
-/// The segment number (log * 256 + segment) of a segment name, across timelines. Pure.
-pub fn segment_number(name: &str) -> Option<u64> {
-    if name.len() < 24 || !name[..24].chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
+/// Splits archived names into WAL files and foreign objects (names PostgreSQL never
+/// archives, which nothing here reads, prunes or counts). Pure.
+pub fn classify(names: &[String]) -> (Vec<(String, WalFile)>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut foreign = Vec::new();
+    for name in names {
+        match name.parse::<WalFile>() {
+            Ok(file) => files.push((name.clone(), file)),
+            Err(_) => foreign.push(name.clone()),
+        }
     }
-    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
-    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
-    Some(log * 0x100 + seg)
+    (files, foreign)
 }
 
 /// Archived files no kept backup needs: segments (and `.backup`/`.partial` files) numbered
-/// below the oldest kept physical backup's first segment. History files are always kept.
-/// Pure.
-pub fn expendable(archived: &[String], oldest_needed: &str) -> Vec<String> {
-    let Some(floor) = segment_number(oldest_needed) else {
-        return Vec::new();
-    };
-    archived
-        .iter()
-        .filter(|n| !n.ends_with(".history"))
-        .filter(|n| segment_number(n).is_some_and(|s| s < floor))
-        .cloned()
+/// below `oldest_needed`, the oldest kept physical backup's first segment. History files and
+/// foreign objects are always kept. Pure.
+pub fn expendable(archived: &[String], oldest_needed: Segment) -> Vec<String> {
+    classify(archived)
+        .0
+        .into_iter()
+        .filter(|(_, file)| {
+            file.segment()
+                .is_some_and(|s| s.number < oldest_needed.number)
+        })
+        .map(|(name, _)| name)
         .collect()
 }
 
@@ -252,26 +237,25 @@ pub fn delete(store: &dyn Store, name: &str) -> Result<()> {
     store.delete(&data_key(name))
 }
 
-/// Gaps in a sorted list of segment names of one timeline: the names missing between the
-/// first and the last (16 MB segments). Pure.
+/// Gaps in a list of segment names, per timeline: the segments missing between the first
+/// and the last of each timeline. Other files are ignored. Pure.
 pub fn gaps(names: &[String]) -> Vec<String> {
-    let mut segments: Vec<(u32, u64)> = names
+    let mut segments: Vec<Segment> = names
         .iter()
-        .filter(|n| n.len() == 24 && n.chars().all(|c| c.is_ascii_hexdigit()))
-        .filter_map(|n| {
-            let tli = u32::from_str_radix(&n[..8], 16).ok()?;
-            let log = u64::from_str_radix(&n[8..16], 16).ok()?;
-            let seg = u64::from_str_radix(&n[16..], 16).ok()?;
-            Some((tli, log * 0x100 + seg))
+        .filter_map(|n| match n.parse::<WalFile>() {
+            Ok(WalFile::Segment(segment)) => Some(segment),
+            _ => None,
         })
         .collect();
     segments.sort_unstable();
     let mut missing = Vec::new();
     for pair in segments.windows(2) {
-        let ((tli_a, a), (tli_b, b)) = (pair[0], pair[1]);
-        if tli_a == tli_b {
-            for n in a + 1..b {
-                missing.push(format!("{tli_a:08X}{:08X}{:08X}", n / 0x100, n % 0x100));
+        let (a, b) = (pair[0], pair[1]);
+        if a.timeline == b.timeline {
+            let mut next = a.next();
+            while next < b {
+                missing.push(next.name());
+                next = next.next();
             }
         }
     }
@@ -298,6 +282,7 @@ mod tests {
             "00000001000000000000000",
             "00000001000000000000000G",
             "x.history",
+            "aÄÄÄÄÄÄÄÄÄÄÄÄ.backup",
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
@@ -316,15 +301,19 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let oldest = pgops_pg::Lsn(0x3000028).segment(2);
         assert_eq!(
-            expendable(&archived, &segment_name(2, 0x3000028)),
+            expendable(&archived, oldest),
             [
                 "000000010000000000000001",
                 "000000010000000000000002",
                 "000000010000000000000002.00000028.backup"
             ]
         );
-        assert_eq!(segment_name(1, 0x1_2300_0000), "000000010000000100000023");
+        // A foreign object in the archive is neither pruned nor a panic.
+        let with_foreign = [archived.clone(), vec!["aÄÄÄÄÄÄÄÄÄÄÄÄ.backup".to_owned()]].concat();
+        assert_eq!(expendable(&with_foreign, oldest).len(), 3);
+        assert_eq!(classify(&with_foreign).1, ["aÄÄÄÄÄÄÄÄÄÄÄÄ.backup"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::{io::Write, time::Duration};
 
 use pgops_backup::{logical, repo, retention};
-use pgops_pool::DatabaseUrl;
+use pgops_pg::DatabaseUrl;
 
 use crate::{
     db::database_url,
@@ -133,9 +133,11 @@ pub enum Verb {
 fn fail(error: pgops_backup::Error) -> Failure {
     use pgops_backup::Error as E;
     match error {
-        E::Corrupt { .. } | E::Program { .. } | E::Storage { .. } | E::Io { .. } => {
-            Failure::problem(error)
-        }
+        E::Corrupt { .. }
+        | E::Program { .. }
+        | E::Storage { .. }
+        | E::Io { .. }
+        | E::Database { .. } => Failure::problem(error),
         // Bad input, a repository or server that cannot be reached.
         _ => Failure::usage(error),
     }
@@ -216,18 +218,26 @@ fn resolve_id(store: &dyn repo::Store, id: &str) -> Result<String, Failure> {
 }
 
 /// The repository from `--repo` or `PGOPS_REPO`, opened; shared with `pgops wal`.
-pub(crate) fn repository(url: Option<&str>) -> Result<(&str, Box<dyn repo::Store>), Failure> {
+pub(crate) fn repository(
+    url: Option<&str>,
+    access: repo::Access,
+) -> Result<(&str, Box<dyn repo::Store>), Failure> {
     let url = url.ok_or_else(|| {
         Failure::usage(anyhow::anyhow!(
             "no repository; pass --repo file:///var/backups/pgops (or s3://bucket/prefix) or set PGOPS_REPO"
         ))
     })?;
-    Ok((url, repo::open(url).map_err(fail)?))
+    Ok((url, repo::open(url, access).map_err(fail)?))
 }
 
 /// Runs one `pgops backup` command.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
-    let (repo_url, store) = repository(args.repo.as_deref())?;
+    // Only a backup writes the first object; every other verb needs a repository that exists.
+    let access = match args.verb {
+        Verb::Create { .. } => repo::Access::Create,
+        _ => repo::Access::Existing,
+    };
+    let (repo_url, store) = repository(args.repo.as_deref(), access)?;
     let url = || database_url(args.database_url.as_deref());
     match &args.verb {
         Verb::Create { kind, .. } if kind == "physical" => {
@@ -351,7 +361,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         } => {
             let mut url: DatabaseUrl = url()?;
             if let Some(database) = database {
-                url = pgops_backup::programs::with_database(&url, database).map_err(fail)?;
+                url = url.with_database(database).map_err(|e| fail(e.into()))?;
             }
             let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
                 let bar = indicatif::ProgressBar::no_length();
@@ -521,19 +531,30 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 json(out, &decisions)?;
             } else {
                 let mut text = String::new();
-                for d in &decisions {
+                let mut series: Vec<&str> = decisions.iter().map(|d| d.series.as_str()).collect();
+                series.dedup();
+                for name in series {
+                    let members: Vec<_> = decisions.iter().filter(|d| d.series == name).collect();
+                    let kept = members.iter().filter(|d| d.keep).count();
                     text.push_str(&format!(
-                        "{:<6} {:<40} {}\n",
-                        if d.keep {
-                            "keep"
-                        } else if *dry_run {
-                            "would delete"
-                        } else {
-                            "delete"
-                        },
-                        d.id,
-                        d.reasons.join(", ")
+                        "{name}: keeps {kept}, {} {}\n",
+                        if *dry_run { "would delete" } else { "deletes" },
+                        members.len() - kept
                     ));
+                    for d in members {
+                        text.push_str(&format!(
+                            "  {:<12} {:<40} {}\n",
+                            if d.keep {
+                                "keep"
+                            } else if *dry_run {
+                                "would delete"
+                            } else {
+                                "delete"
+                            },
+                            d.id,
+                            d.reasons.join(", ")
+                        ));
+                    }
                 }
                 emit(out, &text)?;
             }

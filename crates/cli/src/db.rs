@@ -2,7 +2,7 @@
 //! that name the redacted URL and say what to check.
 
 use diesel::{Connection, PgConnection};
-use pgops_pool::DatabaseUrl;
+use pgops_pg::DatabaseUrl;
 
 use crate::exit::Failure;
 

@@ -4,7 +4,7 @@
 use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
 
 use pgops_health::{Exporter, Options, Readiness};
-use pgops_pool::DatabaseUrl;
+use pgops_pg::DatabaseUrl;
 
 use crate::{
     db::database_url,
@@ -125,9 +125,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 let mut exporter = Exporter::new(primary.clone(), replicas, options, Some(facade))
                     .map_err(Failure::usage)?;
                 if let Some(repo) = repo {
-                    exporter = exporter.with_repository(
-                        pgops_backup::repo::open(repo).map_err(Failure::usage)?,
-                    );
+                    let store = pgops_backup::repo::open(repo, pgops_backup::repo::Access::Existing)
+                        .map_err(Failure::usage)?;
+                    exporter = exporter
+                        .with_collector(crate::repository_metrics::RepositoryCollector::new(store));
                 }
                 let exporter = Arc::new(exporter);
                 let listener = pgops_health::server::bind(*listen).await.map_err(Failure::usage)?;

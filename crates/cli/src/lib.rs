@@ -9,6 +9,7 @@ pub mod insights;
 pub mod lint;
 pub mod migrate;
 pub mod pool;
+pub mod repository_metrics;
 pub mod wal;
 
 use std::io::Write;

@@ -5,7 +5,7 @@ use std::{io::Write, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use pgops_migrate::{Error as MigrateError, MigrationSet, Migrator, RunOptions, Severity};
-use pgops_pool::DatabaseUrl;
+use pgops_pg::DatabaseUrl;
 
 use crate::{
     db::{connect, database_url},

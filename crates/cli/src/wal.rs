@@ -54,13 +54,19 @@ pub enum Verb {
     Check,
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// `s` as one word for `sh`, which runs archive_command and restore_command.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Runs one `pgops wal` command.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
-    let (repo_url, store) = crate::backup::repository(args.repo.as_deref())?;
+    // Archiving (and setting archiving up) may create the repository; reading needs one.
+    let access = match args.verb {
+        Verb::Push { .. } | Verb::Setup { .. } => pgops_backup::repo::Access::Create,
+        Verb::Fetch { .. } | Verb::Check => pgops_backup::repo::Access::Existing,
+    };
+    let (repo_url, store) = crate::backup::repository(args.repo.as_deref(), access)?;
     match &args.verb {
         Verb::Push { path } => match wal::push(&*store, path) {
             Ok(wal::Pushed::Stored) => Ok(Exit::Ok),
@@ -81,17 +87,33 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         }
         Verb::Check => {
             let names = wal::archived(&*store).map_err(Failure::problem)?;
+            let (files, foreign) = wal::classify(&names);
             let gaps = wal::gaps(&names);
-            let segments: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
+            let segments: Vec<&String> = files
+                .iter()
+                .filter(|(_, f)| matches!(f, pgops_pg::WalFile::Segment(_)))
+                .map(|(name, _)| name)
+                .collect();
             let _ = writeln!(
                 out,
                 "{} files archived; segments {} to {}",
-                names.len(),
+                files.len(),
                 segments.first().map_or("-", |s| s.as_str()),
                 segments.last().map_or("-", |s| s.as_str())
             );
             for gap in &gaps {
                 let _ = writeln!(out, "missing {gap}");
+            }
+            for name in &foreign {
+                let _ = writeln!(out, "ignored wal/{name}: not a WAL file name");
+            }
+            if segments.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "no WAL segment is archived: check that archive_mode is on and archive_command \
+                     runs `pgops wal push` into this repository (`pgops wal setup`)"
+                );
+                return Ok(Exit::Problem);
             }
             Ok(if gaps.is_empty() {
                 Exit::Ok
@@ -103,12 +125,15 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             let exe = std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "pgops".into());
-            let command = format!("{exe} wal push --repo {} %p", quote(repo_url));
-            let restore = format!("{exe} wal fetch --repo {} %f %p", quote(repo_url));
+            let command = format!("{exe} wal push --repo {} %p", shell_quote(repo_url));
+            let restore = format!("{exe} wal fetch --repo {} %f %p", shell_quote(repo_url));
             let statements = [
                 "ALTER SYSTEM SET wal_level = 'replica'".to_owned(),
                 "ALTER SYSTEM SET archive_mode = 'on'".to_owned(),
-                format!("ALTER SYSTEM SET archive_command = {}", quote(&command)),
+                format!(
+                    "ALTER SYSTEM SET archive_command = {}",
+                    pgops_pg::quote_literal(&command)
+                ),
                 "SELECT pg_reload_conf()".to_owned(),
             ];
             if !*apply {
@@ -126,7 +151,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             struct Level {
                 wal_level: String,
             }
-            let level: Level = pgops_insights::sql::row(
+            let level: Level = pgops_pg::rows::row(
                 &mut conn,
                 "SELECT current_setting('wal_level') AS wal_level",
                 "reading wal_level",
@@ -144,12 +169,36 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                         ))
                     })?;
             }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            // The reload is asynchronous: wait until this session sees the new command.
+            #[derive(Deserialize)]
+            struct Current {
+                archive_command: String,
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let current: Current = pgops_pg::rows::row(
+                    &mut conn,
+                    "SELECT setting AS archive_command FROM pg_settings WHERE name = 'archive_command'",
+                    "reading archive_command",
+                )
+                .map_err(Failure::problem)?;
+                if current.archive_command == command {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Failure::problem(anyhow::anyhow!(
+                        "the server did not take the new archive_command within 10 s of \
+                         pg_reload_conf(); it shows {:?}. Check the server log for a configuration error",
+                        current.archive_command
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             #[derive(Deserialize)]
             struct Pending {
                 name: String,
             }
-            let pending: Vec<Pending> = pgops_insights::sql::rows(
+            let pending: Vec<Pending> = pgops_pg::rows::rows(
                 &mut conn,
                 "SELECT name FROM pg_settings WHERE pending_restart",
                 "reading pending_restart",

@@ -323,7 +323,11 @@ fn prune_keeps_the_newest_and_dry_run_deletes_nothing() {
         repo.path(),
         &url,
     ));
-    assert_eq!(out.matches("would delete").count(), 2, "{out}");
+    assert_eq!(out.matches("  would delete").count(), 2, "{out}");
+    assert!(
+        out.contains("logical app: keeps 1, would delete 2"),
+        "{out}"
+    );
     assert_eq!(list(repo.path(), &url).len(), 3);
     ok(&pgops(&["prune", "--keep-last", "1"], repo.path(), &url));
     let left = list(repo.path(), &url);
@@ -332,6 +336,40 @@ fn prune_keeps_the_newest_and_dry_run_deletes_nothing() {
     assert!(!repo.path().join("backups").join(&ids[0]).exists());
     let out = pgops(&["prune"], repo.path(), &url);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn prune_ranks_each_database_on_its_own() {
+    // Measured once: with dumps of two databases taken the same day, --keep-daily 7 kept only
+    // the newest dump of the repository and would have deleted the other database's.
+    let cluster = seeded();
+    cluster.create_database("billing").unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let app = cluster.url("app");
+    let billing = cluster.url("billing");
+    let old_app = create(repo.path(), &app, &[]);
+    let billing_id = create(repo.path(), &billing, &[]);
+    let new_app = create(repo.path(), &app, &[]);
+    let out = ok(&pgops(
+        &["prune", "--keep-daily", "7", "--dry-run", "--json"],
+        repo.path(),
+        &app,
+    ));
+    let decisions: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let deleted: Vec<&str> = decisions
+        .iter()
+        .filter(|d| d["keep"] == false)
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted, [old_app.as_str()], "{out}");
+    for kept in [&billing_id, &new_app] {
+        assert!(
+            decisions
+                .iter()
+                .any(|d| d["id"] == kept.as_str() && d["keep"] == true),
+            "{out}"
+        );
+    }
 }
 
 #[test]

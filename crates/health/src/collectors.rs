@@ -44,7 +44,7 @@ impl Session<'_> {
         query.hash(&mut hasher);
         let name = format!("pgops_health_{:016x}", hasher.finish());
         let db = |source| {
-            Error::Query(pgops_insights::Error::Database {
+            Error::Query(pgops_pg::Error::Query {
                 context: context.to_owned(),
                 source,
             })
@@ -61,7 +61,7 @@ impl Session<'_> {
             .get_result::<JsonRows>(self.conn)
             .map_err(db)?;
         serde_json::from_str(&got.rows).map_err(|source| {
-            Error::Query(pgops_insights::Error::Decode {
+            Error::Query(pgops_pg::Error::Decode {
                 context: context.to_owned(),
                 source,
             })
@@ -897,69 +897,6 @@ fn top_queries(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> 
         returned.push(&labels, q.rows);
     }
     Ok(vec![calls, seconds, returned])
-}
-
-/// The backup repository: newest backup per kind, count, newest drill.
-pub fn repository(store: &dyn pgops_backup::repo::Store) -> Result<Vec<Family>> {
-    let backups = pgops_backup::list(store).map_err(|e| Error::Invalid(e.to_string()))?;
-    let drill = pgops_backup::drill::last(store).map_err(|e| Error::Invalid(e.to_string()))?;
-    let repo = store.url().to_owned();
-    let mut last = Family::new(
-        "pgops_backup_last_success_timestamp_seconds",
-        "When the newest complete backup of each kind finished",
-        Kind::Gauge,
-    );
-    for kind in [
-        pgops_backup::manifest::Kind::Logical,
-        pgops_backup::manifest::Kind::Physical,
-    ] {
-        if let Some((m, _)) = backups.iter().rev().find(|(m, _)| m.kind == kind) {
-            let name = if kind == pgops_backup::manifest::Kind::Logical {
-                "logical"
-            } else {
-                "physical"
-            };
-            last.push(
-                &[("kind", name), ("repository", &repo)],
-                m.finished_at.timestamp_millis() as f64 / 1e3,
-            );
-        }
-    }
-    let mut fams = vec![
-        last,
-        Family::single(
-            "pgops_backup_count",
-            "Complete backups in the repository",
-            Kind::Gauge,
-            &[("repository", &repo)],
-            backups.len() as f64,
-        ),
-    ];
-    if let Some(d) = drill {
-        let labels = [("repository", repo.as_str())];
-        fams.push(Family::single(
-            "pgops_backup_last_drill_timestamp_seconds",
-            "When the newest restore drill ran",
-            Kind::Gauge,
-            &labels,
-            d.at.timestamp_millis() as f64 / 1e3,
-        ));
-        fams.push(Family::single(
-            "pgops_backup_last_drill_duration_seconds",
-            "How long the newest restore drill took to answer (its RTO)",
-            Kind::Gauge,
-            &labels,
-            d.rto_seconds,
-        ));
-        fams.push(Family::single(
-            "pgops_backup_last_drill_success",
-            "1 when the newest restore drill succeeded",
-            Kind::Gauge,
-            &labels,
-            f64::from(u8::from(d.ok)),
-        ));
-    }
-    Ok(fams)
 }
 
 #[cfg(test)]

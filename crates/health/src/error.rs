@@ -4,9 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A query of the insights helpers failed.
+    /// A query failed, or its rows could not be read.
     #[error(transparent)]
-    Query(#[from] pgops_insights::Error),
+    Query(#[from] pgops_pg::Error),
     /// No connection could be had from the pool.
     #[error(transparent)]
     Pool(#[from] pgops_pool::Error),

@@ -208,7 +208,22 @@ pub struct Exporter {
     facade: Option<PrometheusHandle>,
     scrapes: AtomicU64,
     last_duration: Mutex<Option<(Duration, bool)>>,
-    repository: Option<Arc<dyn pgops_backup::repo::Store>>,
+    extra: Vec<Arc<dyn Collector>>,
+}
+
+/// A source of metrics outside PostgreSQL (a backup repository, say), registered by whoever
+/// has one through [`Exporter::with_collector`]. It runs on the blocking pool, at most once
+/// per cache interval, under the scrape deadline, and reports in `pgops_collector_*` like
+/// the built-in collectors.
+pub trait Collector: Send + Sync + 'static {
+    /// The collector's name, the `collector` label of `pgops_collector_*`
+    /// (`backup_repository`).
+    fn name(&self) -> &'static str;
+    /// What it reads, the `server` label of `pgops_collector_*` (a repository URL without
+    /// credentials).
+    fn target(&self) -> String;
+    /// Reads the families; may block. The error is logged, never shown in a metric.
+    fn collect(&self) -> std::result::Result<Vec<Family>, String>;
 }
 
 impl std::fmt::Debug for Exporter {
@@ -289,14 +304,14 @@ impl Exporter {
             facade,
             scrapes: AtomicU64::new(0),
             last_duration: Mutex::new(None),
-            repository: None,
+            extra: Vec::new(),
         })
     }
 
-    /// Also reports the backup repository: the newest backup per kind and the newest drill
-    /// (`pgops_backup_*`), read at most once per cache interval.
-    pub fn with_repository(mut self, store: Box<dyn pgops_backup::repo::Store>) -> Self {
-        self.repository = Some(Arc::from(store));
+    /// Also runs `collector` on every scrape (its result cached like the expensive
+    /// collectors').
+    pub fn with_collector(mut self, collector: impl Collector) -> Self {
+        self.extra.push(Arc::new(collector));
         self
     }
 
@@ -343,7 +358,10 @@ impl Exporter {
             }
         }
         outcomes.sort_by_key(|o| o.index);
-        let repository = self.repository_text(deadline).await;
+        let mut extra = Vec::new();
+        for (slot, collector) in self.extra.iter().enumerate() {
+            extra.push(self.extra_text(slot, collector.clone(), deadline).await);
+        }
         let mut families = Vec::new();
         let mut rendered: Vec<Arc<str>> = Vec::new();
         let mut stats = Vec::new();
@@ -373,7 +391,7 @@ impl Exporter {
             stats.extend(outcome.stats);
             rendered.extend(outcome.rendered);
         }
-        if let Some((text, stat)) = repository {
+        for (text, stat) in extra {
             rendered.extend(text);
             stats.extend(stat);
         }
@@ -441,21 +459,26 @@ impl Exporter {
         }
     }
 
-    /// The repository's families, rendered (cached), and the collector's outcome when it ran.
-    async fn repository_text(
+    /// A registered collector's families, rendered (cached), and its outcome when it ran.
+    async fn extra_text(
         &self,
+        slot: usize,
+        collector: Arc<dyn Collector>,
         deadline: tokio::time::Instant,
-    ) -> Option<(Option<Arc<str>>, Option<CollectorStat>)> {
-        let store = self.repository.clone()?;
-        const NAME: &str = "backup_repository";
-        if let Some(text) = self.cached_for(usize::MAX).remove(NAME) {
-            return Some((Some(text), None));
+    ) -> (Option<Arc<str>>, Option<CollectorStat>) {
+        // Registered collectors are cached under indexes counted down from the top, which
+        // no server index reaches.
+        let index = usize::MAX - slot;
+        let name = collector.name();
+        if let Some(text) = self.cached_for(index).remove(name) {
+            return (Some(text), None);
         }
         let began = Instant::now();
-        let url = store.url().to_owned();
+        let target = collector.target();
+        let runner = collector.clone();
         let result = timeout_at(
             deadline,
-            tokio::task::spawn_blocking(move || crate::collectors::repository(&*store)),
+            tokio::task::spawn_blocking(move || runner.collect()),
         )
         .await;
         let (text, ok) = match result {
@@ -466,24 +489,24 @@ impl Exporter {
                 self.cache
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert((usize::MAX, NAME), (Instant::now(), text.clone()));
+                    .insert((index, name), (Instant::now(), text.clone()));
                 (Some(text), true)
             }
             Ok(Ok(Err(e))) => {
-                tracing::warn!(repository = %url, error = %e, "reading the backup repository failed");
+                tracing::warn!(collector = name, target = %target, error = %e, "a registered collector failed");
                 (None, false)
             }
             _ => (None, false),
         };
-        Some((
+        (
             text,
             Some(CollectorStat {
-                name: NAME,
-                server: url,
+                name,
+                server: target,
                 seconds: began.elapsed().as_secs_f64(),
                 ok,
             }),
-        ))
+        )
     }
 
     fn cached_for(&self, index: usize) -> HashMap<&'static str, Arc<str>> {

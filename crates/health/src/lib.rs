@@ -7,7 +7,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use pgops_health::{Exporter, Options, install_recorder, server};
-//! use pgops_pool::DatabaseUrl;
+//! use pgops_pg::DatabaseUrl;
 //!
 //! let facade = install_recorder()?; // before opening pools: their metrics go through it
 //! let primary = DatabaseUrl::parse("postgres://monitor@db:5432/app")?;
@@ -24,5 +24,7 @@ pub mod snapshot;
 pub mod text;
 
 pub use error::{Error, Result};
-pub use exporter::{Exporter, Options, Readiness, Scrape, ServerState, install_recorder};
+pub use exporter::{
+    Collector, Exporter, Options, Readiness, Scrape, ServerState, install_recorder,
+};
 pub use snapshot::{Snapshot, snapshot};

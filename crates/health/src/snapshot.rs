@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use diesel::PgConnection;
-use pgops_insights::sql::rows;
+use pgops_pg::rows::rows;
 use pgops_pool::PoolStats;
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +72,7 @@ pub fn snapshot(conn: &mut PgConnection, pool: Option<PoolStats>) -> Result<Snap
         xid_wraparound_ratio: f64,
         cache_hit_ratio: Option<f64>,
     }
-    let head: Head = pgops_insights::sql::row(
+    let head: Head = pgops_pg::rows::row(
         conn,
         "SELECT current_setting('server_version') AS server_version,
                 pg_is_in_recovery() AS in_recovery,

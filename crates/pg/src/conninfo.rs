@@ -98,11 +98,7 @@ impl DatabaseUrl {
                     ports.get(i).copied()
                 }
                 .filter(|p| !p.is_empty());
-                format!(
-                    "{}:{}",
-                    host.unwrap_or("localhost"),
-                    port.unwrap_or("5432")
-                )
+                format!("{}:{}", host.unwrap_or("localhost"), port.unwrap_or("5432"))
             })
             .collect()
     }
@@ -390,7 +386,9 @@ mod tests {
             url.scrub("failed for s3cr@t and s3cr%40t"),
             "failed for *** and ***"
         );
-        let url = DatabaseUrl::parse("postgresql://h1:1,h2:2/db?user=u&password=qp&sslmode=disable").unwrap();
+        let url =
+            DatabaseUrl::parse("postgresql://h1:1,h2:2/db?user=u&password=qp&sslmode=disable")
+                .unwrap();
         assert_eq!(
             url.to_string(),
             "postgresql://h1:1,h2:2/db?user=u&password=***&sslmode=disable"
@@ -437,9 +435,15 @@ mod tests {
     #[test]
     fn the_password_leaves_the_command_line_in_every_form() {
         for (raw, password) in [
-            ("postgres://app:s%40cret@db:5432/app?sslmode=disable", "s@cret"),
+            (
+                "postgres://app:s%40cret@db:5432/app?sslmode=disable",
+                "s@cret",
+            ),
             ("host=db user=app password=pw dbname=app", "pw"),
-            (r"host=db user=app password='a b\'c\\d' dbname=app", r"a b'c\d"),
+            (
+                r"host=db user=app password='a b\'c\\d' dbname=app",
+                r"a b'c\d",
+            ),
             ("postgresql://app@h1:1,h2:2/app?password=q%20p", "q p"),
         ] {
             let url = DatabaseUrl::parse(raw).unwrap();

@@ -50,7 +50,9 @@ pub(crate) fn parse(conninfo: &str) -> Result<Vec<(String, String)>, String> {
             // until PQconninfoFree below; we copy them.
             let (keyword, value) = unsafe {
                 (
-                    CStr::from_ptr(option.keyword).to_string_lossy().into_owned(),
+                    CStr::from_ptr(option.keyword)
+                        .to_string_lossy()
+                        .into_owned(),
                     CStr::from_ptr(option.val).to_string_lossy().into_owned(),
                 )
             };

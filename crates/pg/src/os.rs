@@ -108,7 +108,9 @@ impl ServerUser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map_err(Error::io("checking what the server's OS user can run (/bin/sh)"))?;
+            .map_err(Error::io(
+                "checking what the server's OS user can run (/bin/sh)",
+            ))?;
         if status.success() {
             return Ok(());
         }

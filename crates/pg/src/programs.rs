@@ -190,7 +190,9 @@ fn is_complete(dir: &Path) -> bool {
 
 /// The highest-numbered `<root>/<major>/bin`, as laid out by Debian's packages.
 fn newest_debian_bindir(root: &Path) -> Option<PathBuf> {
-    debian_bindirs(root).into_iter().find(|bin| is_complete(bin))
+    debian_bindirs(root)
+        .into_iter()
+        .find(|bin| is_complete(bin))
 }
 
 fn parse_major_version(text: &str) -> Option<u32> {

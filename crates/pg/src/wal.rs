@@ -202,7 +202,16 @@ mod tests {
     #[test]
     fn lsn_rejects_garbage() {
         for bad in [
-            "", "16", "/1", "1/", "zz/1", "1/2/3", "123456789/0", "+1/0", "1/+0", "1/ 0",
+            "",
+            "16",
+            "/1",
+            "1/",
+            "zz/1",
+            "1/2/3",
+            "123456789/0",
+            "+1/0",
+            "1/+0",
+            "1/ 0",
         ] {
             let err = bad.parse::<Lsn>().unwrap_err();
             assert!(
@@ -255,7 +264,10 @@ mod tests {
             "000000010000000000000002.0000002.backup",
         ] {
             let err = bad.parse::<WalFile>().unwrap_err();
-            assert!(err.to_string().contains("not a WAL file name"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("not a WAL file name"),
+                "{bad}: {err}"
+            );
         }
     }
 }

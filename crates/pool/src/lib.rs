@@ -26,5 +26,5 @@ mod pool;
 pub use config::{Config, Environment, KEYS, PoolSettings, Source};
 pub use error::{Error, Result};
 pub use manager::session_sql;
-pub use pool::{Pool, PoolStats, PooledConnection};
 pub use pgops_pg::DatabaseUrl;
+pub use pool::{Pool, PoolStats, PooledConnection};

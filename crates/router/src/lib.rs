@@ -222,8 +222,10 @@ impl Router {
             .filter(|u| !u.is_empty())
             .enumerate()
         {
-            let url =
-                DatabaseUrl::parse(raw).map_err(|source| Error::ReplicaUrl { index, source })?;
+            let url = DatabaseUrl::parse(raw).map_err(|source| Error::ReplicaUrl {
+                index,
+                source: source.into(),
+            })?;
             let name = format!("replica-{index}");
             replicas.push(ReplicaSpec {
                 pool: Pool::open_unchecked(&name, url, config.pool.clone()),

@@ -230,7 +230,7 @@ impl Cluster {
     /// outside its data directory (a WAL archive, say).
     pub fn make_server_dir(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        self.run_as.own(dir)
+        Ok(self.run_as.own(dir)?)
     }
 
     /// Creates and starts a streaming replica of this running cluster (`pg_basebackup -R`).
@@ -344,7 +344,10 @@ impl Cluster {
     pub fn create_database(&self, name: &str) -> Result<()> {
         self.execute(
             "postgres",
-            &format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name)),
+            &format!(
+                "CREATE DATABASE {} TEMPLATE template0",
+                pgops_pg::quote_ident(name)
+            ),
         )
     }
 
@@ -425,8 +428,8 @@ impl Cluster {
     pub(crate) fn lsn_of(&self, expression: &str) -> Result<Lsn> {
         let text = self
             .query_text("postgres", expression)?
-            .ok_or_else(|| Error::InvalidLsn("NULL".into()))?;
-        text.parse()
+            .ok_or_else(|| Error::Pg(pgops_pg::Error::InvalidLsn("NULL".into())))?;
+        Ok(text.parse()?)
     }
 
     /// Creates the directory, hands it to the server user and arms the watchdog.
@@ -452,7 +455,7 @@ impl Cluster {
         };
         let port = match options.port {
             Some(port) => port,
-            None => free_port()?,
+            None => pgops_pg::free_port()?,
         };
         let cluster = Cluster {
             port,
@@ -673,7 +676,7 @@ impl Cluster {
                 {
                     tracing::debug!(port = self.port, error = %e, "port taken, trying another");
                     attempts += 1;
-                    self.port = free_port()?;
+                    self.port = pgops_pg::free_port()?;
                 }
                 other => return other,
             }
@@ -762,7 +765,7 @@ impl Cluster {
 
     fn write_file(&self, path: &Path, text: &str) -> Result<()> {
         fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-        self.run_as.own(path)
+        Ok(self.run_as.own(path)?)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -853,20 +856,4 @@ fn stop_if_running(bins: &PgBinaries, run_as: &RunAs, data: &Path) -> Result<boo
         "pg_ctl stop -m fast",
     )?;
     Ok(true)
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A TCP port on 127.0.0.1 that nobody listens on right now.
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("finding a free port on 127.0.0.1", e))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| Error::io("finding a free port on 127.0.0.1", e))?
-        .port();
-    Ok(port)
 }

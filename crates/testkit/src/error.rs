@@ -6,24 +6,9 @@ use std::{io, path::PathBuf, time::Duration};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No PostgreSQL server binaries (`initdb`, `postgres`, `pg_ctl`) were found.
-    #[error(
-        "PostgreSQL server binaries not found (looked in: {searched}); install Debian's `postgresql` \
-         and `postgresql-contrib` packages, or set PGOPS_PG_BINDIR to the directory that holds initdb and postgres"
-    )]
-    BinariesNotFound {
-        /// The places that were searched, in order.
-        searched: String,
-    },
-    /// The process runs as root but the OS user that should own the server does not exist.
-    #[error(
-        "running as root, but the OS user `{user}` that must run PostgreSQL does not exist; \
-         create it (useradd --system {user}) or set PGOPS_PG_USER to an unprivileged user"
-    )]
-    NoServerUser {
-        /// The user name that was looked up.
-        user: String,
-    },
+    /// The plumbing failed: binaries or the server's OS user not found, a malformed LSN.
+    #[error(transparent)]
+    Pg(#[from] pgops_pg::Error),
     /// A file or directory operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -66,9 +51,6 @@ pub enum Error {
         /// How long the wait lasted.
         waited: Duration,
     },
-    /// A string is not a PostgreSQL LSN (`X/Y` in hexadecimal).
-    #[error("`{0}` is not a WAL position; expected the form 16/B374D848")]
-    InvalidLsn(String),
     /// The initialisation function of a template database failed.
     #[error("initialising template database `{template}` failed: {message}")]
     TemplateInit {

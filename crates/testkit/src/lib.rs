@@ -13,17 +13,14 @@
 //! // both are stopped and their directories removed when dropped
 //! ```
 
-mod binaries;
 mod cluster;
 mod error;
-mod lsn;
 mod process;
 mod replica;
 mod shared;
 
-pub use binaries::PgBinaries;
-pub use cluster::{Archive, Cluster, ClusterOptions, SUPERUSER, WalLevel, quote_ident};
+pub use cluster::{Archive, Cluster, ClusterOptions, SUPERUSER, WalLevel};
 pub use error::{Error, Result};
-pub use lsn::Lsn;
+pub use pgops_pg::{Lsn, PgBinaries, quote_ident};
 pub use replica::Replica;
 pub use shared::{InitResult, Template, TestDatabase, shared};

@@ -8,64 +8,13 @@ use std::{
     process::{Child, ChildStdin, Command, Output, Stdio},
 };
 
-use nix::unistd::{Gid, Uid, User};
+use pgops_pg::ServerUser;
 
 use crate::{Error, Result};
 
-/// Who runs the server: ourselves, or (when we are root, which PostgreSQL refuses) an unprivileged user.
-#[derive(Debug, Clone)]
-pub(crate) struct RunAs {
-    user: Option<(Uid, Gid)>,
-}
-
-impl RunAs {
-    /// Ourselves when unprivileged; `PGOPS_PG_USER` (default `postgres`) when root.
-    pub(crate) fn detect() -> Result<Self> {
-        if !Uid::effective().is_root() {
-            return Ok(RunAs { user: None });
-        }
-        let name = std::env::var("PGOPS_PG_USER").unwrap_or_else(|_| "postgres".to_owned());
-        let user = User::from_name(&name)
-            .ok()
-            .flatten()
-            .filter(|u| !u.uid.is_root())
-            .ok_or_else(|| Error::NoServerUser { user: name.clone() })?;
-        Ok(RunAs {
-            user: Some((user.uid, user.gid)),
-        })
-    }
-
-    /// A command that runs as the server user, in `cwd` (which that user can enter).
-    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>, cwd: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.current_dir(cwd).stdin(Stdio::null());
-        // libpq in the tools must not pick up the caller's connection settings.
-        for var in [
-            "PGHOST",
-            "PGPORT",
-            "PGUSER",
-            "PGDATABASE",
-            "PGPASSWORD",
-            "PGSERVICE",
-            "PGOPTIONS",
-        ] {
-            cmd.env_remove(var);
-        }
-        if let Some((uid, gid)) = self.user {
-            cmd.uid(uid.as_raw()).gid(gid.as_raw());
-        }
-        cmd
-    }
-
-    /// Gives a directory tree we created to the server user.
-    pub(crate) fn own(&self, path: &Path) -> Result<()> {
-        if let Some((uid, gid)) = self.user {
-            nix::unistd::chown(path, Some(uid), Some(gid))
-                .map_err(|e| Error::io(format!("chown {}", path.display()), e.into()))?;
-        }
-        Ok(())
-    }
-}
+/// Who runs the server: the plumbing crate's [`ServerUser`] (ourselves, or under root an
+/// unprivileged user).
+pub(crate) type RunAs = ServerUser;
 
 /// Runs a command to completion and turns a failure into an error carrying its output.
 pub(crate) fn run(mut cmd: Command, what: &str) -> Result<Output> {

@@ -40,7 +40,7 @@ impl Replica {
         let mut conn = self.connect("postgres")?;
         wait_for(&format!("replay to reach {lsn}"), timeout, || {
             let text = query_text(&mut conn, "pg_last_wal_replay_lsn()")?
-                .ok_or_else(|| Error::InvalidLsn("NULL".into()))?;
+                .ok_or_else(|| Error::Pg(pgops_pg::Error::InvalidLsn("NULL".into())))?;
             Ok(text.parse::<Lsn>()? >= lsn)
         })
     }

@@ -16,7 +16,9 @@ use std::{
 
 use diesel::PgConnection;
 
-use crate::{Cluster, ClusterOptions, Error, Result, cluster::quote_ident};
+use pgops_pg::quote_ident;
+
+use crate::{Cluster, ClusterOptions, Error, Result};
 
 /// What a template's initialisation function returns.
 pub type InitResult = std::result::Result<(), Box<dyn StdError + Send + Sync>>;
