@@ -146,3 +146,65 @@ pub fn prune(
     decisions.extend(wal_decisions);
     Ok(decisions)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::{Duration, Utc};
+
+    use super::*;
+    use crate::manifest::{DumpFormat, Kind, WalRange};
+
+    fn physical_backup(id: &str, days_ago: i64, start_lsn: &str) -> Manifest {
+        let at = Utc::now() - Duration::days(days_ago);
+        Manifest {
+            format: 1,
+            id: id.into(),
+            kind: Kind::Physical,
+            database: String::new(),
+            server: "127.0.0.1:5432".into(),
+            server_version: "15".into(),
+            tool_version: "0".into(),
+            client_version: "15".into(),
+            dump_format: DumpFormat::Custom,
+            started_at: at,
+            finished_at: at,
+            files: Vec::new(),
+            tables: Vec::new(),
+            wal: Some(WalRange {
+                timeline: 1,
+                start_lsn: start_lsn.into(),
+                end_lsn: start_lsn.into(),
+            }),
+            from_standby: false,
+        }
+    }
+
+    #[test]
+    fn prune_deletes_nothing_when_a_kept_backup_has_an_unreadable_wal_start() {
+        // Once, such a backup was skipped when computing which WAL is still needed, so WAL
+        // it needed could go.
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = repo::open(&url, repo::Access::Existing).unwrap();
+        for m in [
+            physical_backup("old", 3, "0/2000028"),
+            physical_backup("new", 1, "zz/3000028"),
+        ] {
+            store
+                .put_bytes(
+                    &manifest::manifest_key(&m.id),
+                    &serde_json::to_vec(&m).unwrap(),
+                )
+                .unwrap();
+        }
+        let policy = retention::Policy {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let err = prune(&*store, policy, false).unwrap_err().to_string();
+        assert!(err.contains("backup new") && err.contains("nothing was deleted"), "{err}");
+        assert_eq!(list(&*store).unwrap().len(), 2);
+    }
+}

@@ -77,6 +77,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             Err(e) => Err(Failure::problem(e)),
         },
         Verb::Fetch { name, path } => {
+            wal::check_name(name).map_err(Failure::usage)?;
             match wal::fetch(&*store, name, path) {
                 Ok(true) => Ok(Exit::Ok),
                 // PostgreSQL asks for files that may not exist (the next timeline's history,

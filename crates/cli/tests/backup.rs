@@ -339,6 +339,86 @@ fn prune_keeps_the_newest_and_dry_run_deletes_nothing() {
 }
 
 #[test]
+fn the_password_reaches_pg_dump_only_through_its_environment() {
+    // Once, key=value strings were split on whitespace: `password='a b'` put part of the
+    // password on pg_dump's command line, which every user can read in `ps`.
+    let cluster = seeded();
+    let real = pgops_testkit::PgBinaries::discover().unwrap();
+    let bindir = tempfile::tempdir().unwrap();
+    let seen = bindir.path().join("seen");
+    std::fs::write(
+        bindir.path().join("pg_dump"),
+        format!(
+            "#!/bin/sh\n\
+             tr '\\0' '\\n' < /proc/$$/cmdline >> '{seen}.cmdline'\n\
+             tr '\\0' '\\n' < /proc/$$/environ | grep '^PGPASSWORD=' >> '{seen}.environ'\n\
+             exec '{}' \"$@\"\n",
+            real.program("pg_dump").display(),
+            seen = seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bindir.path().join("pg_dump"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let password = r"s3 cr'e\t";
+    let port = cluster.port();
+    for url in [
+        format!(r"host=127.0.0.1 port={port} user=postgres dbname=app password='s3 cr\'e\\t'"),
+        format!("postgres://postgres:s3%20cr%27e%5Ct@127.0.0.1:{port}/app"),
+        format!("postgresql://127.0.0.1:{port},127.0.0.1:{port}/app?user=postgres&password=s3%20cr%27e%5Ct"),
+    ] {
+        let repo = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pgops"))
+            .args(["backup", "create"])
+            .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
+            .env("DATABASE_URL", &url)
+            .env("PGOPS_PG_BINDIR", bindir.path())
+            .output()
+            .unwrap();
+        ok(&out);
+        assert!(!text(&out.stdout).contains("cr'e"), "{}", text(&out.stdout));
+    }
+    let cmdlines = std::fs::read_to_string(seen.with_extension("cmdline")).unwrap();
+    assert!(cmdlines.contains("--snapshot"), "{cmdlines}");
+    for piece in ["s3 cr", "cr'e", r"cr\'e", r"e\t", "%20"] {
+        assert!(!cmdlines.contains(piece), "{piece:?} on the command line:\n{cmdlines}");
+    }
+    let environs = std::fs::read_to_string(seen.with_extension("environ")).unwrap();
+    let expected = format!("PGPASSWORD={password}");
+    assert_eq!(
+        environs.lines().filter(|l| *l == expected).count(),
+        3,
+        "{environs}"
+    );
+}
+
+#[test]
+fn read_only_commands_refuse_a_repository_that_does_not_exist() {
+    // A typo in a monitoring job once read as an empty, healthy repository (and created it).
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("typo");
+    let url = "postgres://nobody@127.0.0.1:1/app";
+    for verb in [
+        &["list"][..],
+        &["verify", "latest"],
+        &["prune", "--keep-last", "1", "--dry-run"],
+        &["restore", "--to-dir", "/tmp/never"],
+    ] {
+        let out = pgops(verb, &missing, url);
+        assert_eq!(out.status.code(), Some(2), "{verb:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("does not exist"),
+            "{verb:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!missing.exists());
+}
+
+#[test]
 fn prune_ranks_each_database_on_its_own() {
     // Measured once: with dumps of two databases taken the same day, --keep-daily 7 kept only
     // the newest dump of the repository and would have deleted the other database's.
