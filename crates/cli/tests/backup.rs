@@ -584,3 +584,72 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
     let stderr = text(&out.stderr);
     assert!(!stderr.contains("pgops-test-secret"), "{stderr}");
 }
+
+#[test]
+fn health_serve_reports_an_s3_repository_and_stops_cleanly_on_sigterm() {
+    // The S3 store once owned a runtime that panicked when dropped inside the server's async
+    // shutdown: SIGTERM ended `pgops health serve --repo s3://..` with exit 101.
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let cluster = seeded();
+    let s3 = s3_server();
+    let url = cluster.url("app");
+    ok(&pgops_s3(&["create"], &s3.endpoint, &url));
+    let listen = format!("127.0.0.1:{}", pgops_pg_free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["health", "serve", "--listen", &listen, "--repo", "s3://backups/pgops/app"])
+        .env("AWS_ENDPOINT_URL", &s3.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "pgops-test")
+        .env("AWS_SECRET_ACCESS_KEY", "pgops-test-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("DATABASE_URL", &url)
+        .env_remove("DATABASE_REPLICA_URLS")
+        .env_remove("PGOPS_METRICS_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("serving"), "{first}");
+    let mut stream = std::net::TcpStream::connect(&listen).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    stream.read_to_string(&mut metrics).unwrap();
+    assert!(
+        metrics.contains("pgops_backup_count{repository=\"s3://backups/pgops/app\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgops_collector_success{collector=\"backup_repository\""),
+        "{metrics}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn pgops_pg_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
