@@ -1,5 +1,6 @@
 //! `cargo xtask ci`: every check CI runs, each step timed, a summary at the end, non-zero
-//! exit when any step failed.
+//! exit when any step failed. The first step installs what is missing; the migration checks
+//! run in `pgops-tasks`, which uses pgops itself.
 
 use std::{
     collections::BTreeSet,
@@ -9,8 +10,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use pgops_migrate::{MigrationSet, Migrator};
-use pgops_testkit::{Cluster, ClusterOptions, PgBinaries};
 
 /// Options of `cargo xtask ci`.
 #[derive(Debug, clap::Args)]
@@ -22,13 +21,23 @@ pub struct Args {
 
 struct Step {
     name: &'static str,
-    run: fn() -> anyhow::Result<String>,
+    run: fn(&Context) -> anyhow::Result<String>,
+}
+
+/// What the steps share: `PATH` with the installed tools first.
+#[derive(Debug, Default)]
+struct Context {
+    path: Option<std::ffi::OsString>,
 }
 
 /// Runs every step and prints the summary.
 pub fn run(args: &Args) -> ExitCode {
     let before = leftovers();
     let steps = [
+        Step {
+            name: "install",
+            run: install,
+        },
         Step {
             name: "fmt",
             run: fmt,
@@ -55,12 +64,25 @@ pub fn run(args: &Args) -> ExitCode {
         },
     ];
     let started = Instant::now();
+    let mut context = Context::default();
     let mut results: Vec<(&str, Duration, anyhow::Result<String>)> = Vec::new();
     for step in &steps {
         println!("\n==> {}", step.name);
         let t = Instant::now();
-        let outcome = (step.run)();
+        let outcome = if step.name == "install" {
+            crate::install::ensure(crate::install::Need::Ci).map(|tools| {
+                context.path = Some(tools.path());
+                "everything CI needs is installed".to_owned()
+            })
+        } else {
+            (step.run)(&context)
+        };
         let failed = outcome.is_err();
+        if failed && step.name == "install" {
+            // Nothing else can run without it.
+            results.push((step.name, t.elapsed(), outcome));
+            break;
+        }
         results.push((step.name, t.elapsed(), outcome));
         if failed && args.fail_fast {
             break;
@@ -93,10 +115,18 @@ pub fn run(args: &Args) -> ExitCode {
     }
 }
 
-fn cargo(args: &[&str]) -> anyhow::Result<String> {
+fn install(_: &Context) -> anyhow::Result<String> {
+    unreachable!("the install step runs in `run`, which keeps its PATH")
+}
+
+fn cargo(context: &Context, args: &[&str]) -> anyhow::Result<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     println!("$ cargo {}", args.join(" "));
-    let status = Command::new(&cargo)
+    let mut cmd = Command::new(&cargo);
+    if let Some(path) = &context.path {
+        cmd.env("PATH", path);
+    }
+    let status = cmd
         .args(args)
         .current_dir(crate::workspace_root())
         .status()
@@ -109,55 +139,62 @@ fn cargo(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::new())
 }
 
-fn fmt() -> anyhow::Result<String> {
-    cargo(&["fmt", "--all", "--check"])
+fn fmt(context: &Context) -> anyhow::Result<String> {
+    cargo(context, &["fmt", "--all", "--check"])
 }
 
-fn clippy() -> anyhow::Result<String> {
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--locked",
-        "--",
-        "-D",
-        "warnings",
-    ])
+fn clippy(context: &Context) -> anyhow::Result<String> {
+    cargo(
+        context,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
 }
 
-fn test() -> anyhow::Result<String> {
-    cargo(&["test", "--workspace", "--locked"])
+fn test(context: &Context) -> anyhow::Result<String> {
+    cargo(context, &["test", "--workspace", "--locked"])
 }
 
 /// The repository's migrations through the linter: no statement that locks or rewrites a
 /// big table may ship.
-fn migration_lint() -> anyhow::Result<String> {
-    let dir = crate::workspace_root().join("migrations");
-    let set = MigrationSet::from_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
-    let report = pgops_migrate::lint::lint_set(&set, &dir);
-    let problems: Vec<String> = report
-        .errors
-        .iter()
-        .map(ToString::to_string)
-        .chain(report.findings.iter().map(ToString::to_string))
-        .collect();
-    for line in &problems {
-        println!("{line}");
+fn migration_lint(context: &Context) -> anyhow::Result<String> {
+    pgops_tasks(context, "migration-lint")
+}
+
+/// `pgops-tasks check <what>`, whose last line of output is the step's detail.
+fn pgops_tasks(context: &Context, what: &str) -> anyhow::Result<String> {
+    let binary = crate::tasks::build()?;
+    let mut cmd = Command::new(&binary);
+    if let Some(path) = &context.path {
+        cmd.env("PATH", path);
     }
-    ensure!(
-        problems.is_empty(),
-        "{} lint problem(s) in migrations/",
-        problems.len()
-    );
-    let detail = format!("{} migrations clean", set.migrations().len());
-    println!("{detail}");
+    let out = cmd
+        .args(["check", what])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    let detail = stdout.lines().last().unwrap_or_default().to_owned();
+    ensure!(out.status.success(), "{detail}");
     Ok(detail)
 }
 
 /// The documented alert rules through Prometheus's own checker.
-fn alert_rules() -> anyhow::Result<String> {
+fn alert_rules(context: &Context) -> anyhow::Result<String> {
     let rules = crate::workspace_root().join("docs/monitoring/alerts.yml");
-    let out = Command::new("promtool")
+    let mut promtool = Command::new("promtool");
+    if let Some(path) = &context.path {
+        promtool.env("PATH", path);
+    }
+    let out = promtool
         .args(["check", "rules"])
         .arg(&rules)
         .output()
@@ -180,25 +217,8 @@ fn alert_rules() -> anyhow::Result<String> {
 
 /// The repository's migrations on a fresh cluster: up, down one by one, up again, with the
 /// schema compared at every step.
-fn round_trip() -> anyhow::Result<String> {
-    let mut options = ClusterOptions::default();
-    if PgBinaries::discover()?.has_library("pg_stat_statements") {
-        options = options.preload("pg_stat_statements");
-    }
-    let cluster = Cluster::start(options).context("starting a fresh cluster")?;
-    cluster.create_database("round_trip")?;
-    let dir = crate::workspace_root().join("migrations");
-    let set = MigrationSet::from_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
-    let mut conn = cluster.connect("round_trip")?;
-    let report = pgops_migrate::round_trip(&Migrator::new(&set), &mut conn)?;
-    let detail = format!(
-        "{} migrations, {} schema objects, {:.1}s",
-        report.migrations,
-        report.objects,
-        report.elapsed.as_secs_f64()
-    );
-    println!("{detail}");
-    Ok(detail)
+fn round_trip(context: &Context) -> anyhow::Result<String> {
+    pgops_tasks(context, "round-trip")
 }
 
 /// Cluster directories of the test kit (`$TMPDIR/pgops-*`) and processes that name one.

@@ -1,52 +1,73 @@
 //! `cargo xtask`: the tasks developers and CI run. `cargo xtask ci` is exactly what CI runs.
+//!
+//! This binary is small on purpose: it builds on a fresh Debian or Ubuntu machine that has
+//! only Rust, installs what the tasks need (`install`), then runs them. The tasks that use
+//! pgops itself (the dev stack, seeding, benchmarks, migrations, the migration checks) live in
+//! the `pgops-tasks` binary (`xtask/tasks`), which links libpq and PostgreSQL's parser and so
+//! is built only once those are installed.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod bench;
 mod ci;
-mod dev;
-mod migrate;
-mod seed;
+mod install;
+mod tasks;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
 /// The project's tasks.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", max_term_width = 100)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", max_term_width = 100)]
 enum Task {
-    /// Everything CI checks: formatting, clippy, the migration linter, the alert rules, the test
-    /// suite (the runbooks' steps included), the migration round trip on a fresh cluster, and
-    /// that no PostgreSQL process or directory is left behind.
+    /// Everything CI checks: installs what is missing, then formatting, clippy, the migration
+    /// linter, the alert rules, the test suite (the runbooks' steps included), the migration
+    /// round trip on a fresh cluster, and that no PostgreSQL process or directory is left
+    /// behind.
     Ci(ci::Args),
     /// The local stack: a primary and a streaming replica under target/pgops-dev, archiving
     /// WAL, migrated, seeded, backed up, with the health endpoint on 127.0.0.1:9187, until
-    /// Ctrl-C.
-    Dev(dev::Args),
+    /// Ctrl-C. Installs PostgreSQL first when it is missing. `cargo xtask dev --help` for
+    /// its options.
+    #[command(disable_help_flag = true)]
+    Dev(Passthrough),
     /// `pgops migrate` against DATABASE_URL, with this repository's migrations/ by default.
-    Migrate(migrate::Args),
-    /// Load a sample dataset into DATABASE_URL (never when PGOPS_ENV=production).
-    Seed(seed::Args),
+    #[command(disable_help_flag = true)]
+    Migrate(Passthrough),
+    /// Load a sample dataset into DATABASE_URL, or the dev stack when unset (never when
+    /// PGOPS_ENV=production).
+    #[command(disable_help_flag = true)]
+    Seed(Passthrough),
     /// Benchmarks side by side with the existing tools; writes target/pgops-bench/<suite>.json,
-    /// and after every suite, docs/benchmarks.md with its chart.
-    Bench(bench::Args),
+    /// and after a full run of every suite, docs/benchmarks.md with its chart.
+    #[command(disable_help_flag = true)]
+    Bench(Passthrough),
+    /// Only install what the tasks need (`--for ci`, the default, or `--for dev`, `--for bench`).
+    Install(install::Args),
+}
+
+/// A task's own arguments, handed to `pgops-tasks` as they are.
+#[derive(Debug, clap::Args)]
+struct Passthrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
 }
 
 fn main() -> ExitCode {
-    // Installed as `bin/pgops` by `cargo xtask dev`, this binary is the pgops command.
-    let invoked_as = std::env::args_os()
-        .next()
-        .map(PathBuf::from)
-        .and_then(|p| p.file_name().map(|n| n.to_os_string()));
-    if invoked_as.as_deref() == Some(std::ffi::OsStr::new("pgops")) {
-        return pgops::main();
-    }
-    match Task::parse() {
-        Task::Ci(args) => ci::run(&args),
-        Task::Dev(args) => dev::run(&args),
-        Task::Migrate(args) => migrate::run(args),
-        Task::Bench(args) => bench::run(&args),
-        Task::Seed(args) => seed::run(&args),
+    let task = Task::parse();
+    let outcome = match task {
+        Task::Ci(args) => return ci::run(&args),
+        Task::Install(args) => install::ensure(args.target).map(|_| ExitCode::SUCCESS),
+        Task::Dev(p) => tasks::exec(install::Need::Dev, "dev", &p.args),
+        Task::Migrate(p) => tasks::exec(install::Need::Build, "migrate", &p.args),
+        Task::Seed(p) => tasks::exec(install::Need::Dev, "seed", &p.args),
+        Task::Bench(p) => tasks::exec(install::Need::Bench, "bench", &p.args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -54,4 +75,10 @@ fn main() -> ExitCode {
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// The target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }

@@ -204,7 +204,10 @@ mod tests {
             ..Default::default()
         };
         let err = prune(&*store, policy, false).unwrap_err().to_string();
-        assert!(err.contains("backup new") && err.contains("nothing was deleted"), "{err}");
+        assert!(
+            err.contains("backup new") && err.contains("nothing was deleted"),
+            "{err}"
+        );
         assert_eq!(list(&*store).unwrap().len(), 2);
     }
 }

@@ -368,7 +368,9 @@ fn the_password_reaches_pg_dump_only_through_its_environment() {
     for url in [
         format!(r"host=127.0.0.1 port={port} user=postgres dbname=app password='s3 cr\'e\\t'"),
         format!("postgres://postgres:s3%20cr%27e%5Ct@127.0.0.1:{port}/app"),
-        format!("postgresql://127.0.0.1:{port},127.0.0.1:{port}/app?user=postgres&password=s3%20cr%27e%5Ct"),
+        format!(
+            "postgresql://127.0.0.1:{port},127.0.0.1:{port}/app?user=postgres&password=s3%20cr%27e%5Ct"
+        ),
     ] {
         let repo = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_pgops"))
@@ -384,7 +386,10 @@ fn the_password_reaches_pg_dump_only_through_its_environment() {
     let cmdlines = std::fs::read_to_string(seen.with_extension("cmdline")).unwrap();
     assert!(cmdlines.contains("--snapshot"), "{cmdlines}");
     for piece in ["s3 cr", "cr'e", r"cr\'e", r"e\t", "%20"] {
-        assert!(!cmdlines.contains(piece), "{piece:?} on the command line:\n{cmdlines}");
+        assert!(
+            !cmdlines.contains(piece),
+            "{piece:?} on the command line:\n{cmdlines}"
+        );
     }
     let environs = std::fs::read_to_string(seen.with_extension("environ")).unwrap();
     let expected = format!("PGPASSWORD={password}");
@@ -408,7 +413,12 @@ fn read_only_commands_refuse_a_repository_that_does_not_exist() {
         &["restore", "--to-dir", "/tmp/never"],
     ] {
         let out = pgops(verb, &missing, url);
-        assert_eq!(out.status.code(), Some(2), "{verb:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{verb:?}: {}",
+            text(&out.stderr)
+        );
         assert!(
             text(&out.stderr).contains("does not exist"),
             "{verb:?}: {}",
@@ -509,18 +519,32 @@ impl Drop for S3Server {
     }
 }
 
+/// moto's server: where `cargo xtask install` puts it (target/pgops-tools/venv), else PATH.
+fn moto_server() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        std::path::PathBuf::from,
+    );
+    let venv = target.join("pgops-tools/venv/bin/moto_server");
+    if venv.is_file() {
+        venv
+    } else {
+        "moto_server".into()
+    }
+}
+
 fn s3_server() -> S3Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new("moto_server")
+    let child = Command::new(moto_server())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("moto_server is needed for the S3 tests (pip install \"moto[server]\")");
+        .expect("moto_server is needed for the S3 tests: `cargo xtask install` puts it in target/pgops-tools/venv");
     let endpoint = format!("http://127.0.0.1:{port}");
     let server = S3Server { child, endpoint };
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -596,7 +620,14 @@ fn health_serve_reports_an_s3_repository_and_stops_cleanly_on_sigterm() {
     ok(&pgops_s3(&["create"], &s3.endpoint, &url));
     let listen = format!("127.0.0.1:{}", pgops_pg_free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
-        .args(["health", "serve", "--listen", &listen, "--repo", "s3://backups/pgops/app"])
+        .args([
+            "health",
+            "serve",
+            "--listen",
+            &listen,
+            "--repo",
+            "s3://backups/pgops/app",
+        ])
         .env("AWS_ENDPOINT_URL", &s3.endpoint)
         .env("AWS_ACCESS_KEY_ID", "pgops-test")
         .env("AWS_SECRET_ACCESS_KEY", "pgops-test-secret")

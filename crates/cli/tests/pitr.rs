@@ -12,8 +12,14 @@ use std::{
 
 use pgops_testkit::{Archive, Cluster, ClusterOptions};
 
+/// The `pgops` binary, or a copy the server's OS user can run when the checkout is somewhere
+/// it cannot enter: restores write a restore_command naming the binary that wrote it.
+fn pgops_bin() -> PathBuf {
+    pgops_testkit::server_can_run(Path::new(env!("CARGO_BIN_EXE_pgops"))).unwrap()
+}
+
 fn pgops(args: &[&str], repo: &Path, url: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgops"))
+    Command::new(pgops_bin())
         .args(args)
         .env("PGOPS_REPO", format!("file://{}", repo.display()))
         .env("DATABASE_URL", url)
@@ -59,7 +65,7 @@ fn archiving(name: &str) -> Archiving {
     std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
     let command = format!(
         "{} wal push --repo file://{} %p",
-        env!("CARGO_BIN_EXE_pgops"),
+        pgops_bin().display(),
         repo.display()
     );
     let primary =
@@ -427,7 +433,7 @@ fn a_drill_restores_into_a_throwaway_server_and_health_reports_it() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_pgops"))
+    let mut server = Command::new(pgops_bin())
         .args(["health", "serve", "--listen", &listen])
         .env("DATABASE_URL", &url)
         .env("PGOPS_REPO", format!("file://{}", repo.display()))

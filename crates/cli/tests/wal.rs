@@ -49,7 +49,9 @@ fn archiving_cluster() -> (Cluster, Repo) {
     let repo = base.join("repo");
     let command = format!(
         "{} wal push --repo file://{} %p",
-        env!("CARGO_BIN_EXE_pgops"),
+        pgops_testkit::server_can_run(Path::new(env!("CARGO_BIN_EXE_pgops")))
+            .unwrap()
+            .display(),
         repo.display()
     );
     let cluster =
@@ -210,7 +212,8 @@ fn setup_prints_the_settings_and_bad_names_are_refused() {
 
     // Bad names are usage errors with the form to use, never a panic (exit 101): a name with
     // multi-byte characters once panicked slicing at byte 24.
-    for bad in ["../../etc/passwd", "aÄÄÄÄÄÄÄÄÄÄÄÄ.backup", "ÄÄÄÄÄÄÄÄÄÄÄÄ"] {
+    for bad in ["../../etc/passwd", "aÄÄÄÄÄÄÄÄÄÄÄÄ.backup", "ÄÄÄÄÄÄÄÄÄÄÄÄ"]
+    {
         let out = pgops(&["fetch", bad, "/tmp/x"], repo.path());
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
         assert!(
@@ -225,16 +228,27 @@ fn setup_prints_the_settings_and_bad_names_are_refused() {
 fn reading_a_repository_that_does_not_exist_is_an_error_and_an_empty_archive_fails_check() {
     let parent = tempfile::tempdir().unwrap();
     let missing = parent.path().join("typo");
-    for verb in [&["check"][..], &["fetch", "000000010000000000000001", "/tmp/x"]] {
+    for verb in [
+        &["check"][..],
+        &["fetch", "000000010000000000000001", "/tmp/x"],
+    ] {
         let out = pgops(verb, &missing);
-        assert_eq!(out.status.code(), Some(2), "{verb:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{verb:?}: {}",
+            text(&out.stderr)
+        );
         assert!(
             text(&out.stderr).contains("does not exist"),
             "{verb:?}: {}",
             text(&out.stderr)
         );
     }
-    assert!(!missing.exists(), "a read-only command created the repository");
+    assert!(
+        !missing.exists(),
+        "a read-only command created the repository"
+    );
     // An archive that exists but holds no WAL is not healthy.
     let out = pgops(&["check"], parent.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));

@@ -16,11 +16,13 @@
 mod cluster;
 mod error;
 mod process;
+mod reachable;
 mod replica;
 mod shared;
 
 pub use cluster::{Archive, Cluster, ClusterOptions, SUPERUSER, WalLevel};
 pub use error::{Error, Result};
 pub use pgops_pg::{Lsn, PgBinaries, quote_ident};
+pub use reachable::server_can_run;
 pub use replica::Replica;
 pub use shared::{InitResult, Template, TestDatabase, shared};

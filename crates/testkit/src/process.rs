@@ -51,6 +51,17 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
+    /// A watchdog that only removes `dir` (which the server user owns) when we go away.
+    pub(crate) fn remove_dir(run_as: &RunAs, dir: &Path) -> Result<Self> {
+        const SCRIPT: &str = "read -r _ignored\nrm -rf \"$1\"\n";
+        let mut cmd = run_as.command("/bin/sh", Path::new("/"));
+        cmd.arg("-c")
+            .arg(SCRIPT)
+            .arg("pgops-testkit-watchdog")
+            .arg(dir);
+        Self::start(cmd)
+    }
+
     pub(crate) fn spawn(
         run_as: &RunAs,
         pg_ctl: &Path,
@@ -74,8 +85,12 @@ fi
             .arg(pg_ctl)
             .arg(data)
             .arg(root)
-            .arg(if remove { "remove" } else { "keep" })
-            .stdin(Stdio::piped())
+            .arg(if remove { "remove" } else { "keep" });
+        Self::start(cmd)
+    }
+
+    fn start(mut cmd: Command) -> Result<Self> {
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             // Its own process group: a Ctrl-C that kills the tests must not kill the cleaner.

@@ -8,6 +8,7 @@ mod common;
 
 use std::{
     net::TcpListener,
+    os::unix::fs::PermissionsExt,
     time::{Duration, Instant},
 };
 
@@ -212,4 +213,27 @@ fn missing_server_binaries_are_named_with_the_package_to_install() {
     );
     assert!(!err.contains("panicked"), "{err}");
     assert!(!dir.exists(), "nothing was created");
+}
+
+#[test]
+fn a_stack_the_server_user_cannot_reach_is_refused_with_the_fix() {
+    // A checkout under root's home (0700) once started its servers and then never archived a
+    // segment: the server's OS user could not run bin/pgops there.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only root runs the server as another user");
+        return;
+    }
+    let (tmp, _) = stack_dir();
+    let private = tmp.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = private.join("pgops-dev");
+    let out = run_dev(&dir, &Ports::free(), &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&private.display().to_string()) && err.contains("--dir"),
+        "{err}"
+    );
+    assert!(!dir.join("primary").exists(), "no server was created");
 }

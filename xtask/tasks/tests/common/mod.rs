@@ -166,7 +166,7 @@ impl Ports {
 }
 
 pub fn dev_command(dir: &Path, ports: &Ports) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops-tasks"));
     cmd.arg("dev")
         .arg("--dir")
         .arg(dir)

@@ -24,12 +24,10 @@ use clap::Parser as _;
 use pgops::Exit;
 use pgops_testkit::{Archive, Cluster, ClusterOptions, Error as KitError, PgBinaries};
 
+use crate::stack::{ENV_FILE, default_dir, write_env};
+
 /// The database the stack migrates and seeds.
 pub const DATABASE: &str = "pgops_dev";
-
-/// The file, inside the stack's directory, with the stack's connection settings as shell
-/// assignments (`set -a; . target/pgops-dev/env`); `cargo xtask seed` reads it too.
-pub const ENV_FILE: &str = "env";
 
 /// Options of `cargo xtask dev`.
 #[derive(Debug, clap::Args)]
@@ -71,25 +69,6 @@ pub fn run(args: &Args) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// The stack's directory when none is given: `PGOPS_DEV_DIR`, else `target/pgops-dev`.
-pub fn default_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PGOPS_DEV_DIR") {
-        return dir.into();
-    }
-    let root = crate::workspace_root();
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join("pgops-dev")
-}
-
-/// The primary's URL recorded by the last `cargo xtask dev` in `dir`, if any.
-pub fn recorded_database_url(dir: &Path) -> Option<String> {
-    let text = fs::read_to_string(dir.join(ENV_FILE)).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("DATABASE_URL="))
-        .map(|v| v.trim_matches('\'').to_owned())
 }
 
 /// Ctrl-C or SIGTERM during the setup steps: the stack stops after the step it was in.
@@ -197,6 +176,16 @@ fn up(args: &Args, stop: &StopSignal) -> anyhow::Result<Exit> {
 
     fs::create_dir_all(dir.join("bin")).with_context(|| format!("creating {}", dir.display()))?;
     let pgops_bin = install_pgops(&dir)?;
+    // The servers run as the server's OS user and exec bin/pgops for every WAL segment: a
+    // stack under a directory that user cannot enter (a checkout in root's 0700 home) would
+    // start and then never archive. Refuse now, naming the fix.
+    pgops_pg::ServerUser::detect()?
+        .check_can_run(&pgops_bin)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nhint: put the stack where it can: `cargo xtask dev --dir /var/tmp/pgops-dev` (or PGOPS_DEV_DIR)"
+            )
+        })?;
     let repo_dir = dir.join("repo");
     let repo = format!("file://{}", repo_dir.display());
     let options = ClusterOptions::default()
@@ -380,20 +369,6 @@ fn install_pgops(dir: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("copying {} to {}", me.display(), tmp.display()))?;
     fs::rename(&tmp, &target).with_context(|| format!("installing {}", target.display()))?;
     Ok(target)
-}
-
-/// Writes the stack's connection settings for shells and `cargo xtask seed`.
-fn write_env(dir: &Path, url: &str, replica_url: &str, repo: &str) -> anyhow::Result<()> {
-    let path = dir.join(ENV_FILE);
-    let text = format!(
-        "# written by cargo xtask dev: set -a; . {}; set +a\n\
-         DATABASE_URL='{url}'\n\
-         DATABASE_REPLICA_URLS='{replica_url}'\n\
-         PGOPS_REPO='{repo}'\n\
-         PGOPS_ENV='development'\n",
-        path.display()
-    );
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Adds the dev stack's own remedy to the test kit's errors that name one.

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 fn xtask(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops-tasks"));
     cmd.args(args)
         .env_remove("PGOPS_ENV")
         .env_remove("APP_ENV")

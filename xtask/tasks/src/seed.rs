@@ -52,7 +52,7 @@ pub fn seed(args: &Args) -> Exit {
     let given = args
         .database_url
         .clone()
-        .or_else(|| crate::dev::recorded_database_url(&crate::dev::default_dir()));
+        .or_else(|| crate::stack::recorded_database_url(&crate::stack::default_dir()));
     if given.is_none() {
         eprintln!(
             "error: DATABASE_URL is not set; export it, pass --database-url, or start the local stack with `cargo xtask dev`"

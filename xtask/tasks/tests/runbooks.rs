@@ -61,7 +61,8 @@ fn steps(markdown: &str) -> Vec<Step> {
 
 fn runbook_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+        .ancestors()
+        .nth(2)
         .unwrap()
         .join("docs")
         .join("runbooks")

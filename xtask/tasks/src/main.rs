@@ -1,0 +1,62 @@
+//! `pgops-tasks`: the tasks behind `cargo xtask` that use pgops itself (the dev stack, seeding,
+//! benchmarks, migrations and the migration checks of CI). Run it through `cargo xtask`, which
+//! installs what it links first.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod bench;
+mod check;
+mod dev;
+mod migrate;
+mod seed;
+mod stack;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+
+/// The project's tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", max_term_width = 100)]
+enum Task {
+    /// The checks of `cargo xtask ci` that use pgops itself.
+    Check(check::Args),
+    /// The local stack: a primary and a streaming replica under target/pgops-dev, archiving
+    /// WAL, migrated, seeded, backed up, with the health endpoint on 127.0.0.1:9187, until
+    /// Ctrl-C.
+    Dev(dev::Args),
+    /// `pgops migrate` against DATABASE_URL, with this repository's migrations/ by default.
+    Migrate(migrate::Args),
+    /// Load a sample dataset into DATABASE_URL (never when PGOPS_ENV=production).
+    Seed(seed::Args),
+    /// Benchmarks side by side with the existing tools; writes target/pgops-bench/<suite>.json,
+    /// and after every suite, docs/benchmarks.md with its chart.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    // Installed as `bin/pgops` by `cargo xtask dev`, this binary is the pgops command.
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_os_string()));
+    if invoked_as.as_deref() == Some(std::ffi::OsStr::new("pgops")) {
+        return pgops::main();
+    }
+    match Task::parse() {
+        Task::Check(args) => check::run(&args),
+        Task::Dev(args) => dev::run(&args),
+        Task::Migrate(args) => migrate::run(args),
+        Task::Bench(args) => bench::run(&args),
+        Task::Seed(args) => seed::run(&args),
+    }
+}
+
+/// The workspace root (where `Cargo.toml` and `migrations/` are).
+fn workspace_root() -> PathBuf {
+    // This crate is xtask/tasks.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| manifest.clone(), PathBuf::from)
+}
