@@ -14,25 +14,31 @@ use pgops_migrate::{
 
 use crate::exit::{Exit, Failure};
 
-/// Lints `paths` (or `dir`, or the embedded migrations) and writes the report.
-pub fn run(
-    dir: Option<&Path>,
-    paths: &[PathBuf],
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<Exit, Failure> {
+/// What to lint.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// Migrations directories, single migration directories or `.sql` files.
+    Paths(&'a [PathBuf]),
+    /// One migrations directory (`--dir`).
+    Dir(&'a Path),
+    /// The sample schema compiled into the binary (`--sample-schema`).
+    SampleSchema,
+}
+
+/// Lints `source` and writes the report.
+pub fn run(source: Source<'_>, json: bool, out: &mut dyn Write) -> Result<Exit, Failure> {
     let mut report = Report::default();
-    if paths.is_empty() {
-        match dir {
-            Some(dir) => lint_dir(dir, &mut report)?,
-            None => {
-                let set = pgops_schema::migrations().map_err(Failure::usage)?;
-                report = lint_set(&set, Path::new("migrations"));
+    match source {
+        Source::Paths(paths) => {
+            for path in paths {
+                lint_path(path, &mut report)?;
             }
         }
-    }
-    for path in paths {
-        lint_path(path, &mut report)?;
+        Source::Dir(dir) => lint_dir(dir, &mut report)?,
+        Source::SampleSchema => {
+            let set = pgops_schema::migrations().map_err(Failure::usage)?;
+            report = lint_set(&set, Path::new("migrations"));
+        }
     }
     let exit = if !report.errors.is_empty() {
         Exit::Usage

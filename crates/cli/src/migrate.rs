@@ -21,9 +21,12 @@ pub struct Args {
     /// Database to migrate (its password is never printed).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
-    /// Directory of diesel migrations [default: the pgops sample schema compiled into this binary].
+    /// Directory of diesel migrations (required, unless --sample-schema).
     #[arg(long, env = "PGOPS_MIGRATIONS_DIR", global = true)]
     pub dir: Option<PathBuf>,
+    /// Use pgops's sample schema, compiled into this binary, instead of a directory.
+    #[arg(long, global = true, conflicts_with = "dir")]
+    pub sample_schema: bool,
     /// lock_timeout for transactional migrations: a migration that cannot get its lock fails
     /// instead of queueing traffic behind it.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true)]
@@ -60,7 +63,7 @@ pub enum Verb {
     /// 2 on unreadable or unparsable files). Does not connect.
     Lint {
         /// Migrations directories, single migration directories or .sql files
-        /// [default: --dir, or the migrations compiled into this binary].
+        /// [default: --dir, or the sample schema with --sample-schema].
         paths: Vec<PathBuf>,
         /// Output format.
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
@@ -84,11 +87,29 @@ fn parse_optional_duration(text: &str) -> Result<OptionalDuration, String> {
 /// Runs one `pgops migrate` command, writing its report to `out`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     if let Verb::Lint { paths, format } = &args.verb {
-        return crate::lint::run(args.dir.as_deref(), paths, format == "json", out);
+        let source = if !paths.is_empty() {
+            crate::lint::Source::Paths(paths)
+        } else if let Some(dir) = &args.dir {
+            crate::lint::Source::Dir(dir)
+        } else if args.sample_schema {
+            crate::lint::Source::SampleSchema
+        } else {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "nothing to lint: give migration directories or .sql files, --dir DIR or \
+                 PGOPS_MIGRATIONS_DIR (or --sample-schema for pgops's sample schema)"
+            )));
+        };
+        return crate::lint::run(source, format == "json", out);
     }
-    let set = match &args.dir {
-        Some(dir) => MigrationSet::from_dir(dir),
-        None => pgops_schema::migrations(),
+    let set = match (&args.dir, args.sample_schema) {
+        (Some(dir), _) => MigrationSet::from_dir(dir),
+        (None, true) => pgops_schema::migrations(),
+        (None, false) => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "no migrations directory: pass --dir DIR or set PGOPS_MIGRATIONS_DIR \
+                 (or --sample-schema for pgops's sample schema)"
+            )));
+        }
     }
     .map_err(Failure::usage)?;
     let url = database_url(args.database_url.as_deref())?;

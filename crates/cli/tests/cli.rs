@@ -69,10 +69,27 @@ fn usage_errors_exit_2() {
         Some(2)
     );
 
-    let out = pgops(&["migrate", "status"], None);
+    let out = pgops(&["migrate", "status", "--sample-schema"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("DATABASE_URL is not set; export it or pass --database-url")
+    );
+
+    // pgops migrate works on any database: which migrations is never a guess.
+    let out = pgops(&["migrate", "run"], Some("postgres://localhost/x"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("pass --dir DIR or set PGOPS_MIGRATIONS_DIR"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A CI step that forgot the path once linted the sample schema and passed.
+    let out = pgops(&["migrate", "lint"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("nothing to lint"),
+        "{}",
+        text(&out.stderr)
     );
 
     let out = pgops(
@@ -96,7 +113,7 @@ fn connection_errors_exit_2_without_the_password() {
         .unwrap()
         .port();
     let url = format!("postgres://app:hunter2@127.0.0.1:{port}/app");
-    let out = pgops(&["migrate", "status"], Some(&url));
+    let out = pgops(&["migrate", "status", "--sample-schema"], Some(&url));
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
@@ -110,7 +127,10 @@ fn connection_errors_exit_2_without_the_password() {
         "{stderr}"
     );
 
-    let out = pgops(&["migrate", "status"], Some("not a url hunter2"));
+    let out = pgops(
+        &["migrate", "status", "--sample-schema"],
+        Some("not a url hunter2"),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(!text(&out.stderr).contains("hunter2"));
 }
@@ -121,7 +141,7 @@ fn migrate_verbs_against_a_real_database() {
     let url = db.url();
     let url = Some(url.as_str());
 
-    let out = pgops(&["migrate", "status", "--json"], url);
+    let out = pgops(&["migrate", "--sample-schema", "status", "--json"], url);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let all = status["migrations"].as_array().unwrap().len();
@@ -138,7 +158,7 @@ fn migrate_verbs_against_a_real_database() {
             .all(|m| m["applied_at"].is_null())
     );
 
-    let out = pgops(&["migrate", "run"], url);
+    let out = pgops(&["migrate", "--sample-schema", "run"], url);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains(&format!("{all} migration(s) applied")),
@@ -146,27 +166,35 @@ fn migrate_verbs_against_a_real_database() {
         text(&out.stdout)
     );
 
-    let out = pgops(&["migrate", "run"], url);
+    let out = pgops(&["migrate", "--sample-schema", "run"], url);
     assert!(text(&out.stdout).contains("nothing to apply"));
 
-    let out = pgops(&["migrate", "revert", "2", "--json"], url);
+    let out = pgops(
+        &["migrate", "--sample-schema", "revert", "2", "--json"],
+        url,
+    );
     assert_eq!(out.status.code(), Some(0));
     let reverted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reverted["reverted"].as_array().unwrap().len(), 2);
 
-    let out = pgops(&["migrate", "status"], url);
+    let out = pgops(&["migrate", "--sample-schema", "status"], url);
     assert!(
         text(&out.stdout).contains(&format!("{} applied, 2 pending", all - 2)),
         "{}",
         text(&out.stdout)
     );
 
-    assert_eq!(pgops(&["migrate", "run"], url).status.code(), Some(0));
-    let out = pgops(&["migrate", "redo"], url);
+    assert_eq!(
+        pgops(&["migrate", "--sample-schema", "run"], url)
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = pgops(&["migrate", "--sample-schema", "redo"], url);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("redone "));
 
-    let out = pgops(&["migrate", "validate"], url);
+    let out = pgops(&["migrate", "--sample-schema", "validate"], url);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
 
@@ -220,8 +248,13 @@ fn lint_exit_codes_clean_findings_and_parse_errors() {
     let out = pgops(&["migrate", "lint", repo.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("lint: 0 finding(s)"));
-    // Without paths and without --dir: the migrations compiled into the binary.
-    assert_eq!(pgops(&["migrate", "lint"], None).status.code(), Some(0));
+    // The migrations compiled into the binary, when asked for.
+    assert_eq!(
+        pgops(&["migrate", "lint", "--sample-schema"], None)
+            .status
+            .code(),
+        Some(0)
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("2026-12-01-000000_index_patients_mrn");

@@ -227,7 +227,7 @@ fn up(args: &Args, stop: &StopSignal) -> anyhow::Result<Exit> {
     let replica_url = replica.url(DATABASE);
     write_env(&dir, &url, &replica_url, &repo)?;
 
-    pgops_step(&["migrate", "run", "--database-url", &url])?;
+    pgops_step(&["migrate", "run", "--sample-schema", "--database-url", &url])?;
     stop.check()?;
     let seeded = crate::seed::seed(&crate::seed::Args {
         dataset: "development".into(),
