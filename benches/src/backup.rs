@@ -74,7 +74,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                     &*store,
                     &url,
                     &logical::CreateOptions::default(),
-                    &mut logical::Quiet,
+                    &mut pgops_backup::progress::Quiet,
                 )?;
                 ours.push(t.elapsed().as_secs_f64());
                 ours_bytes = manifest.bytes();
@@ -206,7 +206,7 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
         for side in [pgops_first, !pgops_first] {
             if side {
                 let t = Instant::now();
-                pgops_backup::physical::create(&*store, &url, &mut logical::Quiet)?;
+                pgops_backup::physical::create(&*store, &url, &mut pgops_backup::progress::Quiet)?;
                 ours_b.push(t.elapsed().as_secs_f64());
                 let target = dir.path().join("pgops-restore");
                 let _ = std::fs::remove_dir_all(&target);

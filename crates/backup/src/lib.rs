@@ -4,25 +4,29 @@
 //! and prunes by a retention policy that never deletes the newest backup.
 //!
 //! ```no_run
-//! use pgops_backup::{logical, repo};
+//! use pgops_backup::{logical, progress::Quiet, repo, verify};
 //! use pgops_pg::DatabaseUrl;
 //!
 //! let store = repo::open("file:///var/backups/pgops", repo::Access::Create).unwrap();
 //! let url = DatabaseUrl::parse("postgres://backup@db/app").unwrap();
-//! let manifest = logical::create(&*store, &url, &Default::default(), &mut logical::Quiet).unwrap();
-//! let check = logical::verify(&*store, &manifest.id, Some(&url)).unwrap();
+//! let manifest = logical::create(&*store, &url, &Default::default(), &mut Quiet).unwrap();
+//! let check = verify::verify(&*store, &manifest.id, Some(&url)).unwrap();
 //! assert!(check.ok);
 //! ```
 
 pub mod drill;
 mod error;
+mod fetch;
 mod files;
 pub mod logical;
 pub mod manifest;
 pub mod physical;
 pub mod programs;
+pub mod progress;
 pub mod repo;
 pub mod retention;
+mod staging;
+pub mod verify;
 pub mod wal;
 
 pub use error::{Error, Result};
@@ -39,7 +43,7 @@ pub fn list(store: &dyn Store) -> Result<Vec<(Manifest, Option<Verification>)>> 
         let id = key
             .trim_start_matches("backups/")
             .trim_end_matches("/manifest.json");
-        let manifest = logical::manifest(store, id)?;
+        let manifest = manifest::read(store, id)?;
         let last_verify = keys
             .iter()
             .filter(|k| k.starts_with(&format!("backups/{id}/verify/")))

@@ -5,23 +5,26 @@ use std::{
     fs::{self, File},
     io::{BufReader, BufWriter, Read, Write},
     os::unix::fs::DirBuilderExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::Stdio,
     time::Instant,
 };
 
 use chrono::Utc;
-use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection as _};
+use diesel::{PgConnection, RunQueryDsl, connection::SimpleConnection as _};
 use pgops_pg::DatabaseUrl;
 use serde::Deserialize;
 use sha2::Digest;
 
 use crate::{
     Error, Result,
+    fetch::fetch_verified,
     files::{self, Hashing},
-    manifest::{self, DumpFormat, FileEntry, Kind, Manifest, TableRows, Verification},
+    manifest::{self, DumpFormat, FileEntry, Kind, Manifest, TableRows},
     programs,
+    progress::Progress,
     repo::Store,
+    staging::{Staging, connect, new_id},
 };
 
 /// How to take a logical backup.
@@ -40,27 +43,6 @@ impl Default for CreateOptions {
             level: 3,
         }
     }
-}
-
-/// Reports bytes as they stream, for a progress bar.
-pub trait Progress {
-    /// `raw` bytes read from pg_dump so far, `stored` written after compression.
-    fn bytes(&mut self, raw: u64, stored: u64);
-}
-
-/// No progress reporting.
-#[derive(Debug, Default)]
-pub struct Quiet;
-
-impl Progress for Quiet {
-    fn bytes(&mut self, _: u64, _: u64) {}
-}
-
-pub(crate) fn connect(url: &DatabaseUrl) -> Result<PgConnection> {
-    PgConnection::establish(url.expose()).map_err(|e| Error::Connect {
-        context: format!("connecting to {url}"),
-        source: url.scrub(&e.to_string()).into(),
-    })
 }
 
 /// Compresses `input` into `out_path` (0600), returning (raw bytes, stored bytes, sha256).
@@ -97,21 +79,6 @@ fn compress(
     file.sync_all()?;
     progress.bytes(done_before.0 + raw, done_before.1 + hashing.bytes);
     Ok((raw, hashing.bytes, hex::encode(hashing.hash.finalize())))
-}
-
-/// A new backup id: UTC time, sortable, and the database.
-pub fn new_id(database: &str) -> String {
-    let safe: String = database
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{}-{safe}", Utc::now().format("%Y%m%dT%H%M%S%3fZ"))
 }
 
 #[derive(Deserialize)]
@@ -295,7 +262,7 @@ pub fn create(
 }
 
 /// Exact row counts of every user table, in the transaction's snapshot.
-fn count_rows(conn: &mut PgConnection) -> Result<Vec<TableRows>> {
+pub(crate) fn count_rows(conn: &mut PgConnection) -> Result<Vec<TableRows>> {
     #[derive(Deserialize)]
     struct T {
         schema: String,
@@ -332,89 +299,6 @@ fn count_rows(conn: &mut PgConnection) -> Result<Vec<TableRows>> {
     Ok(out)
 }
 
-/// A staging directory that is removed unless the backup completes.
-pub(crate) struct Staging {
-    pub(crate) path: PathBuf,
-    _temp: Option<tempfile::TempDir>,
-}
-
-impl Staging {
-    pub(crate) fn new(store: &dyn Store, id: &str) -> Result<Self> {
-        match store.staging_root() {
-            Some(root) => {
-                let path = root.join(id);
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&path)
-                    .map_err(Error::io(format!("creating {}", path.display())))?;
-                Ok(Staging { path, _temp: None })
-            }
-            None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("pgops-backup-")
-                    .tempdir()
-                    .map_err(Error::io("creating a staging directory"))?;
-                Ok(Staging {
-                    path: temp.path().to_path_buf(),
-                    _temp: Some(temp),
-                })
-            }
-        }
-    }
-
-    pub(crate) fn finish(self) {}
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Reads a backup's manifest.
-pub fn manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
-    let bytes = store
-        .get_bytes(&manifest::manifest_key(id))?
-        .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-        id: id.to_owned(),
-        file: "manifest.json".into(),
-        detail: e.to_string(),
-    })
-}
-
-/// Downloads every file of the backup into `dir` and checks sizes and checksums; the error
-/// names the first file that does not match.
-pub fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path) -> Result<()> {
-    for file in &manifest.files {
-        let local = dir.join(&file.path);
-        if let Some(parent) = local.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(Error::io(format!("creating {}", parent.display())))?;
-        }
-        store.get_to_file(
-            &format!("{}{}", manifest::prefix(&manifest.id), file.path),
-            &local,
-        )?;
-        let (bytes, sha) = files::sha_of(&local)?;
-        if bytes != file.bytes || sha != file.sha256 {
-            return Err(Error::Corrupt {
-                id: manifest.id.clone(),
-                file: file.path.clone(),
-                detail: format!(
-                    "expected {} bytes with SHA-256 {}, found {bytes} bytes with {sha}",
-                    file.bytes, file.sha256
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// How to restore.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -439,7 +323,7 @@ pub fn restore(
         )));
     }
     let pg_restore = pgops_pg::find_program("pg_restore")?;
-    let manifest = manifest(store, id)?;
+    let manifest = manifest::read(store, id)?;
     let work = tempfile::Builder::new()
         .prefix("pgops-restore-")
         .tempdir()
@@ -516,136 +400,4 @@ pub fn restore(
         return Err(e);
     }
     Ok(started.elapsed().as_secs_f64())
-}
-
-/// Checks every checksum; with `restore`, also restores into a throwaway database on the
-/// server `url` names and compares every table's row count with the manifest. The result is
-/// recorded in the repository beside the backup.
-pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<Verification> {
-    let manifest = manifest(store, id)?;
-    let work = tempfile::Builder::new()
-        .prefix("pgops-verify-")
-        .tempdir()
-        .map_err(Error::io("creating a work directory"))?;
-    let mut verification = Verification {
-        id: id.to_owned(),
-        at: Utc::now(),
-        checksums_ok: false,
-        restored: false,
-        ok: false,
-        restore_seconds: None,
-        problems: Vec::new(),
-    };
-    match fetch_verified(store, &manifest, work.path()) {
-        Ok(()) => verification.checksums_ok = true,
-        Err(e) => {
-            verification.problems.push(e.to_string());
-            record(store, &verification)?;
-            return Err(e);
-        }
-    }
-    drop(work);
-    if let Some(range) = &manifest.wal {
-        // A physical backup is only as good as the WAL after it: name every missing segment
-        // from its start to the newest archived one.
-        let first = crate::physical::parse_lsn(&range.start_lsn)?
-            .segment(range.timeline)
-            .name();
-        let (files, _foreign) = crate::wal::classify(&crate::wal::archived(store)?);
-        let first_segment = crate::physical::parse_lsn(&range.start_lsn)?.segment(range.timeline);
-        let mut names: Vec<String> = files
-            .into_iter()
-            .filter(|(_, file)| {
-                matches!(file, pgops_pg::WalFile::Segment(s) if s.number >= first_segment.number)
-            })
-            .map(|(name, _)| name)
-            .collect();
-        if !names.contains(&first) {
-            verification.problems.push(format!(
-                "WAL segment {first}, where the backup starts, is not archived"
-            ));
-            names.insert(0, first);
-        }
-        for gap in crate::wal::gaps(&names) {
-            verification
-                .problems
-                .push(format!("WAL segment {gap} is missing from the archive"));
-        }
-        // Every segment recovery would read must also be intact.
-        let scratch = tempfile::Builder::new()
-            .prefix("pgops-verify-wal-")
-            .tempdir()
-            .map_err(Error::io("creating a work directory"))?;
-        for name in &names {
-            if let Err(e) = crate::wal::fetch(store, name, &scratch.path().join("segment")) {
-                verification.problems.push(e.to_string());
-            }
-        }
-        if url.is_some() {
-            verification.problems.push("--restore of a physical backup: restore it with `pgops backup restore --to-dir DIR` and start a server on it".into());
-        }
-        verification.ok = verification.checksums_ok && verification.problems.is_empty();
-        record(store, &verification)?;
-        return Ok(verification);
-    }
-    if let Some(url) = url {
-        let scratch = format!("pgops_verify_{}", std::process::id());
-        verification.restored = true;
-        match restore(
-            store,
-            id,
-            url,
-            &scratch,
-            &RestoreOptions {
-                jobs: Some(2),
-                replace: true,
-            },
-        ) {
-            Ok(seconds) => {
-                verification.restore_seconds = Some(seconds);
-                let scratch_url = url.with_database(&scratch)?;
-                let mut conn = connect(&scratch_url)?;
-                let found = count_rows(&mut conn)?;
-                drop(conn);
-                for want in &manifest.tables {
-                    let got = found
-                        .iter()
-                        .find(|t| t.schema == want.schema && t.table == want.table);
-                    match got {
-                        Some(got) if got.rows == want.rows => {}
-                        Some(got) => verification.problems.push(format!(
-                            "{}.{}: {} rows restored, {} in the backup",
-                            want.schema, want.table, got.rows, want.rows
-                        )),
-                        None => verification.problems.push(format!(
-                            "{}.{}: missing after the restore",
-                            want.schema, want.table
-                        )),
-                    }
-                }
-            }
-            Err(e) => verification.problems.push(format!("restore failed: {e}")),
-        }
-        let mut admin = connect(url)?;
-        let _ = admin.batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            pgops_pg::quote_ident(&scratch)
-        ));
-    }
-    verification.ok = verification.checksums_ok && verification.problems.is_empty();
-    record(store, &verification)?;
-    Ok(verification)
-}
-
-fn record(store: &dyn Store, verification: &Verification) -> Result<()> {
-    let json =
-        serde_json::to_vec_pretty(verification).map_err(|e| Error::Invalid(e.to_string()))?;
-    store.put_bytes(
-        &format!(
-            "{}verify/{}.json",
-            manifest::prefix(&verification.id),
-            verification.at.format("%Y%m%dT%H%M%S%3fZ")
-        ),
-        &json,
-    )
 }

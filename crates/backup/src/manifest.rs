@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::{Error, Result, repo::Store};
+
 /// The manifest format version.
 pub const FORMAT: u32 = 1;
 
@@ -141,4 +143,16 @@ pub fn prefix(id: &str) -> String {
 /// The manifest's key.
 pub fn manifest_key(id: &str) -> String {
     format!("backups/{id}/manifest.json")
+}
+
+/// Reads a backup's manifest.
+pub fn read(store: &dyn Store, id: &str) -> Result<Manifest> {
+    let bytes = store
+        .get_bytes(&manifest_key(id))?
+        .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        id: id.to_owned(),
+        file: "manifest.json".into(),
+        detail: e.to_string(),
+    })
 }

@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, Result,
+    fetch::fetch_verified,
     files::sha_of,
-    logical::{Progress, Staging, connect, fetch_verified, new_id},
     manifest::{self, DumpFormat, FileEntry, Kind, Manifest, WalRange},
     programs,
+    progress::Progress,
     repo::Store,
+    staging::{Staging, connect, new_id},
     wal,
 };
 

@@ -145,7 +145,7 @@ fn fail(error: pgops_backup::Error) -> Failure {
 
 struct Bar(Option<indicatif::ProgressBar>);
 
-impl logical::Progress for Bar {
+impl pgops_backup::progress::Progress for Bar {
     fn bytes(&mut self, raw: u64, stored: u64) {
         if let Some(bar) = &self.0 {
             bar.set_position(raw);
@@ -243,7 +243,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         Verb::Create { kind, .. } if kind == "physical" => {
             let url: DatabaseUrl = url()?;
             let manifest =
-                pgops_backup::physical::create(&*store, &url, &mut logical::Quiet).map_err(fail)?;
+                pgops_backup::physical::create(&*store, &url, &mut pgops_backup::progress::Quiet).map_err(fail)?;
             if args.json {
                 json(out, &manifest)?;
             } else {
@@ -445,7 +445,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         Verb::Verify { id, restore } => {
             let id = &resolve_id(&*store, id)?;
             let server = if *restore { Some(url()?) } else { None };
-            let verification = match logical::verify(&*store, id, server.as_ref()) {
+            let verification = match pgops_backup::verify::verify(&*store, id, server.as_ref()) {
                 Ok(v) => v,
                 Err(e @ pgops_backup::Error::Corrupt { .. }) => return Err(Failure::problem(e)),
                 Err(e) => return Err(fail(e)),

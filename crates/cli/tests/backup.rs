@@ -285,7 +285,20 @@ fn a_backup_taken_under_writes_restores_consistent() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    // The backup must start while pgbench writes: wait until its transactions land.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster
+        .query_text("bank", "(SELECT count(*) > 100 FROM pgbench_history)::text")
+        .unwrap()
+        .as_deref()
+        != Some("true")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pgbench wrote nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let repo = tempfile::tempdir().unwrap();
     let url = cluster.url("bank");
     let id = create(repo.path(), &url, &[]);

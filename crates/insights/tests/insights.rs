@@ -559,7 +559,26 @@ fn checks_catch_idle_transactions_blocked_queries_and_sequences_near_max() {
             .unwrap();
     });
     let waiter_pid = rx.recv().unwrap();
-    thread::sleep(Duration::from_millis(300));
+    // Wait, with a deadline, until the waiter has been blocked (and the holder idle in its
+    // transaction) for longer than the thresholds below.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while text(
+        &mut conn,
+        &format!(
+            "EXISTS (SELECT FROM pg_stat_activity w, pg_stat_activity h
+                      WHERE w.pid = {waiter_pid} AND w.wait_event_type = 'Lock'
+                        AND now() - w.query_start > interval '200 ms'
+                        AND h.pid = {holder_pid} AND h.state = 'idle in transaction'
+                        AND now() - h.state_change > interval '200 ms')"
+        ),
+    ) != "true"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter was never blocked by the holder"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 
     let tight = CheckThresholds {
         long_running: Duration::from_millis(100),

@@ -172,12 +172,23 @@ fn a_replica_stopped_under_load_fails_no_read_and_comes_back() {
     wait_until("the replica to serve", Duration::from_secs(10), || {
         router.replicas()[0].serving
     });
-    std::thread::sleep(Duration::from_millis(300));
+    let reads_flowing = |after: u64| {
+        let done = done.clone();
+        move || done.load(Ordering::Relaxed) >= after + 50
+    };
+    wait_until("reads to flow", Duration::from_secs(10), reads_flowing(0));
     replica.stop().unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(
-        !router.replicas()[0].serving,
-        "a stopped replica is out of the read set"
+    // A stopped replica leaves the read set.
+    wait_until(
+        "the stopped replica to leave the read set",
+        Duration::from_secs(10),
+        || !router.replicas()[0].serving,
+    );
+    let before_restart = done.load(Ordering::Relaxed);
+    wait_until(
+        "reads to go on without the replica",
+        Duration::from_secs(10),
+        reads_flowing(before_restart),
     );
     replica.start_again().unwrap();
     let polls_before = router.monitor_polls();
@@ -187,7 +198,12 @@ fn a_replica_stopped_under_load_fails_no_read_and_comes_back() {
         || router.replicas()[0].serving,
     );
     let polls = router.monitor_polls() - polls_before;
-    std::thread::sleep(Duration::from_millis(200));
+    let after_restart = done.load(Ordering::Relaxed);
+    wait_until(
+        "reads to go on after the restart",
+        Duration::from_secs(10),
+        reads_flowing(after_restart),
+    );
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         r.join().unwrap();
