@@ -230,7 +230,8 @@ pub(crate) fn repository(
     Ok((url, repo::open(url, access).map_err(fail)?))
 }
 
-/// Runs one `pgops backup` command.
+/// Runs one `pgops backup` command: opens the repository the verb needs, then hands over to
+/// the verb's own function.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     // Only a backup writes the first object; every other verb needs a repository that exists.
     let access = match args.verb {
@@ -238,75 +239,20 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         _ => repo::Access::Existing,
     };
     let (repo_url, store) = repository(args.repo.as_deref(), access)?;
-    let url = || database_url(args.database_url.as_deref());
+    let ctx = Ctx {
+        args,
+        repo_url,
+        store: &*store,
+        out,
+    };
     match &args.verb {
-        Verb::Create { kind, .. } if kind == "physical" => {
-            let url: DatabaseUrl = url()?;
-            let manifest =
-                pgops_backup::physical::create(&*store, &url, &mut pgops_backup::progress::Quiet).map_err(fail)?;
-            if args.json {
-                json(out, &manifest)?;
-            } else {
-                let wal = manifest.wal.as_ref();
-                emit(
-                    out,
-                    &format!(
-                        "backup {} of {} (timeline {}, {} to {}): {} stored in {}\n",
-                        manifest.id,
-                        manifest.server,
-                        wal.map_or(0, |w| w.timeline),
-                        wal.map_or("?", |w| w.start_lsn.as_str()),
-                        wal.map_or("?", |w| w.end_lsn.as_str()),
-                        indicatif::HumanBytes(manifest.bytes()),
-                        store.url()
-                    ),
-                )?;
-            }
-            Ok(Exit::Ok)
-        }
+        Verb::Create { kind, .. } if kind == "physical" => create_physical(ctx),
         Verb::Drill {
             target_time,
             probe,
             user,
-        } => {
-            let target = match target_time {
-                Some(t) => pgops_backup::physical::Target::Time(target_time_arg(t)?),
-                None => pgops_backup::physical::Target::Latest,
-            };
-            let exe = std::env::current_exe()
-                .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))?;
-            let drill = pgops_backup::drill::run(&*store, repo_url, &exe, &target, probe, user)
-                .map_err(fail)?;
-            if args.json {
-                json(out, &drill)?;
-            } else if drill.ok {
-                emit(
-                    out,
-                    &format!(
-                        "drill ok: {} restored and answering in {:.1}s (RTO), last transaction replayed {}, probe answered {}\n",
-                        drill.backup,
-                        drill.rto_seconds,
-                        drill.reached.as_deref().unwrap_or("none"),
-                        drill.answer.as_deref().unwrap_or("")
-                    ),
-                )?;
-            } else {
-                emit(
-                    out,
-                    &format!(
-                        "drill FAILED after {:.1}s: {}\n",
-                        drill.rto_seconds,
-                        drill.error.as_deref().unwrap_or("")
-                    ),
-                )?;
-            }
-            Ok(if drill.ok { Exit::Ok } else { Exit::Problem })
-        }
-        Verb::RestorePoint { name } => {
-            let lsn = pgops_backup::physical::restore_point(&url()?, name).map_err(fail)?;
-            emit(out, &format!("restore point {name} at {lsn}\n"))?;
-            Ok(Exit::Ok)
-        }
+        } => drill(ctx, target_time.as_deref(), probe, user),
+        Verb::RestorePoint { name } => restore_point(ctx, name),
         Verb::Restore {
             to_dir: Some(dir),
             target_time,
@@ -315,252 +261,416 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             target_xid,
             target_action,
             ..
-        } => {
-            use pgops_backup::physical::Target;
-            let target = if let Some(t) = target_time {
-                Target::Time(target_time_arg(t)?)
-            } else if let Some(lsn) = target_lsn {
-                pgops_backup::physical::parse_lsn(lsn).map_err(Failure::usage)?;
-                Target::Lsn(lsn.clone())
-            } else if let Some(name) = target_name {
-                Target::Name(name.clone())
-            } else if let Some(xid) = target_xid {
-                Target::Xid(xid.clone())
-            } else {
-                Target::Latest
-            };
-            let exe = std::env::current_exe()
-                .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))?;
-            let restored = pgops_backup::physical::restore_to_dir(
-                &*store,
-                repo_url,
-                &exe,
-                &target,
-                target_action == "promote",
-                dir,
-            )
-            .map_err(fail)?;
-            if args.json {
-                json(out, &restored)?;
-            } else {
-                emit(
-                    out,
-                    &format!(
-                        "laid out {} in {} with recovery to {}; start PostgreSQL on it (as its owner) to recover\n",
-                        restored.backup, restored.dir, restored.target
-                    ),
-                )?;
-            }
-            Ok(Exit::Ok)
-        }
+        } => restore_to_dir(
+            ctx,
+            dir,
+            target_time.as_deref(),
+            target_lsn.as_deref(),
+            target_name.as_deref(),
+            target_xid.as_deref(),
+            target_action,
+        ),
         Verb::Create {
             database,
             jobs,
             level,
             ..
-        } => {
-            let mut url: DatabaseUrl = url()?;
-            if let Some(database) = database {
-                url = url.with_database(database).map_err(|e| fail(e.into()))?;
-            }
-            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-                let bar = indicatif::ProgressBar::no_length();
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} {bytes} dumped at {binary_bytes_per_sec}, {msg} [{elapsed}]",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                );
-                bar.enable_steady_tick(Duration::from_millis(200));
-                bar
-            });
-            let mut progress = Bar(bar);
-            let options = logical::CreateOptions {
-                jobs: *jobs,
-                level: *level,
-            };
-            let result = logical::create(&*store, &url, &options, &mut progress);
-            if let Some(bar) = &progress.0 {
-                bar.finish_and_clear();
-            }
-            let manifest = result.map_err(fail)?;
-            if args.json {
-                json(out, &manifest)?;
-            } else {
-                emit(
-                    out,
-                    &format!(
-                        "backup {} of {}: {} dumped, {} stored ({} tables) in {}\n",
-                        manifest.id,
-                        manifest.database,
-                        indicatif::HumanBytes(manifest.raw_bytes()),
-                        indicatif::HumanBytes(manifest.bytes()),
-                        manifest.tables.len(),
-                        store.url()
-                    ),
-                )?;
-            }
-            Ok(Exit::Ok)
-        }
-        Verb::List => {
-            let backups = pgops_backup::list(&*store).map_err(fail)?;
-            if args.json {
-                let rows: Vec<_> = backups
-                    .iter()
-                    .map(|(m, v)| serde_json::json!({ "manifest": m, "last_verification": v }))
-                    .collect();
-                json(out, &rows)?;
-            } else {
-                let mut text = format!(
-                    "{:<40} {:<8} {:<16} {:<20} {:>10} {:>10}  verified\n",
-                    "id", "kind", "database", "finished", "stored", "raw"
-                );
-                for (m, v) in &backups {
-                    text.push_str(&format!(
-                        "{:<40} {:<8} {:<16} {:<20} {:>10} {:>10}  {}\n",
-                        m.id,
-                        match m.kind {
-                            pgops_backup::manifest::Kind::Logical => "logical",
-                            pgops_backup::manifest::Kind::Physical => "physical",
-                        },
-                        if m.database.is_empty() {
-                            "(cluster)"
-                        } else {
-                            m.database.as_str()
-                        },
-                        m.finished_at.format("%Y-%m-%d %H:%M:%S"),
-                        indicatif::HumanBytes(m.bytes()).to_string(),
-                        indicatif::HumanBytes(m.raw_bytes()).to_string(),
-                        match v {
-                            Some(v) if v.ok => format!("ok {}", v.at.format("%Y-%m-%d %H:%M")),
-                            Some(v) => format!("FAILED {}", v.at.format("%Y-%m-%d %H:%M")),
-                            None => "never".into(),
-                        }
-                    ));
-                }
-                emit(out, &text)?;
-            }
-            Ok(Exit::Ok)
-        }
-        Verb::Verify { id, restore } => {
-            let id = &resolve_id(&*store, id)?;
-            let server = if *restore { Some(url()?) } else { None };
-            let verification = match pgops_backup::verify::verify(&*store, id, server.as_ref()) {
-                Ok(v) => v,
-                Err(e @ pgops_backup::Error::Corrupt { .. }) => return Err(Failure::problem(e)),
-                Err(e) => return Err(fail(e)),
-            };
-            if args.json {
-                json(out, &verification)?;
-            } else {
-                let mut text = format!(
-                    "backup {id}: checksums {}",
-                    if verification.checksums_ok {
-                        "ok"
-                    } else {
-                        "FAILED"
-                    }
-                );
-                if let Some(seconds) = verification.restore_seconds {
-                    text.push_str(&format!(", restored in {seconds:.1}s"));
-                }
-                text.push_str(if verification.ok { ", ok\n" } else { "\n" });
-                for p in &verification.problems {
-                    text.push_str(&format!("  {p}\n"));
-                }
-                emit(out, &text)?;
-            }
-            Ok(if verification.ok {
-                Exit::Ok
-            } else {
-                Exit::Problem
-            })
-        }
+        } => create_logical(ctx, database.as_deref(), *jobs, *level),
+        Verb::List => list(ctx),
+        Verb::Verify { id, restore } => verify(ctx, id, *restore),
         Verb::Restore {
             id,
             database,
             jobs,
             replace,
             ..
-        } => {
-            let id = id.as_deref().ok_or_else(|| {
-                Failure::usage(anyhow::anyhow!(
-                    "name the backup to restore: pgops backup restore ID --database NEW_DB"
-                ))
-            })?;
-            let id = &resolve_id(&*store, id)?;
-            let database = database.as_deref().unwrap_or_default();
-            let url = url()?;
-            let seconds = logical::restore(
-                &*store,
-                id,
-                &url,
-                database,
-                &logical::RestoreOptions {
-                    jobs: *jobs,
-                    replace: *replace,
-                },
-            )
-            .map_err(fail)?;
-            if args.json {
-                json(
-                    out,
-                    &serde_json::json!({ "id": id, "database": database, "seconds": seconds }),
-                )?;
-            } else {
-                emit(
-                    out,
-                    &format!("restored {id} into database {database} in {seconds:.1}s\n"),
-                )?;
-            }
-            Ok(Exit::Ok)
-        }
+        } => restore(ctx, id.as_deref(), database.as_deref(), *jobs, *replace),
         Verb::Prune {
             keep_last,
             keep_daily,
             keep_weekly,
             dry_run,
-        } => {
-            let policy = retention::Policy {
-                keep_last: *keep_last,
-                keep_daily: *keep_daily,
-                keep_weekly: *keep_weekly,
-            };
-            let decisions = pgops_backup::prune(&*store, policy, *dry_run).map_err(fail)?;
-            if args.json {
-                json(out, &decisions)?;
-            } else {
-                let mut text = String::new();
-                let mut series: Vec<&str> = decisions.iter().map(|d| d.series.as_str()).collect();
-                series.dedup();
-                for name in series {
-                    let members: Vec<_> = decisions.iter().filter(|d| d.series == name).collect();
-                    let kept = members.iter().filter(|d| d.keep).count();
-                    text.push_str(&format!(
-                        "{name}: keeps {kept}, {} {}\n",
-                        if *dry_run { "would delete" } else { "deletes" },
-                        members.len() - kept
-                    ));
-                    for d in members {
-                        text.push_str(&format!(
-                            "  {:<12} {:<40} {}\n",
-                            if d.keep {
-                                "keep"
-                            } else if *dry_run {
-                                "would delete"
-                            } else {
-                                "delete"
-                            },
-                            d.id,
-                            d.reasons.join(", ")
-                        ));
-                    }
-                }
-                emit(out, &text)?;
-            }
-            Ok(Exit::Ok)
-        }
+        } => prune(ctx, *keep_last, *keep_daily, *keep_weekly, *dry_run),
     }
+}
+
+/// What every verb gets: the options, the opened repository, where to write.
+struct Ctx<'a> {
+    args: &'a Args,
+    repo_url: &'a str,
+    store: &'a dyn repo::Store,
+    out: &'a mut dyn Write,
+}
+
+/// `create --kind physical`: a base backup for point-in-time recovery.
+fn create_physical(ctx: Ctx<'_>) -> Result<Exit, Failure> {
+    let Ctx {
+        args, store, out, ..
+    } = ctx;
+    let url: DatabaseUrl = database_url(args.database_url.as_deref())?;
+    let manifest = pgops_backup::physical::create(store, &url, &mut pgops_backup::progress::Quiet)
+        .map_err(fail)?;
+    if args.json {
+        json(out, &manifest)?;
+    } else {
+        let wal = manifest.wal.as_ref();
+        emit(
+            out,
+            &format!(
+                "backup {} of {} (timeline {}, {} to {}): {} stored in {}\n",
+                manifest.id,
+                manifest.server,
+                wal.map_or(0, |w| w.timeline),
+                wal.map_or("?", |w| w.start_lsn.as_str()),
+                wal.map_or("?", |w| w.end_lsn.as_str()),
+                indicatif::HumanBytes(manifest.bytes()),
+                store.url()
+            ),
+        )?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `drill`: a whole restore into a throwaway server, timed.
+fn drill(
+    ctx: Ctx<'_>,
+    target_time: Option<&str>,
+    probe: &str,
+    user: &str,
+) -> Result<Exit, Failure> {
+    let Ctx {
+        args,
+        repo_url,
+        store,
+        out,
+    } = ctx;
+    let target = match target_time {
+        Some(t) => pgops_backup::physical::Target::Time(target_time_arg(t)?),
+        None => pgops_backup::physical::Target::Latest,
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))?;
+    let drill =
+        pgops_backup::drill::run(store, repo_url, &exe, &target, probe, user).map_err(fail)?;
+    if args.json {
+        json(out, &drill)?;
+    } else if drill.ok {
+        emit(
+            out,
+            &format!(
+                "drill ok: {} restored and answering in {:.1}s (RTO), last transaction replayed {}, probe answered {}\n",
+                drill.backup,
+                drill.rto_seconds,
+                drill.reached.as_deref().unwrap_or("none"),
+                drill.answer.as_deref().unwrap_or("")
+            ),
+        )?;
+    } else {
+        emit(
+            out,
+            &format!(
+                "drill FAILED after {:.1}s: {}\n",
+                drill.rto_seconds,
+                drill.error.as_deref().unwrap_or("")
+            ),
+        )?;
+    }
+    Ok(if drill.ok { Exit::Ok } else { Exit::Problem })
+}
+
+/// `restore-point NAME`: a named point to recover to.
+fn restore_point(ctx: Ctx<'_>, name: &str) -> Result<Exit, Failure> {
+    let Ctx { args, out, .. } = ctx;
+    let lsn =
+        pgops_backup::physical::restore_point(&database_url(args.database_url.as_deref())?, name)
+            .map_err(fail)?;
+    emit(out, &format!("restore point {name} at {lsn}\n"))?;
+    Ok(Exit::Ok)
+}
+
+/// `restore --to-dir`: a data directory laid out for point-in-time recovery.
+fn restore_to_dir(
+    ctx: Ctx<'_>,
+    dir: &std::path::Path,
+    target_time: Option<&str>,
+    target_lsn: Option<&str>,
+    target_name: Option<&str>,
+    target_xid: Option<&str>,
+    target_action: &str,
+) -> Result<Exit, Failure> {
+    let Ctx {
+        args,
+        repo_url,
+        store,
+        out,
+    } = ctx;
+    use pgops_backup::physical::Target;
+    let target = if let Some(t) = target_time {
+        Target::Time(target_time_arg(t)?)
+    } else if let Some(lsn) = target_lsn {
+        pgops_backup::physical::parse_lsn(lsn).map_err(Failure::usage)?;
+        Target::Lsn(lsn.to_owned())
+    } else if let Some(name) = target_name {
+        Target::Name(name.to_owned())
+    } else if let Some(xid) = target_xid {
+        Target::Xid(xid.to_owned())
+    } else {
+        Target::Latest
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))?;
+    let restored = pgops_backup::physical::restore_to_dir(
+        store,
+        repo_url,
+        &exe,
+        &target,
+        target_action == "promote",
+        dir,
+    )
+    .map_err(fail)?;
+    if args.json {
+        json(out, &restored)?;
+    } else {
+        emit(
+            out,
+            &format!(
+                "laid out {} in {} with recovery to {}; start PostgreSQL on it (as its owner) to recover\n",
+                restored.backup, restored.dir, restored.target
+            ),
+        )?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `create`: a logical backup of one database.
+fn create_logical(
+    ctx: Ctx<'_>,
+    database: Option<&str>,
+    jobs: Option<u32>,
+    level: i32,
+) -> Result<Exit, Failure> {
+    let Ctx {
+        args, store, out, ..
+    } = ctx;
+    let mut url: DatabaseUrl = database_url(args.database_url.as_deref())?;
+    if let Some(database) = database {
+        url = url.with_database(database).map_err(|e| fail(e.into()))?;
+    }
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::no_length();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes} dumped at {binary_bytes_per_sec}, {msg} [{elapsed}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let mut progress = Bar(bar);
+    let options = logical::CreateOptions { jobs, level };
+    let result = logical::create(store, &url, &options, &mut progress);
+    if let Some(bar) = &progress.0 {
+        bar.finish_and_clear();
+    }
+    let manifest = result.map_err(fail)?;
+    if args.json {
+        json(out, &manifest)?;
+    } else {
+        emit(
+            out,
+            &format!(
+                "backup {} of {}: {} dumped, {} stored ({} tables) in {}\n",
+                manifest.id,
+                manifest.database,
+                indicatif::HumanBytes(manifest.raw_bytes()),
+                indicatif::HumanBytes(manifest.bytes()),
+                manifest.tables.len(),
+                store.url()
+            ),
+        )?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `list`: every backup with its latest verification.
+fn list(ctx: Ctx<'_>) -> Result<Exit, Failure> {
+    let Ctx {
+        args, store, out, ..
+    } = ctx;
+    let backups = pgops_backup::list(store).map_err(fail)?;
+    if args.json {
+        let rows: Vec<_> = backups
+            .iter()
+            .map(|(m, v)| serde_json::json!({ "manifest": m, "last_verification": v }))
+            .collect();
+        json(out, &rows)?;
+    } else {
+        let mut text = format!(
+            "{:<40} {:<8} {:<16} {:<20} {:>10} {:>10}  verified\n",
+            "id", "kind", "database", "finished", "stored", "raw"
+        );
+        for (m, v) in &backups {
+            text.push_str(&format!(
+                "{:<40} {:<8} {:<16} {:<20} {:>10} {:>10}  {}\n",
+                m.id,
+                match m.kind {
+                    pgops_backup::manifest::Kind::Logical => "logical",
+                    pgops_backup::manifest::Kind::Physical => "physical",
+                },
+                if m.database.is_empty() {
+                    "(cluster)"
+                } else {
+                    m.database.as_str()
+                },
+                m.finished_at.format("%Y-%m-%d %H:%M:%S"),
+                indicatif::HumanBytes(m.bytes()).to_string(),
+                indicatif::HumanBytes(m.raw_bytes()).to_string(),
+                match v {
+                    Some(v) if v.ok => format!("ok {}", v.at.format("%Y-%m-%d %H:%M")),
+                    Some(v) => format!("FAILED {}", v.at.format("%Y-%m-%d %H:%M")),
+                    None => "never".into(),
+                }
+            ));
+        }
+        emit(out, &text)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `verify ID [--restore]`: checksums, WAL, and optionally a restore.
+fn verify(ctx: Ctx<'_>, id: &str, restore: bool) -> Result<Exit, Failure> {
+    let Ctx {
+        args, store, out, ..
+    } = ctx;
+    let id = &resolve_id(store, id)?;
+    let server = if restore {
+        Some(database_url(args.database_url.as_deref())?)
+    } else {
+        None
+    };
+    let verification = match pgops_backup::verify::verify(store, id, server.as_ref()) {
+        Ok(v) => v,
+        Err(e @ pgops_backup::Error::Corrupt { .. }) => return Err(Failure::problem(e)),
+        Err(e) => return Err(fail(e)),
+    };
+    if args.json {
+        json(out, &verification)?;
+    } else {
+        let mut text = format!(
+            "backup {id}: checksums {}",
+            if verification.checksums_ok {
+                "ok"
+            } else {
+                "FAILED"
+            }
+        );
+        if let Some(seconds) = verification.restore_seconds {
+            text.push_str(&format!(", restored in {seconds:.1}s"));
+        }
+        text.push_str(if verification.ok { ", ok\n" } else { "\n" });
+        for p in &verification.problems {
+            text.push_str(&format!("  {p}\n"));
+        }
+        emit(out, &text)?;
+    }
+    Ok(if verification.ok {
+        Exit::Ok
+    } else {
+        Exit::Problem
+    })
+}
+
+/// `restore ID --database NEW`: a logical backup into a new database.
+fn restore(
+    ctx: Ctx<'_>,
+    id: Option<&str>,
+    database: Option<&str>,
+    jobs: Option<u32>,
+    replace: bool,
+) -> Result<Exit, Failure> {
+    let Ctx {
+        args, store, out, ..
+    } = ctx;
+    let id = id.ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "name the backup to restore: pgops backup restore ID --database NEW_DB"
+        ))
+    })?;
+    let id = &resolve_id(store, id)?;
+    let database = database.unwrap_or_default();
+    let url = database_url(args.database_url.as_deref())?;
+    let seconds = logical::restore(
+        store,
+        id,
+        &url,
+        database,
+        &logical::RestoreOptions { jobs, replace },
+    )
+    .map_err(fail)?;
+    if args.json {
+        json(
+            out,
+            &serde_json::json!({ "id": id, "database": database, "seconds": seconds }),
+        )?;
+    } else {
+        emit(
+            out,
+            &format!("restored {id} into database {database} in {seconds:.1}s\n"),
+        )?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `prune`: the retention policy, per series.
+fn prune(
+    ctx: Ctx<'_>,
+    keep_last: usize,
+    keep_daily: usize,
+    keep_weekly: usize,
+    dry_run: bool,
+) -> Result<Exit, Failure> {
+    let Ctx {
+        args, store, out, ..
+    } = ctx;
+    let policy = retention::Policy {
+        keep_last,
+        keep_daily,
+        keep_weekly,
+    };
+    let decisions = pgops_backup::prune(store, policy, dry_run).map_err(fail)?;
+    if args.json {
+        json(out, &decisions)?;
+    } else {
+        let mut text = String::new();
+        let mut series: Vec<&str> = decisions.iter().map(|d| d.series.as_str()).collect();
+        series.dedup();
+        for name in series {
+            let members: Vec<_> = decisions.iter().filter(|d| d.series == name).collect();
+            let kept = members.iter().filter(|d| d.keep).count();
+            text.push_str(&format!(
+                "{name}: keeps {kept}, {} {}\n",
+                if dry_run { "would delete" } else { "deletes" },
+                members.len() - kept
+            ));
+            for d in members {
+                text.push_str(&format!(
+                    "  {:<12} {:<40} {}\n",
+                    if d.keep {
+                        "keep"
+                    } else if dry_run {
+                        "would delete"
+                    } else {
+                        "delete"
+                    },
+                    d.id,
+                    d.reasons.join(", ")
+                ));
+            }
+        }
+        emit(out, &text)?;
+    }
+    Ok(Exit::Ok)
 }
 
 #[cfg(test)]
