@@ -190,7 +190,7 @@ pub fn run(
             drill.answer = Some(answer);
             drill.ok = true;
         }
-        Err(e) => drill.error = Some(e.to_string()),
+        Err(e) => drill.error = Some(pgops_pg::report(&e)),
     }
     let json = serde_json::to_vec_pretty(&drill).map_err(|e| Error::Invalid(e.to_string()))?;
     store.put_bytes(

@@ -58,7 +58,7 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// The storage failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Storage {
         /// What we were doing.
         context: String,
@@ -66,7 +66,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Local I/O failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What we were doing.
         context: String,
@@ -74,7 +74,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The server could not be reached or refused us.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Connect {
         /// Which server (its URL without password).
         context: String,
@@ -82,7 +82,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A statement failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Database {
         /// What we were doing.
         context: String,
@@ -135,7 +135,7 @@ impl From<pgops_pg::Error> for Error {
                 source: Box::new(source),
             },
             E::Io { context, source } => Error::Io { context, source },
-            other => Error::Invalid(other.to_string()),
+            other => Error::Invalid(pgops_pg::report(&other)),
         }
     }
 }

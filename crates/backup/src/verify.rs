@@ -37,7 +37,7 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
     match fetch_verified(store, &manifest, work.path()) {
         Ok(()) => verification.checksums_ok = true,
         Err(e) => {
-            verification.problems.push(e.to_string());
+            verification.problems.push(pgops_pg::report(&e));
             record(store, &verification)?;
             return Err(e);
         }
@@ -79,7 +79,7 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
             .map_err(Error::io("creating a work directory"))?;
         for name in &names {
             if let Err(e) = wal::fetch(store, name, &scratch.path().join("segment")) {
-                verification.problems.push(e.to_string());
+                verification.problems.push(pgops_pg::report(&e));
             }
         }
         if url.is_some() {
@@ -125,7 +125,9 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
                     }
                 }
             }
-            Err(e) => verification.problems.push(format!("restore failed: {e}")),
+            Err(e) => verification
+                .problems
+                .push(format!("restore failed: {}", pgops_pg::report(&e))),
         }
         let mut admin = connect(url)?;
         let _ = admin.batch_execute(&format!(

@@ -32,7 +32,7 @@ impl Collector for RepositoryCollector {
     }
 
     fn collect(&self) -> Result<Vec<Family>, String> {
-        families(&*self.store).map_err(|e| e.to_string())
+        families(&*self.store).map_err(|e| pgops_pg::report(&e))
     }
 }
 

@@ -14,7 +14,7 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// The listener could not be bound or served.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What we were doing.
         context: String,

@@ -701,7 +701,7 @@ async fn collect_target(
                 true
             }
             Err(e) => {
-                tracing::warn!(collector = name, server = %target.server, error = %target.url.scrub(&e.to_string()), "collector failed");
+                tracing::warn!(collector = name, server = %target.server, error = %target.url.scrub(&pgops_pg::report(&e)), "collector failed");
                 false
             }
         };
@@ -785,7 +785,7 @@ async fn probe(target: Arc<Target>, options: Options) -> ServerState {
                 });
             }
         }
-        Ok(Ok(Err(e))) => state.error = Some(target.url.scrub(&e.to_string())),
+        Ok(Ok(Err(e))) => state.error = Some(target.url.scrub(&pgops_pg::report(&e))),
         Ok(Err(_)) | Err(_) => state.error = Some("no answer in time".into()),
     }
     state

@@ -49,7 +49,7 @@ pub enum Error {
     #[error("PostgreSQL {0} is not supported by pgops insights; it needs PostgreSQL 13 or newer")]
     Unsupported(String),
     /// A statement failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Database {
         /// What we were doing.
         context: String,
@@ -57,7 +57,7 @@ pub enum Error {
         source: diesel::result::Error,
     },
     /// The server returned something we could not read.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Decode {
         /// What we were reading.
         context: String,
@@ -81,7 +81,7 @@ impl From<pgops_pg::Error> for Error {
         match e {
             pgops_pg::Error::Query { context, source } => Error::Database { context, source },
             pgops_pg::Error::Decode { context, source } => Error::Decode { context, source },
-            other => Error::Invalid(other.to_string()),
+            other => Error::Invalid(pgops_pg::report(&other)),
         }
     }
 }

@@ -327,7 +327,11 @@ fn explain_analyze_of_a_delete_leaves_every_row_in_place() {
         },
     )
     .unwrap_err();
-    assert!(err.to_string().contains("statement timeout"), "{err}");
+    assert!(
+        pgops_pg::report(&err).contains("statement timeout"),
+        "{}",
+        pgops_pg::report(&err)
+    );
     assert_eq!(text(&mut conn, "1"), "1");
 }
 

@@ -7,7 +7,7 @@ use std::{io, path::PathBuf, time::Duration};
 #[non_exhaustive]
 pub enum Error {
     /// A migrations directory or file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file or directory.
         path: PathBuf,
@@ -35,7 +35,7 @@ pub enum Error {
         second: String,
     },
     /// A statement of the runner itself failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Database {
         /// What the runner was doing.
         context: String,

@@ -71,7 +71,7 @@ pub enum Error {
         output: String,
     },
     /// A file or process operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done, naming the path.
         context: String,
@@ -79,7 +79,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A statement failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Query {
         /// What was being done.
         context: String,
@@ -87,7 +87,7 @@ pub enum Error {
         source: diesel::result::Error,
     },
     /// The server returned rows we could not read.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Decode {
         /// What was being read.
         context: String,

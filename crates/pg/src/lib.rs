@@ -21,6 +21,7 @@ mod libpq;
 mod os;
 mod programs;
 mod quote;
+mod report;
 pub mod rows;
 mod wal;
 
@@ -29,4 +30,5 @@ pub use error::{Error, Result};
 pub use os::{ServerUser, free_port};
 pub use programs::{PgBinaries, find_program};
 pub use quote::{KEYWORDS, is_keyword, quote_ident, quote_literal};
+pub use report::report;
 pub use wal::{Lsn, SEGMENT_BYTES, Segment, WalFile};

@@ -79,7 +79,7 @@ impl From<pgops_pg::Error> for Error {
     fn from(e: pgops_pg::Error) -> Self {
         match e {
             pgops_pg::Error::InvalidConnectionString(message) => Error::InvalidUrl(message),
-            other => Error::InvalidUrl(other.to_string()),
+            other => Error::InvalidUrl(pgops_pg::report(&other)),
         }
     }
 }

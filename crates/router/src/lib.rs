@@ -56,7 +56,7 @@ pub enum Error {
     #[error(transparent)]
     Query(#[from] diesel::result::Error),
     /// A replica URL is malformed.
-    #[error("DATABASE_REPLICA_URLS entry {index}: {source}")]
+    #[error("DATABASE_REPLICA_URLS entry {index}")]
     ReplicaUrl {
         /// Its position in the list (from 0).
         index: usize,

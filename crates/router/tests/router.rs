@@ -178,18 +178,20 @@ fn a_replica_stopped_under_load_fails_no_read_and_comes_back() {
     };
     wait_until("reads to flow", Duration::from_secs(10), reads_flowing(0));
     replica.stop().unwrap();
-    // A stopped replica leaves the read set.
+    let polls_at_stop = router.monitor_polls();
+    // A stopped replica leaves the read set, and stays out while the monitor keeps finding
+    // it down (eight polls), with every read served elsewhere.
     wait_until(
         "the stopped replica to leave the read set",
         Duration::from_secs(10),
         || !router.replicas()[0].serving,
     );
-    let before_restart = done.load(Ordering::Relaxed);
     wait_until(
-        "reads to go on without the replica",
+        "the monitor to find the replica down eight times",
         Duration::from_secs(10),
-        reads_flowing(before_restart),
+        || router.monitor_polls() >= polls_at_stop + 8,
     );
+    assert!(!router.replicas()[0].serving, "a stopped replica stays out");
     replica.start_again().unwrap();
     let polls_before = router.monitor_polls();
     let back = wait_until(

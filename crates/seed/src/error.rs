@@ -45,7 +45,7 @@ pub enum Error {
     )]
     NotMigrated(String),
     /// A statement failed; the transaction was rolled back.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Database {
         /// What the seeder was doing.
         context: String,

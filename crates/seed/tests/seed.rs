@@ -283,7 +283,7 @@ fn a_failure_in_the_middle_leaves_the_database_as_it_was() {
         &mut NoProgress,
     )
     .unwrap_err();
-    let message = err.to_string();
+    let message = pgops_pg::report(&err);
     assert!(
         message.contains("loading notes") && message.contains("injected failure"),
         "{message}"

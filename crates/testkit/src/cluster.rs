@@ -674,7 +674,7 @@ impl Cluster {
                         && attempts < 5
                         && self.log_tail(20).contains("could not bind") =>
                 {
-                    tracing::debug!(port = self.port, error = %e, "port taken, trying another");
+                    tracing::debug!(port = self.port, error = %pgops_pg::report(&e), "port taken, trying another");
                     attempts += 1;
                     self.port = pgops_pg::free_port()?;
                 }

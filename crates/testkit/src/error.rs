@@ -10,7 +10,7 @@ pub enum Error {
     #[error(transparent)]
     Pg(#[from] pgops_pg::Error),
     /// A file or directory operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done, naming the path.
         context: String,
@@ -28,7 +28,7 @@ pub enum Error {
         output: String,
     },
     /// Connecting to a test cluster failed.
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}")]
     Connect {
         /// The URL (test clusters use no password).
         url: String,
@@ -36,7 +36,7 @@ pub enum Error {
         source: diesel::ConnectionError,
     },
     /// A statement sent to a test cluster failed.
-    #[error("query `{sql}` failed: {source}")]
+    #[error("query `{sql}` failed")]
     Query {
         /// The statement.
         sql: String,

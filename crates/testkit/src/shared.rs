@@ -33,7 +33,7 @@ pub fn shared() -> Result<&'static Cluster> {
             if crate::PgBinaries::discover().is_ok_and(|b| b.has_library("pg_stat_statements")) {
                 options = options.preload("pg_stat_statements");
             }
-            Cluster::start(options).map_err(|e| e.to_string())
+            Cluster::start(options).map_err(|e| pgops_pg::report(&e))
         })
         .as_ref()
         .map_err(|message| Error::SharedUnavailable(message.clone()))
@@ -81,7 +81,7 @@ impl Template {
     pub fn database(&'static self) -> Result<TestDatabase> {
         let cluster = shared()?;
         self.ready
-            .get_or_init(|| self.prepare(cluster).map_err(|e| e.to_string()))
+            .get_or_init(|| self.prepare(cluster).map_err(|e| pgops_pg::report(&e)))
             .as_ref()
             .map_err(|message| Error::TemplateInit {
                 template: self.name.to_owned(),
@@ -98,7 +98,7 @@ impl Template {
         )?;
         (self.init)(&cluster.url(self.name)).map_err(|e| Error::TemplateInit {
             template: self.name.to_owned(),
-            message: e.to_string(),
+            message: pgops_pg::report(&*e),
         })?;
         // Nobody may connect to it from now on: CREATE DATABASE .. TEMPLATE needs it idle.
         admin(
@@ -172,7 +172,7 @@ impl Drop for TestDatabase {
             quote_ident(&self.name)
         );
         if let Err(e) = admin(self.cluster, &sql) {
-            tracing::warn!(database = %self.name, error = %e, "could not drop test database");
+            tracing::warn!(database = %self.name, error = %pgops_pg::report(&e), "could not drop test database");
         }
     }
 }

@@ -382,7 +382,7 @@ fn explain(error: KitError, dir: &Path) -> anyhow::Error {
         _ => None,
     };
     match hint {
-        Some(hint) => anyhow::anyhow!("{error}\nhint: {hint}"),
+        Some(hint) => anyhow::anyhow!("{}\nhint: {hint}", pgops_pg::report(&error)),
         None => error.into(),
     }
 }
