@@ -1,0 +1,243 @@
+//! The collectors: one query (or a few) each, turned into metric families. postgres_exporter's
+//! names and labels wherever the quantity is the same, so its dashboards keep working; ours
+//! under `pgops_`.
+
+use std::collections::HashSet;
+
+use diesel::{PgConnection, QueryableByName, RunQueryDsl, connection::SimpleConnection as _};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{Error, Result, text::Family};
+
+mod replication;
+mod server;
+mod statistics;
+mod workload;
+
+use replication::{replication, replication_slots};
+pub use server::setting_metric;
+use server::{database_size, locks, settings, stat_activity, static_info};
+use statistics::{
+    stat_archiver, stat_bgwriter, stat_database, stat_database_conflicts, transactions,
+};
+use workload::{table_sizes, top_queries};
+
+/// A collector's connection: each query is prepared once per connection (`PREPARE`), so a
+/// scrape pays for execution only, not for parsing and planning the catalog views again.
+pub struct Session<'a> {
+    /// The connection.
+    pub conn: &'a mut PgConnection,
+    /// Names of the statements prepared on it.
+    pub prepared: &'a mut HashSet<String>,
+}
+
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("prepared", &self.prepared.len())
+            .finish()
+    }
+}
+
+#[derive(QueryableByName)]
+struct JsonRows {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    rows: String,
+}
+
+impl Session<'_> {
+    /// Runs `query` (prepared on first use) and decodes its rows into `T`s.
+    pub fn rows<T: DeserializeOwned>(&mut self, query: &str, context: &str) -> Result<Vec<T>> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        query.hash(&mut hasher);
+        let name = format!("pgops_health_{:016x}", hasher.finish());
+        let db = |source| {
+            Error::Query(pgops_pg::Error::Query {
+                context: context.to_owned(),
+                source,
+            })
+        };
+        if !self.prepared.contains(&name) {
+            self.conn
+                .batch_execute(&format!(
+                    "PREPARE {name} AS SELECT coalesce(json_agg(q), '[]'::json)::text AS rows FROM ({query}) AS q"
+                ))
+                .map_err(db)?;
+            self.prepared.insert(name.clone());
+        }
+        let got = diesel::sql_query(format!("EXECUTE {name}"))
+            .get_result::<JsonRows>(self.conn)
+            .map_err(db)?;
+        serde_json::from_str(&got.rows).map_err(|source| {
+            Error::Query(pgops_pg::Error::Decode {
+                context: context.to_owned(),
+                source,
+            })
+        })
+    }
+}
+
+/// What a collector knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The `server` label (`host:port`), as postgres_exporter 0.11 sets it.
+    pub server: String,
+    /// How many top queries to export from pg_stat_statements (0: none).
+    pub top_queries: usize,
+}
+
+/// A collector.
+#[derive(Debug, Clone, Copy)]
+pub struct Collector {
+    /// Its name, the `collector` label of `pgops_collector_*`.
+    pub name: &'static str,
+    /// Expensive: its result is reused for the cache interval.
+    pub cached: bool,
+    /// Runs it.
+    pub run: fn(&mut Session<'_>, &Context) -> Result<Vec<Family>>,
+}
+
+/// Every collector, in output order.
+pub const COLLECTORS: &[Collector] = &[
+    Collector {
+        name: "static",
+        cached: true,
+        run: static_info,
+    },
+    Collector {
+        name: "database",
+        cached: true,
+        run: database_size,
+    },
+    Collector {
+        name: "locks",
+        cached: false,
+        run: locks,
+    },
+    Collector {
+        name: "stat_activity",
+        cached: false,
+        run: stat_activity,
+    },
+    Collector {
+        name: "stat_archiver",
+        cached: false,
+        run: stat_archiver,
+    },
+    Collector {
+        name: "stat_bgwriter",
+        cached: false,
+        run: stat_bgwriter,
+    },
+    Collector {
+        name: "stat_database",
+        cached: false,
+        run: stat_database,
+    },
+    Collector {
+        name: "stat_database_conflicts",
+        cached: false,
+        run: stat_database_conflicts,
+    },
+    Collector {
+        name: "settings",
+        cached: true,
+        run: settings,
+    },
+    Collector {
+        name: "replication",
+        cached: false,
+        run: replication,
+    },
+    Collector {
+        name: "replication_slots",
+        cached: false,
+        run: replication_slots,
+    },
+    Collector {
+        name: "transactions",
+        cached: false,
+        run: transactions,
+    },
+    Collector {
+        name: "table_sizes",
+        cached: true,
+        run: table_sizes,
+    },
+    Collector {
+        name: "top_queries",
+        cached: true,
+        run: top_queries,
+    },
+];
+
+/// The collectors that also run against replicas (everything else describes the primary).
+pub const REPLICA_COLLECTORS: &[&str] = &["replication"];
+
+/// A JSON value as a sample value: numbers, booleans as 1/0, timestamps (as PostgreSQL writes
+/// them in JSON) as epoch seconds, anything else NaN.
+fn f(value: &Value) -> f64 {
+    match value {
+        Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+        Value::Bool(b) => f64::from(u8::from(*b)),
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map_or(f64::NAN, |t| t.timestamp_micros() as f64 / 1e6),
+        _ => f64::NAN,
+    }
+}
+
+fn s(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_become_epoch_seconds() {
+        let v = serde_json::json!("2026-11-26T19:29:47.5+00:00");
+        assert_eq!(f(&v), 1_795_721_387.5);
+        assert!(f(&serde_json::json!("not a time")).is_nan());
+        assert!(f(&Value::Null).is_nan());
+    }
+
+    #[test]
+    fn settings_follow_postgres_exporter_units() {
+        assert_eq!(
+            setting_metric("max_connections", "100", "", "integer"),
+            Some(("pg_settings_max_connections".into(), 100.0))
+        );
+        assert_eq!(
+            setting_metric("shared_buffers", "16384", "8kB", "integer"),
+            Some(("pg_settings_shared_buffers_bytes".into(), 134_217_728.0))
+        );
+        assert_eq!(
+            setting_metric("statement_timeout", "1500", "ms", "integer"),
+            Some(("pg_settings_statement_timeout_seconds".into(), 1.5))
+        );
+        assert_eq!(
+            setting_metric("log_rotation_age", "1440", "min", "integer"),
+            Some(("pg_settings_log_rotation_age_seconds".into(), 86_400.0))
+        );
+        assert_eq!(
+            setting_metric("autovacuum_work_mem", "-1", "kB", "integer"),
+            Some(("pg_settings_autovacuum_work_mem_bytes".into(), -1.0))
+        );
+        assert_eq!(
+            setting_metric("fsync", "on", "", "bool"),
+            Some(("pg_settings_fsync".into(), 1.0))
+        );
+        assert_eq!(
+            setting_metric("pg_stat_statements.track_utility", "off", "", "bool"),
+            Some(("pg_settings_pg_stat_statements_track_utility".into(), 0.0))
+        );
+        assert_eq!(setting_metric("x", "1", "parsecs", "integer"), None);
+    }
+}

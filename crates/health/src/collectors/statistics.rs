@@ -1,0 +1,282 @@
+//! The cumulative statistics views: the WAL archiver, the background writer and
+//! checkpoints, per-database activity and conflicts, and transaction-id age.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{Context, Session, f, s};
+use crate::{
+    Result,
+    text::{Family, Kind, sanitize},
+};
+
+pub(super) fn stat_archiver(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
+    #[derive(Deserialize)]
+    struct A {
+        archived: f64,
+        failed: f64,
+        last_archive_age: Option<f64>,
+        last_failure_age: Option<f64>,
+        failing: bool,
+    }
+    let found: Vec<A> = session.rows(
+        "SELECT archived_count::float8 AS archived, failed_count::float8 AS failed,
+                extract(epoch FROM now() - last_archived_time)::float8 AS last_archive_age,
+                extract(epoch FROM now() - last_failed_time)::float8 AS last_failure_age,
+                coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) AS failing
+         FROM pg_stat_archiver",
+        "reading pg_stat_archiver",
+    )?;
+    let Some(a) = found.first() else {
+        return Ok(Vec::new());
+    };
+    let server = [("server", ctx.server.as_str())];
+    Ok(vec![
+        Family::single(
+            "pg_stat_archiver_archived_count",
+            "Number of WAL files that have been successfully archived",
+            Kind::Counter,
+            &server,
+            a.archived,
+        ),
+        Family::single(
+            "pg_stat_archiver_failed_count",
+            "Number of failed attempts for archiving WAL files",
+            Kind::Counter,
+            &server,
+            a.failed,
+        ),
+        Family::single(
+            "pg_stat_archiver_last_archive_age",
+            "Time in seconds since last WAL segment was successfully archived",
+            Kind::Gauge,
+            &server,
+            a.last_archive_age.unwrap_or(f64::NAN),
+        ),
+        Family::single(
+            "pgops_wal_archive_success_total",
+            "WAL segments archived successfully since the statistics reset",
+            Kind::Counter,
+            &[],
+            a.archived,
+        ),
+        Family::single(
+            "pgops_wal_archive_failure_total",
+            "Failed WAL archive attempts since the statistics reset",
+            Kind::Counter,
+            &[],
+            a.failed,
+        ),
+        Family::single(
+            "pgops_wal_archive_last_failure_age_seconds",
+            "Seconds since the last failed archive attempt (NaN: none)",
+            Kind::Gauge,
+            &[],
+            a.last_failure_age.unwrap_or(f64::NAN),
+        ),
+        Family::single(
+            "pgops_wal_archive_failing",
+            "1 when the last archive attempt failed (the newest failure is newer than the newest success)",
+            Kind::Gauge,
+            &[],
+            f64::from(u8::from(a.failing)),
+        ),
+    ])
+}
+
+/// Columns of a one-row-per-object view, each as a family `prefix + column + suffix`.
+pub(super) fn columns_as_families(
+    objects: &[Map<String, Value>],
+    view: &str,
+    prefix: &str,
+    suffix: &str,
+    label_columns: &[&str],
+    ctx: &Context,
+    kind: impl Fn(&str) -> Kind,
+) -> Vec<Family> {
+    let Some(first) = objects.first() else {
+        return Vec::new();
+    };
+    let mut fams = Vec::new();
+    for column in first
+        .keys()
+        .filter(|k| !label_columns.contains(&k.as_str()))
+    {
+        let mut fam = Family::new(
+            format!("{prefix}{}{suffix}", sanitize(column)),
+            format!("{column} from {view}"),
+            kind(column),
+        );
+        for object in objects {
+            let mut labels: Vec<(&str, String)> = label_columns
+                .iter()
+                .map(|l| (*l, object.get(*l).map(s).unwrap_or_default()))
+                .collect();
+            labels.push(("server", ctx.server.clone()));
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            fam.push(&labels, object.get(column).map_or(f64::NAN, f));
+        }
+        fams.push(fam);
+    }
+    fams
+}
+
+pub(super) fn stat_bgwriter(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
+    let found: Vec<Map<String, Value>> = session.rows(
+        "SELECT checkpoints_timed, checkpoints_req, checkpoint_write_time, checkpoint_sync_time,
+                buffers_checkpoint, buffers_clean, maxwritten_clean, buffers_backend,
+                buffers_backend_fsync, buffers_alloc,
+                extract(epoch FROM stats_reset)::float8 AS stats_reset
+         FROM pg_stat_bgwriter",
+        "reading pg_stat_bgwriter",
+    )?;
+    Ok(columns_as_families(
+        &found,
+        "pg_stat_bgwriter",
+        "pg_stat_bgwriter_",
+        "_total",
+        &[],
+        ctx,
+        |_| Kind::Counter,
+    ))
+}
+
+pub(super) fn stat_database(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
+    // Every numeric column the server has (they differ between versions), timestamps as
+    // epoch seconds.
+    let found: Vec<Map<String, Value>> = session.rows(
+        "SELECT d.datid::int8::text AS datid, coalesce(d.datname::text, '') AS datname,
+                to_jsonb(d) - 'datid' - 'datname' AS columns
+         FROM pg_stat_database d ORDER BY d.datid",
+        "reading pg_stat_database",
+    )?;
+    let flat: Vec<Map<String, Value>> = found
+        .into_iter()
+        .map(|mut row| {
+            let columns = row.remove("columns");
+            if let Some(Value::Object(columns)) = columns {
+                row.extend(columns);
+            }
+            row
+        })
+        .collect();
+    Ok(columns_as_families(
+        &flat,
+        "pg_stat_database",
+        "pg_stat_database_",
+        "",
+        &["datid", "datname"],
+        ctx,
+        |c| match c {
+            "numbackends" => Kind::Gauge,
+            "checksum_last_failure"
+            | "session_time"
+            | "active_time"
+            | "idle_in_transaction_time"
+            | "sessions"
+            | "sessions_abandoned"
+            | "sessions_fatal"
+            | "sessions_killed" => Kind::Untyped,
+            _ => Kind::Counter,
+        },
+    ))
+}
+
+pub(super) fn stat_database_conflicts(
+    session: &mut Session<'_>,
+    ctx: &Context,
+) -> Result<Vec<Family>> {
+    let found: Vec<Map<String, Value>> = session.rows(
+        "SELECT datid::int8::text AS datid, datname::text AS datname, confl_tablespace,
+                confl_lock, confl_snapshot, confl_bufferpin, confl_deadlock
+         FROM pg_stat_database_conflicts ORDER BY datid",
+        "reading pg_stat_database_conflicts",
+    )?;
+    Ok(columns_as_families(
+        &found,
+        "pg_stat_database_conflicts",
+        "pg_stat_database_conflicts_",
+        "",
+        &["datid", "datname"],
+        ctx,
+        |_| Kind::Counter,
+    ))
+}
+
+pub(super) fn transactions(session: &mut Session<'_>, _ctx: &Context) -> Result<Vec<Family>> {
+    #[derive(Deserialize)]
+    struct T {
+        oldest: f64,
+        blocked: f64,
+    }
+    #[derive(Deserialize)]
+    struct Db {
+        datname: String,
+        xid_age: f64,
+        hit: f64,
+        read: f64,
+    }
+    let t: Vec<T> = session.rows(
+        "SELECT greatest(coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0), 0)::float8 AS oldest,
+                count(*) FILTER (WHERE cardinality(pg_blocking_pids(pid)) > 0)::float8 AS blocked
+         FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        "reading transaction ages",
+    )?;
+    let dbs: Vec<Db> = session.rows(
+        "SELECT d.datname::text AS datname, age(d.datfrozenxid)::float8 AS xid_age,
+                coalesce(s.blks_hit, 0)::float8 AS hit, coalesce(s.blks_read, 0)::float8 AS read
+         FROM pg_database d LEFT JOIN pg_stat_database s ON s.datid = d.oid
+         WHERE d.datallowconn ORDER BY 1",
+        "reading database ages",
+    )?;
+    let mut fams = Vec::new();
+    if let Some(t) = t.first() {
+        fams.push(Family::single(
+            "pgops_oldest_transaction_age_seconds",
+            "Age of the oldest open transaction of a client session",
+            Kind::Gauge,
+            &[],
+            t.oldest,
+        ));
+        fams.push(Family::single(
+            "pgops_blocked_queries",
+            "Sessions waiting for a lock another session holds",
+            Kind::Gauge,
+            &[],
+            t.blocked,
+        ));
+    }
+    let mut age = Family::new(
+        "pgops_xid_wraparound_age",
+        "Transactions since the database's oldest unfrozen XID (wraparound at 2^31)",
+        Kind::Gauge,
+    );
+    let mut hit = Family::new(
+        "pgops_cache_hit_ratio",
+        "Share of block reads served from shared buffers since the statistics reset",
+        Kind::Gauge,
+    );
+    for db in &dbs {
+        age.push(&[("datname", &db.datname)], db.xid_age);
+        let total = db.hit + db.read;
+        hit.push(
+            &[("datname", &db.datname)],
+            if total > 0.0 {
+                db.hit / total
+            } else {
+                f64::NAN
+            },
+        );
+    }
+    let worst = dbs.iter().map(|d| d.xid_age).fold(0.0, f64::max);
+    fams.push(Family::single(
+        "pgops_xid_wraparound_ratio",
+        "Oldest XID age of any database as a share of 2^31",
+        Kind::Gauge,
+        &[],
+        worst / 2_147_483_648.0,
+    ));
+    fams.push(age);
+    fams.push(hit);
+    Ok(fams)
+}
