@@ -124,6 +124,29 @@ impl DatabaseUrl {
         DatabaseUrl::parse(&replaced)
     }
 
+    /// The same string with `keyword` set to `value` unless it sets that keyword already
+    /// (`connect_timeout`, `application_name`, ...). A URL stays a URL.
+    pub fn with_default(&self, keyword: &str, value: &str) -> Result<DatabaseUrl> {
+        if self.get(keyword).is_some() {
+            return Ok(self.clone());
+        }
+        let extended = if is_url(&self.raw) {
+            let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+            let (head, tail) = url_parts(&self.raw);
+            let separator = if tail.contains('?') {
+                "&"
+            } else if tail.is_empty() {
+                "/?"
+            } else {
+                "?"
+            };
+            format!("{head}{tail}{separator}{keyword}={encoded}")
+        } else {
+            format!("{} {keyword}={}", self.raw, quote_value(value))
+        };
+        DatabaseUrl::parse(&extended)
+    }
+
     /// A `key=value` connection string with every option but the password, for a child
     /// program's command line; the password goes to it through `PGPASSWORD` or a passfile.
     pub fn conninfo_without_password(&self) -> String {
@@ -454,6 +477,30 @@ mod tests {
             assert_eq!(again.get("user"), url.get("user"), "{conninfo}");
             assert_eq!(again.get("host"), url.get("host"), "{conninfo}");
             assert_eq!(again.get("dbname"), Some("app"), "{conninfo}");
+        }
+    }
+
+    #[test]
+    fn a_default_is_added_only_when_missing() {
+        for (raw, expected) in [
+            (
+                "postgres://u@db/app",
+                "postgres://u@db/app?connect_timeout=5",
+            ),
+            ("postgres://u@db", "postgres://u@db/?connect_timeout=5"),
+            (
+                "postgresql://h1:1,h2:2/app?sslmode=disable",
+                "postgresql://h1:1,h2:2/app?sslmode=disable&connect_timeout=5",
+            ),
+            ("host=db dbname=app", "host=db dbname=app connect_timeout=5"),
+            (
+                "postgres://u@db/app?connect_timeout=9",
+                "postgres://u@db/app?connect_timeout=9",
+            ),
+        ] {
+            let url = DatabaseUrl::parse(raw).unwrap();
+            let with = url.with_default("connect_timeout", "5").unwrap();
+            assert_eq!(with.expose(), expected);
         }
     }
 

@@ -4,7 +4,7 @@
 //! expensive collectors cached.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -12,10 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diesel::{PgConnection, RunQueryDsl, connection::SimpleConnection as _};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pgops_pool::{DatabaseUrl, Pool, PoolSettings};
-use serde::Serialize;
+
 use tokio::time::timeout_at;
 
 use crate::{
@@ -23,6 +22,12 @@ use crate::{
     collectors::{COLLECTORS, Context, REPLICA_COLLECTORS, Session},
     text::{self, Family, Kind},
 };
+
+mod readiness;
+mod targets;
+
+pub use readiness::{Readiness, ServerState};
+use targets::Target;
 
 /// How the exporter behaves.
 #[derive(Debug, Clone)]
@@ -82,82 +87,6 @@ impl Options {
 /// Kept rendered: their families are theirs alone, so the text is appended as is.
 type Cache = HashMap<(usize, &'static str), (Instant, Arc<str>)>;
 
-/// One server the exporter watches.
-struct Target {
-    server: String,
-    url: DatabaseUrl,
-    /// For readiness probes.
-    pool: Pool,
-    primary: bool,
-    /// The collectors' own connections: cheap collectors on the first, expensive ones on the
-    /// second; each keeps its prepared statements.
-    lanes: [Mutex<Option<LaneConn>>; 2],
-    /// `SET` statements for a new lane connection (timeouts, application_name).
-    session_sql: String,
-    connect_timeout: Duration,
-}
-
-struct LaneConn {
-    conn: PgConnection,
-    prepared: HashSet<String>,
-}
-
-impl Target {
-    /// The lane's connection, opened when missing.
-    fn lane_conn(
-        &self,
-        lane: usize,
-        budget: Duration,
-    ) -> Result<std::sync::MutexGuard<'_, Option<LaneConn>>> {
-        // A lane still busy with the previous scrape (a query that outlived its deadline)
-        // keeps its connection; this scrape waits for it at most the budget.
-        let started = Instant::now();
-        let mut guard = loop {
-            match self.lanes[lane].try_lock() {
-                Ok(guard) => break guard,
-                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) if started.elapsed() < budget => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    return Err(Error::Invalid(
-                        "the previous scrape still holds the connection".into(),
-                    ));
-                }
-            }
-        };
-        if guard.is_none() {
-            let mut conn = connect(&self.url, budget.min(self.connect_timeout))?;
-            conn.batch_execute(&self.session_sql)
-                .map_err(|e| Error::Invalid(format!("setting up the session: {e}")))?;
-            *guard = Some(LaneConn {
-                conn,
-                prepared: HashSet::new(),
-            });
-        }
-        Ok(guard)
-    }
-}
-
-/// Connects with libpq's `connect_timeout` (whole seconds, at least 2, libpq's minimum).
-fn connect(url: &DatabaseUrl, timeout: Duration) -> Result<PgConnection> {
-    use diesel::Connection as _;
-    let secs = timeout.as_secs().max(2);
-    let raw = url.expose();
-    let with_timeout = if raw.contains("connect_timeout") {
-        raw.to_owned()
-    } else if raw.starts_with("postgres") {
-        format!(
-            "{raw}{}connect_timeout={secs}",
-            if raw.contains('?') { '&' } else { '?' }
-        )
-    } else {
-        format!("{raw} connect_timeout={secs}")
-    };
-    PgConnection::establish(&with_timeout)
-        .map_err(|e| Error::Invalid(url.scrub(e.to_string().trim())))
-}
-
 /// A finished scrape.
 #[derive(Debug, Clone)]
 pub struct Scrape {
@@ -169,34 +98,6 @@ pub struct Scrape {
     pub up: bool,
     /// How long it took.
     pub duration: Duration,
-}
-
-/// The state of one server, for `/ready` and `pgops health check`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerState {
-    /// `host:port`.
-    pub server: String,
-    /// It answered a query.
-    pub up: bool,
-    /// `pg_is_in_recovery()`, when it answered.
-    pub in_recovery: Option<bool>,
-    /// Replay lag in seconds (replicas).
-    pub lag_seconds: Option<f64>,
-    /// Up and in the role expected, and (replicas) within the lag limit.
-    pub healthy: bool,
-    /// What went wrong, password-free.
-    pub error: Option<String>,
-}
-
-/// `/ready`'s answer.
-#[derive(Debug, Clone, Serialize)]
-pub struct Readiness {
-    /// The primary is reachable and not in recovery.
-    pub ready: bool,
-    /// The primary's state.
-    pub primary: ServerState,
-    /// Each replica's state.
-    pub replicas: Vec<ServerState>,
 }
 
 /// Collects metrics from a primary and its replicas.
@@ -517,38 +418,6 @@ impl Exporter {
             .map(|((_, name), (_, text))| (*name, text.clone()))
             .collect()
     }
-
-    /// Checks every server once: reachable, in the expected role, replicas within the lag
-    /// limit.
-    pub async fn readiness(&self) -> Readiness {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (index, target) in self.targets.iter().enumerate() {
-            let target = target.clone();
-            let options = self.options.clone();
-            tasks.spawn(async move { (index, probe(target, options).await) });
-        }
-        let mut states = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok(state) = joined {
-                states.push(state);
-            }
-        }
-        states.sort_by_key(|(i, _)| *i);
-        let mut states = states.into_iter().map(|(_, s)| s);
-        let primary = states.next().unwrap_or(ServerState {
-            server: self.targets[0].server.clone(),
-            up: false,
-            in_recovery: None,
-            lag_seconds: None,
-            healthy: false,
-            error: Some("the probe did not finish".into()),
-        });
-        Readiness {
-            ready: primary.healthy,
-            primary,
-            replicas: states.collect(),
-        }
-    }
 }
 
 struct CollectorStat {
@@ -722,71 +591,4 @@ async fn collect_target(
         });
     }
     outcome
-}
-
-async fn probe(target: Arc<Target>, options: Options) -> ServerState {
-    let pool = target.pool.clone();
-    let budget = options.connect_timeout;
-    #[derive(diesel::QueryableByName)]
-    struct Probe {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        in_recovery: bool,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
-        lag: Option<f64>,
-    }
-    let deadline = tokio::time::Instant::now() + budget + options.collector_timeout;
-    let result = timeout_at(
-        deadline,
-        tokio::task::spawn_blocking(move || -> Result<Probe> {
-            let mut conn: pgops_pool::PooledConnection = pool.get_timeout(budget)?;
-            let conn: &mut PgConnection = &mut conn;
-            diesel::sql_query(
-                "SELECT pg_is_in_recovery() AS in_recovery,
-                        CASE WHEN NOT pg_is_in_recovery() THEN NULL
-                             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-                             ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::float8 AS lag",
-            )
-            .get_result::<Probe>(conn)
-            .map_err(|e| Error::Invalid(e.to_string()))
-        }),
-    )
-    .await;
-    let mut state = ServerState {
-        server: target.server.clone(),
-        up: false,
-        in_recovery: None,
-        lag_seconds: None,
-        healthy: false,
-        error: None,
-    };
-    match result {
-        Ok(Ok(Ok(p))) => {
-            state.up = true;
-            state.in_recovery = Some(p.in_recovery);
-            state.lag_seconds = p.lag;
-            state.healthy = if target.primary {
-                !p.in_recovery
-            } else {
-                p.in_recovery && p.lag.unwrap_or(0.0) <= options.max_replica_lag.as_secs_f64()
-            };
-            if target.primary && p.in_recovery {
-                state.error = Some(
-                    "the primary is in recovery (a standby, or a failover in progress)".into(),
-                );
-            } else if !state.healthy {
-                state.error = Some(if p.in_recovery {
-                    format!(
-                        "replay lag {:.1}s is above the limit of {}s",
-                        p.lag.unwrap_or(0.0),
-                        options.max_replica_lag.as_secs()
-                    )
-                } else {
-                    "not in recovery: promoted, or not a replica".into()
-                });
-            }
-        }
-        Ok(Ok(Err(e))) => state.error = Some(target.url.scrub(&pgops_pg::report(&e))),
-        Ok(Err(_)) | Err(_) => state.error = Some("no answer in time".into()),
-    }
-    state
 }
