@@ -20,50 +20,13 @@ use diesel::{
 };
 
 use crate::{
-    Error, Lsn, PgBinaries, Result,
+    Error, Lsn, PgBinaries, Result, config,
+    options::{Archive, ClusterOptions},
     process::{self, RunAs, Watchdog},
 };
 
 /// The superuser every test cluster is created with (trust authentication on loopback).
 pub const SUPERUSER: &str = "postgres";
-
-/// How much WAL the server writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WalLevel {
-    /// Enough for crash recovery only; no replicas, no archiving.
-    Minimal,
-    /// Streaming replicas and archiving (PostgreSQL's default).
-    Replica,
-    /// Everything `replica` has, plus logical decoding.
-    Logical,
-}
-
-/// Where finished WAL segments go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Archive {
-    /// `archive_mode = off`.
-    Off,
-    /// `archive_mode = on` with this `archive_command` (`%p` and `%f` as in PostgreSQL).
-    Command(String),
-    /// `archive_mode = on`, copying segments into `archive/` inside the cluster's directory
-    /// (see [`Cluster::archive_dir`]), atomically (copy, then rename) and never overwriting one.
-    LocalDir,
-}
-
-/// How to build a cluster. The defaults suit tests: `wal_level = replica`, no archiving,
-/// `fsync = off` (a crashed server still recovers; only an OS crash could lose data).
-#[derive(Debug, Clone)]
-pub struct ClusterOptions {
-    wal_level: WalLevel,
-    archive: Archive,
-    shared_preload_libraries: Vec<String>,
-    settings: Vec<(String, String)>,
-    fsync: bool,
-    require_passwords: bool,
-    base_dir: Option<PathBuf>,
-    keep_in: Option<PathBuf>,
-    port: Option<u16>,
-}
 
 /// A running (or stopped) PostgreSQL cluster owned by this process.
 pub struct Cluster {
@@ -79,95 +42,6 @@ pub struct Cluster {
 struct State {
     running: bool,
     watchdog: Option<Watchdog>,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        ClusterOptions {
-            wal_level: WalLevel::Replica,
-            archive: Archive::Off,
-            shared_preload_libraries: Vec::new(),
-            settings: Vec::new(),
-            fsync: false,
-            require_passwords: false,
-            base_dir: None,
-            keep_in: None,
-            port: None,
-        }
-    }
-}
-
-impl ClusterOptions {
-    /// Sets `wal_level`.
-    pub fn wal_level(mut self, level: WalLevel) -> Self {
-        self.wal_level = level;
-        self
-    }
-
-    /// Turns WAL archiving on or off.
-    pub fn archive(mut self, archive: Archive) -> Self {
-        self.archive = archive;
-        self
-    }
-
-    /// Adds a library to `shared_preload_libraries` (for example `pg_stat_statements`).
-    pub fn preload(mut self, library: impl Into<String>) -> Self {
-        self.shared_preload_libraries.push(library.into());
-        self
-    }
-
-    /// Sets any server setting (GUC); later calls win over earlier ones and over the kit's defaults.
-    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.settings.push((name.into(), value.into()));
-        self
-    }
-
-    /// Keeps `fsync` on (off by default: tests do not survive OS crashes anyway).
-    pub fn fsync(mut self, on: bool) -> Self {
-        self.fsync = on;
-        self
-    }
-
-    /// Requires a password (SCRAM) for every role but the kit's superuser on TCP, so tests can
-    /// exercise authentication; the superuser keeps trust authentication.
-    pub fn require_passwords(mut self, on: bool) -> Self {
-        self.require_passwords = on;
-        self
-    }
-
-    /// Creates the cluster's temp dir under `dir` instead of the system temp dir. When the kit
-    /// runs as root, the server user must be able to enter `dir`.
-    pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.base_dir = Some(dir.into());
-        self
-    }
-
-    /// Uses `dir` as the cluster's directory and keeps it: a data directory already there is
-    /// started again (after stopping a server an earlier owner left running on it); dropping
-    /// the cluster, or the death of its owner, stops the server with a fast shutdown and
-    /// leaves the files. A data directory made by another major version is refused.
-    pub fn keep_in(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.keep_in = Some(dir.into());
-        self
-    }
-
-    /// Listens on this port on 127.0.0.1 instead of a free one the kit picks; a busy port is
-    /// an error ([`Error::PortBusy`]) rather than a reason to move.
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = Some(port);
-        self
-    }
-
-    /// The options a streaming replica of a primary built with `self` gets: the same settings,
-    /// no archiving of its own.
-    fn for_replica(&self) -> Self {
-        ClusterOptions {
-            archive: Archive::Off,
-            keep_in: None,
-            port: None,
-            ..self.clone()
-        }
-    }
 }
 
 impl Cluster {
@@ -592,57 +466,15 @@ impl Cluster {
     /// Writes `pgops.conf` (port, socket dir, WAL and archive settings, extra settings) into
     /// the data directory; a replica also gets its `primary_conninfo` there.
     fn write_config(&self, primary_conninfo: Option<&str>) -> Result<()> {
-        let o = &self.options;
-        let mut settings: Vec<(String, String)> = vec![
-            ("listen_addresses".into(), "127.0.0.1".into()),
-            ("port".into(), self.port.to_string()),
-            (
-                "unix_socket_directories".into(),
-                self.socket_dir().display().to_string(),
-            ),
-            (
-                "wal_level".into(),
-                format!("{:?}", o.wal_level).to_lowercase(),
-            ),
-            ("fsync".into(), if o.fsync { "on" } else { "off" }.into()),
-            ("max_wal_senders".into(), "10".into()),
-            ("max_replication_slots".into(), "10".into()),
-            ("wal_keep_size".into(), "256MB".into()),
-            ("hot_standby".into(), "on".into()),
-            ("log_line_prefix".into(), "%m [%p] %q%u@%d ".into()),
-            ("log_connections".into(), "off".into()),
-        ];
-        match &o.archive {
-            Archive::Off => settings.push(("archive_mode".into(), "off".into())),
-            Archive::Command(command) => {
-                settings.push(("archive_mode".into(), "on".into()));
-                settings.push(("archive_command".into(), command.clone()));
-            }
-            Archive::LocalDir => {
-                let dir = self.archive_dir().display().to_string();
-                settings.push(("archive_mode".into(), "on".into()));
-                settings.push((
-                    "archive_command".into(),
-                    // Copy under a temporary name and rename, so a segment appears whole or not
-                    // at all, and a copy cut short by a crash is simply redone.
-                    format!("test ! -f '{dir}/%f' && cp '%p' '{dir}/%f.partial' && mv '{dir}/%f.partial' '{dir}/%f'"),
-                ));
-            }
-        }
-        if !o.shared_preload_libraries.is_empty() {
-            settings.push((
-                "shared_preload_libraries".into(),
-                o.shared_preload_libraries.join(","),
-            ));
-        }
-        if let Some(conninfo) = primary_conninfo {
-            settings.push(("primary_conninfo".into(), conninfo.to_owned()));
-        }
-        settings.extend(o.settings.iter().cloned());
-        let mut text = String::from("# written by pgops-testkit\n");
-        for (name, value) in settings {
-            text.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
-        }
+        let text = config::render(&config::settings(
+            &self.options,
+            &config::Place {
+                port: self.port,
+                socket_dir: &self.socket_dir(),
+                archive_dir: &self.archive_dir(),
+            },
+            primary_conninfo,
+        ));
         self.write_file(&self.data_dir().join("pgops.conf"), &text)?;
         if primary_conninfo.is_some() {
             // `pg_basebackup -R` also wrote one to postgresql.auto.conf, which would win over ours.

@@ -14,14 +14,17 @@
 //! ```
 
 mod cluster;
+mod config;
 mod error;
+mod options;
 mod process;
 mod reachable;
 mod replica;
 mod shared;
 
-pub use cluster::{Archive, Cluster, ClusterOptions, SUPERUSER, WalLevel};
+pub use cluster::{Cluster, SUPERUSER};
 pub use error::{Error, Result};
+pub use options::{Archive, ClusterOptions, WalLevel};
 pub use pgops_pg::{Lsn, PgBinaries, quote_ident};
 pub use reachable::server_can_run;
 pub use replica::Replica;
