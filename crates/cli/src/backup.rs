@@ -294,6 +294,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     }
 }
 
+/// This binary, which a restored server's `restore_command` runs as `pgops wal fetch`.
+fn pgops_exe() -> Result<std::path::PathBuf, Failure> {
+    std::env::current_exe()
+        .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))
+}
+
 /// What every verb gets: the options, the opened repository, where to write.
 struct Ctx<'a> {
     args: &'a Args,
@@ -348,8 +354,7 @@ fn drill(
         Some(t) => pgops_backup::physical::Target::Time(target_time_arg(t)?),
         None => pgops_backup::physical::Target::Latest,
     };
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))?;
+    let exe = pgops_exe()?;
     let drill =
         pgops_backup::drill::run(store, repo_url, &exe, &target, probe, user).map_err(fail)?;
     if args.json {
@@ -417,8 +422,7 @@ fn restore_to_dir(
     } else {
         Target::Latest
     };
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::problem(anyhow::anyhow!("locating the pgops binary: {e}")))?;
+    let exe = pgops_exe()?;
     let restored = pgops_backup::physical::restore_to_dir(
         store,
         repo_url,
