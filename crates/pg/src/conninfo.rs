@@ -113,9 +113,7 @@ impl DatabaseUrl {
     pub fn with_database(&self, database: &str) -> Result<DatabaseUrl> {
         let replaced = if is_url(&self.raw) {
             let (head, tail) = url_parts(&self.raw);
-            let encoded: String = url::form_urlencoded::byte_serialize(database.as_bytes())
-                .collect::<String>()
-                .replace('+', "%20");
+            let encoded = percent_encode(database);
             let query = tail.find('?').map_or("", |q| &tail[q..]);
             format!("{head}/{encoded}{query}")
         } else {
@@ -131,7 +129,7 @@ impl DatabaseUrl {
             return Ok(self.clone());
         }
         let extended = if is_url(&self.raw) {
-            let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+            let encoded = percent_encode(value);
             let (head, tail) = url_parts(&self.raw);
             let separator = if tail.contains('?') {
                 "&"
@@ -162,8 +160,7 @@ impl DatabaseUrl {
     pub fn scrub(&self, text: &str) -> String {
         match self.password() {
             Some(password) => {
-                let encoded: String =
-                    url::form_urlencoded::byte_serialize(password.as_bytes()).collect();
+                let encoded = percent_encode(password);
                 text.replace(password, "***").replace(&encoded, "***")
             }
             None => text.to_owned(),
@@ -217,6 +214,18 @@ impl PartialEq for DatabaseUrl {
 }
 
 impl Eq for DatabaseUrl {}
+
+/// Characters a URL component keeps as they are (RFC 3986's unreserved set).
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `text` percent-encoded for a URL's path or query.
+fn percent_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, COMPONENT).to_string()
+}
 
 fn is_url(raw: &str) -> bool {
     raw.starts_with("postgres://") || raw.starts_with("postgresql://")
