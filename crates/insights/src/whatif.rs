@@ -95,15 +95,12 @@ pub fn filtered_columns(filter: &str, columns: &[String]) -> (Vec<String>, Vec<S
     let bytes = filter.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i].is_ascii_alphabetic() || bytes[i] == b'_' {
-            let start = i;
-            while i < bytes.len()
-                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'.')
-            {
-                i += 1;
-            }
-            let word = &filter[start..i];
-            let column = word.rsplit('.').next().unwrap_or(word);
+        if bytes[i].is_ascii_alphabetic() || bytes[i] == b'_' || bytes[i] == b'"' {
+            // A possibly qualified name (`t.a`, `t."order"`): the column is its last part,
+            // with a quoted part's quotes removed (the server quotes keywords and odd names).
+            let (column, end) = qualified_name_tail(filter, i);
+            i = end;
+            let column = column.as_str();
             let rest = skip_casts(&filter[i..]);
             let op: String = rest.chars().take_while(|c| "=<>~!".contains(*c)).collect();
             if columns.iter().any(|c| c == column) {
@@ -132,6 +129,51 @@ pub fn filtered_columns(filter: &str, columns: &[String]) -> (Vec<String>, Vec<S
     }
     range.retain(|c| !equal.contains(c));
     (equal, range)
+}
+
+/// The last part of the (possibly qualified, possibly quoted) name starting at `start`, and
+/// where the name ends.
+fn qualified_name_tail(text: &str, start: usize) -> (String, usize) {
+    let bytes = text.as_bytes();
+    let mut i = start;
+    let mut part = String::new();
+    loop {
+        part.clear();
+        if bytes.get(i) == Some(&b'"') {
+            i += 1;
+            while i < bytes.len() {
+                if bytes[i] == b'"' {
+                    if bytes.get(i + 1) == Some(&b'"') {
+                        part.push('"');
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                let ch_len = text[i..].chars().next().map_or(1, char::len_utf8);
+                part.push_str(&text[i..i + ch_len]);
+                i += ch_len;
+            }
+        } else {
+            let begin = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'$')
+            {
+                i += 1;
+            }
+            part.push_str(&text[begin..i]);
+        }
+        if bytes.get(i) == Some(&b'.')
+            && bytes
+                .get(i + 1)
+                .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_' || *b == b'"')
+        {
+            i += 1;
+            continue;
+        }
+        return (part.clone(), i);
+    }
 }
 
 /// Skips closing parentheses and `::type` casts after a column, as in `(t.name)::text ~~ ..`.
@@ -306,5 +348,19 @@ mod tests {
         assert_eq!(eq, ["status"]);
         let (eq, range) = filtered_columns("(not_a_column = 1)", &columns);
         assert!(eq.is_empty() && range.is_empty());
+    }
+
+    #[test]
+    fn quoted_names_are_read_without_their_quotes() {
+        let columns: Vec<String> = ["order", "Mixed \"Name\"", "qty"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (eq, range) = filtered_columns(
+            r#"((lines."order" = 42) AND (l."Mixed ""Name""" = 1) AND (qty > 3))"#,
+            &columns,
+        );
+        assert_eq!(eq, ["order", "Mixed \"Name\""]);
+        assert_eq!(range, ["qty"]);
     }
 }

@@ -487,6 +487,49 @@ fn index_advice_on_a_real_catalog() {
 }
 
 #[test]
+fn a_suggestion_on_a_column_named_like_a_keyword_is_valid_sql() {
+    // Once, a column named `order` was suggested bare: CREATE INDEX .. (order) is a syntax
+    // error.
+    let db = TestDatabase::empty().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(
+        r#"CREATE TABLE lines ("order" int, "user" int, qty int);
+           INSERT INTO lines SELECT g % 1000, g % 7, g FROM generate_series(1, 50000) g;
+           ANALYZE lines;"#,
+    )
+    .unwrap();
+    let sql = r#"SELECT * FROM lines WHERE "order" = 42"#;
+    let suggested =
+        pgops_insights::suggest(&mut conn, sql, 10_000.0, Duration::from_secs(30)).unwrap();
+    assert_eq!(suggested, [r#"CREATE INDEX ON public.lines ("order")"#]);
+    let result = what_if(&mut conn, sql, &suggested, Duration::from_secs(30)).unwrap();
+    assert!(result.candidates[0].used, "{result:#?}");
+}
+
+#[test]
+fn identifier_quoting_knows_every_keyword_the_server_reserves() {
+    // pgops_pg's keyword list against the running server's own: every keyword that is not
+    // unreserved gets quoted, exactly as the server's quote_ident() does.
+    let db = TestDatabase::empty().unwrap();
+    let mut conn = db.connect().unwrap();
+    #[derive(serde::Deserialize)]
+    struct Word {
+        word: String,
+        quoted: String,
+    }
+    let words: Vec<Word> = pgops_pg::rows::rows(
+        &mut conn,
+        "SELECT word, quote_ident(word) AS quoted FROM pg_get_keywords()",
+        "reading the server's keywords",
+    )
+    .unwrap();
+    assert!(words.len() > 400);
+    for w in words {
+        assert_eq!(pgops_pg::quote_ident(&w.word), w.quoted, "{}", w.word);
+    }
+}
+
+#[test]
 fn what_if_costs_a_suggested_index_without_creating_it() {
     let db = TestDatabase::empty().unwrap();
     let mut conn = db.connect().unwrap();
