@@ -158,6 +158,16 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 "reading wal_level",
             )
             .map_err(Failure::usage)?;
+            #[derive(Deserialize)]
+            struct LoadTime {
+                at: String,
+            }
+            let loaded: LoadTime = pgops_pg::rows::row(
+                &mut conn,
+                "SELECT pg_conf_load_time()::text AS at",
+                "reading pg_conf_load_time()",
+            )
+            .map_err(Failure::problem)?;
             for statement in &statements {
                 if statement.contains("wal_level") && level.wal_level != "minimal" {
                     continue; // replica or logical already archive enough
@@ -170,27 +180,24 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                         ))
                     })?;
             }
-            // The reload is asynchronous: wait until this session sees the new command.
-            #[derive(Deserialize)]
-            struct Current {
-                archive_command: String,
-            }
+            // The reload is asynchronous: wait until this session has read the configuration
+            // again (pg_conf_load_time moves; archive_command itself reads "(disabled)" while
+            // archive_mode is off).
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
-                let current: Current = pgops_pg::rows::row(
+                let now: LoadTime = pgops_pg::rows::row(
                     &mut conn,
-                    "SELECT setting AS archive_command FROM pg_settings WHERE name = 'archive_command'",
-                    "reading archive_command",
+                    "SELECT pg_conf_load_time()::text AS at",
+                    "reading pg_conf_load_time()",
                 )
                 .map_err(Failure::problem)?;
-                if current.archive_command == command {
+                if now.at != loaded.at {
                     break;
                 }
                 if std::time::Instant::now() > deadline {
                     return Err(Failure::problem(anyhow::anyhow!(
-                        "the server did not take the new archive_command within 10 s of \
-                         pg_reload_conf(); it shows {:?}. Check the server log for a configuration error",
-                        current.archive_command
+                        "the server did not reload its configuration within 10 s of \
+                         pg_reload_conf(); check the server log for a configuration error"
                     )));
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));

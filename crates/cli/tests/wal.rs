@@ -254,3 +254,34 @@ fn reading_a_repository_that_does_not_exist_is_an_error_and_an_empty_archive_fai
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("no WAL segment is archived"));
 }
+
+#[test]
+fn setup_apply_waits_for_the_server_to_take_the_settings() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["wal", "setup", "--apply", "--repo"])
+        .arg(format!("file://{}", repo.path().display()))
+        .env("DATABASE_URL", cluster.url("postgres"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("applied; restart the server for archive_mode"),
+        "{stdout}"
+    );
+    // The restart it names was read after the reload (archive_mode is pending only once the
+    // server has reloaded), and the command is in the server's configuration.
+    let command = cluster
+        .query_text(
+            "postgres",
+            "(SELECT setting FROM pg_file_settings WHERE name = 'archive_command')",
+        )
+        .unwrap()
+        .unwrap();
+    assert!(
+        command.contains(" wal push --repo 'file://") && command.ends_with(" %p"),
+        "{command}"
+    );
+}
