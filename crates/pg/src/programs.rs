@@ -10,8 +10,10 @@ use std::{
 
 use crate::{Error, Result};
 
-/// The programs every cluster needs; a directory counts only if it holds all of them.
-const REQUIRED: &[&str] = &["initdb", "pg_ctl", "postgres", "pg_basebackup"];
+/// The programs every cluster needs; a directory counts only if it holds all of them. Client
+/// programs (`pg_basebackup`, `pgbench`, ...) may come from elsewhere: see
+/// [`PgBinaries::program`].
+const REQUIRED: &[&str] = &["initdb", "pg_ctl", "postgres"];
 
 /// A directory holding a complete set of PostgreSQL server binaries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,20 +51,30 @@ impl PgBinaries {
     }
 
     /// The full path of one program, such as `pg_dump`.
+    /// A server-only build (the server binaries of another major, say) has no client
+    /// programs: those come from [`find_program`]'s places, and work against servers of the
+    /// same or an older major.
     pub fn program(&self, name: &str) -> PathBuf {
-        self.bindir.join(name)
+        let here = self.bindir.join(name);
+        if here.is_file() {
+            return here;
+        }
+        find_program(name).unwrap_or(here)
     }
 
     /// Whether the server can load the shared library `name` (say `pg_stat_statements`,
     /// which Debian ships in `postgresql-contrib`).
     pub fn has_library(&self, name: &str) -> bool {
-        let pkglibdir = Command::new(self.program("pg_config"))
+        let pkglibdir = Command::new(self.bindir.join("pg_config"))
             .arg("--pkglibdir")
             .output()
             .ok()
             .filter(|out| out.status.success())
             .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        let beside = self.bindir.parent().map(|p| p.join("lib"));
+        let lib = self.bindir.parent().map(|p| p.join("lib"));
+        let beside = lib
+            .iter()
+            .flat_map(|lib| [lib.clone(), lib.join("postgresql")]);
         pkglibdir
             .into_iter()
             .chain(beside)
@@ -87,22 +99,16 @@ impl PgBinaries {
     }
 }
 
-/// Finds one PostgreSQL program (`pg_dump`, `pg_ctl`, ...): only in `PGOPS_PG_BINDIR` when it
-/// is set; otherwise the first of `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin`
-/// and `PATH` that has it.
+/// Finds one PostgreSQL program (`pg_dump`, `pg_ctl`, ...): the first of `PGOPS_PG_BINDIR`,
+/// `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin` and `PATH` that has it.
 pub fn find_program(program: &str) -> Result<PathBuf> {
-    if let Some(dir) = env::var_os("PGOPS_PG_BINDIR") {
-        let path = PathBuf::from(&dir).join(program);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(Error::MissingProgram {
-                program: program.to_owned(),
-                searched: format!("PGOPS_PG_BINDIR ({})", PathBuf::from(dir).display()),
-            })
-        };
-    }
-    let mut dirs: Vec<PathBuf> = pg_config_bindir().into_iter().collect();
+    // PGOPS_PG_BINDIR first; a server-only build there has no client programs, so the
+    // installed PostgreSQL's come next.
+    let mut dirs: Vec<PathBuf> = env::var_os("PGOPS_PG_BINDIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    dirs.extend(pg_config_bindir());
     dirs.extend(debian_bindirs(Path::new("/usr/lib/postgresql")));
     dirs.extend(path_dirs());
     dirs.iter()

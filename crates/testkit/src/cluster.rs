@@ -132,6 +132,18 @@ impl Cluster {
             return Ok(crate::Replica::new(replica));
         }
         let partial = replica.fresh_partial_dir()?;
+        // An installed pg_basebackup older than the server (a server-only build of a newer
+        // major) refuses it: copy through the low-level backup API instead.
+        let pg_basebackup = replica.bins.program("pg_basebackup");
+        let server_major = self.bins.major_version()?;
+        if crate::basebackup::client_major(&pg_basebackup).is_none_or(|m| m < server_major) {
+            let mut conn = self.connect("postgres")?;
+            crate::basebackup::copy(&mut conn, &self.data_dir(), &partial)?;
+            replica.run_as.own_tree(&partial)?;
+            replica.complete(&partial)?;
+            replica.start_on_a_free_port(Some(&conninfo))?;
+            return Ok(crate::Replica::new(replica));
+        }
         let mut cmd = replica.pg_command("pg_basebackup");
         cmd.arg("--pgdata")
             .arg(&partial)

@@ -13,6 +13,7 @@
 //! // both are stopped and their directories removed when dropped
 //! ```
 
+mod basebackup;
 mod cluster;
 mod config;
 mod error;
