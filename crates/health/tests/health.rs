@@ -162,6 +162,20 @@ fn every_documented_family_from_a_primary_with_a_replica() {
     assert!(value(&s, "pg_settings_shared_buffers_bytes", &srv).unwrap() >= 8192.0 * 16.0);
     assert!(value(&s, "pg_settings_statement_timeout_seconds", &srv).is_some());
     assert!(value(&s, "pg_stat_bgwriter_buffers_alloc_total", &srv).unwrap() > 0.0);
+    // Checkpoints under the 0.11 names on every major; PostgreSQL 17 moved them to
+    // pg_stat_checkpointer, which is also exported under its own names there.
+    assert!(value(&s, "pg_stat_bgwriter_checkpoints_timed_total", &srv).is_some());
+    assert!(value(&s, "pg_stat_bgwriter_checkpoint_write_time_total", &srv).is_some());
+    let version: u32 = primary
+        .query_text("postgres", "current_setting('server_version_num')")
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        value(&s, "pg_stat_checkpointer_num_timed_total", &srv).is_some(),
+        version >= 170_000
+    );
     assert!(value(&s, "pg_stat_archiver_archived_count", &srv).is_some());
     assert_eq!(value(&s, "pg_replication_is_replica", &srv), Some(0.0));
     assert_eq!(

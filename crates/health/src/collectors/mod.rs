@@ -30,6 +30,9 @@ pub struct Session<'a> {
     pub conn: &'a mut PgConnection,
     /// Names of the statements prepared on it.
     pub prepared: &'a mut HashSet<String>,
+    /// The server's `server_version_num` (170002 for 17.2): collectors choose their queries
+    /// by it.
+    pub version: u32,
 }
 
 impl std::fmt::Debug for Session<'_> {

@@ -513,6 +513,7 @@ async fn collect_target(
                 let mut session = Session {
                     conn: &mut lane_conn.conn,
                     prepared: &mut lane_conn.prepared,
+                    version: lane_conn.version,
                 };
                 let mut failed = false;
                 let mut retry = false;

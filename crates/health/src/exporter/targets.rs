@@ -31,6 +31,9 @@ pub(super) struct Target {
 pub(super) struct LaneConn {
     pub(super) conn: PgConnection,
     pub(super) prepared: HashSet<String>,
+    /// The server's `server_version_num`, read once per connection: collectors choose their
+    /// queries by it.
+    pub(super) version: u32,
 }
 
 impl Target {
@@ -61,9 +64,11 @@ impl Target {
             let mut conn = connect(&self.url, budget.min(self.connect_timeout))?;
             conn.batch_execute(&self.session_sql)
                 .map_err(|e| Error::Invalid(format!("setting up the session: {e}")))?;
+            let version = pgops_pg::rows::server_version_num(&mut conn)?;
             *guard = Some(LaneConn {
                 conn,
                 prepared: HashSet::new(),
+                version,
             });
         }
         Ok(guard)
