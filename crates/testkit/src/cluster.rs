@@ -31,6 +31,8 @@ pub const SUPERUSER: &str = "postgres";
 /// A running (or stopped) PostgreSQL cluster owned by this process.
 pub struct Cluster {
     bins: PgBinaries,
+    /// The server's major version, read once.
+    major: u32,
     run_as: RunAs,
     root: PathBuf,
     port: u16,
@@ -135,8 +137,7 @@ impl Cluster {
         // An installed pg_basebackup older than the server (a server-only build of a newer
         // major) refuses it: copy through the low-level backup API instead.
         let pg_basebackup = replica.bins.program("pg_basebackup");
-        let server_major = self.bins.major_version()?;
-        if crate::basebackup::client_major(&pg_basebackup).is_none_or(|m| m < server_major) {
+        if crate::basebackup::client_major(&pg_basebackup).is_none_or(|m| m < self.major) {
             let mut conn = self.connect("postgres")?;
             crate::basebackup::copy(&mut conn, &self.data_dir(), &partial)?;
             replica.run_as.own_tree(&partial)?;
@@ -191,6 +192,11 @@ impl Cluster {
     /// Where [`Archive::LocalDir`] puts WAL segments.
     pub fn archive_dir(&self) -> PathBuf {
         self.root.join("archive")
+    }
+
+    /// The server's major version (13, ..., 18).
+    pub fn major_version(&self) -> u32 {
+        self.major
     }
 
     /// The binaries this cluster runs.
@@ -321,6 +327,7 @@ impl Cluster {
     /// Creates the directory, hands it to the server user and arms the watchdog.
     fn prepare(options: ClusterOptions) -> Result<Self> {
         let bins = PgBinaries::discover()?;
+        let major = bins.major_version()?;
         let run_as = RunAs::detect()?;
         let root = match &options.keep_in {
             Some(dir) => std::path::absolute(dir)
@@ -350,6 +357,7 @@ impl Cluster {
                 watchdog: None,
             }),
             bins,
+            major,
             run_as,
             root,
             options,
@@ -421,8 +429,11 @@ impl Cluster {
             "--auth=trust",
             "--encoding=UTF8",
             "--no-locale",
-            "--no-instructions",
         ]);
+        // initdb learned --no-instructions in PostgreSQL 14.
+        if self.major >= 14 {
+            cmd.arg("--no-instructions");
+        }
         if !self.options.fsync {
             cmd.arg("--no-sync");
         }

@@ -68,6 +68,11 @@ pub(crate) fn settings(
     if let Some(conninfo) = primary_conninfo {
         settings.push(("primary_conninfo".into(), conninfo.to_owned()));
     }
+    if o.require_passwords {
+        // The passwords the tests set must match the scram-sha-256 lines of pg_hba.conf;
+        // PostgreSQL 13 still hashes with md5 by default.
+        settings.push(("password_encryption".into(), "scram-sha-256".into()));
+    }
     settings.extend(o.settings.iter().cloned());
     settings
 }
