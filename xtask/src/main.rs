@@ -21,8 +21,8 @@ use clap::Parser;
 enum Task {
     /// Everything CI checks: installs what is missing, then formatting, clippy, the migration
     /// linter, the alert rules, the test suite (the runbooks' steps included), the migration
-    /// round trip on a fresh cluster, and that no PostgreSQL process or directory is left
-    /// behind.
+    /// round trip on a fresh cluster, the server-side suites on every other PostgreSQL major
+    /// from 13 to 18, and that no PostgreSQL process or directory is left behind.
     Ci(ci::Args),
     /// The local stack: a primary and a streaming replica under target/pgops-dev, archiving
     /// WAL, migrated, seeded, backed up, with the health endpoint on 127.0.0.1:9187, until
@@ -41,7 +41,7 @@ enum Task {
     /// and after a full run of every suite, docs/benchmarks.md with its chart.
     #[command(disable_help_flag = true)]
     Bench(Passthrough),
-    /// Only install what the tasks need (`--for ci`, the default, or `--for dev`, `--for bench`).
+    /// Only install what the tasks need (`--for ci`, the default, or `dev`, `bench`, `matrix`).
     Install(install::Args),
 }
 
