@@ -52,14 +52,14 @@ impl PgBinaries {
 
     /// The full path of one program, such as `pg_dump`.
     /// A server-only build (the server binaries of another major, say) has no client
-    /// programs: those come from [`find_program`]'s places, and work against servers of the
-    /// same or an older major.
+    /// programs: those come from the installed PostgreSQL ([`find_installed_program`]), and
+    /// work against servers of the same or an older major.
     pub fn program(&self, name: &str) -> PathBuf {
         let here = self.bindir.join(name);
         if here.is_file() {
             return here;
         }
-        find_program(name).unwrap_or(here)
+        find_installed_program(name).unwrap_or(here)
     }
 
     /// Whether the server can load the shared library `name` (say `pg_stat_statements`,
@@ -99,16 +99,29 @@ impl PgBinaries {
     }
 }
 
-/// Finds one PostgreSQL program (`pg_dump`, `pg_ctl`, ...): the first of `PGOPS_PG_BINDIR`,
-/// `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin` and `PATH` that has it.
+/// Finds one PostgreSQL program (`pg_dump`, `pg_ctl`, ...): only in `PGOPS_PG_BINDIR` when it
+/// is set; otherwise the first of `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin`
+/// and `PATH` that has it.
 pub fn find_program(program: &str) -> Result<PathBuf> {
-    // PGOPS_PG_BINDIR first; a server-only build there has no client programs, so the
-    // installed PostgreSQL's come next.
-    let mut dirs: Vec<PathBuf> = env::var_os("PGOPS_PG_BINDIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    dirs.extend(pg_config_bindir());
+    if let Some(dir) = env::var_os("PGOPS_PG_BINDIR") {
+        // An explicit setting is obeyed, not second-guessed.
+        let path = PathBuf::from(&dir).join(program);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::MissingProgram {
+                program: program.to_owned(),
+                searched: format!("PGOPS_PG_BINDIR ({})", PathBuf::from(dir).display()),
+            })
+        };
+    }
+    find_installed_program(program)
+}
+
+/// Finds an installed PostgreSQL program, ignoring `PGOPS_PG_BINDIR`: the first of
+/// `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin` and `PATH` that has it.
+pub fn find_installed_program(program: &str) -> Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = pg_config_bindir().into_iter().collect();
     dirs.extend(debian_bindirs(Path::new("/usr/lib/postgresql")));
     dirs.extend(path_dirs());
     dirs.iter()
@@ -116,8 +129,7 @@ pub fn find_program(program: &str) -> Result<PathBuf> {
         .find(|p| p.is_file())
         .ok_or_else(|| Error::MissingProgram {
             program: program.to_owned(),
-            searched: "PGOPS_PG_BINDIR, pg_config --bindir, /usr/lib/postgresql/*/bin and PATH"
-                .into(),
+            searched: "pg_config --bindir, /usr/lib/postgresql/*/bin and PATH".into(),
         })
 }
 
