@@ -216,6 +216,31 @@ fn every_documented_family_from_a_primary_with_a_replica() {
     let hit = value(&s, "pgops_cache_hit_ratio", &[("datname", "postgres")]).unwrap();
     assert!(hit > 0.5 && hit <= 1.0, "{hit}");
     assert!(value(&s, "pgops_table_size_bytes", &[("table", "big")]).unwrap() > 1e6);
+    // Every metric the documented alerts read from the database is served (on every major
+    // the version matrix runs this against). Pool and backup metrics come from the service's
+    // pools and the repository, not from here.
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/monitoring/alerts.yml"),
+    )
+    .unwrap();
+    let names: std::collections::BTreeSet<String> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr:"))
+        .flat_map(|expr| {
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("pg_") || w.starts_with("pgops_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|n| !n.starts_with("pgops_pool_") && !n.starts_with("pgops_backup_"))
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in &names {
+        assert!(
+            s.iter().any(|(n, _, _)| n == name),
+            "the alert rules read {name}, which the scrape lacks"
+        );
+    }
     // Every collector that ran succeeded.
     let collectors: Vec<_> = s
         .iter()

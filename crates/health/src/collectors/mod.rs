@@ -217,6 +217,13 @@ mod tests {
             setting_metric("max_connections", "100", "", "integer"),
             Some(("pg_settings_max_connections".into(), 100.0))
         );
+        // The archive alert reads archive_mode, an enum: archiving (on, always) is 1.
+        for (setting, value) in [("on", 1.0), ("always", 1.0), ("off", 0.0)] {
+            assert_eq!(
+                setting_metric("archive_mode", setting, "", "enum"),
+                Some(("pg_settings_archive_mode".into(), value))
+            );
+        }
         assert_eq!(
             setting_metric("shared_buffers", "16384", "8kB", "integer"),
             Some(("pg_settings_shared_buffers_bytes".into(), 134_217_728.0))

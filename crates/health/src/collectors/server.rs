@@ -164,6 +164,10 @@ pub fn setting_metric(
 ) -> Option<(String, f64)> {
     let mut value = if vartype == "bool" {
         if setting == "on" { 1.0 } else { 0.0 }
+    } else if name == "archive_mode" {
+        // An enum postgres_exporter leaves out, which the archive alert needs: 1 when the
+        // server archives (`on`, or `always` on a standby too), 0 when it does not.
+        if setting == "off" { 0.0 } else { 1.0 }
     } else {
         setting.parse::<f64>().ok()?
     };
@@ -211,7 +215,8 @@ pub(super) fn settings(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<F
     }
     let found: Vec<S> = session.rows(
         "SELECT name, setting, coalesce(unit, '') AS unit, short_desc, vartype FROM pg_settings
-         WHERE vartype IN ('bool', 'integer', 'real') AND name <> 'sync_commit_cancel_wait'",
+         WHERE (vartype IN ('bool', 'integer', 'real') OR name = 'archive_mode')
+           AND name <> 'sync_commit_cancel_wait'",
         "reading pg_settings",
     )?;
     Ok(found
