@@ -28,7 +28,7 @@ mod wal;
 pub use conninfo::DatabaseUrl;
 pub use error::{Error, Result};
 pub use os::{ServerUser, free_port};
-pub use programs::{PgBinaries, find_installed_program, find_program};
+pub use programs::{PgBinaries, find_installed_program, find_program, program_major_version};
 pub use quote::{KEYWORDS, is_keyword, quote_ident, quote_literal};
 pub use report::report;
 pub use wal::{Lsn, SEGMENT_BYTES, Segment, WalFile};

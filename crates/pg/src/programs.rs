@@ -213,6 +213,12 @@ fn newest_debian_bindir(root: &Path) -> Option<PathBuf> {
         .find(|bin| is_complete(bin))
 }
 
+/// The major version a PostgreSQL program reports (`pg_basebackup --version`), if it runs.
+pub fn program_major_version(program: &Path) -> Option<u32> {
+    let out = Command::new(program).arg("--version").output().ok()?;
+    parse_major_version(&String::from_utf8_lossy(&out.stdout))
+}
+
 fn parse_major_version(text: &str) -> Option<u32> {
     let version = text.split_whitespace().nth(2)?;
     version

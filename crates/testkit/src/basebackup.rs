@@ -4,7 +4,7 @@
 //! `pg_stop_backup` before PostgreSQL 15) around a file copy, as the documentation's
 //! "Making a Base Backup Using the Low Level API" describes.
 
-use std::{fs, io::ErrorKind, path::Path, process::Command};
+use std::{fs, io::ErrorKind, path::Path};
 
 use diesel::{PgConnection, RunQueryDsl, sql_types::Text};
 
@@ -28,18 +28,6 @@ const SKIPPED: &[&str] = &[
     "backup_label",
     "tablespace_map",
 ];
-
-/// The major version of a client program (`pg_basebackup --version`), if it runs.
-pub(crate) fn client_major(program: &Path) -> Option<u32> {
-    let out = Command::new(program).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split_whitespace().nth(2)?;
-    version
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
 
 /// Copies `data` (a running primary's data directory) into `target` inside a backup taken
 /// through `conn`, and writes the `backup_label` the standby starts from.

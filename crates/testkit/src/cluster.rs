@@ -137,7 +137,7 @@ impl Cluster {
         // An installed pg_basebackup older than the server (a server-only build of a newer
         // major) refuses it: copy through the low-level backup API instead.
         let pg_basebackup = replica.bins.program("pg_basebackup");
-        if crate::basebackup::client_major(&pg_basebackup).is_none_or(|m| m < self.major) {
+        if pgops_pg::program_major_version(&pg_basebackup).is_none_or(|m| m < self.major) {
             let mut conn = self.connect("postgres")?;
             crate::basebackup::copy(&mut conn, &self.data_dir(), &partial)?;
             replica.run_as.own_tree(&partial)?;
