@@ -29,7 +29,7 @@ struct Step {
 struct Context {
     path: Option<std::ffi::OsString>,
     /// Server builds of the other supported majors, for the version matrix.
-    servers: Vec<(u32, PathBuf)>,
+    servers: Vec<crate::install::ServerBuild>,
 }
 
 /// Runs every step and prints the summary.
@@ -236,18 +236,24 @@ const MATRIX_SUITES: &[&str] = &[
     "schema_matches_database",
 ];
 
+/// The suites that also need the client programs (`pg_dump`, `pg_basebackup`): run where the
+/// installed ones serve the server, on older majors.
+const CLIENT_SUITES: &[&str] = &["backup", "pitr", "wal"];
+
 fn matrix(context: &Context) -> anyhow::Result<String> {
     ensure!(
         !context.servers.is_empty(),
         "no server builds to test against; `cargo xtask install --for matrix` fetches them"
     );
-    let mut args = vec!["test", "--workspace", "--locked"];
-    for suite in MATRIX_SUITES {
-        args.extend(["--test", suite]);
-    }
     let mut passed = Vec::new();
     let mut failed = Vec::new();
-    for (major, bin) in &context.servers {
+    for server in &context.servers {
+        let (major, bin) = (server.major, &server.bin);
+        let mut args = vec!["test", "--workspace", "--locked"];
+        let clients = CLIENT_SUITES.iter().filter(|_| server.clients);
+        for suite in MATRIX_SUITES.iter().chain(clients) {
+            args.extend(["--test", suite]);
+        }
         println!("\n--- PostgreSQL {major} ({})", bin.display());
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(&cargo);
@@ -261,7 +267,11 @@ fn matrix(context: &Context) -> anyhow::Result<String> {
             .current_dir(crate::workspace_root())
             .status()
             .with_context(|| format!("starting {cargo}"))?;
-        let entry = format!("{major} ({:.0}s)", started.elapsed().as_secs_f64());
+        let entry = format!(
+            "{major}{} ({:.0}s)",
+            if server.clients { " with backups" } else { "" },
+            started.elapsed().as_secs_f64()
+        );
         if status.success() {
             passed.push(entry);
         } else {

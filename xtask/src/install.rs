@@ -42,9 +42,8 @@ pub enum Need {
 #[derive(Debug, Default)]
 pub struct Tools {
     bin_dirs: Vec<PathBuf>,
-    /// Server builds by major version (`Need::Matrix`): each a `bin/` with initdb, pg_ctl
-    /// and postgres.
-    pub servers: Vec<(u32, PathBuf)>,
+    /// Server builds by major version (`Need::Matrix`).
+    pub servers: Vec<ServerBuild>,
 }
 
 impl Tools {
@@ -57,6 +56,22 @@ impl Tools {
         std::env::join_paths(dirs).unwrap_or_else(|_| std::env::var_os("PATH").unwrap_or_default())
     }
 }
+
+/// A server build of another major.
+#[derive(Debug, Clone)]
+pub struct ServerBuild {
+    /// Its major version.
+    pub major: u32,
+    /// Its `bin/`: initdb, pg_ctl and postgres, and for an older major than the installed
+    /// one, the installed client programs linked in beside them.
+    pub bin: PathBuf,
+    /// Whether the client programs are there (`pg_dump`, `pg_basebackup`, ...): they work
+    /// against servers of their own major or older, so only for older majors.
+    pub clients: bool,
+}
+
+/// The client programs linked into an older major's build.
+const CLIENT_PROGRAMS: &[&str] = &["pg_dump", "pg_restore", "pg_basebackup", "pgbench", "psql"];
 
 /// One thing a task needs: how to tell it is there, and the Debian package that brings it.
 struct Requirement {
@@ -204,8 +219,8 @@ pub const MATRIX: &[(u32, &str)] = &[
 ];
 
 /// Fetches (once) and unpacks each build of [`MATRIX`] whose major is not the installed one;
-/// returns their `bin/` directories.
-fn server_builds() -> anyhow::Result<Vec<(u32, PathBuf)>> {
+/// links the installed client programs into the builds of older majors, which they serve.
+fn server_builds() -> anyhow::Result<Vec<ServerBuild>> {
     let installed = newest_major();
     let root = servers_root();
     let mut found = Vec::new();
@@ -219,7 +234,23 @@ fn server_builds() -> anyhow::Result<Vec<(u32, PathBuf)>> {
             );
             fetch_build(version, &dir)?;
         }
-        found.push((*major, bin));
+        let mut clients = false;
+        if let Some(installed) = installed.filter(|i| i > major) {
+            let client_dir = PathBuf::from(format!("/usr/lib/postgresql/{installed}/bin"));
+            for program in CLIENT_PROGRAMS {
+                let (source, link) = (client_dir.join(program), bin.join(program));
+                if source.is_file() && std::fs::symlink_metadata(&link).is_err() {
+                    std::os::unix::fs::symlink(&source, &link)
+                        .with_context(|| format!("linking {}", link.display()))?;
+                }
+            }
+            clients = CLIENT_PROGRAMS.iter().all(|p| bin.join(p).is_file());
+        }
+        found.push(ServerBuild {
+            major: *major,
+            bin,
+            clients,
+        });
     }
     Ok(found)
 }
