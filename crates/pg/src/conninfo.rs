@@ -207,14 +207,6 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-impl PartialEq for DatabaseUrl {
-    fn eq(&self, other: &Self) -> bool {
-        self.raw == other.raw
-    }
-}
-
-impl Eq for DatabaseUrl {}
-
 /// Characters a URL component keeps as they are (RFC 3986's unreserved set).
 const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
