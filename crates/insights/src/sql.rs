@@ -199,24 +199,11 @@ fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
 
 /// The server's version number (`server_version_num`, 150004 for 15.4).
 pub(crate) fn server_version(conn: &mut PgConnection) -> Result<u32> {
-    #[derive(serde::Deserialize)]
-    struct V {
-        v: String,
+    let version = pgops_pg::rows::server_version_num(conn)?;
+    if version < 130_000 {
+        return Err(Error::Unsupported(version.to_string()));
     }
-    let v: V = pgops_pg::rows::row(
-        conn,
-        "SELECT current_setting('server_version_num') AS v",
-        "reading the server version",
-    )?;
-    v.v.parse()
-        .map_err(|_| Error::Unsupported(v.v.clone()))
-        .and_then(|n: u32| {
-            if n < 130_000 {
-                Err(Error::Unsupported(v.v))
-            } else {
-                Ok(n)
-            }
-        })
+    Ok(version)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::{fs, io::ErrorKind, path::Path};
 
 use diesel::{PgConnection, RunQueryDsl, sql_types::Text};
 
-use crate::{Error, Result, cluster::query_text};
+use crate::{Error, Result};
 
 /// Files and directories whose contents a base backup leaves out (as `pg_basebackup` does):
 /// they are rebuilt or streamed by the standby.
@@ -31,11 +31,9 @@ const SKIPPED: &[&str] = &[
 
 /// Copies `data` (a running primary's data directory) into `target` inside a backup taken
 /// through `conn`, and writes the `backup_label` the standby starts from.
-pub(crate) fn copy(conn: &mut PgConnection, data: &Path, target: &Path) -> Result<()> {
-    let version: u32 = query_text(conn, "current_setting('server_version_num')")?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let (start, stop) = if version >= 150_000 {
+/// `major` is the primary's major version, which names the API's functions.
+pub(crate) fn copy(conn: &mut PgConnection, major: u32, data: &Path, target: &Path) -> Result<()> {
+    let (start, stop) = if major >= 15 {
         (
             "SELECT pg_backup_start('pgops-testkit', true)::text",
             "SELECT labelfile FROM pg_backup_stop(false)",

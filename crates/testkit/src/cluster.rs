@@ -139,7 +139,7 @@ impl Cluster {
         let pg_basebackup = replica.bins.program("pg_basebackup");
         if pgops_pg::program_major_version(&pg_basebackup).is_none_or(|m| m < self.major) {
             let mut conn = self.connect("postgres")?;
-            crate::basebackup::copy(&mut conn, &self.data_dir(), &partial)?;
+            crate::basebackup::copy(&mut conn, self.major, &self.data_dir(), &partial)?;
             replica.run_as.own_tree(&partial)?;
             replica.complete(&partial)?;
             replica.start_on_a_free_port(Some(&conninfo))?;
