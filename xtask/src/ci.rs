@@ -37,10 +37,6 @@ pub fn run(args: &Args) -> ExitCode {
     let before = leftovers();
     let steps = [
         Step {
-            name: "install",
-            run: install,
-        },
-        Step {
             name: "fmt",
             run: fmt,
         },
@@ -72,24 +68,22 @@ pub fn run(args: &Args) -> ExitCode {
     let started = Instant::now();
     let mut context = Context::default();
     let mut results: Vec<(&str, Duration, anyhow::Result<String>)> = Vec::new();
-    for step in &steps {
+    // The first step sets up what the others run with (the tools' PATH, the server builds);
+    // nothing else can run without it.
+    println!("\n==> install");
+    let t = Instant::now();
+    let installed = crate::install::ensure(crate::install::Need::Matrix).map(|tools| {
+        context.path = Some(tools.path());
+        context.servers = tools.servers;
+        "everything CI needs is installed".to_owned()
+    });
+    let install_failed = installed.is_err();
+    results.push(("install", t.elapsed(), installed));
+    for step in steps.iter().filter(|_| !install_failed) {
         println!("\n==> {}", step.name);
         let t = Instant::now();
-        let outcome = if step.name == "install" {
-            crate::install::ensure(crate::install::Need::Matrix).map(|tools| {
-                context.path = Some(tools.path());
-                context.servers = tools.servers;
-                "everything CI needs is installed".to_owned()
-            })
-        } else {
-            (step.run)(&context)
-        };
+        let outcome = (step.run)(&context);
         let failed = outcome.is_err();
-        if failed && step.name == "install" {
-            // Nothing else can run without it.
-            results.push((step.name, t.elapsed(), outcome));
-            break;
-        }
         results.push((step.name, t.elapsed(), outcome));
         if failed && args.fail_fast {
             break;
@@ -120,10 +114,6 @@ pub fn run(args: &Args) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-fn install(_: &Context) -> anyhow::Result<String> {
-    unreachable!("the install step runs in `run`, which keeps its PATH")
 }
 
 fn cargo(context: &Context, args: &[&str]) -> anyhow::Result<String> {

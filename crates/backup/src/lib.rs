@@ -112,7 +112,7 @@ pub fn prune(
         }
     }
     let mut wal_decisions = Vec::new();
-    if floor.is_some() || backups.iter().any(|(m, _)| m.wal.is_some()) {
+    if backups.iter().any(|(m, _)| m.wal.is_some()) {
         let archived = wal::archived(store)?;
         let (_, foreign) = wal::classify(&archived);
         if let Some(oldest) = floor {

@@ -158,16 +158,19 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 "reading wal_level",
             )
             .map_err(Failure::usage)?;
-            #[derive(Deserialize)]
+            #[derive(Deserialize, PartialEq)]
             struct LoadTime {
                 at: String,
             }
-            let loaded: LoadTime = pgops_pg::rows::row(
-                &mut conn,
-                "SELECT pg_conf_load_time()::text AS at",
-                "reading pg_conf_load_time()",
-            )
-            .map_err(Failure::problem)?;
+            let load_time = |conn: &mut diesel::PgConnection| -> Result<LoadTime, Failure> {
+                pgops_pg::rows::row(
+                    conn,
+                    "SELECT pg_conf_load_time()::text AS at",
+                    "reading pg_conf_load_time()",
+                )
+                .map_err(Failure::problem)
+            };
+            let loaded = load_time(&mut conn)?;
             for statement in &statements {
                 if statement.contains("wal_level") && level.wal_level != "minimal" {
                     continue; // replica or logical already archive enough
@@ -185,13 +188,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             // archive_mode is off).
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
-                let now: LoadTime = pgops_pg::rows::row(
-                    &mut conn,
-                    "SELECT pg_conf_load_time()::text AS at",
-                    "reading pg_conf_load_time()",
-                )
-                .map_err(Failure::problem)?;
-                if now.at != loaded.at {
+                if load_time(&mut conn)? != loaded {
                     break;
                 }
                 if std::time::Instant::now() > deadline {
