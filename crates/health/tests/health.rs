@@ -176,6 +176,17 @@ fn every_documented_family_from_a_primary_with_a_replica() {
         value(&s, "pg_stat_checkpointer_num_timed_total", &srv).is_some(),
         version >= 170_000
     );
+    if version >= 170_000 {
+        // The 0.11 names carry the checkpointer's own counters.
+        assert_eq!(
+            value(&s, "pg_stat_bgwriter_checkpoints_timed_total", &srv),
+            value(&s, "pg_stat_checkpointer_num_timed_total", &srv)
+        );
+        assert_eq!(
+            value(&s, "pg_stat_bgwriter_buffers_checkpoint_total", &srv),
+            value(&s, "pg_stat_checkpointer_buffers_written_total", &srv)
+        );
+    }
     assert!(value(&s, "pg_stat_archiver_archived_count", &srv).is_some());
     assert_eq!(value(&s, "pg_replication_is_replica", &srv), Some(0.0));
     assert_eq!(

@@ -122,51 +122,78 @@ pub(super) fn columns_as_families(
 }
 
 /// The background writer and checkpoints. PostgreSQL 17 moved the checkpoint counters to
-/// `pg_stat_checkpointer` (and dropped `buffers_backend*`, now in `pg_stat_io`): there they
-/// are read from it and exported under both postgres_exporter's current
-/// `pg_stat_checkpointer_*` names and the 0.11 `pg_stat_bgwriter_*` names dashboards use.
+/// `pg_stat_checkpointer` (and dropped `buffers_backend*`, now in `pg_stat_io`): there each
+/// view is read once, and the checkpoint counters are exported under both postgres_exporter's
+/// current `pg_stat_checkpointer_*` names and the 0.11 `pg_stat_bgwriter_*` names dashboards
+/// use.
 pub(super) fn stat_bgwriter(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
-    let query = if session.version >= 170_000 {
-        "SELECT c.num_timed AS checkpoints_timed, c.num_requested AS checkpoints_req,
-                c.write_time AS checkpoint_write_time, c.sync_time AS checkpoint_sync_time,
-                c.buffers_written AS buffers_checkpoint, b.buffers_clean, b.maxwritten_clean,
-                b.buffers_alloc, extract(epoch FROM b.stats_reset)::float8 AS stats_reset
-         FROM pg_stat_bgwriter b, pg_stat_checkpointer c"
-    } else {
-        "SELECT checkpoints_timed, checkpoints_req, checkpoint_write_time, checkpoint_sync_time,
-                buffers_checkpoint, buffers_clean, maxwritten_clean, buffers_backend,
-                buffers_backend_fsync, buffers_alloc,
+    /// 0.11 `pg_stat_bgwriter` column, and the `pg_stat_checkpointer` column it became.
+    const RENAMED: &[(&str, &str)] = &[
+        ("checkpoints_timed", "num_timed"),
+        ("checkpoints_req", "num_requested"),
+        ("checkpoint_write_time", "write_time"),
+        ("checkpoint_sync_time", "sync_time"),
+        ("buffers_checkpoint", "buffers_written"),
+    ];
+    let counter = |_: &str| Kind::Counter;
+    if session.version < 170_000 {
+        let found: Vec<Map<String, Value>> = session.rows(
+            "SELECT checkpoints_timed, checkpoints_req, checkpoint_write_time,
+                    checkpoint_sync_time, buffers_checkpoint, buffers_clean, maxwritten_clean,
+                    buffers_backend, buffers_backend_fsync, buffers_alloc,
+                    extract(epoch FROM stats_reset)::float8 AS stats_reset
+             FROM pg_stat_bgwriter",
+            "reading pg_stat_bgwriter",
+        )?;
+        return Ok(columns_as_families(
+            &found,
+            "pg_stat_bgwriter",
+            "pg_stat_bgwriter_",
+            "_total",
+            &[],
+            ctx,
+            counter,
+        ));
+    }
+    let mut bgwriter: Vec<Map<String, Value>> = session.rows(
+        "SELECT buffers_clean, maxwritten_clean, buffers_alloc,
                 extract(epoch FROM stats_reset)::float8 AS stats_reset
-         FROM pg_stat_bgwriter"
-    };
-    let found: Vec<Map<String, Value>> = session.rows(query, "reading pg_stat_bgwriter")?;
+         FROM pg_stat_bgwriter",
+        "reading pg_stat_bgwriter",
+    )?;
+    let checkpointer: Vec<Map<String, Value>> = session.rows(
+        "SELECT num_timed, num_requested, restartpoints_timed, restartpoints_req,
+                restartpoints_done, write_time, sync_time, buffers_written,
+                extract(epoch FROM stats_reset)::float8 AS stats_reset
+         FROM pg_stat_checkpointer",
+        "reading pg_stat_checkpointer",
+    )?;
+    if let (Some(row), Some(from)) = (bgwriter.first_mut(), checkpointer.first()) {
+        for (old, new) in RENAMED {
+            row.insert(
+                (*old).to_owned(),
+                from.get(*new).cloned().unwrap_or(Value::Null),
+            );
+        }
+    }
     let mut families = columns_as_families(
-        &found,
+        &bgwriter,
         "pg_stat_bgwriter",
         "pg_stat_bgwriter_",
         "_total",
         &[],
         ctx,
-        |_| Kind::Counter,
+        counter,
     );
-    if session.version >= 170_000 {
-        let checkpointer: Vec<Map<String, Value>> = session.rows(
-            "SELECT num_timed, num_requested, restartpoints_timed, restartpoints_req,
-                    restartpoints_done, write_time, sync_time, buffers_written,
-                    extract(epoch FROM stats_reset)::float8 AS stats_reset
-             FROM pg_stat_checkpointer",
-            "reading pg_stat_checkpointer",
-        )?;
-        families.extend(columns_as_families(
-            &checkpointer,
-            "pg_stat_checkpointer",
-            "pg_stat_checkpointer_",
-            "_total",
-            &[],
-            ctx,
-            |_| Kind::Counter,
-        ));
-    }
+    families.extend(columns_as_families(
+        &checkpointer,
+        "pg_stat_checkpointer",
+        "pg_stat_checkpointer_",
+        "_total",
+        &[],
+        ctx,
+        counter,
+    ));
     Ok(families)
 }
 
