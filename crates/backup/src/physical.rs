@@ -193,6 +193,91 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Reads a recovery target time in the forms operators copy from PostgreSQL: what `SELECT
+/// now()` prints (`2026-11-30 04:37:31.546185+00`, any `+HH`, `+HH:MM` or `+HHMM` offset),
+/// what server logs print (`2026-11-30 04:37:31.546 UTC`, also `GMT`), and RFC 3339
+/// (`2026-11-30T04:37:31Z`). Seconds and their fraction may be left out. A time without a
+/// zone is refused: which zone it meant cannot be known. Pure.
+pub fn parse_target_time(text: &str) -> Result<DateTime<Utc>> {
+    const FORMS: &str = "write it as PostgreSQL prints it (2026-11-30 04:37:31.546185+00, \
+         2026-11-30 04:37:31 UTC) or as RFC 3339 (2026-11-30T04:37:31Z)";
+    let invalid = |why: &str| Error::Invalid(format!("--target-time {text:?}: {why}; {FORMS}"));
+    let (local, zone) = split_zone(text.trim());
+    let naive = [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|form| chrono::NaiveDateTime::parse_from_str(local.trim_end(), form).ok())
+    .ok_or_else(|| invalid("not a date and time"))?;
+    let offset_seconds = match zone {
+        Zone::Offset(seconds) => seconds,
+        Zone::Unreadable(why) => return Err(invalid(&why)),
+        Zone::Missing => {
+            return Err(invalid(
+                "it has no time zone, so the moment it names is unknown; add one (+00, UTC or Z)",
+            ));
+        }
+    };
+    chrono::FixedOffset::east_opt(offset_seconds)
+        .and_then(|offset| naive.and_local_timezone(offset).single())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| invalid("the zone offset is out of range"))
+}
+
+/// The zone at the end of a timestamp.
+enum Zone {
+    /// Seconds east of UTC.
+    Offset(i32),
+    /// Something that is not a zone we can read, and why.
+    Unreadable(String),
+    /// No zone at all.
+    Missing,
+}
+
+/// Splits a timestamp into its local part and its zone. Pure.
+fn split_zone(text: &str) -> (&str, Zone) {
+    for name in [" UTC", " GMT", " Z", "Z", "z"] {
+        if let Some(local) = text.strip_suffix(name) {
+            return (local, Zone::Offset(0));
+        }
+    }
+    // What follows the time (which starts after the date's 10 characters): a numeric offset,
+    // or a zone name we do not guess at.
+    let Some(time) = text.get(11..) else {
+        return (text, Zone::Missing);
+    };
+    if let Some(at) = time.rfind(['+', '-']) {
+        let (local, zone) = text.split_at(11 + at);
+        let sign = if zone.starts_with('-') { -1 } else { 1 };
+        let digits = zone[1..].replace(':', "");
+        let offset = match digits.len() {
+            2 | 4 if digits.bytes().all(|b| b.is_ascii_digit()) => {
+                let hours: i32 = digits[..2].parse().unwrap_or(99);
+                let minutes: i32 = digits[2..].parse().unwrap_or(0);
+                if hours <= 15 && minutes < 60 {
+                    Zone::Offset(sign * (hours * 3600 + minutes * 60))
+                } else {
+                    Zone::Unreadable(format!("the zone offset {zone} is out of range"))
+                }
+            }
+            _ => Zone::Unreadable(format!("cannot read the zone offset {zone:?}")),
+        };
+        return (local, offset);
+    }
+    match time.rsplit_once(' ') {
+        Some((_, name)) if name.chars().any(|c| c.is_ascii_alphabetic()) => (
+            &text[..text.len() - name.len()],
+            Zone::Unreadable(format!(
+                "the zone {name:?} is ambiguous or unknown here; use a numeric offset (+01) or UTC"
+            )),
+        ),
+        _ => (text, Zone::Missing),
+    }
+}
+
 /// Reads an LSN (`0/3000060`); anything malformed is an error, never a guess. Pure.
 pub fn parse_lsn(text: &str) -> Result<Lsn> {
     text.parse::<Lsn>()
@@ -467,6 +552,50 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    #[test]
+    fn target_times_are_read_in_the_forms_postgresql_prints_and_rfc_3339() {
+        let utc = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        for (text, expected) in [
+            ("2026-11-30 04:37:31.546185+00", "2026-11-30T04:37:31.546185Z"),
+            ("2026-11-30 05:37:31.546185+01", "2026-11-30T04:37:31.546185Z"),
+            ("2026-11-30 10:07:31+05:30", "2026-11-30T04:37:31Z"),
+            ("2026-11-29 20:37:31-0800", "2026-11-30T04:37:31Z"),
+            ("2026-11-30 04:37:31 UTC", "2026-11-30T04:37:31Z"),
+            ("2026-11-30 04:37:31.546 UTC", "2026-11-30T04:37:31.546Z"),
+            ("2026-11-30 04:37:31 GMT", "2026-11-30T04:37:31Z"),
+            ("2026-11-30T04:37:31Z", "2026-11-30T04:37:31Z"),
+            ("2026-11-30T04:37:31.5+00:00", "2026-11-30T04:37:31.5Z"),
+            (" 2026-11-30 04:37Z ", "2026-11-30T04:37:00Z"),
+        ] {
+            assert_eq!(
+                parse_target_time(text).unwrap(),
+                utc(expected),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_times_without_a_readable_zone_are_refused_with_what_to_add() {
+        for (text, says) in [
+            ("2026-11-30 04:37:31", "has no time zone"),
+            ("2026-11-30T04:37:31.5", "has no time zone"),
+            ("2026-11-30 04:37:31 CET", "use a numeric offset"),
+            ("2026-11-30 04:37:31+25", "out of range"),
+            ("2026-11-30 04:37:31+1", "cannot read the zone offset"),
+            ("yesterday", "not a date and time"),
+            ("2026-13-30 04:37:31+00", "not a date and time"),
+        ] {
+            let message = parse_target_time(text).unwrap_err().to_string();
+            assert!(message.contains(says), "{text:?}: {message}");
+            assert!(message.contains("2026-11-30T04:37:31Z"), "{message}");
+        }
+    }
 
     fn backup(id: &str, minute: u32, end_lsn: &str) -> Manifest {
         Manifest {

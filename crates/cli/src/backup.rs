@@ -69,7 +69,8 @@ pub enum Verb {
         /// An empty directory to lay the data directory out in (physical backups).
         #[arg(long)]
         to_dir: Option<std::path::PathBuf>,
-        /// Recover to this time (RFC 3339, e.g. 2026-11-26T10:15:00Z).
+        /// Recover to this time, with its zone: as PostgreSQL prints it
+        /// (2026-11-30 04:37:31.546185+00, 2026-11-30 04:37:31 UTC) or RFC 3339.
         #[arg(long, group = "target", requires = "to_dir")]
         target_time: Option<String>,
         /// Recover to this WAL position (e.g. 0/3000060).
@@ -98,7 +99,8 @@ pub enum Verb {
     /// query, the time it took (RTO) and the point reached, recorded in the repository (exit 1
     /// when it fails).
     Drill {
-        /// Recover to this time (RFC 3339) [default: everything archived].
+        /// Recover to this time, with its zone (as PostgreSQL prints it, or RFC 3339)
+        /// [default: everything archived].
         #[arg(long)]
         target_time: Option<String>,
         /// The probe query (one value).
@@ -165,15 +167,9 @@ fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), Failur
     emit(out, &format!("{text}\n"))
 }
 
-/// `--target-time`, as RFC 3339.
+/// `--target-time`, in the forms PostgreSQL prints or RFC 3339.
 fn target_time_arg(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|e| {
-            Failure::usage(anyhow::anyhow!(
-                "--target-time {text:?}: {e}; write it like 2026-11-26T10:15:00Z"
-            ))
-        })
+    pgops_backup::physical::parse_target_time(text).map_err(Failure::usage)
 }
 
 /// The names that stand for the newest backup (of one kind): `latest`, `latest-logical`,

@@ -168,10 +168,15 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
                 &format!("INSERT INTO batches (batch) SELECT {batch} FROM generate_series(1, 100)"),
             )
             .unwrap();
-        let time = q(
-            &primary,
+        // The moment after the batch, in each form operators copy: RFC 3339, what `SELECT
+        // now()` prints (here in a zone east of UTC), and what server logs print.
+        let form = [
             "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-        );
+            "(SELECT clock_timestamp()::text FROM set_config('TimeZone', 'Asia/Kolkata', false))",
+            "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC'",
+            "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' UTC'",
+        ][batch - 1];
+        let time = q(&primary, form);
         let lsn = q(&primary, "pg_current_wal_lsn()::text");
         let xid = q(
             &primary,
