@@ -555,14 +555,16 @@ mod tests {
 
     #[test]
     fn target_times_are_read_in_the_forms_postgresql_prints_and_rfc_3339() {
-        let utc = |s: &str| {
-            DateTime::parse_from_rfc3339(s)
-                .unwrap()
-                .with_timezone(&Utc)
-        };
+        let utc = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         for (text, expected) in [
-            ("2026-11-30 04:37:31.546185+00", "2026-11-30T04:37:31.546185Z"),
-            ("2026-11-30 05:37:31.546185+01", "2026-11-30T04:37:31.546185Z"),
+            (
+                "2026-11-30 04:37:31.546185+00",
+                "2026-11-30T04:37:31.546185Z",
+            ),
+            (
+                "2026-11-30 05:37:31.546185+01",
+                "2026-11-30T04:37:31.546185Z",
+            ),
             ("2026-11-30 10:07:31+05:30", "2026-11-30T04:37:31Z"),
             ("2026-11-29 20:37:31-0800", "2026-11-30T04:37:31Z"),
             ("2026-11-30 04:37:31 UTC", "2026-11-30T04:37:31Z"),
@@ -572,11 +574,7 @@ mod tests {
             ("2026-11-30T04:37:31.5+00:00", "2026-11-30T04:37:31.5Z"),
             (" 2026-11-30 04:37Z ", "2026-11-30T04:37:00Z"),
         ] {
-            assert_eq!(
-                parse_target_time(text).unwrap(),
-                utc(expected),
-                "{text:?}"
-            );
+            assert_eq!(parse_target_time(text).unwrap(), utc(expected), "{text:?}");
         }
     }
 

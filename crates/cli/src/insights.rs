@@ -4,8 +4,8 @@
 use std::{io::Write, time::Duration};
 
 use pgops_insights::{
-    CheckThresholds, Error as InsightsError, ExplainOptions, Order, SlowLog, TopOptions, advice,
-    checks, explain, slowlog, statements,
+    CheckThresholds, Error as InsightsError, ExplainOptions, LogStatement, Order, SlowLog,
+    TopOptions, advice, checks, explain, slowlog, statements,
 };
 use serde::Serialize;
 
@@ -40,11 +40,21 @@ pub enum Verb {
         /// Also log the plans of statements slower than this, through auto_explain.
         #[arg(long, value_parser = humantime::parse_duration)]
         auto_explain: Option<Duration>,
+        /// Which statements to log whatever their duration (log_statement); `mod` is an audit
+        /// trail of every data-modifying statement.
+        #[arg(long, default_value = "mod", value_parser = ["none", "ddl", "mod", "all"])]
+        log_statement: String,
+        /// Bytes of each bound parameter that logged statements show
+        /// (log_parameter_max_length and .._on_error). Parameters carry application data
+        /// into the server log: 0 shows none, -1 shows them whole.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+              value_parser = clap::value_parser!(i32).range(-1..=1_073_741_823))]
+        log_parameter_max_length: i32,
         /// Print the SQL instead of running it.
         #[arg(long)]
         dry_run: bool,
         /// Put every setting back to the configuration file's value.
-        #[arg(long, conflicts_with_all = ["auto_explain", "dry_run"])]
+        #[arg(long, conflicts_with_all = ["auto_explain", "dry_run", "log_statement", "log_parameter_max_length"])]
         reset: bool,
     },
     /// Record a snapshot of pg_stat_statements for `top --since` (run it from cron).
@@ -196,12 +206,21 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         Verb::SlowLog {
             min_duration,
             auto_explain,
+            log_statement,
+            log_parameter_max_length,
             dry_run,
             reset,
         } => {
             let request = SlowLog {
                 min_duration: *min_duration,
                 auto_explain: *auto_explain,
+                log_statement: match log_statement.as_str() {
+                    "none" => LogStatement::None,
+                    "ddl" => LogStatement::Ddl,
+                    "all" => LogStatement::All,
+                    _ => LogStatement::Mod,
+                },
+                parameter_max_length: *log_parameter_max_length,
             };
             if *reset {
                 let statements = slowlog::reset(&mut conn).map_err(fail)?;
@@ -231,6 +250,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                     text.push_str(&format!("{:<32} {shown}\n", setting.name));
                 }
                 text.push_str("applied with ALTER SYSTEM and reloaded; SHOW confirms every value (no restart needed)\n");
+                text.push_str(&parameters_note(request.parameter_max_length));
                 emit(out, &text)?;
             }
             Ok(Exit::Ok)
@@ -433,6 +453,18 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 Exit::Problem
             })
         }
+    }
+}
+
+/// What the slow-log settings do with bound parameters, said after applying them.
+fn parameters_note(max_length: i32) -> String {
+    match max_length {
+        0 => "bound parameters are not logged (log_parameter_max_length = 0): they may hold \
+              application data; --log-parameter-max-length -1 logs them whole\n"
+            .to_owned(),
+        -1 => "bound parameters are logged whole: the server log now holds application data\n"
+            .to_owned(),
+        n => format!("bound parameters are logged up to {n} bytes each\n"),
     }
 }
 

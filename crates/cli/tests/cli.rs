@@ -308,14 +308,17 @@ fn a_target_time_without_a_zone_or_date_is_refused_with_the_forms_to_use() {
             vec!["backup", "drill", "--target-time", "yesterday"],
             "not a date and time",
         ),
-        (vec![
-            "backup",
-            "restore",
-            "--to-dir",
-            &to_dir,
-            "--target-time",
-            "2026-11-26 10:15",
-        ], "no time zone"),
+        (
+            vec![
+                "backup",
+                "restore",
+                "--to-dir",
+                &to_dir,
+                "--target-time",
+                "2026-11-26 10:15",
+            ],
+            "no time zone",
+        ),
     ] {
         let mut args = args.clone();
         args.extend(["--repo", &repo_url]);
@@ -323,7 +326,9 @@ fn a_target_time_without_a_zone_or_date_is_refused_with_the_forms_to_use() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = text(&out.stderr);
         assert!(
-            err.contains("--target-time") && err.contains(says) && err.contains("2026-11-30T04:37:31Z"),
+            err.contains("--target-time")
+                && err.contains(says)
+                && err.contains("2026-11-30T04:37:31Z"),
             "{err}"
         );
     }

@@ -30,6 +30,6 @@ pub use advice::{Advice, IndexFinding, IndexIssue, Severity, Thresholds, advise}
 pub use checks::{Check, CheckThresholds};
 pub use error::{Error, Result};
 pub use explain::{ExplainOptions, Explained, Finding, explain};
-pub use slowlog::SlowLog;
+pub use slowlog::{LogStatement, SlowLog};
 pub use statements::{Order, Top, TopOptions, record_snapshot, top};
 pub use whatif::{WhatIf, suggest, what_if};

@@ -24,6 +24,29 @@ pub struct SlowLog {
     pub min_duration: Duration,
     /// Also log the plan of statements slower than this, through `auto_explain`.
     pub auto_explain: Option<Duration>,
+    /// Which statements to log whatever their duration (`log_statement`): `mod` keeps an
+    /// audit trail of every data-modifying statement.
+    pub log_statement: LogStatement,
+    /// How many bytes of each bound parameter logged statements show
+    /// (`log_parameter_max_length` and `log_parameter_max_length_on_error`): 0 shows none,
+    /// -1 shows them whole. Parameters carry the application's data (patient data here) into
+    /// the server log, so the default is 0.
+    pub parameter_max_length: i32,
+}
+
+/// The values of `log_statement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStatement {
+    /// Only what other settings log.
+    None,
+    /// Data definition: `CREATE`, `ALTER`, `DROP`.
+    Ddl,
+    /// Data definition and data-modifying statements (`INSERT`, `UPDATE`, `DELETE`, `TRUNCATE`,
+    /// `COPY FROM`, ...).
+    Mod,
+    /// Every statement.
+    All,
 }
 
 /// One setting we change, with the value we want.
@@ -44,6 +67,30 @@ pub struct Applied {
     pub verified: Vec<(Setting, String)>,
 }
 
+impl Default for SlowLog {
+    /// Statements of a second or more, every data-modifying statement, no parameter values.
+    fn default() -> Self {
+        SlowLog {
+            min_duration: Duration::from_secs(1),
+            auto_explain: None,
+            log_statement: LogStatement::Mod,
+            parameter_max_length: 0,
+        }
+    }
+}
+
+impl LogStatement {
+    /// The value as `log_statement` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStatement::None => "none",
+            LogStatement::Ddl => "ddl",
+            LogStatement::Mod => "mod",
+            LogStatement::All => "all",
+        }
+    }
+}
+
 impl SlowLog {
     /// The settings for this request, given the server's current `session_preload_libraries`
     /// (auto_explain is appended to it, never replacing what is there).
@@ -60,6 +107,15 @@ impl SlowLog {
             set("log_line_prefix", LOG_LINE_PREFIX.to_owned()),
             set("log_lock_waits", "on".to_owned()),
             set("log_temp_files", "0".to_owned()),
+            set("log_statement", self.log_statement.as_str().to_owned()),
+            set(
+                "log_parameter_max_length",
+                self.parameter_max_length.to_string(),
+            ),
+            set(
+                "log_parameter_max_length_on_error",
+                self.parameter_max_length.to_string(),
+            ),
         ];
         if let Some(threshold) = self.auto_explain {
             let mut libraries: Vec<&str> = session_preload
@@ -102,6 +158,9 @@ pub fn reset_statements() -> Vec<String> {
         "log_line_prefix",
         "log_lock_waits",
         "log_temp_files",
+        "log_statement",
+        "log_parameter_max_length",
+        "log_parameter_max_length_on_error",
         "auto_explain.log_min_duration",
         "auto_explain.log_analyze",
         "auto_explain.log_buffers",
@@ -303,7 +362,25 @@ fn same_value(name: &str, wanted: &str, shown: &str) -> bool {
     if name.ends_with("min_duration_statement") || name.ends_with("log_min_duration") {
         return millis(wanted).is_some() && millis(wanted) == millis(shown);
     }
+    if name.starts_with("log_parameter_max_length") {
+        return bytes(wanted).is_some() && bytes(wanted) == bytes(shown);
+    }
     false
+}
+
+/// A byte count as `SHOW` prints it (`-1`, `0`, `64B`, `1kB`).
+fn bytes(value: &str) -> Option<i64> {
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let n: i64 = number.parse().ok()?;
+    Some(match unit.trim() {
+        "" | "B" => n,
+        "kB" => n * 1024,
+        "MB" => n * 1024 * 1024,
+        _ => return None,
+    })
 }
 
 fn millis(value: &str) -> Option<u128> {
@@ -332,8 +409,8 @@ mod tests {
     #[test]
     fn settings_extend_session_preload_instead_of_replacing_it() {
         let request = SlowLog {
-            min_duration: Duration::from_secs(1),
             auto_explain: Some(Duration::from_secs(5)),
+            ..SlowLog::default()
         };
         let settings = request.settings("pg_hint_plan");
         let preload = settings
@@ -354,13 +431,17 @@ mod tests {
         );
         assert_eq!(sql.last().unwrap(), "SELECT pg_reload_conf()");
         assert!(sql.contains(&"ALTER SYSTEM SET auto_explain.log_min_duration = '5000ms'".into()));
+        // By default every data-modifying statement is logged, without its parameters.
+        assert!(sql.contains(&"ALTER SYSTEM SET log_statement = 'mod'".into()));
+        assert!(sql.contains(&"ALTER SYSTEM SET log_parameter_max_length = '0'".into()));
+        assert!(sql.contains(&"ALTER SYSTEM SET log_parameter_max_length_on_error = '0'".into()));
     }
 
     #[test]
     fn without_auto_explain_nothing_is_preloaded() {
         let request = SlowLog {
             min_duration: Duration::from_millis(250),
-            auto_explain: None,
+            ..SlowLog::default()
         };
         assert!(
             request
@@ -381,5 +462,8 @@ mod tests {
         ));
         assert!(!same_value("log_min_duration_statement", "1000ms", "-1"));
         assert!(!same_value("log_lock_waits", "on", "off"));
+        assert!(same_value("log_parameter_max_length", "1024", "1kB"));
+        assert!(same_value("log_parameter_max_length", "0", "0"));
+        assert!(!same_value("log_parameter_max_length", "0", "-1"));
     }
 }

@@ -63,6 +63,7 @@ fn slow_log_takes_effect_and_reset_undoes_it() {
         &SlowLog {
             min_duration: Duration::from_millis(200),
             auto_explain: Some(Duration::from_millis(200)),
+            ..SlowLog::default()
         },
     )
     .unwrap();
@@ -97,6 +98,32 @@ fn slow_log_takes_effect_and_reset_undoes_it() {
         thread::sleep(Duration::from_millis(100));
     }
 
+    // Every data-modifying statement is logged (an audit trail), but not its bound values.
+    app.batch_execute("CREATE TABLE audit_probe (note text)")
+        .unwrap();
+    let update = |app: &mut PgConnection, value: &str| {
+        diesel::sql_query("INSERT INTO audit_probe (note) VALUES ($1) /* audit-probe */")
+            .bind::<diesel::sql_types::Text, _>(value)
+            .execute(app)
+            .unwrap();
+    };
+    update(&mut app, "patient-secret-1");
+    let logged = wait_for_log(&cluster, "audit-probe");
+    assert!(logged.contains("INSERT INTO audit_probe"), "{logged}");
+    assert!(!logged.contains("patient-secret-1"), "{logged}");
+    // Told otherwise, the value reaches the log: the check above can fail.
+    slowlog::apply(
+        &mut conn,
+        &SlowLog {
+            parameter_max_length: -1,
+            ..SlowLog::default()
+        },
+    )
+    .unwrap();
+    let mut app = cluster.connect("postgres").unwrap();
+    update(&mut app, "patient-secret-2");
+    wait_for_log(&cluster, "patient-secret-2");
+
     slowlog::reset(&mut conn).unwrap();
     let mut after = cluster.connect("postgres").unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -111,14 +138,7 @@ fn slow_log_takes_effect_and_reset_undoes_it() {
     // A role without the privilege gets the GRANT that would allow it, and nothing changes.
     conn.batch_execute("CREATE ROLE app LOGIN").unwrap();
     let mut app = PgConnection::establish_as(&cluster, "app");
-    let err = slowlog::apply(
-        &mut app,
-        &SlowLog {
-            min_duration: Duration::from_secs(1),
-            auto_explain: None,
-        },
-    )
-    .unwrap_err();
+    let err = slowlog::apply(&mut app, &SlowLog::default()).unwrap_err();
     assert!(matches!(err, Error::Privilege(_)), "{err}");
     // PostgreSQL 15 can grant ALTER SYSTEM on one parameter; before it, only a superuser may.
     let expected = if text(
@@ -135,6 +155,23 @@ fn slow_log_takes_effect_and_reset_undoes_it() {
         text(&mut after, "current_setting('log_min_duration_statement')"),
         "-1"
     );
+    assert_eq!(text(&mut after, "current_setting('log_statement')"), "none");
+}
+
+/// Waits until the server log holds `needle`; returns the log's tail.
+fn wait_for_log(cluster: &Cluster, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = cluster.log_tail(400);
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 trait EstablishAs {
