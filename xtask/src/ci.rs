@@ -57,7 +57,7 @@ pub fn run(args: &Args) -> ExitCode {
             run: test,
         },
         Step {
-            name: "migration round trip",
+            name: "migration check",
             run: round_trip,
         },
         Step {
@@ -277,8 +277,7 @@ fn matrix(context: &Context) -> anyhow::Result<String> {
     Ok(format!("PostgreSQL {}", passed.join(", ")))
 }
 
-/// The repository's migrations on a fresh cluster: up, down one by one, up again, with the
-/// schema compared at every step.
+/// `pgops migrate check` on the repository's migrations, on a throwaway cluster.
 fn round_trip(context: &Context) -> anyhow::Result<String> {
     pgops_tasks(context, "round-trip")
 }

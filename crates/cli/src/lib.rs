@@ -8,6 +8,7 @@ pub mod health;
 pub mod insights;
 pub mod lint;
 pub mod migrate;
+pub mod migrate_check;
 pub mod pool;
 pub mod repository_metrics;
 pub mod wal;

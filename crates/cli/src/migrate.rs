@@ -1,5 +1,5 @@
-//! `pgops migrate <run|revert|redo|status|validate>`: the deploy pipeline's migration step,
-//! shared with `cargo xtask migrate`.
+//! `pgops migrate <run|revert|redo|status|validate|check|drift|lint>`: the deploy pipeline's
+//! migration step, shared with `cargo xtask migrate`, and the checks a service's CI runs.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -59,6 +59,22 @@ pub enum Verb {
     Status,
     /// Check that applied migrations still match their SQL (exit 1 if not).
     Validate,
+    /// Every migration up, each down and up again from the newest, the whole history again,
+    /// then validate, with the schema compared at every step (exit 1 naming the first broken
+    /// migration). Runs on an empty database it creates and drops on DATABASE_URL's server, on
+    /// --scratch-url, or on a throwaway cluster (the default without DATABASE_URL).
+    Check {
+        /// Where to build the database.
+        #[command(flatten)]
+        place: PlaceArgs,
+    },
+    /// Compare DATABASE_URL's schema with what its applied migrations make (built on a
+    /// scratch database or throwaway cluster); exit 1 on drift.
+    Drift {
+        /// Where to build the database.
+        #[command(flatten)]
+        place: PlaceArgs,
+    },
     /// Find statements that lock or rewrite big tables, before they ship (exit 1 on findings,
     /// 2 on unreadable or unparsable files). Does not connect.
     Lint {
@@ -69,6 +85,19 @@ pub enum Verb {
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
         format: String,
     },
+}
+
+/// Where `check` and `drift` build their database.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlaceArgs {
+    /// An empty database to use instead of creating one (never DATABASE_URL's own database
+    /// unless given here).
+    #[arg(long, env = "PGOPS_SCRATCH_DATABASE_URL", hide_env_values = true)]
+    pub scratch_url: Option<String>,
+    /// Start a throwaway cluster from the installed PostgreSQL binaries, even when
+    /// DATABASE_URL is set.
+    #[arg(long, conflicts_with = "scratch_url")]
+    pub throwaway_cluster: bool,
 }
 
 /// A duration that may be switched off.
@@ -112,13 +141,33 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         }
     }
     .map_err(Failure::usage)?;
-    let url = database_url(args.database_url.as_deref())?;
-    let mut conn = connect(&url)?;
-    let migrator = Migrator::new(&set).with_options(RunOptions {
+    let options = RunOptions {
         lock_timeout: args.lock_timeout,
         lock_wait: args.lock_wait,
         statement_timeout: args.statement_timeout.0,
-    });
+    };
+    if let Verb::Check { place } | Verb::Drift { place } = &args.verb {
+        let server = args
+            .database_url
+            .as_deref()
+            .map(DatabaseUrl::parse)
+            .transpose()
+            .map_err(Failure::usage)?;
+        let place_of = |server| crate::migrate_check::Where {
+            scratch_url: place.scratch_url.as_deref(),
+            throwaway_cluster: place.throwaway_cluster,
+            database_url: server,
+        };
+        return if matches!(args.verb, Verb::Check { .. }) {
+            crate::migrate_check::check(&set, &options, place_of(server.as_ref()), args.json, out)
+        } else {
+            let live = database_url(args.database_url.as_deref())?;
+            crate::migrate_check::drift(&set, &options, &live, place_of(None), args.json, out)
+        };
+    }
+    let url = database_url(args.database_url.as_deref())?;
+    let mut conn = connect(&url)?;
+    let migrator = Migrator::new(&set).with_options(options);
     let failed = |e: MigrateError| scrubbed(&url, classify(e));
     let print =
         |out: &mut dyn Write, value: &serde_json::Value, text: &str| -> Result<(), Failure> {
@@ -219,8 +268,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 return Ok(Exit::Problem);
             }
         }
-        // Linted above, without a connection.
-        Verb::Lint { .. } => {}
+        // Linted, checked or compared above.
+        Verb::Lint { .. } | Verb::Check { .. } | Verb::Drift { .. } => {}
     }
     Ok(Exit::Ok)
 }

@@ -34,6 +34,17 @@ pub enum Error {
         /// The second migration.
         second: String,
     },
+    /// A connection string is not valid.
+    #[error(transparent)]
+    Url(#[from] pgops_pg::Error),
+    /// The server could not be reached.
+    #[error("cannot connect to {target}; check that the server is up and the URL is right")]
+    Connect {
+        /// The server and database (its URL without password).
+        target: String,
+        /// The driver's message.
+        source: diesel::ConnectionError,
+    },
     /// A statement of the runner itself failed.
     #[error("{context}")]
     Database {
@@ -75,23 +86,13 @@ pub enum Error {
     /// `revert` or `redo` was asked for but nothing is applied.
     #[error("no migration is applied; nothing to revert")]
     NothingToRevert,
-    /// The round-trip check needs a database where none of the migrations is applied.
+    /// The migration check needs a database where none of the migrations is applied.
     #[error(
-        "the round-trip check needs a scratch database with no migration applied, but {applied} are applied here"
+        "the migration check needs a scratch database with no migration applied, but {applied} are applied here; give an empty database, or let the check create one"
     )]
     NotFresh {
         /// How many are applied.
         applied: usize,
-    },
-    /// The round-trip check found a migration whose `down.sql` does not exactly undo its `up.sql`.
-    #[error("round trip failed at migration `{migration}`: {step}\n{diff}")]
-    RoundTrip {
-        /// The migration to fix.
-        migration: String,
-        /// Which step differed.
-        step: String,
-        /// The schema objects that differ (`-` expected, `+` found).
-        diff: String,
     },
 }
 

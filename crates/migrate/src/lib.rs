@@ -1,6 +1,7 @@
 //! Run diesel migrations safely: one run at a time per database (PostgreSQL advisory lock),
 //! a `lock_timeout` on transactional migrations, a checksum ledger that notices edited
-//! migrations, and a round-trip check that every `down.sql` exactly undoes its `up.sql`.
+//! migrations, a check that every `down.sql` exactly undoes its `up.sql`, and drift between a
+//! live database and what its migrations make.
 //!
 //! ```no_run
 //! use diesel::{Connection, PgConnection};
@@ -11,19 +12,22 @@
 //! let applied = Migrator::new(&set).run(&mut conn).unwrap();
 //! ```
 
+mod check;
+mod drift;
 mod error;
 #[cfg(feature = "lint")]
 pub mod lint;
-mod roundtrip;
 mod runner;
+pub mod scratch;
 mod snapshot;
 mod source;
 
+pub use check::{CheckReport, Problem, ProblemKind, check};
+pub use drift::{Drift, drift};
 pub use error::{Error, Result};
-pub use roundtrip::{RoundTripReport, round_trip};
 pub use runner::{
     ADVISORY_LOCK_KEY, DIESEL_TABLE, Finding, FindingKind, LEDGER_TABLE, MigrationStatus, Migrator,
     RunOptions, Severity, Status,
 };
-pub use snapshot::{Snapshot, snapshot};
+pub use snapshot::{Difference, PGOPS_TABLES, Snapshot, snapshot};
 pub use source::{EmbeddedMigration, MigrationSet, SqlMigration};

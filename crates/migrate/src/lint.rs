@@ -11,7 +11,7 @@ use pg_query::{
 };
 use serde::Serialize;
 
-use crate::{MigrationSet, SqlMigration};
+use crate::{MigrationSet, SqlMigration, check::leading_noise};
 
 /// The rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -632,21 +632,6 @@ fn ignores(text: &str) -> Vec<(String, bool)> {
             (rule.trim().to_owned(), !reason.trim().is_empty())
         })
         .collect()
-}
-
-/// Bytes of white space and comments before a statement's first token.
-fn leading_noise(text: &str) -> usize {
-    let mut rest = text;
-    loop {
-        let trimmed = rest.trim_start();
-        if let Some(after) = trimmed.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, next)| next);
-        } else if let Some(after) = trimmed.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, next)| next);
-        } else {
-            return text.len() - trimmed.len();
-        }
-    }
 }
 
 /// 1-based line and column of a byte offset.

@@ -46,6 +46,8 @@ pub struct RunOptions {
 pub struct Migrator<'a> {
     set: &'a MigrationSet,
     options: RunOptions,
+    /// Log each migration applied or reverted at info level (the check logs them at debug).
+    log_steps: bool,
 }
 
 /// One migration's state in a database.
@@ -111,8 +113,9 @@ pub struct Finding {
     pub detail: String,
 }
 
+/// Which way a migration runs.
 #[derive(Debug, Clone, Copy)]
-enum Direction {
+pub(crate) enum Direction {
     Up,
     Down,
 }
@@ -146,7 +149,7 @@ impl Default for RunOptions {
 }
 
 impl Direction {
-    fn file(self) -> &'static str {
+    pub(crate) fn file(self) -> &'static str {
         match self {
             Direction::Up => "up.sql",
             Direction::Down => "down.sql",
@@ -174,12 +177,19 @@ impl<'a> Migrator<'a> {
         Migrator {
             set,
             options: RunOptions::default(),
+            log_steps: true,
         }
     }
 
     /// The same runner with other options.
     pub fn with_options(mut self, options: RunOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// The same runner logging each step at debug level only.
+    pub(crate) fn quiet(mut self) -> Self {
+        self.log_steps = false;
         self
     }
 
@@ -285,7 +295,8 @@ impl<'a> Migrator<'a> {
         Ok(findings(self.set, &applied, &ledger))
     }
 
-    fn with_lock<T>(
+    /// Runs `work` holding the migration lock, with the ledger in place.
+    pub(crate) fn with_lock<T>(
         &self,
         conn: &mut PgConnection,
         work: impl FnOnce(&Self, &mut PgConnection) -> Result<T>,
@@ -302,7 +313,7 @@ impl<'a> Migrator<'a> {
     }
 
     /// Applies one migration and records it in the ledger.
-    fn apply(&self, conn: &mut PgConnection, migration: &SqlMigration) -> Result<()> {
+    pub(crate) fn apply(&self, conn: &mut PgConnection, migration: &SqlMigration) -> Result<()> {
         self.step(conn, migration, Direction::Up, |conn| {
             conn.run_migration(migration)?;
             diesel::sql_query(format!(
@@ -320,7 +331,7 @@ impl<'a> Migrator<'a> {
     }
 
     /// Reverts one migration and removes it from the ledger.
-    fn undo(&self, conn: &mut PgConnection, migration: &SqlMigration) -> Result<()> {
+    pub(crate) fn undo(&self, conn: &mut PgConnection, migration: &SqlMigration) -> Result<()> {
         self.step(conn, migration, Direction::Down, |conn| {
             conn.revert_migration(migration)?;
             diesel::sql_query(format!("DELETE FROM {LEDGER_TABLE} WHERE version = $1"))
@@ -348,12 +359,22 @@ impl<'a> Migrator<'a> {
             work(conn)
         };
         outcome.map_err(|e| into_migration_error(e, migration, direction.file()))?;
-        tracing::info!(
-            migration = migration.name(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "{}",
-            direction.done()
-        );
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if self.log_steps {
+            tracing::info!(
+                migration = migration.name(),
+                elapsed_ms,
+                "{}",
+                direction.done()
+            );
+        } else {
+            tracing::debug!(
+                migration = migration.name(),
+                elapsed_ms,
+                "{}",
+                direction.done()
+            );
+        }
         Ok(())
     }
 

@@ -37,6 +37,7 @@ pub struct SqlMigration {
     run_in_transaction: bool,
     up_sha256: String,
     down_sha256: String,
+    has_down: bool,
 }
 
 /// An ordered set of migrations with unique versions.
@@ -86,15 +87,15 @@ impl MigrationSet {
                 name: name.clone(),
                 reason: format!("{} has no up.sql", path.display()),
             })?;
-            let down = read("down.sql")?.ok_or_else(|| Error::InvalidMigration {
-                name: name.clone(),
-                reason: format!(
-                    "{} has no down.sql; every migration needs an exact down.sql",
-                    path.display()
-                ),
-            })?;
+            // diesel allows a migration without down.sql (`--no-down`); it runs, and only
+            // reverting it fails.
+            let down = read("down.sql")?;
             let metadata = read("metadata.toml")?;
-            migrations.push(SqlMigration::new(&name, up, down, metadata.as_deref())?);
+            let has_down = down.is_some();
+            let mut migration =
+                SqlMigration::new(&name, up, down.unwrap_or_default(), metadata.as_deref())?;
+            migration.has_down = has_down;
+            migrations.push(migration);
         }
         Self::new(migrations, dir.display().to_string())
     }
@@ -180,6 +181,7 @@ impl SqlMigration {
             up_sql,
             down_sql,
             run_in_transaction,
+            has_down: true,
         })
     }
 
@@ -201,6 +203,11 @@ impl SqlMigration {
     /// The SQL that reverts it.
     pub fn down_sql(&self) -> &str {
         &self.down_sql
+    }
+
+    /// Whether it has a `down.sql` (a directory may leave it out; reverting then fails).
+    pub fn has_down(&self) -> bool {
+        self.has_down
     }
 
     /// Whether diesel wraps it in a transaction (`metadata.toml`: `run_in_transaction`).
@@ -261,6 +268,15 @@ impl Migration<Pg> for SqlMigration {
     }
 
     fn revert(&self, conn: &mut dyn BoxableConnection<Pg>) -> migration::Result<()> {
+        if !self.has_down {
+            return Err(Box::new(Error::MigrationFailed {
+                name: self.name.clone(),
+                direction: "down.sql",
+                message:
+                    "there is no down.sql, so it cannot be reverted; add one that undoes up.sql"
+                        .into(),
+            }));
+        }
         self.execute(conn, &self.down_sql, "down.sql")
     }
 
@@ -401,7 +417,7 @@ mod tests {
         );
 
         std::fs::remove_file(tmp.path().join("1_first/down.sql")).unwrap();
-        let err = MigrationSet::from_dir(tmp.path()).unwrap_err();
-        assert!(err.to_string().contains("no down.sql"), "{err}");
+        let set = MigrationSet::from_dir(tmp.path()).unwrap();
+        assert!(!set.migrations()[0].has_down() && set.migrations()[1].has_down());
     }
 }

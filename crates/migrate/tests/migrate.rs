@@ -1,5 +1,6 @@
 //! The migration runner against real PostgreSQL: racing deploys, status, validate, revert,
-//! redo, failure atomicity, lock handling, and the round-trip check.
+//! redo, failure atomicity, lock handling, the migration check on the sample schema, and what the
+//! schema snapshot sees.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -13,7 +14,7 @@ use diesel::{
     sql_types::BigInt,
 };
 use pgops_migrate::{
-    Error, FindingKind, MigrationSet, Migrator, RunOptions, Severity, round_trip, snapshot,
+    Error, FindingKind, MigrationSet, Migrator, ProblemKind, RunOptions, Severity, check, snapshot,
 };
 use pgops_testkit::TestDatabase;
 
@@ -319,11 +320,12 @@ fn a_migration_blocked_by_a_table_lock_fails_fast() {
 }
 
 #[test]
-fn round_trip_passes_for_the_sample_schema() {
+fn the_sample_schema_passes_the_migration_check() {
     let db = TestDatabase::empty().unwrap();
     let mut conn = db.connect().unwrap();
     let set = MigrationSet::from_dir(repo_migrations()).unwrap();
-    let report = round_trip(&Migrator::new(&set), &mut conn).unwrap();
+    let report = check(&Migrator::new(&set), &mut conn).unwrap();
+    assert!(report.problem.is_none(), "{}", report.problem.unwrap());
     assert_eq!(report.migrations, set.migrations().len());
     assert!(
         report.objects > 50,
@@ -340,31 +342,27 @@ fn round_trip_passes_for_the_sample_schema() {
         "left fully migrated"
     );
 
-    let err = round_trip(&Migrator::new(&set), &mut conn).unwrap_err();
+    let err = check(&Migrator::new(&set), &mut conn).unwrap_err();
     assert!(matches!(err, Error::NotFresh { .. }), "{err}");
 }
 
 #[test]
-fn round_trip_names_the_migration_whose_down_is_wrong() {
+fn the_check_names_the_migration_whose_down_is_wrong() {
     let db = TestDatabase::empty().unwrap();
     let mut conn = db.connect().unwrap();
     let set = MigrationSet::from_dir(fixture("broken_down")).unwrap();
-    let err = round_trip(&Migrator::new(&set), &mut conn).unwrap_err();
-    match &err {
-        Error::RoundTrip {
-            migration,
-            step,
-            diff,
-        } => {
-            assert_eq!(migration, "2_add_note_index");
-            assert!(step.contains("down.sql does not restore"), "{step}");
-            assert!(
-                diff.contains("+ column public.things #3 extra integer"),
-                "{diff}"
-            );
-        }
-        other => panic!("unexpected error: {other}"),
-    }
+    let problem = check(&Migrator::new(&set), &mut conn)
+        .unwrap()
+        .problem
+        .unwrap();
+    assert_eq!(problem.migration, "2_add_note_index");
+    assert_eq!(problem.kind, ProblemKind::DownDiffers);
+    assert!(
+        problem
+            .to_string()
+            .contains("extra    column public.things.extra: integer"),
+        "{problem}"
+    );
 }
 
 #[test]
@@ -383,14 +381,15 @@ fn snapshot_sees_the_objects_a_migration_makes() {
     let full = snapshot(&mut conn).unwrap();
     let diff = empty.diff(&full);
     for needle in [
-        "+ type public.mood kind=e 'ok','sad'",
-        "+ column public.t #2 m mood not_null=t default='ok'::mood",
-        "+ column public.t #3 v character varying(20)",
-        "+ index CREATE INDEX t_v_idx ON public.t USING btree (v) valid=t",
-        "+ constraint public.t t_pkey PRIMARY KEY (id)",
-        "+ sequence public.t_id_seq type=bigint",
-        "+ function public.f() kind=f",
-        "+ comment table t: a table",
+        "extra    type public.mood: kind=e 'ok','sad'",
+        "extra    column public.t.m: mood not_null=t default='ok'::mood",
+        "extra    column public.t.v: character varying(20)",
+        "extra    index public.t_v_idx: CREATE INDEX t_v_idx ON public.t USING btree (v) valid=t",
+        "extra    constraint public.t.t_pkey: PRIMARY KEY (id)",
+        "extra    sequence public.t_id_seq: type=bigint",
+        "extra    function public.f(): kind=f",
+        "extra    comment on table t: a table",
+        "extra    table public.t: persistence=p",
     ] {
         assert!(diff.contains(needle), "missing `{needle}` in\n{diff}");
     }

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use anyhow::ensure;
-use pgops_migrate::{MigrationSet, Migrator};
-use pgops_testkit::{Cluster, ClusterOptions, PgBinaries};
+use pgops_migrate::MigrationSet;
 
 /// Options of `pgops-tasks check`.
 #[derive(Debug, clap::Args)]
@@ -65,25 +64,12 @@ fn migration_lint() -> anyhow::Result<String> {
     Ok(detail)
 }
 
-/// The repository's migrations on a fresh cluster: up, down one by one, up again, with the
-/// schema compared at every step.
+/// The repository's migrations through `pgops migrate check` on a throwaway cluster: every
+/// migration up, down and up again, the whole history again, validate, with the schema
+/// compared at every step. The same code a service's CI runs.
 fn round_trip() -> anyhow::Result<String> {
-    let mut options = ClusterOptions::default();
-    if PgBinaries::discover()?.has_library("pg_stat_statements") {
-        options = options.preload("pg_stat_statements");
-    }
-    let cluster = Cluster::start(options).context("starting a fresh cluster")?;
-    cluster.create_database("round_trip")?;
     let dir = crate::workspace_root().join("migrations");
-    let set = MigrationSet::from_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
-    let mut conn = cluster.connect("round_trip")?;
-    let report = pgops_migrate::round_trip(&Migrator::new(&set), &mut conn)?;
-    let detail = format!(
-        "{} migrations, {} schema objects, {:.1}s",
-        report.migrations,
-        report.objects,
-        report.elapsed.as_secs_f64()
-    );
-    println!("{detail}");
-    Ok(detail)
+    let dir = dir.to_str().context("the workspace path is not UTF-8")?;
+    crate::pgops_step(&["migrate", "check", "--dir", dir, "--throwaway-cluster"])?;
+    Ok(String::new())
 }

@@ -20,7 +20,6 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use clap::Parser as _;
 use pgops::Exit;
 use pgops_testkit::{Archive, Cluster, ClusterOptions, Error as KitError, PgBinaries};
 
@@ -227,7 +226,7 @@ fn up(args: &Args, stop: &StopSignal) -> anyhow::Result<Exit> {
     let replica_url = replica.url(DATABASE);
     write_env(&dir, &url, &replica_url, &repo)?;
 
-    pgops_step(&["migrate", "run", "--sample-schema", "--database-url", &url])?;
+    crate::pgops_step(&["migrate", "run", "--sample-schema", "--database-url", &url])?;
     stop.check()?;
     let seeded = crate::seed::seed(&crate::seed::Args {
         dataset: "development".into(),
@@ -248,7 +247,7 @@ fn up(args: &Args, stop: &StopSignal) -> anyhow::Result<Exit> {
         println!("a physical backup is already in {repo}");
     } else {
         println!("taking the first physical backup");
-        pgops_step(&[
+        crate::pgops_step(&[
             "backup",
             "create",
             "--kind",
@@ -290,7 +289,7 @@ fn up(args: &Args, stop: &StopSignal) -> anyhow::Result<Exit> {
     );
     let _ = std::io::stdout().flush();
 
-    let serve = pgops_step(&[
+    let serve = crate::pgops_step(&[
         "health",
         "serve",
         "--listen",
@@ -340,20 +339,6 @@ fn lock(dir: &Path) -> anyhow::Result<fs::File> {
         Err(fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("locking {}", path.display()))
         }
-    }
-}
-
-/// Runs one `pgops` command in this process, as the binary would.
-fn pgops_step(argv: &[&str]) -> anyhow::Result<()> {
-    let cli = pgops::Cli::try_parse_from(std::iter::once("pgops").chain(argv.iter().copied()))
-        .with_context(|| format!("pgops {}", argv.join(" ")))?;
-    let mut stdout = std::io::stdout().lock();
-    match pgops::run(&cli, &mut stdout) {
-        Ok(Exit::Ok) => Ok(()),
-        Ok(exit) => bail!("`pgops {} ...` exited with {}", argv[0], exit as i32),
-        Err(failure) => Err(failure
-            .error
-            .context(format!("pgops {} {}", argv[0], argv[1]))),
     }
 }
 

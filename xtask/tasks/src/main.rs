@@ -12,6 +12,7 @@ mod stack;
 
 use std::{path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::Parser;
 
 /// The project's tasks.
@@ -59,4 +60,18 @@ fn workspace_root() -> PathBuf {
         .ancestors()
         .nth(2)
         .map_or_else(|| manifest.clone(), PathBuf::from)
+}
+
+/// Runs one `pgops` command in this process, as the binary would.
+pub fn pgops_step(argv: &[&str]) -> anyhow::Result<()> {
+    let cli = pgops::Cli::try_parse_from(std::iter::once("pgops").chain(argv.iter().copied()))
+        .with_context(|| format!("pgops {}", argv.join(" ")))?;
+    let mut stdout = std::io::stdout().lock();
+    match pgops::run(&cli, &mut stdout) {
+        Ok(pgops::Exit::Ok) => Ok(()),
+        Ok(exit) => anyhow::bail!("`pgops {} ...` exited with {}", argv[0], exit as i32),
+        Err(failure) => Err(failure
+            .error
+            .context(format!("pgops {} {}", argv[0], argv[1]))),
+    }
 }
