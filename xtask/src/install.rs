@@ -1,7 +1,7 @@
 //! The one place that installs what the tasks need, used by every task before it runs: on a
 //! Debian or Ubuntu machine with only Rust, `cargo xtask dev` and `cargo xtask ci` are the
 //! whole set-up. Debian packages go through `apt-get` (as root, or through `sudo`); Python
-//! tools (moto's S3 server) into a virtual environment under `target/pgops-tools`, never into
+//! tools (moto's S3 server, squawk) into a virtual environment under `target/pgops-tools`, never into
 //! the system's Python (PEP 668 refuses that on current Debian and Ubuntu). Where nothing can
 //! be installed (no apt-get, neither root nor sudo) it stops with the exact command to run.
 //! Every program a later feature needs (PgBouncer, Patroni, etcd, HAProxy, Chromium) is one
@@ -30,7 +30,8 @@ pub enum Need {
     Build,
     /// The dev stack and seeding: the build, and the PostgreSQL server with contrib and HypoPG.
     Dev,
-    /// CI: the dev stack's needs, promtool, curl, and moto's S3 server.
+    /// CI: the dev stack's needs, promtool, curl, moto's S3 server, and squawk (the migration
+    /// linter pgops's linter is compared with).
     Ci,
     /// Benchmarks: the dev stack's needs, and the tools pgops is compared with.
     Bench,
@@ -143,7 +144,7 @@ const REQUIREMENTS: &[Requirement] = &[
         packages: || vec!["curl".into()],
     },
     Requirement {
-        what: "Python's venv (for moto's S3 server)",
+        what: "Python's venv (for moto's S3 server and squawk)",
         needed_by: &[Need::Ci, Need::Matrix],
         present: || {
             Command::new("python3")
@@ -199,7 +200,7 @@ pub fn ensure(need: Need) -> anyhow::Result<Tools> {
     }
     let mut tools = Tools::default();
     if matches!(need, Need::Ci | Need::Matrix) {
-        tools.bin_dirs.push(s3_server()?);
+        tools.bin_dirs.push(python_tools()?);
     }
     if need == Need::Matrix {
         tools.servers = server_builds()?;
@@ -343,33 +344,45 @@ fn fetch_build(version: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// moto's S3 server, in a virtual environment under the target directory; returns the
-/// environment's `bin/`.
-fn s3_server() -> anyhow::Result<PathBuf> {
+/// The Python tools CI runs, pinned: package, the program it installs.
+const PYTHON_TOOLS: [(&str, &str); 2] = [
+    ("moto[server]==5.2.5", "moto_server"),
+    ("squawk-cli==2.70.0", "squawk"),
+];
+
+/// moto's S3 server and squawk, in a virtual environment under the target directory; returns
+/// the environment's `bin/`.
+fn python_tools() -> anyhow::Result<PathBuf> {
     let venv = crate::target_dir().join("pgops-tools").join("venv");
     let bin = venv.join("bin");
-    if bin.join("moto_server").is_file() {
+    let missing: Vec<&str> = PYTHON_TOOLS
+        .iter()
+        .filter(|(_, program)| !bin.join(program).is_file())
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
         return Ok(bin);
     }
-    println!("installing moto's S3 server into {}", venv.display());
+    println!("installing {} into {}", missing.join(", "), venv.display());
+    if !bin.join("pip").is_file() {
+        run(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "python3 -m venv",
+        )?;
+    }
     run(
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
-        "python3 -m venv",
+        Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&missing),
+        &format!("pip install {}", missing.join(" ")),
     )?;
-    run(
-        Command::new(bin.join("pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "moto[server]",
-        ]),
-        "pip install moto[server]",
-    )?;
-    ensure!(
-        bin.join("moto_server").is_file(),
-        "pip installed moto but {} is missing",
-        bin.join("moto_server").display()
-    );
+    for (package, program) in PYTHON_TOOLS {
+        ensure!(
+            bin.join(program).is_file(),
+            "pip installed {package} but {} is missing",
+            bin.join(program).display()
+        );
+    }
     Ok(bin)
 }
 

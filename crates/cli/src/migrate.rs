@@ -84,6 +84,21 @@ pub enum Verb {
         /// Output format.
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
         format: String,
+        /// The tool that runs the migrations: `pgops` sets lock_timeout for transactional
+        /// migrations, so only the others need their own; `other` for any other tool
+        /// [default: [lint] runner in pgops.toml, or pgops].
+        #[arg(long, value_parser = ["pgops", "other"])]
+        runner: Option<String>,
+        /// The PostgreSQL major the migrations target (13 to 18), or `server` to read it from
+        /// DATABASE_URL [default: [lint] pg_version in pgops.toml, or any].
+        #[arg(long)]
+        pg_version: Option<String>,
+        /// Do not report this rule (repeatable; adds to [lint] disabled in pgops.toml).
+        #[arg(long = "disable", value_name = "RULE")]
+        disable: Vec<String>,
+        /// The configuration file [default: PGOPS_CONFIG, or ./pgops.toml when it exists].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -115,7 +130,15 @@ fn parse_optional_duration(text: &str) -> Result<OptionalDuration, String> {
 
 /// Runs one `pgops migrate` command, writing its report to `out`.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
-    if let Verb::Lint { paths, format } = &args.verb {
+    if let Verb::Lint {
+        paths,
+        format,
+        runner,
+        pg_version,
+        disable,
+        config,
+    } = &args.verb
+    {
         let source = if !paths.is_empty() {
             crate::lint::Source::Paths(paths)
         } else if let Some(dir) = &args.dir {
@@ -128,7 +151,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                  PGOPS_MIGRATIONS_DIR (or --sample-schema for pgops's sample schema)"
             )));
         };
-        return crate::lint::run(source, format == "json", out);
+        let options = crate::lint::options(crate::lint::Flags {
+            config: config.as_deref(),
+            runner: runner.as_deref(),
+            pg_version: pg_version.as_deref(),
+            disable,
+            database_url: args.database_url.as_deref(),
+        })?;
+        return crate::lint::run(source, &options, format == "json", out);
     }
     let set = match (&args.dir, args.sample_schema) {
         (Some(dir), _) => MigrationSet::from_dir(dir),

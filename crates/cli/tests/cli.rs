@@ -334,3 +334,93 @@ fn a_target_time_without_a_zone_or_date_is_refused_with_the_forms_to_use() {
     }
     assert!(!repo.path().join("restore").exists(), "nothing laid out");
 }
+
+#[test]
+fn lint_takes_its_runner_version_and_disabled_rules_from_pgops_toml_and_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("migrations");
+    for (name, up) in [
+        ("1_nickname", "ALTER TABLE patients ADD COLUMN nickname text;"),
+        (
+            "2_unique",
+            "CREATE UNIQUE INDEX CONCURRENTLY patients_mrn_key ON patients (mrn) NULLS NOT DISTINCT;",
+        ),
+    ] {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("up.sql"), up).unwrap();
+        std::fs::write(dir.join(name).join("down.sql"), "SELECT 1;").unwrap();
+    }
+    std::fs::write(
+        dir.join("2_unique/metadata.toml"),
+        "run_in_transaction = false\n",
+    )
+    .unwrap();
+    let lint = |extra: &[&str], database_url: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops"));
+        cmd.current_dir(tmp.path())
+            .args(["migrate", "lint", "--dir", "migrations"])
+            .args(extra)
+            .env_remove("DATABASE_URL")
+            .env_remove("PGOPS_CONFIG");
+        if let Some(url) = database_url {
+            cmd.env("DATABASE_URL", url);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+
+    // `pgops migrate run` sets lock_timeout, so by default the ALTER is fine.
+    let (code, stdout, _) = lint(&[], None);
+    assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout, _) = lint(&["--runner", "other"], None);
+    assert_eq!(code, Some(1));
+    assert!(stdout.contains("1_nickname/up.sql:1:1: require-lock-timeout"), "{stdout}");
+
+    // The same from pgops.toml, flags winning over it.
+    let config = tmp.path().join("pgops.toml");
+    std::fs::write(&config, "[lint]\nrunner = \"other\"\npg_version = 14\n").unwrap();
+    let (code, stdout, _) = lint(&[], None);
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout.contains("require-lock-timeout")
+            && stdout.contains("requires-newer-postgres: UNIQUE NULLS NOT DISTINCT needs PostgreSQL 15, and the target is 14"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = lint(&["--runner", "pgops", "--pg-version", "15"], None);
+    assert_eq!(code, Some(0), "{stdout}");
+    std::fs::write(
+        &config,
+        "[lint]\nrunner = \"other\"\ndisabled = [\"require-lock-timeout\"]\n",
+    )
+    .unwrap();
+    assert_eq!(lint(&[], None).0, Some(0));
+
+    // Read from the server: the same file is fine on 15 and later only.
+    let db = TestDatabase::empty().unwrap();
+    let major: u32 = db
+        .cluster()
+        .query_text("postgres", "current_setting('server_version_num')")
+        .unwrap()
+        .unwrap()
+        .parse::<u32>()
+        .unwrap()
+        / 10_000;
+    let (code, stdout, stderr) = lint(&["--pg-version", "server"], Some(&db.url()));
+    assert_eq!(code, Some(if major >= 15 { 0 } else { 1 }), "{stdout}{stderr}");
+
+    // Bad options are usage errors that say what is allowed.
+    std::fs::write(&config, "[lint]\ndisabled = [\"no-such-rule\"]\n").unwrap();
+    let (code, _, stderr) = lint(&[], None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no rule `no-such-rule`") && stderr.contains("pgops.toml"), "{stderr}");
+    std::fs::remove_file(&config).unwrap();
+    for (flags, says) in [
+        (&["--pg-version", "12"][..], "from 13 to 18"),
+        (&["--pg-version", "latest"][..], "give a major version"),
+        (&["--disable", "nope"][..], "no such rule"),
+    ] {
+        let (code, _, stderr) = lint(flags, None);
+        assert_eq!(code, Some(2), "{flags:?}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+}

@@ -34,6 +34,9 @@ pub enum Error {
         /// The second migration.
         second: String,
     },
+    /// The `[lint]` table of `pgops.toml` is not valid.
+    #[error("pgops.toml {0}")]
+    LintConfig(String),
     /// A connection string is not valid.
     #[error(transparent)]
     Url(#[from] pgops_pg::Error),

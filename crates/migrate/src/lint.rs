@@ -1,9 +1,15 @@
 //! Migration lint: catches the statements that take long exclusive locks or rewrite big tables,
 //! with PostgreSQL's own parser (`pg_query`), knowing how diesel runs migrations (each `up.sql`
 //! in one transaction unless `metadata.toml` says otherwise) and which tables a migration
-//! creates itself (anything may be done to those: nobody uses them yet).
+//! creates itself (anything may be done to those: nobody uses them yet), which tool runs them
+//! (`pgops migrate run` sets `lock_timeout` on transactional migrations, so they need no `SET`),
+//! and which PostgreSQL major they target. Reviewed statements are accepted under pgops's own
+//! ignore comments and under the conventions projects already use: diesel-guard's
+//! `-- safety-assured:start` / `-- safety-assured:end` blocks and squawk's `-- squawk-ignore`.
 
 use std::{collections::BTreeSet, fmt, path::PathBuf};
+
+use serde::Deserialize;
 
 use pg_query::{
     NodeEnum,
@@ -57,7 +63,53 @@ pub enum Rule {
     TransactionNesting,
     /// A `pgops-lint: ignore` comment without a reason.
     IgnoreWithoutReason,
+    /// `DETACH PARTITION` without `CONCURRENTLY`.
+    RequireConcurrentDetachPartition,
+    /// `REINDEX` without `CONCURRENTLY` on an existing table or index.
+    RequireConcurrentReindex,
+    /// `VACUUM FULL` or `CLUSTER`: the whole table rewritten under an exclusive lock.
+    BanTableRewrite,
+    /// A stored generated column added to an existing table (rewrites it).
+    AddingStoredGeneratedColumn,
+    /// Syntax the target PostgreSQL major does not have yet.
+    RequiresNewerPostgres,
 }
+
+/// How the migrations are run, and what to report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The tool that runs the migrations.
+    pub runner: Runner,
+    /// The PostgreSQL major the migrations target (`None`: any supported one). Decides the
+    /// advice of rules whose safe form changed between versions, and `requires-newer-postgres`.
+    pub pg_version: Option<u32>,
+    /// Rules not reported.
+    pub disabled: BTreeSet<Rule>,
+}
+
+/// The tool that runs the migrations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runner {
+    /// `pgops migrate run`, which sets `lock_timeout` for transactional migrations.
+    #[default]
+    Pgops,
+    /// Another tool (diesel's CLI, psql, ...), which sets no timeout of its own.
+    Other,
+}
+
+/// The `[lint]` table of `pgops.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigTable {
+    runner: Option<Runner>,
+    pg_version: Option<u32>,
+    #[serde(default)]
+    disabled: Vec<String>,
+}
+
+/// The PostgreSQL majors the linter knows.
+pub const VERSIONS: std::ops::RangeInclusive<u32> = 13..=18;
 
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,7 +152,7 @@ pub struct Report {
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 20] = [
+    pub const ALL: [Rule; 25] = [
         Rule::RequireConcurrentIndexCreation,
         Rule::RequireConcurrentIndexDeletion,
         Rule::ConcurrentIndexInTransaction,
@@ -121,6 +173,11 @@ impl Rule {
         Rule::RequireLockTimeout,
         Rule::TransactionNesting,
         Rule::IgnoreWithoutReason,
+        Rule::RequireConcurrentDetachPartition,
+        Rule::RequireConcurrentReindex,
+        Rule::BanTableRewrite,
+        Rule::AddingStoredGeneratedColumn,
+        Rule::RequiresNewerPostgres,
     ];
 
     /// The rule's kebab-case name, as in ignore comments.
@@ -146,12 +203,54 @@ impl Rule {
             Rule::RequireLockTimeout => "require-lock-timeout",
             Rule::TransactionNesting => "transaction-nesting",
             Rule::IgnoreWithoutReason => "ignore-without-reason",
+            Rule::RequireConcurrentDetachPartition => "require-concurrent-detach-partition",
+            Rule::RequireConcurrentReindex => "require-concurrent-reindex",
+            Rule::BanTableRewrite => "ban-table-rewrite",
+            Rule::AddingStoredGeneratedColumn => "adding-stored-generated-column",
+            Rule::RequiresNewerPostgres => "requires-newer-postgres",
         }
     }
 
-    /// Why it matters and what to do instead.
-    fn advice(self) -> (&'static str, &'static str) {
+    /// The rule with this kebab-case name.
+    pub fn from_name(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// Our rules that squawk's rule `name` stands for in a `-- squawk-ignore` comment.
+    pub fn from_squawk(name: &str) -> Vec<Rule> {
+        match name {
+            "adding-field-with-default" => vec![Rule::AddingFieldWithVolatileDefault],
+            "adding-foreign-key-constraint" => vec![Rule::AddingForeignKeyWithoutNotValid],
+            "adding-required-field" => vec![Rule::AddingNotNullableField],
+            "adding-serial-primary-key-field" => {
+                vec![
+                    Rule::DisallowedUniqueConstraint,
+                    Rule::AddingFieldWithVolatileDefault,
+                ]
+            }
+            "ban-concurrent-index-creation-in-transaction" => {
+                vec![Rule::ConcurrentIndexInTransaction]
+            }
+            "prefer-big-int" | "prefer-bigint-over-int" | "prefer-bigint-over-smallint" => {
+                vec![Rule::PreferBigintOverInt]
+            }
+            "prefer-text-field" => vec![Rule::PreferTextOverVarchar],
+            "require-timeout-settings" => vec![Rule::RequireLockTimeout],
+            other => Rule::from_name(other).into_iter().collect(),
+        }
+    }
+
+    /// Why it matters and what to do instead, for the target major (`None`: any).
+    fn advice(self, version: Option<u32>) -> (&'static str, &'static str) {
         match self {
+            Rule::AddingNotNullableField if version.is_some_and(|v| v >= 18) => (
+                "a NOT NULL column without default fails on existing rows; SET NOT NULL scans the table under an ACCESS EXCLUSIVE lock",
+                "add the column nullable (or with a constant default), backfill, ADD CONSTRAINT .. NOT NULL col NOT VALID, then VALIDATE CONSTRAINT (PostgreSQL 18)",
+            ),
+            Rule::RequireConcurrentDetachPartition if version.is_some_and(|v| v < 14) => (
+                "DETACH PARTITION takes an ACCESS EXCLUSIVE lock on the partitioned table, blocking every query on it",
+                "PostgreSQL 13 has no DETACH .. CONCURRENTLY: detach in a quiet window with a short lock_timeout, or upgrade to 14",
+            ),
             Rule::RequireConcurrentIndexCreation => (
                 "CREATE INDEX blocks every write to the table until the index is built",
                 "CREATE INDEX CONCURRENTLY, alone in a migration with run_in_transaction = false",
@@ -161,7 +260,7 @@ impl Rule {
                 "DROP INDEX CONCURRENTLY, alone in a migration with run_in_transaction = false",
             ),
             Rule::ConcurrentIndexInTransaction => (
-                "CONCURRENTLY cannot run inside a transaction block, and diesel runs this migration in one",
+                "CONCURRENTLY (index builds, drops, REINDEX, DETACH PARTITION) cannot run inside a transaction block, and diesel runs this migration in one",
                 "add metadata.toml with run_in_transaction = false",
             ),
             Rule::MultipleStatementsWithConcurrently => (
@@ -221,8 +320,8 @@ impl Rule {
                 "use text, with a CHECK (length(col) <= n) if the limit matters",
             ),
             Rule::RequireLockTimeout => (
-                "a statement waiting for its lock queues every query on the table behind it",
-                "SET lock_timeout = '5s'; first (pgops migrate run sets it for transactional migrations)",
+                "a statement waiting for its lock queues every query on the table behind it, and nothing sets lock_timeout for this migration",
+                "SET lock_timeout = '5s'; first (pgops migrate run sets it for transactional migrations, not for run_in_transaction = false ones)",
             ),
             Rule::TransactionNesting => (
                 "diesel already wraps up.sql in a transaction; BEGIN/COMMIT inside breaks its bookkeeping",
@@ -231,6 +330,26 @@ impl Rule {
             Rule::IgnoreWithoutReason => (
                 "an ignore comment must say why the statement is safe",
                 "write -- pgops-lint: ignore <rule> -- <reason>",
+            ),
+            Rule::RequireConcurrentDetachPartition => (
+                "DETACH PARTITION takes an ACCESS EXCLUSIVE lock on the partitioned table, blocking every query on it",
+                "ALTER TABLE .. DETACH PARTITION .. CONCURRENTLY (PostgreSQL 14+), alone in a migration with run_in_transaction = false",
+            ),
+            Rule::RequireConcurrentReindex => (
+                "REINDEX blocks writes to the table (and reads that use the index) until it ends",
+                "REINDEX .. CONCURRENTLY, alone in a migration with run_in_transaction = false",
+            ),
+            Rule::BanTableRewrite => (
+                "VACUUM FULL and CLUSTER rewrite the whole table under an ACCESS EXCLUSIVE lock",
+                "leave it to autovacuum, or rebuild online with pg_repack outside migrations",
+            ),
+            Rule::AddingStoredGeneratedColumn => (
+                "adding a stored generated column rewrites the whole table under an ACCESS EXCLUSIVE lock",
+                "add a plain column, fill it in batches and keep it current with a trigger (or a virtual generated column on PostgreSQL 18)",
+            ),
+            Rule::RequiresNewerPostgres => (
+                "this syntax does not exist on the target PostgreSQL version, so the migration fails there",
+                "write it the way the target version allows, or raise the target (--pg-version, [lint] pg_version) when every server is upgraded",
             ),
         }
     }
@@ -264,18 +383,92 @@ impl fmt::Display for ParseError {
     }
 }
 
+impl Options {
+    /// The `[lint]` table of a `pgops.toml` text (absent: the defaults), validated: unknown
+    /// keys, rule names and versions are errors that name the key and what is allowed.
+    pub fn from_config(text: &str) -> crate::Result<Options> {
+        let invalid = |message: String| crate::Error::LintConfig(message);
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
+        let Some(lint) = table.get("lint") else {
+            return Ok(Options::default());
+        };
+        let config: ConfigTable = lint.clone().try_into().map_err(|e: toml::de::Error| {
+            invalid(format!(
+                "[lint]: {}; the keys are runner (\"pgops\" or \"other\"), pg_version ({}..={}) and disabled (rule names)",
+                e.message(),
+                VERSIONS.start(),
+                VERSIONS.end()
+            ))
+        })?;
+        let mut options = Options {
+            runner: config.runner.unwrap_or_default(),
+            pg_version: None,
+            disabled: BTreeSet::new(),
+        };
+        if let Some(version) = config.pg_version {
+            options.pg_version = Some(
+                check_version(version).map_err(|e| invalid(format!("[lint] pg_version: {e}")))?,
+            );
+        }
+        for name in &config.disabled {
+            let rule = Rule::from_name(name).ok_or_else(|| {
+                invalid(format!(
+                    "[lint] disabled: no rule `{name}`; the rules are {}",
+                    Rule::ALL.map(Rule::name).join(", ")
+                ))
+            })?;
+            options.disabled.insert(rule);
+        }
+        Ok(options)
+    }
+}
+
+/// A supported PostgreSQL major, or an error that names the range.
+pub fn check_version(version: u32) -> Result<u32, String> {
+    if VERSIONS.contains(&version) {
+        Ok(version)
+    } else {
+        Err(format!(
+            "PostgreSQL {version} is not one the linter knows; give a major from {} to {}",
+            VERSIONS.start(),
+            VERSIONS.end()
+        ))
+    }
+}
+
 /// Lints every migration's `up.sql` of a set; `root` names files in findings.
-pub fn lint_set(set: &MigrationSet, root: &std::path::Path) -> Report {
+pub fn lint_set(set: &MigrationSet, root: &std::path::Path, options: &Options) -> Report {
     let mut report = Report::default();
     for migration in set.migrations() {
         let file = root.join(migration.name()).join("up.sql");
-        lint_migration(migration, &file, &mut report);
+        lint_migration(migration, &file, options, &mut report);
     }
     report
 }
 
+/// What the rules of one statement need to know about the migration so far.
+struct State<'a> {
+    options: &'a Options,
+    /// Whether a lock-taking statement needs its own `SET lock_timeout`: the runner sets none
+    /// for this migration.
+    needs_timeout: bool,
+    /// Tables this migration creates.
+    created: BTreeSet<String>,
+    /// Whether the migration has set `lock_timeout` itself.
+    lock_timeout_set: bool,
+}
+
+/// A rule broken by a statement, with a reason that replaces the rule's own when given.
+type Hit = (Rule, Option<String>);
+
 /// Lints one migration's `up.sql`.
-pub fn lint_migration(migration: &SqlMigration, file: &std::path::Path, report: &mut Report) {
+pub fn lint_migration(
+    migration: &SqlMigration,
+    file: &std::path::Path,
+    options: &Options,
+    report: &mut Report,
+) {
     let sql = migration.up_sql();
     let statements = match pg_query::parse(sql) {
         Ok(parsed) => parsed.protobuf.stmts,
@@ -284,8 +477,14 @@ pub fn lint_migration(migration: &SqlMigration, file: &std::path::Path, report: 
             return;
         }
     };
-    let mut created: BTreeSet<String> = BTreeSet::new();
-    let mut lock_timeout_set = false;
+    let assured = safety_assured(sql);
+    let file_ignores = squawk_file_ignores(sql);
+    let mut state = State {
+        options,
+        needs_timeout: options.runner == Runner::Other || !migration.run_in_transaction(),
+        created: BTreeSet::new(),
+        lock_timeout_set: false,
+    };
     for raw in &statements {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
@@ -298,37 +497,58 @@ pub fn lint_migration(migration: &SqlMigration, file: &std::path::Path, report: 
         };
         let text = sql.get(start..end.min(sql.len())).unwrap_or("");
         let (line, column) = position(sql, start + leading_noise(text));
-        let mut found: Vec<Rule> = Vec::new();
+        let mut found: Vec<Hit> = Vec::new();
         if is_concurrent(node) {
             if migration.run_in_transaction() {
-                found.push(Rule::ConcurrentIndexInTransaction);
+                found.push((Rule::ConcurrentIndexInTransaction, None));
             }
             if statements.len() > 1 {
-                found.push(Rule::MultipleStatementsWithConcurrently);
+                found.push((Rule::MultipleStatementsWithConcurrently, None));
             }
         }
-        check(node, &mut created, &mut lock_timeout_set, &mut found);
+        check(node, &mut state, &mut found);
+        // Reviewed under another tool's convention: a diesel-guard block or squawk's comments.
+        if assured
+            .iter()
+            .any(|(from, to)| (*from..=*to).contains(&line))
+        {
+            continue;
+        }
         let ignored = ignores(text);
-        for rule in found {
+        let squawk = squawk_ignores(text);
+        for (rule, reason) in found {
+            if options.disabled.contains(&rule)
+                || squawk.contains(&rule)
+                || file_ignores.all
+                || file_ignores.rules.contains(&rule)
+            {
+                continue;
+            }
             match ignored.iter().find(|(name, _)| name == rule.name()) {
                 Some((_, true)) => continue,
-                Some((_, false)) => push(report, file, line, column, Rule::IgnoreWithoutReason),
-                None => {}
+                Some((_, false)) if !options.disabled.contains(&Rule::IgnoreWithoutReason) => push(
+                    report,
+                    file,
+                    (line, column),
+                    options,
+                    (Rule::IgnoreWithoutReason, None),
+                ),
+                _ => {}
             }
-            push(report, file, line, column, rule);
+            push(report, file, (line, column), options, (rule, reason));
         }
     }
 }
 
-/// The rules that look at one statement; `created` collects tables this migration creates.
-fn check(
-    node: &NodeEnum,
-    created: &mut BTreeSet<String>,
-    lock_timeout_set: &mut bool,
-    found: &mut Vec<Rule>,
-) {
+/// The rules that look at one statement; `state.created` collects tables this migration
+/// creates.
+fn check(node: &NodeEnum, state: &mut State<'_>, found: &mut Vec<Hit>) {
+    let created = &mut state.created;
+    let version = state.options.pg_version;
     match node {
-        NodeEnum::VariableSetStmt(set) if set.name == "lock_timeout" => *lock_timeout_set = true,
+        NodeEnum::VariableSetStmt(set) if set.name == "lock_timeout" => {
+            state.lock_timeout_set = true
+        }
         NodeEnum::TransactionStmt(tx) => {
             let kind = TransactionStmtKind::try_from(tx.kind).ok();
             if !matches!(
@@ -339,7 +559,7 @@ fn check(
                         | TransactionStmtKind::TransStmtRollbackTo
                 )
             ) {
-                found.push(Rule::TransactionNesting);
+                found.push((Rule::TransactionNesting, None));
             }
         }
         NodeEnum::CreateStmt(create) => {
@@ -365,12 +585,12 @@ fn check(
                 .map(|r| r.relname.as_str())
                 .unwrap_or_default();
             if !index.concurrent && !created.contains(table) {
-                found.push(Rule::RequireConcurrentIndexCreation);
+                found.push((Rule::RequireConcurrentIndexCreation, None));
             }
         }
         NodeEnum::DropStmt(drop) => match ObjectType::try_from(drop.remove_type).ok() {
             Some(ObjectType::ObjectIndex) if !drop.concurrent => {
-                found.push(Rule::RequireConcurrentIndexDeletion)
+                found.push((Rule::RequireConcurrentIndexDeletion, None))
             }
             Some(ObjectType::ObjectTable) => {
                 let names = drop
@@ -379,7 +599,7 @@ fn check(
                     .filter_map(last_name)
                     .collect::<Vec<_>>();
                 if names.iter().any(|n| !created.contains(n)) {
-                    found.push(Rule::BanDropTable);
+                    found.push((Rule::BanDropTable, None));
                 }
             }
             _ => {}
@@ -392,8 +612,8 @@ fn check(
                 .unwrap_or_default();
             if !created.contains(table) {
                 match ObjectType::try_from(rename.rename_type).ok() {
-                    Some(ObjectType::ObjectColumn) => found.push(Rule::RenamingColumn),
-                    Some(ObjectType::ObjectTable) => found.push(Rule::RenamingTable),
+                    Some(ObjectType::ObjectColumn) => found.push((Rule::RenamingColumn, None)),
+                    Some(ObjectType::ObjectTable) => found.push((Rule::RenamingTable, None)),
                     _ => {}
                 }
             }
@@ -405,22 +625,60 @@ fn check(
                 .map(|r| r.relname.as_str())
                 .unwrap_or_default();
             let existing = !created.contains(table);
-            if existing && !*lock_timeout_set {
-                found.push(Rule::RequireLockTimeout);
+            if existing && state.needs_timeout && !state.lock_timeout_set && !is_concurrent(node) {
+                found.push((Rule::RequireLockTimeout, None));
             }
             for cmd in &alter.cmds {
                 let Some(NodeEnum::AlterTableCmd(cmd)) = cmd.node.as_ref() else {
                     continue;
                 };
-                alter_command(cmd, existing, found);
+                alter_command(cmd, existing, version, found);
             }
         }
+        NodeEnum::ReindexStmt(reindex) => {
+            let table = reindex.relation.as_ref().map(|r| r.relname.as_str());
+            if !is_concurrent(node) && !table.is_some_and(|t| created.contains(t)) {
+                found.push((Rule::RequireConcurrentReindex, None));
+            }
+        }
+        NodeEnum::VacuumStmt(vacuum) if vacuum.is_vacuumcmd => {
+            let full = vacuum.options.iter().any(
+                |o| matches!(o.node.as_ref(), Some(NodeEnum::DefElem(d)) if d.defname == "full"),
+            );
+            if full {
+                found.push((Rule::BanTableRewrite, None));
+            }
+        }
+        NodeEnum::ClusterStmt(_) => found.push((Rule::BanTableRewrite, None)),
+        NodeEnum::MergeStmt(_) => newer(version, 15, "MERGE", found),
         _ => {}
+    }
+    if let NodeEnum::IndexStmt(index) = node
+        && index.nulls_not_distinct
+    {
+        newer(version, 15, "UNIQUE NULLS NOT DISTINCT", found);
+    }
+}
+
+/// `requires-newer-postgres` when the target is older than `since`.
+fn newer(version: Option<u32>, since: u32, feature: &str, found: &mut Vec<Hit>) {
+    if let Some(target) = version.filter(|v| *v < since) {
+        found.push((
+            Rule::RequiresNewerPostgres,
+            Some(format!(
+                "{feature} needs PostgreSQL {since}, and the target is {target}: the migration fails there"
+            )),
+        ));
     }
 }
 
 /// One `ALTER TABLE` subcommand.
-fn alter_command(cmd: &pg_query::protobuf::AlterTableCmd, existing: bool, found: &mut Vec<Rule>) {
+fn alter_command(
+    cmd: &pg_query::protobuf::AlterTableCmd,
+    existing: bool,
+    version: Option<u32>,
+    found: &mut Vec<Hit>,
+) {
     let def = cmd.def.as_ref().and_then(|d| d.node.as_ref());
     match AlterTableType::try_from(cmd.subtype).ok() {
         Some(AlterTableType::AtAddColumn) => {
@@ -451,37 +709,55 @@ fn alter_command(cmd: &pg_query::protobuf::AlterTableCmd, existing: bool, found:
                 && default.is_none()
                 && !kinds.contains(&ConstrType::ConstrIdentity)
             {
-                found.push(Rule::AddingNotNullableField);
+                found.push((Rule::AddingNotNullableField, None));
             }
             if default.is_some_and(is_volatile)
                 || type_name(col).is_some_and(|t| t.ends_with("serial"))
             {
-                found.push(Rule::AddingFieldWithVolatileDefault);
+                found.push((Rule::AddingFieldWithVolatileDefault, None));
             }
             if kinds.contains(&ConstrType::ConstrForeign) {
-                found.push(Rule::AddingForeignKeyWithoutNotValid);
+                found.push((Rule::AddingForeignKeyWithoutNotValid, None));
+            }
+            if kinds.contains(&ConstrType::ConstrGenerated) {
+                found.push((Rule::AddingStoredGeneratedColumn, None));
             }
         }
-        Some(AlterTableType::AtSetNotNull) if existing => found.push(Rule::AddingNotNullableField),
-        Some(AlterTableType::AtAlterColumnType) if existing => found.push(Rule::ChangingColumnType),
-        Some(AlterTableType::AtDropColumn) if existing => found.push(Rule::BanDropColumn),
+        Some(AlterTableType::AtDetachPartition) => {
+            let concurrent = matches!(def, Some(NodeEnum::PartitionCmd(p)) if p.concurrent);
+            if concurrent {
+                newer(version, 14, "DETACH PARTITION .. CONCURRENTLY", found);
+            } else {
+                found.push((Rule::RequireConcurrentDetachPartition, None));
+            }
+        }
+        Some(AlterTableType::AtSetNotNull) if existing => {
+            found.push((Rule::AddingNotNullableField, None))
+        }
+        Some(AlterTableType::AtAlterColumnType) if existing => {
+            found.push((Rule::ChangingColumnType, None))
+        }
+        Some(AlterTableType::AtDropColumn) if existing => found.push((Rule::BanDropColumn, None)),
         Some(AlterTableType::AtAddConstraint) if existing => {
             let Some(NodeEnum::Constraint(con)) = def else {
                 return;
             };
             match ConstrType::try_from(con.contype).ok() {
                 Some(ConstrType::ConstrForeign) if !con.skip_validation => {
-                    found.push(Rule::AddingForeignKeyWithoutNotValid)
+                    found.push((Rule::AddingForeignKeyWithoutNotValid, None))
                 }
                 Some(ConstrType::ConstrCheck) if !con.skip_validation => {
-                    found.push(Rule::ConstraintMissingNotValid)
+                    found.push((Rule::ConstraintMissingNotValid, None))
                 }
                 Some(ConstrType::ConstrUnique | ConstrType::ConstrPrimary)
                     if con.indexname.is_empty() =>
                 {
-                    found.push(Rule::DisallowedUniqueConstraint);
+                    found.push((Rule::DisallowedUniqueConstraint, None));
                 }
                 _ => {}
+            }
+            if con.nulls_not_distinct {
+                newer(version, 15, "UNIQUE NULLS NOT DISTINCT", found);
             }
         }
         _ => {}
@@ -492,17 +768,17 @@ fn alter_command(cmd: &pg_query::protobuf::AlterTableCmd, existing: bool, found:
 fn column_types(
     col: &pg_query::protobuf::ColumnDef,
     keys: &BTreeSet<String>,
-    found: &mut Vec<Rule>,
+    found: &mut Vec<Hit>,
 ) {
     let Some(name) = type_name(col) else { return };
     match name.as_str() {
-        "timestamp" => found.push(Rule::PreferTimestamptz),
-        "varchar" => found.push(Rule::PreferTextOverVarchar),
+        "timestamp" => found.push((Rule::PreferTimestamptz, None)),
+        "varchar" => found.push((Rule::PreferTextOverVarchar, None)),
         "int4" | "int2" | "serial" | "smallserial" | "serial4" | "serial2" | "int" | "integer"
         | "smallint"
             if keys.contains(&col.colname) =>
         {
-            found.push(Rule::PreferBigintOverInt);
+            found.push((Rule::PreferBigintOverInt, None));
         }
         _ => {}
     }
@@ -605,6 +881,10 @@ fn is_concurrent(node: &NodeEnum) -> bool {
         NodeEnum::IndexStmt(index) => index.concurrent,
         NodeEnum::DropStmt(drop) => drop.concurrent,
         NodeEnum::ReindexStmt(reindex) => reindex.params.iter().any(|p| matches!(p.node.as_ref(), Some(NodeEnum::DefElem(d)) if d.defname == "concurrently")),
+        NodeEnum::AlterTableStmt(alter) => alter.cmds.iter().any(|cmd| {
+            matches!(cmd.node.as_ref(), Some(NodeEnum::AlterTableCmd(c))
+                if matches!(c.def.as_ref().and_then(|d| d.node.as_ref()), Some(NodeEnum::PartitionCmd(p)) if p.concurrent))
+        }),
         _ => false,
     }
 }
@@ -672,14 +952,84 @@ fn parse_error(sql: &str, file: &std::path::Path, error: pg_query::Error) -> Par
     }
 }
 
-fn push(report: &mut Report, file: &std::path::Path, line: usize, column: usize, rule: Rule) {
-    let (reason, fix) = rule.advice();
+fn push(
+    report: &mut Report,
+    file: &std::path::Path,
+    (line, column): (usize, usize),
+    options: &Options,
+    (rule, reason): Hit,
+) {
+    let (default_reason, fix) = rule.advice(options.pg_version);
     report.findings.push(Finding {
         file: file.to_path_buf(),
         line,
         column,
         rule,
-        reason: reason.to_owned(),
+        reason: reason.unwrap_or_else(|| default_reason.to_owned()),
         fix: fix.to_owned(),
     });
+}
+
+/// Line ranges inside diesel-guard's `-- safety-assured:start` .. `-- safety-assured:end`
+/// blocks (case-insensitive; an unclosed block runs to the end of the file).
+fn safety_assured(sql: &str) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    let mut open: Option<usize> = None;
+    for (i, line) in sql.lines().enumerate() {
+        let directive = line
+            .trim()
+            .strip_prefix("--")
+            .map(|c| c.trim().to_ascii_lowercase());
+        match directive.as_deref() {
+            Some("safety-assured:start") => open = open.or(Some(i + 1)),
+            Some("safety-assured:end") => {
+                if let Some(from) = open.take() {
+                    ranges.push((from, i + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = open {
+        ranges.push((from, usize::MAX));
+    }
+    ranges
+}
+
+/// The rules a statement's `-- squawk-ignore rule, rule` comments name (squawk's names mapped
+/// onto ours).
+fn squawk_ignores(text: &str) -> BTreeSet<Rule> {
+    text.lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|comment| comment.trim_start().strip_prefix("squawk-ignore"))
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .flat_map(|rest| rest.split(',').map(str::trim).collect::<Vec<_>>())
+        .flat_map(Rule::from_squawk)
+        .collect()
+}
+
+/// What squawk's `-- squawk-ignore-file [rule, ..]` comments of a file accept.
+#[derive(Debug, Default)]
+struct FileIgnores {
+    /// A comment without rules: every rule.
+    all: bool,
+    /// The rules named.
+    rules: BTreeSet<Rule>,
+}
+
+fn squawk_file_ignores(sql: &str) -> FileIgnores {
+    let mut ignores = FileIgnores::default();
+    for rest in sql
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|comment| comment.trim_start().strip_prefix("squawk-ignore-file"))
+    {
+        if rest.trim().is_empty() {
+            ignores.all = true;
+        }
+        ignores
+            .rules
+            .extend(rest.split(',').map(str::trim).flat_map(Rule::from_squawk));
+    }
+    ignores
 }

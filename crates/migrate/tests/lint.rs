@@ -1,12 +1,14 @@
 //! The linter on a corpus: for every rule a migration that breaks it and one that does it the
-//! safe way; ignore comments; parse errors with positions; the project's own migrations.
+//! safe way; the runner it assumes; ignore comments, diesel-guard's and squawk's conventions;
+//! the target version; configuration; parse errors with positions; the project's own
+//! migrations.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
 use pgops_migrate::{
     MigrationSet, SqlMigration,
-    lint::{Report, Rule, lint_migration, lint_set},
+    lint::{Options, Report, Rule, Runner, lint_migration, lint_set},
 };
 
 /// (rule, unsafe up.sql, safe up.sql, whether the migration runs in a transaction)
@@ -117,7 +119,7 @@ const CORPUS: &[(Rule, &str, &str, bool)] = &[
         Rule::RequireLockTimeout,
         "ALTER TABLE patients ADD COLUMN nickname text;",
         "SET lock_timeout = '5s';\nALTER TABLE patients ADD COLUMN nickname text;",
-        true,
+        false,
     ),
     (
         Rule::TransactionNesting,
@@ -131,14 +133,53 @@ const CORPUS: &[(Rule, &str, &str, bool)] = &[
         "-- pgops-lint: ignore ban-drop-table -- replaced by auth_sessions in 2026.09\nDROP TABLE sessions;",
         true,
     ),
+    (
+        Rule::RequireConcurrentDetachPartition,
+        "ALTER TABLE events DETACH PARTITION events_2025;",
+        "ALTER TABLE events DETACH PARTITION events_2025 CONCURRENTLY;",
+        false,
+    ),
+    (
+        Rule::RequireConcurrentReindex,
+        "REINDEX INDEX patients_mrn_idx;",
+        "REINDEX INDEX CONCURRENTLY patients_mrn_idx;",
+        false,
+    ),
+    (
+        Rule::BanTableRewrite,
+        "VACUUM FULL patients;",
+        "VACUUM (ANALYZE) patients;",
+        false,
+    ),
+    (
+        Rule::AddingStoredGeneratedColumn,
+        "ALTER TABLE patients ADD COLUMN full_name text GENERATED ALWAYS AS (first_name || ' ' || last_name) STORED;",
+        "CREATE TABLE people (first_name text, last_name text, full_name text GENERATED ALWAYS AS (first_name || ' ' || last_name) STORED);",
+        true,
+    ),
+    (
+        // The corpus targets PostgreSQL 14: MERGE came in 15.
+        Rule::RequiresNewerPostgres,
+        "MERGE INTO patients p USING staged s ON p.mrn = s.mrn WHEN NOT MATCHED THEN INSERT (mrn) VALUES (s.mrn);",
+        "INSERT INTO patients (mrn) SELECT mrn FROM staged ON CONFLICT (mrn) DO NOTHING;",
+        true,
+    ),
 ];
 
 fn lint(sql: &str, in_transaction: bool) -> Report {
+    lint_with(sql, in_transaction, &Options::default())
+}
+
+fn lint_with(sql: &str, in_transaction: bool, options: &Options) -> Report {
     let metadata = (!in_transaction).then_some("run_in_transaction = false");
     let migration = SqlMigration::new("1_case", sql.to_owned(), String::new(), metadata).unwrap();
     let mut report = Report::default();
-    lint_migration(&migration, Path::new("1_case/up.sql"), &mut report);
+    lint_migration(&migration, Path::new("1_case/up.sql"), options, &mut report);
     report
+}
+
+fn rules(report: &Report) -> Vec<Rule> {
+    report.findings.iter().map(|f| f.rule).collect()
 }
 
 #[test]
@@ -149,6 +190,11 @@ fn every_rule_has_a_failing_and_a_passing_example() {
         Rule::ALL.len(),
         "the corpus covers every rule"
     );
+    let options = Options {
+        pg_version: Some(14),
+        ..Options::default()
+    };
+    let lint = |sql: &str, in_transaction: bool| lint_with(sql, in_transaction, &options);
     for (rule, bad, good, in_transaction) in CORPUS {
         let report = lint(bad, *in_transaction);
         assert!(report.errors.is_empty(), "{bad}: {:?}", report.errors);
@@ -215,7 +261,7 @@ fn parse_errors_carry_the_position_of_the_failing_statement() {
 fn the_projects_own_migrations_lint_clean() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
     let set = MigrationSet::from_dir(&root).unwrap();
-    let report = lint_set(&set, &root);
+    let report = lint_set(&set, &root, &Options::default());
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(
         report.findings.is_empty(),
@@ -227,4 +273,146 @@ fn the_projects_own_migrations_lint_clean() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[test]
+fn the_pgops_runner_sets_lock_timeout_so_only_other_runners_need_it() {
+    let alter = "ALTER TABLE patients ADD COLUMN nickname text;";
+    assert!(
+        lint(alter, true).findings.is_empty(),
+        "pgops migrate run sets it"
+    );
+    assert_eq!(
+        rules(&lint(alter, false)),
+        [Rule::RequireLockTimeout],
+        "but not outside a transaction"
+    );
+    let other = Options {
+        runner: Runner::Other,
+        ..Options::default()
+    };
+    assert_eq!(
+        rules(&lint_with(alter, true, &other)),
+        [Rule::RequireLockTimeout]
+    );
+    let set_first = "SET lock_timeout = '2s';\nALTER TABLE patients ADD COLUMN nickname text;";
+    assert!(lint_with(set_first, true, &other).findings.is_empty());
+    // A table the migration creates needs no timeout under any runner.
+    let new_table = "CREATE TABLE t (id bigint);\nALTER TABLE t ADD COLUMN v text;";
+    assert!(lint_with(new_table, false, &other).findings.is_empty());
+}
+
+#[test]
+fn statements_reviewed_under_diesel_guard_or_squawk_conventions_are_not_reported_again() {
+    let sql = "-- safety-assured:start\n\
+               -- The column is no longer read or written since 2026.10.\n\
+               ALTER TABLE patients DROP COLUMN legacy_code;\n\
+               -- Safety-Assured:End\n\
+               -- squawk-ignore adding-field-with-default, adding-required-field\n\
+               ALTER TABLE patients ADD COLUMN token uuid NOT NULL DEFAULT gen_random_uuid();\n\
+               ALTER TABLE patients DROP COLUMN fax;";
+    let report = lint(sql, true);
+    let found: Vec<(usize, Rule)> = report.findings.iter().map(|f| (f.line, f.rule)).collect();
+    assert_eq!(
+        found,
+        [(7, Rule::BanDropColumn)],
+        "only the unreviewed statement"
+    );
+
+    let file = "-- squawk-ignore-file ban-drop-column\n\
+                ALTER TABLE patients DROP COLUMN fax;\n\
+                DROP INDEX patients_fax_idx;";
+    assert_eq!(
+        rules(&lint(file, true)),
+        [Rule::RequireConcurrentIndexDeletion]
+    );
+    let everything = "-- squawk-ignore-file\nALTER TABLE patients DROP COLUMN fax;\nDROP INDEX i;";
+    assert!(lint(everything, true).findings.is_empty());
+    // An unclosed block runs to the end of the file.
+    assert!(
+        lint("-- safety-assured:start\nDROP TABLE sessions;", true)
+            .findings
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_target_version_decides_advice_and_newer_syntax() {
+    let version = |v: u32| Options {
+        pg_version: Some(v),
+        ..Options::default()
+    };
+    let not_null = "ALTER TABLE patients ALTER COLUMN region SET NOT NULL;";
+    let fix = |v| {
+        lint_with(not_null, true, &version(v)).findings[0]
+            .fix
+            .clone()
+    };
+    assert!(fix(18).contains("NOT NULL col NOT VALID"), "{}", fix(18));
+    assert!(
+        fix(17).contains("CHECK (col IS NOT NULL) NOT VALID"),
+        "{}",
+        fix(17)
+    );
+
+    let detach = "ALTER TABLE events DETACH PARTITION events_2025;";
+    let on_13 = lint_with(detach, true, &version(13));
+    assert!(
+        on_13.findings[0].fix.contains("upgrade to 14"),
+        "{:?}",
+        on_13.findings
+    );
+    let concurrently = "ALTER TABLE events DETACH PARTITION events_2025 CONCURRENTLY;";
+    let report = lint_with(concurrently, false, &version(13));
+    assert_eq!(rules(&report), [Rule::RequiresNewerPostgres]);
+    assert!(
+        report.findings[0]
+            .reason
+            .contains("needs PostgreSQL 14, and the target is 13")
+    );
+    assert!(
+        lint_with(concurrently, false, &version(14))
+            .findings
+            .is_empty()
+    );
+
+    let nulls = "CREATE UNIQUE INDEX CONCURRENTLY i ON patients (mrn) NULLS NOT DISTINCT;";
+    assert_eq!(
+        rules(&lint_with(nulls, false, &version(14))),
+        [Rule::RequiresNewerPostgres]
+    );
+    // With no target version, newer syntax is not guessed at.
+    assert!(lint(nulls, false).findings.is_empty());
+}
+
+#[test]
+fn configuration_disables_rules_and_is_validated() {
+    let options = Options::from_config(
+        "[pool]\nmax_size = 4\n\n[lint]\nrunner = \"other\"\npg_version = 16\ndisabled = [\"prefer-text-over-varchar\"]\n",
+    )
+    .unwrap();
+    assert_eq!(options.runner, Runner::Other);
+    assert_eq!(options.pg_version, Some(16));
+    assert!(
+        lint_with("CREATE TABLE t (name varchar(40));", true, &options)
+            .findings
+            .is_empty()
+    );
+    assert_eq!(
+        Options::from_config("[pool]\n").unwrap(),
+        Options::default()
+    );
+
+    for (text, says) in [
+        (
+            "[lint]\ndisabled = [\"no-such-rule\"]",
+            "no rule `no-such-rule`",
+        ),
+        ("[lint]\npg_version = 12", "give a major from 13 to 18"),
+        ("[lint]\nrunnr = \"other\"", "the keys are runner"),
+        ("[lint]\nrunner = \"flyway\"", "the keys are runner"),
+    ] {
+        let err = Options::from_config(text).unwrap_err().to_string();
+        assert!(err.contains(says), "{text}: {err}");
+    }
 }

@@ -15,6 +15,7 @@
 //! assert_eq!(WalFile::Segment(lsn.segment(1)).to_string(), "000000010000000000000003");
 //! ```
 
+mod config_file;
 mod conninfo;
 mod error;
 mod libpq;
@@ -25,6 +26,7 @@ mod report;
 pub mod rows;
 mod wal;
 
+pub use config_file::config_path;
 pub use conninfo::DatabaseUrl;
 pub use error::{Error, Result};
 pub use os::{ServerUser, free_port};

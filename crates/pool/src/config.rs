@@ -183,11 +183,7 @@ impl Config {
     /// Like [`Config::load`], reading `file` instead when given.
     pub fn load_from(file: Option<&Path>) -> Result<Self> {
         let env = |name: &str| std::env::var(name).ok();
-        let path = match (file, env("PGOPS_CONFIG")) {
-            (Some(path), _) => Some(path.to_path_buf()),
-            (None, Some(path)) => Some(PathBuf::from(path)),
-            (None, None) => Some(PathBuf::from("pgops.toml")).filter(|p| p.is_file()),
-        };
+        let path = pgops_pg::config_path(file);
         let file = match &path {
             Some(path) => Some((
                 path.as_path(),

@@ -4,8 +4,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use anyhow::ensure;
-use pgops_migrate::MigrationSet;
 
 /// Options of `pgops-tasks check`.
 #[derive(Debug, clap::Args)]
@@ -39,29 +37,13 @@ pub fn run(args: &Args) -> ExitCode {
     }
 }
 
-/// The repository's migrations through the linter: no statement that locks or rewrites a
-/// big table may ship.
+/// The repository's migrations through `pgops migrate lint`: no statement that locks or
+/// rewrites a big table may ship.
 fn migration_lint() -> anyhow::Result<String> {
     let dir = crate::workspace_root().join("migrations");
-    let set = MigrationSet::from_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
-    let report = pgops_migrate::lint::lint_set(&set, &dir);
-    let problems: Vec<String> = report
-        .errors
-        .iter()
-        .map(ToString::to_string)
-        .chain(report.findings.iter().map(ToString::to_string))
-        .collect();
-    for line in &problems {
-        println!("{line}");
-    }
-    ensure!(
-        problems.is_empty(),
-        "{} lint problem(s) in migrations/",
-        problems.len()
-    );
-    let detail = format!("{} migrations clean", set.migrations().len());
-    println!("{detail}");
-    Ok(detail)
+    let dir = dir.to_str().context("the workspace path is not UTF-8")?;
+    crate::pgops_step(&["migrate", "lint", "--dir", dir])?;
+    Ok(String::new())
 }
 
 /// The repository's migrations through `pgops migrate check` on a throwaway cluster: every
