@@ -340,7 +340,10 @@ fn lint_takes_its_runner_version_and_disabled_rules_from_pgops_toml_and_flags() 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("migrations");
     for (name, up) in [
-        ("1_nickname", "ALTER TABLE patients ADD COLUMN nickname text;"),
+        (
+            "1_nickname",
+            "ALTER TABLE patients ADD COLUMN nickname text;",
+        ),
         (
             "2_unique",
             "CREATE UNIQUE INDEX CONCURRENTLY patients_mrn_key ON patients (mrn) NULLS NOT DISTINCT;",
@@ -374,7 +377,10 @@ fn lint_takes_its_runner_version_and_disabled_rules_from_pgops_toml_and_flags() 
     assert_eq!(code, Some(0), "{stdout}");
     let (code, stdout, _) = lint(&["--runner", "other"], None);
     assert_eq!(code, Some(1));
-    assert!(stdout.contains("1_nickname/up.sql:1:1: require-lock-timeout"), "{stdout}");
+    assert!(
+        stdout.contains("1_nickname/up.sql:1:1: require-lock-timeout"),
+        "{stdout}"
+    );
 
     // The same from pgops.toml, flags winning over it.
     let config = tmp.path().join("pgops.toml");
@@ -406,13 +412,20 @@ fn lint_takes_its_runner_version_and_disabled_rules_from_pgops_toml_and_flags() 
         .unwrap()
         / 10_000;
     let (code, stdout, stderr) = lint(&["--pg-version", "server"], Some(&db.url()));
-    assert_eq!(code, Some(if major >= 15 { 0 } else { 1 }), "{stdout}{stderr}");
+    assert_eq!(
+        code,
+        Some(if major >= 15 { 0 } else { 1 }),
+        "{stdout}{stderr}"
+    );
 
     // Bad options are usage errors that say what is allowed.
     std::fs::write(&config, "[lint]\ndisabled = [\"no-such-rule\"]\n").unwrap();
     let (code, _, stderr) = lint(&[], None);
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("no rule `no-such-rule`") && stderr.contains("pgops.toml"), "{stderr}");
+    assert!(
+        stderr.contains("no rule `no-such-rule`") && stderr.contains("pgops.toml"),
+        "{stderr}"
+    );
     std::fs::remove_file(&config).unwrap();
     for (flags, says) in [
         (&["--pg-version", "12"][..], "from 13 to 18"),

@@ -35,7 +35,7 @@ impl ScratchDatabase {
             ))
             .map_err(Error::db(format!(
                 "creating the scratch database {name} on {} (the role needs CREATEDB; or give \
-                 an empty database with --scratch-url)",
+                 an empty database with --scratch-url, or use --throwaway-cluster)",
                 server.server()
             )))?;
         let url = server.with_database(&name)?;
