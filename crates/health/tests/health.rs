@@ -90,7 +90,7 @@ fn every_documented_family_from_a_primary_with_a_replica() {
     replica.catch_up(&primary, Duration::from_secs(30)).unwrap();
     // Before PostgreSQL 15 the statistics collector receives counters up to half a second
     // after the transactions that made them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while primary
         .query_text(
             "postgres",
@@ -100,7 +100,7 @@ fn every_documented_family_from_a_primary_with_a_replica() {
         .as_deref()
         == Some("0")
     {
-        assert!(std::time::Instant::now() < deadline, "no commit counted");
+        assert!(Instant::now() < deadline, "no commit counted");
         std::thread::sleep(Duration::from_millis(100));
     }
     let exporter = Exporter::new(
