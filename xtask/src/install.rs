@@ -138,6 +138,12 @@ const REQUIREMENTS: &[Requirement] = &[
         packages: || vec!["prometheus".into()],
     },
     Requirement {
+        what: "PgBouncer (the pool tests in transaction pooling)",
+        needed_by: &[Need::Ci, Need::Bench, Need::Matrix],
+        present: || on_path("pgbouncer") || Path::new("/usr/sbin/pgbouncer").is_file(),
+        packages: || vec!["pgbouncer".into()],
+    },
+    Requirement {
         what: "curl (the runbooks' steps)",
         needed_by: &[Need::Ci, Need::Matrix],
         present: || on_path("curl"),

@@ -34,6 +34,20 @@ pub enum Source {
     Env(String),
 }
 
+/// What sits between the pool and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooler {
+    /// The server itself.
+    None,
+    /// PgBouncer in session pooling: a server connection per client session, as if direct.
+    Session,
+    /// PgBouncer in transaction pooling: clients share server connections between
+    /// transactions, so nothing may outlive a transaction (named prepared statements,
+    /// session `SET`s, session advisory locks).
+    Transaction,
+}
+
 /// The pool settings, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PoolSettings {
@@ -69,6 +83,10 @@ pub struct PoolSettings {
     /// discarded on return either way). `0s` checks every checkout.
     #[serde(with = "duration")]
     pub validate_after_idle: Duration,
+    /// What sits in front of the server. Behind transaction pooling the pool disables diesel's
+    /// prepared-statement cache and sends no session `SET` (`application_name` goes as a
+    /// startup parameter, which PgBouncer keeps per client).
+    pub pooler: Pooler,
 }
 
 /// Everything a pool needs, with the source of every value.
@@ -98,6 +116,7 @@ pub const KEYS: &[&str] = &[
     "application_name",
     "leak_threshold",
     "validate_after_idle",
+    "pooler",
 ];
 
 impl Environment {
@@ -137,6 +156,7 @@ impl Environment {
             application_name: default_application_name(),
             leak_threshold: Some(leak),
             validate_after_idle: Duration::from_secs(1),
+            pooler: Pooler::None,
         }
     }
 }
@@ -301,6 +321,9 @@ impl Config {
                 }
             }
         }
+        if pool.pooler == Pooler::Transaction {
+            session_timeouts_behind_transaction_pooling(&mut pool, &sources)?;
+        }
         if pool.min_idle > pool.max_size {
             let name = match &sources["min_idle"] {
                 Source::Env(var) => var.clone(),
@@ -325,6 +348,46 @@ impl Config {
     pub fn require_url(&self) -> Result<&DatabaseUrl> {
         self.database_url.as_ref().ok_or(Error::MissingUrl)
     }
+}
+
+/// Behind transaction pooling a session `SET` would stay on a server connection other clients
+/// use next. The profile's timeouts are left off; one set explicitly is refused with where to
+/// set it instead.
+fn session_timeouts_behind_transaction_pooling(
+    pool: &mut PoolSettings,
+    sources: &BTreeMap<&'static str, Source>,
+) -> Result<()> {
+    let fields: [(&str, &mut Option<Duration>); 3] = [
+        ("statement_timeout", &mut pool.statement_timeout),
+        ("lock_timeout", &mut pool.lock_timeout),
+        (
+            "idle_in_transaction_session_timeout",
+            &mut pool.idle_in_transaction_session_timeout,
+        ),
+    ];
+    for (key, value) in fields {
+        match (&sources[key], value.as_ref()) {
+            (Source::Profile, _) | (_, None) => *value = None,
+            (source, Some(d)) => {
+                let name = match source {
+                    Source::Env(var) => var.clone(),
+                    _ => format!("pool.{key} (pgops.toml)"),
+                };
+                return Err(Error::InvalidSetting {
+                    key: name,
+                    value: humantime::format_duration(*d).to_string(),
+                    allowed: format!(
+                        "off with pooler = transaction: a session SET would stay on a server \
+                         connection other clients use next; set it on the role instead \
+                         (ALTER ROLE app SET {key} = '{}'), or use PgBouncer's query_timeout \
+                         / idle_transaction_timeout",
+                        humantime::format_duration(*d)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_environment(key: &str, value: &str) -> Result<Environment> {
@@ -386,6 +449,14 @@ fn apply(pool: &mut PoolSettings, key: &str, name: &str, value: &str) -> Result<
     let ms = Duration::from_millis;
     match key {
         "max_size" => pool.max_size = count(1, 10_000)?,
+        "pooler" => {
+            pool.pooler = match value.trim().to_ascii_lowercase().as_str() {
+                "none" => Pooler::None,
+                "session" => Pooler::Session,
+                "transaction" => Pooler::Transaction,
+                _ => return Err(invalid("one of none, session, transaction")),
+            }
+        }
         "min_idle" => pool.min_idle = count(0, 10_000)?,
         "idle_timeout" => pool.idle_timeout = optional(ms(1000))?,
         "connection_timeout" => {
@@ -466,6 +537,47 @@ mod tests {
             .collect();
         let lookup = move |name: &str| env.get(name).cloned();
         Config::from_sources(&lookup, file.map(|text| (Path::new("pgops.toml"), text)))
+    }
+
+    #[test]
+    fn behind_transaction_pooling_no_session_timeout_is_set_and_an_explicit_one_is_refused() {
+        let c = load(
+            &[
+                ("PGOPS_ENV", "production"),
+                ("PGOPS_POOL_POOLER", "transaction"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.pool.pooler, Pooler::Transaction);
+        assert_eq!(
+            c.pool.statement_timeout, None,
+            "the profile's 10s is not sent"
+        );
+        assert_eq!(c.pool.lock_timeout, None);
+        assert_eq!(crate::session_sql(&c.pool), "", "no session SET at all");
+        // Straight to the server (or session pooling) the profile's timeouts apply.
+        let direct = load(&[("PGOPS_ENV", "production")], None).unwrap();
+        assert!(crate::session_sql(&direct.pool).contains("SET statement_timeout = 10000"));
+
+        let err = load(
+            &[("PGOPS_POOL_POOLER", "transaction")],
+            Some("[pool]\nstatement_timeout = \"5s\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pool.statement_timeout (pgops.toml)")
+                && err.contains("ALTER ROLE app SET statement_timeout = '5s'")
+                && err.contains("query_timeout"),
+            "{err}"
+        );
+        let err = load(&[("PGOPS_POOL_POOLER", "pgbouncer")], None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("one of none, session, transaction"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,13 +9,13 @@ use std::{
 
 use diesel::{
     Connection, PgConnection,
-    connection::{Instrumentation, InstrumentationEvent, SimpleConnection},
+    connection::{CacheSize, Instrumentation, InstrumentationEvent, SimpleConnection},
     r2d2::R2D2Connection,
     result::{DatabaseErrorKind, Error as DieselError},
 };
 
 use crate::{
-    DatabaseUrl, PoolSettings,
+    DatabaseUrl, PoolSettings, Pooler,
     leak::{Registry, Slot},
 };
 
@@ -72,15 +72,22 @@ impl Instrumentation for Watch {
 pub(crate) struct Manager {
     url: DatabaseUrl,
     session_sql: String,
+    /// Named prepared statements would collide on server connections PgBouncer shares.
+    cache_statements: bool,
     validate_after_idle: Duration,
     slots: Arc<Registry>,
 }
 
 impl Manager {
     pub(crate) fn new(url: DatabaseUrl, settings: &PoolSettings, slots: Arc<Registry>) -> Self {
+        // `application_name` as a startup parameter too: PgBouncer keeps those per client.
+        let url = url
+            .with_default("application_name", &settings.application_name)
+            .unwrap_or(url);
         Manager {
             url,
             session_sql: session_sql(settings),
+            cache_statements: settings.pooler != Pooler::Transaction,
             validate_after_idle: settings.validate_after_idle,
             slots,
         }
@@ -99,12 +106,17 @@ impl r2d2::ManageConnection for Manager {
     fn connect(&self) -> Result<PgConnection, ManagerError> {
         let mut conn = PgConnection::establish(self.url.expose())
             .map_err(|e| ManagerError(self.url.scrub(e.to_string().trim())))?;
-        conn.batch_execute(&self.session_sql).map_err(|e| {
-            ManagerError(format!(
-                "applying session settings: {}",
-                self.url.scrub(&e.to_string())
-            ))
-        })?;
+        if !self.cache_statements {
+            conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
+        if !self.session_sql.is_empty() {
+            conn.batch_execute(&self.session_sql).map_err(|e| {
+                ManagerError(format!(
+                    "applying session settings: {}",
+                    self.url.scrub(&e.to_string())
+                ))
+            })?;
+        }
         conn.set_instrumentation(Watch {
             broken: false,
             last_used: Instant::now(),
@@ -158,14 +170,23 @@ fn is_connection_error(error: &DieselError) -> bool {
     )
 }
 
-/// The `SET` statements every new session runs (values in milliseconds; 0 means off).
+/// The `SET` statements every new session runs (values in milliseconds; 0 means off). Behind
+/// transaction pooling none at all: a `SET` stays on the server connection, which other
+/// clients use next (PgBouncer 1.18 does not even restore `application_name` set this way;
+/// the pool sends it as a startup parameter instead, which PgBouncer keeps per client).
 pub fn session_sql(settings: &PoolSettings) -> String {
+    if settings.pooler == Pooler::Transaction {
+        return String::new();
+    }
+    let application = format!(
+        "SET application_name = '{}'",
+        settings.application_name.replace('\'', "''")
+    );
     let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis());
     format!(
-        "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}; SET application_name = '{}'",
+        "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {}; {application}",
         ms(settings.statement_timeout),
         ms(settings.lock_timeout),
         ms(settings.idle_in_transaction_session_timeout),
-        settings.application_name.replace('\'', "''"),
     )
 }

@@ -62,6 +62,25 @@ impl Watchdog {
         Self::start(cmd)
     }
 
+    /// A watchdog that stops the PgBouncer whose pid file is in `dir`, then removes `dir`.
+    pub(crate) fn pgbouncer(run_as: &RunAs, dir: &Path) -> Result<Self> {
+        const SCRIPT: &str = r#"read -r _ignored
+if [ -f "$1/pgbouncer.pid" ]; then
+  kill -TERM "$(cat "$1/pgbouncer.pid")" 2>/dev/null
+  i=0
+  while [ -f "$1/pgbouncer.pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+  if [ -f "$1/pgbouncer.pid" ]; then kill -KILL "$(cat "$1/pgbouncer.pid")" 2>/dev/null; fi
+fi
+rm -rf "$1"
+"#;
+        let mut cmd = run_as.command("/bin/sh", Path::new("/"));
+        cmd.arg("-c")
+            .arg(SCRIPT)
+            .arg("pgops-testkit-watchdog")
+            .arg(dir);
+        Self::start(cmd)
+    }
+
     pub(crate) fn spawn(
         run_as: &RunAs,
         pg_ctl: &Path,

@@ -174,6 +174,8 @@ impl Exporter {
             application_name: "pgops-health".into(),
             leak_threshold: None,
             validate_after_idle: Duration::from_secs(1),
+            // The exporter's own connections go straight to the server.
+            pooler: pgops_pool::Pooler::None,
         };
         let session_sql = pgops_pool::session_sql(&settings(1));
         let target = |url: DatabaseUrl, primary: bool| {

@@ -1,0 +1,211 @@
+//! Pools behind a real PgBouncer (Debian's `pgbouncer`) in transaction pooling: diesel's
+//! query builder from 64 threads on four pools of 16 over 4 server connections gives no error
+//! with `pooler = transaction`, and named prepared statements collide without it; no session
+//! setting of one client reaches another.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use diesel::{
+    ExpressionMethods, QueryDsl, QueryableByName, RunQueryDsl, connection::SimpleConnection,
+    sql_types::Text,
+};
+use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings, Pooler};
+use pgops_testkit::{Cluster, ClusterOptions, PgBouncer, PgBouncerOptions, PoolMode};
+
+diesel::table! {
+    /// The test's table.
+    items (id) {
+        /// Its key.
+        id -> BigInt,
+        /// `item <id>`.
+        name -> Text,
+    }
+}
+
+fn settings(pooler: Pooler, application_name: &str) -> PoolSettings {
+    PoolSettings {
+        max_size: 16,
+        min_idle: 0,
+        connection_timeout: Duration::from_secs(10),
+        application_name: application_name.to_owned(),
+        pooler,
+        ..Environment::Test.profile()
+    }
+}
+
+/// A cluster with 1,000 items, behind PgBouncer in transaction mode with 4 server connections.
+fn setup() -> (Cluster, PgBouncer) {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    cluster
+        .execute(
+            "postgres",
+            "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL);
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;",
+        )
+        .unwrap();
+    let bouncer =
+        PgBouncer::start(&cluster, PgBouncerOptions::new(PoolMode::Transaction, 4)).unwrap();
+    (cluster, bouncer)
+}
+
+/// Four pools of 16, 16 threads each, running the same parameterized query-builder select
+/// for `run`; returns (queries, errors, first error).
+fn hammer(bouncer: &PgBouncer, pooler: Pooler, run: Duration) -> (usize, usize, Option<String>) {
+    let url = DatabaseUrl::parse(&bouncer.url("postgres")).unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let deadline = Instant::now() + run;
+    let mut threads = Vec::new();
+    for p in 0..4 {
+        let pool = Pool::open(&format!("p{p}"), url.clone(), settings(pooler, "hammer")).unwrap();
+        for t in 0..16_i64 {
+            let (pool, done, failed, first) =
+                (pool.clone(), done.clone(), failed.clone(), first.clone());
+            threads.push(thread::spawn(move || {
+                let mut i = t;
+                while Instant::now() < deadline {
+                    i = i % 1000 + 1;
+                    let outcome = pool.get().map_err(|e| e.to_string()).and_then(|mut conn| {
+                        items::table
+                            .filter(items::id.eq(i))
+                            .select(items::name)
+                            .first::<String>(&mut *conn)
+                            .map_err(|e| e.to_string())
+                    });
+                    match outcome {
+                        Ok(name) => assert_eq!(name, format!("item {i}")),
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            first.lock().unwrap().get_or_insert(e);
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 7;
+                }
+            }));
+        }
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let first = first.lock().unwrap().take();
+    (
+        done.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        first,
+    )
+}
+
+#[test]
+fn sixty_four_threads_through_transaction_pooling_see_no_error_with_pooler_transaction() {
+    let (_cluster, bouncer) = setup();
+    let (queries, errors, first) = hammer(&bouncer, Pooler::Transaction, Duration::from_secs(4));
+    assert!(queries > 1000, "{queries} queries");
+    assert_eq!(errors, 0, "{errors} of {queries} failed, first: {first:?}");
+
+    // The same load with diesel's statement cache on: named statements collide on the
+    // server connections PgBouncer shares. This is what `pooler = transaction` prevents.
+    let (queries, errors, first) = hammer(&bouncer, Pooler::None, Duration::from_secs(2));
+    assert!(
+        errors > 0,
+        "0 of {queries} failed with the statement cache on"
+    );
+    let first = first.unwrap();
+    assert!(first.contains("__diesel_stmt_"), "{first}");
+}
+
+#[derive(QueryableByName)]
+struct Seen {
+    #[diesel(sql_type = Text)]
+    application: String,
+    #[diesel(sql_type = Text)]
+    statement_timeout: String,
+}
+
+#[test]
+fn no_session_setting_of_one_client_reaches_another() {
+    let (_cluster, bouncer) = setup();
+    let url = DatabaseUrl::parse(&bouncer.url("postgres")).unwrap();
+    let watch = |pool: Pool, stop: Arc<AtomicBool>| {
+        thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let mut conn = pool.get().unwrap();
+                let row: Seen = diesel::sql_query(
+                    "SELECT current_setting('application_name') AS application, \
+                     current_setting('statement_timeout') AS statement_timeout",
+                )
+                .get_result(&mut *conn)
+                .unwrap();
+                seen.push((row.application, row.statement_timeout));
+            }
+            seen
+        })
+    };
+    let run = |others: Pool| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mine = Pool::open("mine", url.clone(), settings(Pooler::Transaction, "mine")).unwrap();
+        let watchers: Vec<_> = (0..8).map(|_| watch(mine.clone(), stop.clone())).collect();
+        let noise: Vec<_> = (0..8)
+            .map(|_| watch(others.clone(), stop.clone()))
+            .collect();
+        // A client that sets a timeout for its own transaction only.
+        let mut local = others.get().unwrap();
+        for _ in 0..200 {
+            local
+                .batch_execute("BEGIN; SET LOCAL statement_timeout = '4321ms'; SELECT 1; COMMIT")
+                .unwrap();
+        }
+        drop(local);
+        thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        for n in noise {
+            n.join().unwrap();
+        }
+        watchers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    let others = Pool::open(
+        "others",
+        url.clone(),
+        settings(Pooler::Transaction, "others"),
+    )
+    .unwrap();
+    let seen = run(others);
+    assert!(seen.len() > 100, "{} checks", seen.len());
+    let foreign: Vec<_> = seen
+        .iter()
+        .filter(|(app, timeout)| app != "mine" || timeout != "0")
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{} of {}: {:?}",
+        foreign.len(),
+        seen.len(),
+        &foreign[..foreign.len().min(5)]
+    );
+
+    // A pool that sends session SETs (pooler = none) behind the same PgBouncer leaks them:
+    // the check above can fail.
+    let leaky = PoolSettings {
+        statement_timeout: Some(Duration::from_millis(7777)),
+        ..settings(Pooler::None, "others")
+    };
+    let seen = run(Pool::open("leaky", url.clone(), leaky).unwrap());
+    assert!(
+        seen.iter().any(|(_, timeout)| timeout == "7777ms"),
+        "the leaky pool's statement_timeout never reached another client"
+    );
+}
