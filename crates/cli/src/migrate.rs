@@ -176,9 +176,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         lock_wait: args.lock_wait,
         statement_timeout: args.statement_timeout.0,
     };
+    let given = migrate_url(args.database_url.as_deref())?;
     if let Verb::Check { place } | Verb::Drift { place } = &args.verb {
-        let server = args
-            .database_url
+        let server = given
             .as_deref()
             .map(DatabaseUrl::parse)
             .transpose()
@@ -191,11 +191,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         return if matches!(args.verb, Verb::Check { .. }) {
             crate::migrate_check::check(&set, &options, place_of(server.as_ref()), args.json, out)
         } else {
-            let live = database_url(args.database_url.as_deref())?;
+            let live = database_url(given.as_deref())?;
             crate::migrate_check::drift(&set, &options, &live, place_of(None), args.json, out)
         };
     }
-    let url = database_url(args.database_url.as_deref())?;
+    let url = database_url(given.as_deref())?;
     let mut conn = connect(&url)?;
     let migrator = Migrator::new(&set).with_options(options);
     let failed = |e: MigrateError| scrubbed(&url, classify(e));
@@ -304,12 +304,36 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
+/// The database migrations run on: `PGOPS_MIGRATE_DATABASE_URL` when set (a direct or
+/// session-pooled URL for a service whose `DATABASE_URL` goes through PgBouncer's transaction
+/// pooling), else `--database-url` / `DATABASE_URL`. The latter is refused when the service
+/// says it is behind transaction pooling (`PGOPS_POOL_POOLER=transaction`): the migration lock
+/// is a session advisory lock, which would be taken on one server connection and released on
+/// another.
+fn migrate_url(given: Option<&str>) -> Result<Option<String>, Failure> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(url) = env("PGOPS_MIGRATE_DATABASE_URL") {
+        return Ok(Some(url));
+    }
+    let pooler = env("PGOPS_POOL_POOLER").map(|v| v.trim().to_ascii_lowercase());
+    if given.is_some() && pooler.as_deref() == Some("transaction") {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "PGOPS_POOL_POOLER=transaction: DATABASE_URL goes through PgBouncer's transaction \
+             pooling, where pgops migrate's session advisory lock would be taken on one server \
+             connection and released on another; set PGOPS_MIGRATE_DATABASE_URL to the server \
+             itself or to a session-pooled PgBouncer database"
+        )));
+    }
+    Ok(given.map(str::to_owned))
+}
+
 /// Input problems are usage errors (2); failures on the database are problems (1).
 fn classify(e: MigrateError) -> Failure {
     match e {
         MigrateError::Read { .. }
         | MigrateError::InvalidMigration { .. }
-        | MigrateError::DuplicateVersion { .. } => Failure::usage(e),
+        | MigrateError::DuplicateVersion { .. }
+        | MigrateError::LockNotHeld => Failure::usage(e),
         other => Failure::problem(other),
     }
 }

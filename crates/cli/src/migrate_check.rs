@@ -231,6 +231,7 @@ impl Place {
             MigrateError::NotFresh { .. }
             | MigrateError::Connect { .. }
             | MigrateError::Url(_)
+            | MigrateError::LockNotHeld
             | MigrateError::InvalidMigration { .. } => Exit::Usage,
             _ => Exit::Problem,
         };

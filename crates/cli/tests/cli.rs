@@ -437,3 +437,36 @@ fn lint_takes_its_runner_version_and_disabled_rules_from_pgops_toml_and_flags() 
         assert!(stderr.contains(says), "{flags:?}: {stderr}");
     }
 }
+
+#[test]
+fn migrate_refuses_a_transaction_pooled_database_url_and_takes_the_migrate_url() {
+    let db = TestDatabase::empty().unwrap();
+    let dir = repo_migrations();
+    let migrate = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops"));
+        cmd.args(["migrate", "status", "--dir", dir.to_str().unwrap()])
+            .env_remove("DATABASE_URL")
+            .env_remove("PGOPS_MIGRATE_DATABASE_URL")
+            .env_remove("PGOPS_POOL_POOLER")
+            .envs(env.iter().copied());
+        cmd.output().unwrap()
+    };
+    let bouncer_url = "postgres://app:s3cret@127.0.0.1:6432/app";
+    let out = migrate(&[
+        ("DATABASE_URL", bouncer_url),
+        ("PGOPS_POOL_POOLER", "transaction"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("PGOPS_MIGRATE_DATABASE_URL") && !err.contains("s3cret"),
+        "{err}"
+    );
+    let out = migrate(&[
+        ("DATABASE_URL", bouncer_url),
+        ("PGOPS_POOL_POOLER", "transaction"),
+        ("PGOPS_MIGRATE_DATABASE_URL", &db.url()),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("pending"));
+}

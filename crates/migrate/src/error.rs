@@ -78,6 +78,14 @@ pub enum Error {
         /// ` (backend pid N)` when known.
         holder: String,
     },
+    /// The session that took the migration lock is not the one running the migration: a
+    /// pooler in transaction mode sits between pgops and the server.
+    #[error(
+        "the migration lock is not held by the server session running the migration: a pooler \
+         in transaction mode (PgBouncer pool_mode = transaction) sits in between; point \
+         pgops migrate at the server or a session-pooled database (PGOPS_MIGRATE_DATABASE_URL)"
+    )]
+    LockNotHeld,
     /// An applied migration is not in the migration source, so it cannot be reverted.
     #[error(
         "migration version {version} is applied in the database but not in the migration source; revert it with the source it came from"

@@ -351,6 +351,7 @@ impl<'a> Migrator<'a> {
         direction: Direction,
         work: impl FnOnce(&mut PgConnection) -> Result<(), Box<dyn StdError + Send + Sync>>,
     ) -> Result<()> {
+        ensure_lock_held(conn)?;
         self.session_settings(conn, migration)?;
         let started = Instant::now();
         let outcome = if migration.run_in_transaction() {
@@ -472,6 +473,25 @@ fn acquire_lock(conn: &mut PgConnection, wait: Duration) -> Result<()> {
         tracing::debug!("migration lock busy; waiting");
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Checks that this backend still holds the migration lock. Behind a pooler in transaction
+/// mode the statements of one client land on several server connections, and the lock taken
+/// on one would not protect the migration run on another: stop before changing anything.
+fn ensure_lock_held(conn: &mut PgConnection) -> Result<()> {
+    let held: bool = diesel::select(sql::<Bool>(&format!(
+        "EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' \
+         AND granted AND classid = {} AND objid = {} AND objsubid = 1)",
+        (ADVISORY_LOCK_KEY as u64 >> 32) as u32,
+        (ADVISORY_LOCK_KEY as u64 & 0xFFFF_FFFF) as u32,
+    )))
+    .get_result(conn)
+    .map_err(Error::db("checking the migration lock"))?;
+    if held {
+        Ok(())
+    } else {
+        Err(Error::LockNotHeld)
     }
 }
 
