@@ -40,7 +40,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diesel::{PgConnection, QueryableByName, RunQueryDsl, dsl::sql, sql_types};
+use diesel::{
+    PgConnection, QueryableByName, RunQueryDsl,
+    connection::{AnsiTransactionManager, TransactionManager},
+    dsl::sql,
+    sql_types,
+};
 use pgops_pool::{Config, DatabaseUrl, Pool, PooledConnection};
 
 pub use policy::{Candidate, Policy, ban_duration, choose, lag};
@@ -300,11 +305,19 @@ impl Router {
         let mut excluded = None;
         loop {
             let (target, mut conn) = self.inner.checkout(token, excluded).map_err(E::from)?;
+            // A tokened read on a replica runs in the transaction its replay check opened, so
+            // both use one server connection even behind PgBouncer's transaction pooling.
+            let in_transaction = token.is_some() && target.replica().is_some();
             let result = {
                 let _in_flight = target
                     .replica()
                     .map(|i| InFlight::new(&self.inner.replicas[i].outstanding));
                 work(&mut conn)
+            };
+            let result = if in_transaction {
+                finish(&mut conn, result)
+            } else {
+                result
             };
             if let (Err(_), Target::Replica(index)) = (&result, target)
                 && excluded.is_none()
@@ -383,6 +396,20 @@ impl Target {
     }
 }
 
+/// Ends the transaction a tokened replica read ran in: commit after success, roll back after
+/// an error (whose error is the one returned).
+fn finish<T, E: From<Error>>(conn: &mut PgConnection, result: Result<T, E>) -> Result<T, E> {
+    match result {
+        Ok(value) => AnsiTransactionManager::commit_transaction(conn)
+            .map(|()| value)
+            .map_err(|e| E::from(Error::Query(e))),
+        Err(e) => {
+            let _ = AnsiTransactionManager::rollback_transaction(conn);
+            Err(e)
+        }
+    }
+}
+
 impl Replica {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -440,7 +467,7 @@ impl Inner {
                 {
                     Ok(mut conn) => match token {
                         None => return Ok((Target::Replica(index), conn)),
-                        Some(token) => match self.replayed(&mut conn, token) {
+                        Some(token) => match self.replayed_in_transaction(&mut conn, token) {
                             Ok(true) => return Ok((Target::Replica(index), conn)),
                             Ok(false) => "behind_token",
                             Err(_) => {
@@ -461,6 +488,21 @@ impl Inner {
         metrics::counter!("pgops_router_fallbacks_total", "reason" => reason).increment(1);
         let conn = self.primary.get()?;
         Ok((Target::Primary(reason), conn))
+    }
+
+    /// Opens a transaction on `conn` and checks in it that the replica has replayed `token`;
+    /// the transaction stays open for the read when it has, and is rolled back when not.
+    fn replayed_in_transaction(
+        &self,
+        conn: &mut PgConnection,
+        token: Token,
+    ) -> diesel::QueryResult<bool> {
+        AnsiTransactionManager::begin_transaction(conn)?;
+        let replayed = self.replayed(conn, token);
+        if !matches!(replayed, Ok(true)) {
+            let _ = AnsiTransactionManager::rollback_transaction(conn);
+        }
+        replayed
     }
 
     /// Whether the replica behind `conn` has replayed `token`, waiting up to `token_wait`.
