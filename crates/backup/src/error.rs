@@ -34,6 +34,18 @@ pub enum Error {
         /// The end of its stderr, password-free.
         stderr: String,
     },
+    /// A program needs the replication protocol, and a pooler in between refused it.
+    #[error(
+        "{program} needs a direct connection to PostgreSQL (the replication protocol), and \
+         {server} is a pooler (PgBouncer) that does not pass it on; point DATABASE_URL (or \
+         --database-url) for backups and WAL at the server itself"
+    )]
+    NeedsDirectConnection {
+        /// pg_basebackup, pg_receivewal, ...
+        program: String,
+        /// The host and port refused.
+        server: String,
+    },
     /// No backup with that id.
     #[error("no backup {0} in the repository; `pgops backup list` shows what there is")]
     NotFound(String),

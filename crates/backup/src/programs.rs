@@ -29,6 +29,13 @@ pub fn check(program: &str, url: &DatabaseUrl, output: &Output) -> Result<()> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // PgBouncer refuses the replication protocol with this startup error.
+    if stderr.contains("unsupported startup parameter: replication") {
+        return Err(Error::NeedsDirectConnection {
+            program: program.to_owned(),
+            server: url.server(),
+        });
+    }
     let lines: Vec<&str> = stderr.lines().collect();
     let tail = lines[lines.len().saturating_sub(5)..].join("; ");
     Err(Error::Program {

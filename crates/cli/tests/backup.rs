@@ -697,3 +697,35 @@ fn pgops_pg_free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[test]
+fn backups_given_a_pgbouncer_url_say_they_need_a_direct_connection() {
+    use pgops_testkit::{PgBouncer, PgBouncerOptions, PoolMode};
+    let cluster = pgops_testkit::Cluster::start(pgops_testkit::ClusterOptions::default()).unwrap();
+    let bouncer = PgBouncer::start(&cluster, PgBouncerOptions::new(PoolMode::Session, 2)).unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["backup", "create", "--kind", "physical"])
+        .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
+        .env("DATABASE_URL", bouncer.url("postgres"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pg_basebackup needs a direct connection to PostgreSQL")
+            && stderr.contains(&format!("127.0.0.1:{}", bouncer.port())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pgops-bouncer"), "no password: {stderr}");
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["backup", "list", "--json"])
+        .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("\"id\""),
+        "no backup stored: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+}
