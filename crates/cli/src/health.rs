@@ -60,6 +60,10 @@ pub enum Verb {
         /// Also report this backup repository (newest backups and drills).
         #[arg(long, env = "PGOPS_REPO")]
         repo: Option<String>,
+        /// Also report this PgBouncer: its admin console's URL (database `pgbouncer`), under
+        /// pgbouncer_exporter's metric names.
+        #[arg(long, env = "PGOPS_PGBOUNCER_URL", hide_env_values = true)]
+        pgbouncer: Option<String>,
     },
     /// Check the primary and replicas once: exit 0 healthy, 1 unhealthy, 2 primary unreachable.
     Check {
@@ -110,7 +114,13 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             cache,
             top_queries,
             repo,
+            pgbouncer,
         } => {
+            let pgbouncer = pgbouncer
+                .as_deref()
+                .map(DatabaseUrl::parse)
+                .transpose()
+                .map_err(|e| Failure::usage(anyhow::anyhow!("--pgbouncer: {e}")))?;
             options.scrape_deadline = *scrape_timeout;
             options.collector_timeout = *collector_timeout;
             options.cache_for = *cache;
@@ -129,6 +139,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                         .map_err(Failure::usage)?;
                     exporter = exporter
                         .with_collector(crate::repository_metrics::RepositoryCollector::new(store));
+                }
+                if let Some(url) = pgbouncer {
+                    exporter = exporter
+                        .with_collector(pgops_health::pgbouncer::PgBouncerCollector::new(url));
                 }
                 let exporter = Arc::new(exporter);
                 let listener = pgops_health::server::bind(*listen).await.map_err(Failure::usage)?;

@@ -701,10 +701,10 @@ fn pgops_pg_free_port() -> u16 {
 #[test]
 fn backups_given_a_pgbouncer_url_say_they_need_a_direct_connection() {
     use pgops_testkit::{PgBouncer, PgBouncerOptions, PoolMode};
-    let cluster = pgops_testkit::Cluster::start(pgops_testkit::ClusterOptions::default()).unwrap();
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
     let bouncer = PgBouncer::start(&cluster, PgBouncerOptions::new(PoolMode::Session, 2)).unwrap();
     let repo = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgops"))
+    let out = Command::new(env!("CARGO_BIN_EXE_pgops"))
         .args(["backup", "create", "--kind", "physical"])
         .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
         .env("DATABASE_URL", bouncer.url("postgres"))
@@ -718,7 +718,7 @@ fn backups_given_a_pgbouncer_url_say_they_need_a_direct_connection() {
         "{stderr}"
     );
     assert!(!stderr.contains("pgops-bouncer"), "no password: {stderr}");
-    let list = std::process::Command::new(env!("CARGO_BIN_EXE_pgops"))
+    let list = Command::new(env!("CARGO_BIN_EXE_pgops"))
         .args(["backup", "list", "--json"])
         .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
         .output()

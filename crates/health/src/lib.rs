@@ -19,6 +19,7 @@
 pub mod collectors;
 mod error;
 mod exporter;
+pub mod pgbouncer;
 pub mod server;
 pub mod snapshot;
 pub mod text;

@@ -10,6 +10,14 @@ pub enum Error {
     /// A connection string libpq cannot read (the message never echoes a password).
     #[error("{0}")]
     InvalidConnectionString(String),
+    /// A simple-protocol connection or query failed.
+    #[error("{context}: {message}")]
+    Simple {
+        /// What was being done (the URL without password).
+        context: String,
+        /// libpq's message, password-free.
+        message: String,
+    },
     /// A string is not a PostgreSQL LSN (`X/Y` in hexadecimal).
     #[error("`{0}` is not a WAL position; expected the form 16/B374D848")]
     InvalidLsn(String),

@@ -24,6 +24,7 @@ mod programs;
 mod quote;
 mod report;
 pub mod rows;
+pub mod simple;
 mod wal;
 
 pub use config_file::config_path;
