@@ -125,6 +125,23 @@ fn pools_stats_databases_and_lists_under_the_exporters_names() {
         "four clients waited about a second and a half"
     );
 
+    // Every PgBouncer metric the documented alert rules read is served.
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/monitoring/alerts.yml"),
+    )
+    .unwrap();
+    let read: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("pgbouncer_"))
+        .collect();
+    assert!(read.len() >= 4, "{read:?}");
+    for name in read {
+        assert!(
+            after.iter().any(|f| f.name == name),
+            "the alert rules read {name}, which the collector lacks"
+        );
+    }
+
     drop(bouncer);
     let gone = collector.families();
     assert_eq!(value(&gone, "pgbouncer_up", &[]), Some(0.0));

@@ -75,6 +75,12 @@ impl PgBouncerOptions {
 impl PgBouncer {
     /// Starts PgBouncer in front of `cluster` (every database of it), as the server's OS user.
     pub fn start(cluster: &Cluster, options: PgBouncerOptions) -> Result<PgBouncer> {
+        Self::in_front_of(cluster.port(), options)
+    }
+
+    /// Starts PgBouncer in front of the server on 127.0.0.1:`port` (a cluster this process did
+    /// not start, such as the dev stack's), whose loopback connections need no password.
+    pub fn in_front_of(port: u16, options: PgBouncerOptions) -> Result<PgBouncer> {
         let program = find_pgbouncer()?;
         let run_as = RunAs::detect()?;
         let root = tempfile::Builder::new()
@@ -84,6 +90,7 @@ impl PgBouncer {
             .keep();
         run_as.own(&root)?;
         let watchdog = Watchdog::pgbouncer(&run_as, &root)?;
+        let server_port = port;
         let port = pgops_pg::free_port()?;
         let mode = match options.mode {
             PoolMode::Session => "session",
@@ -97,7 +104,7 @@ impl PgBouncer {
              pool_mode = {mode}\ndefault_pool_size = {size}\nmax_client_conn = {clients}\n\
              logfile = {root}/pgbouncer.log\npidfile = {root}/pgbouncer.pid\n\
              ignore_startup_parameters = extra_float_digits\n",
-            server = cluster.port(),
+            server = server_port,
             root = root.display(),
             size = options.default_pool_size,
             clients = options.max_client_conn,

@@ -187,6 +187,13 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         }
     }
 
+    // A real PgBouncer in front of the stack's primary, for the PgBouncer runbook.
+    let bouncer = pgops_testkit::PgBouncer::in_front_of(
+        ports.primary,
+        pgops_testkit::PgBouncerOptions::new(pgops_testkit::PoolMode::Transaction, 4),
+    )
+    .unwrap();
+
     let mut env: Vec<(String, String)> = fs::read_to_string(dir.join("env"))
         .unwrap()
         .lines()
@@ -228,6 +235,7 @@ fn every_runbook_step_runs_against_a_dev_stack() {
                 ),
             ),
             ("NEW_PASSWORD", new_password.to_owned()),
+            ("PGBOUNCER_ADMIN_URL", bouncer.admin_url()),
             ("ROTATE_ROLE", "app_runbook".to_owned()),
             (
                 "PG_OS_USER",
@@ -249,6 +257,7 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         .collect();
     for expected in [
         "database-maintenance.md",
+        "pgbouncer-clients-waiting.md",
         "pool-exhaustion.md",
         "replica-lag.md",
         "wal-archive-failing.md",
@@ -326,6 +335,16 @@ fn every_runbook_step_runs_against_a_dev_stack() {
     );
     // Verifying backups: a restore drill ran and was recorded.
     assert!(all.contains("drill ok"), "{all}");
+    // Clients waiting in PgBouncer: the pools were read, and the pool was raised.
+    assert!(
+        all.contains("cl_waiting") && all.contains("pool_mode"),
+        "{all}"
+    );
+    assert!(
+        all.lines()
+            .any(|l| l.trim_start().starts_with("default_pool_size") && l.contains("| 30")),
+        "{all}"
+    );
 
     assert_eq!(stack.stop(Signal::SIGTERM), Some(0));
 }
