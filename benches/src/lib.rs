@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod health;
 pub mod page;
+pub mod pgbouncer;
 pub mod pool;
 pub mod queries;
 pub mod report;
@@ -15,7 +16,15 @@ pub mod seed;
 pub mod workload;
 
 /// The suites, by name.
-pub const SUITES: &[&str] = &["pool", "router", "seed", "workload", "health", "backup"];
+pub const SUITES: &[&str] = &[
+    "pool",
+    "router",
+    "seed",
+    "workload",
+    "health",
+    "backup",
+    "pgbouncer",
+];
 
 /// Runs one suite.
 pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
@@ -26,6 +35,7 @@ pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
         "workload" => queries::run(queries::Plan::new(quick)),
         "health" => health::run(health::Plan::new(quick)),
         "backup" => backup::run(backup::Plan::new(quick)),
+        "pgbouncer" => pgbouncer::run(workload::LookupPlan::new(quick)),
         other => anyhow::bail!(
             "unknown benchmark suite `{other}`; known suites: {}",
             SUITES.join(", ")

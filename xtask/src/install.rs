@@ -150,8 +150,8 @@ const REQUIREMENTS: &[Requirement] = &[
         packages: || vec!["curl".into()],
     },
     Requirement {
-        what: "Python's venv (for moto's S3 server and squawk)",
-        needed_by: &[Need::Ci, Need::Matrix],
+        what: "Python's venv (moto's S3 server, squawk, the pgbouncer benchmark's exporter)",
+        needed_by: &[Need::Ci, Need::Bench, Need::Matrix],
         present: || {
             Command::new("python3")
                 .args(["-c", "import ensurepip, venv"])
@@ -207,6 +207,9 @@ pub fn ensure(need: Need) -> anyhow::Result<Tools> {
     let mut tools = Tools::default();
     if matches!(need, Need::Ci | Need::Matrix) {
         tools.bin_dirs.push(python_tools()?);
+    }
+    if need == Need::Bench {
+        tools.bin_dirs.push(pgbouncer_exporter()?);
     }
     if need == Need::Matrix {
         tools.servers = server_builds()?;
@@ -389,6 +392,50 @@ fn python_tools() -> anyhow::Result<PathBuf> {
             bin.join(program).display()
         );
     }
+    Ok(bin)
+}
+
+/// The pgbouncer benchmark's anchor, pinned, in its own virtual environment (it pins an old
+/// `prometheus_client`): spreaker's `prometheus-pgbouncer-exporter` from PyPI, because
+/// Debian's 1.7 package stops at start against Debian's PgBouncer 1.18 (`KeyError:
+/// 'total_requests'`, a column PgBouncer 1.8 removed). `psycopg2-binary` stands in for the
+/// source build of `psycopg2` it names. Returns the environment's `bin/`.
+fn pgbouncer_exporter() -> anyhow::Result<PathBuf> {
+    let venv = crate::target_dir()
+        .join("pgops-tools")
+        .join("pgbouncer-exporter");
+    let bin = venv.join("bin");
+    if bin.join("pgbouncer-exporter").is_file() {
+        return Ok(bin);
+    }
+    println!(
+        "installing prometheus-pgbouncer-exporter 2.1.2 into {}",
+        venv.display()
+    );
+    run(
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        "python3 -m venv",
+    )?;
+    let pip = |args: &[&str]| {
+        run(
+            Command::new(bin.join("pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(args),
+            &format!("pip install {}", args.join(" ")),
+        )
+    };
+    pip(&["--no-deps", "prometheus-pgbouncer-exporter==2.1.2"])?;
+    pip(&[
+        "psycopg2-binary==2.9.13",
+        "prometheus_client==0.8.0",
+        "python-json-logger==0.1.11",
+        "PyYAML==6.0.4",
+    ])?;
+    ensure!(
+        bin.join("pgbouncer-exporter").is_file(),
+        "pip installed prometheus-pgbouncer-exporter but {} is missing",
+        bin.join("pgbouncer-exporter").display()
+    );
     Ok(bin)
 }
 

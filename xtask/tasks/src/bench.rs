@@ -9,7 +9,8 @@ use std::process::{Command, ExitCode};
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The suite to run (pool, router, seed, workload, health, backup); all suites when omitted.
+    /// The suite to run (pool, router, seed, workload, health, backup, pgbouncer); all suites
+    /// when omitted.
     pub suite: Option<String>,
     /// Shorter runs: a smaller data set, fewer and shorter rounds.
     #[arg(long)]
@@ -33,6 +34,7 @@ const SUITES: &[(&str, &[&str])] = &[
     ("workload", &[]),
     ("health", &[]),
     ("backup", &[]),
+    ("pgbouncer", &[]),
 ];
 
 /// Runs the benchmarks.

@@ -1,0 +1,301 @@
+//! The `pgbouncer` suite, through a real PgBouncer (Debian's) in transaction pooling:
+//! primary-key lookups through a pgops pool with `pooler = transaction` against
+//! `pgbench -S -M extended` through the same PgBouncer with the same clients, the same lookups
+//! straight to the server as context; and the time to answer `/metrics` for `pgops health`
+//! with `--pgbouncer` against `prometheus-pgbouncer-exporter` on the same PgBouncer: spreaker's
+//! 2.1.2 from PyPI (installed by `cargo xtask bench`), because Debian's 1.7 package stops at
+//! start against Debian's PgBouncer 1.18 (`KeyError: 'total_requests'`).
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use pgops_health::{Exporter, Options, pgbouncer::PgBouncerCollector};
+use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings, Pooler};
+use pgops_testkit::{Cluster, ClusterOptions, PgBouncer, PgBouncerOptions, PoolMode, SUPERUSER};
+
+use crate::{
+    pool::pgbench_tps,
+    report::{Comparison, Report, median},
+    workload::{LookupPlan, pgbench, pk_lookups_via_pool},
+};
+
+/// The exporter's program.
+const PGBOUNCER_EXPORTER: &str = "pgbouncer-exporter";
+
+/// Scrapes per exporter per round.
+const SCRAPES: usize = 20;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the suite.
+pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
+    let cluster = Cluster::start(ClusterOptions::default().setting("max_connections", "200"))
+        .context("starting a cluster")?;
+    eprintln!("pgbench -i -s {} ...", plan.scale);
+    pgbench(
+        &cluster,
+        "postgres",
+        &["-i", "-q", "-s", &plan.scale.to_string()],
+    )?;
+    cluster.execute("postgres", "VACUUM ANALYZE")?;
+    let bouncer = PgBouncer::start(
+        &cluster,
+        PgBouncerOptions::new(PoolMode::Transaction, plan.clients),
+    )
+    .context("starting PgBouncer")?;
+    let accounts = plan.accounts()?;
+    let settings = |pooler| PoolSettings {
+        max_size: plan.clients,
+        min_idle: plan.clients,
+        pooler,
+        ..Environment::Production.profile()
+    };
+    let through = Pool::open(
+        "bench-pgbouncer",
+        DatabaseUrl::parse(&bouncer.url("postgres"))?,
+        settings(Pooler::Transaction),
+    )?;
+    let direct = Pool::open(
+        "bench-direct",
+        DatabaseUrl::parse(&cluster.url("postgres"))?,
+        settings(Pooler::None),
+    )?;
+
+    let (clients, seconds) = (plan.clients.to_string(), plan.seconds.to_string());
+    let anchor_tool = format!(
+        "pgbench -n -S -M extended -c {clients} -j 2 -T {seconds} through PgBouncer 1.18 (pool_mode = transaction, default_pool_size = {clients})"
+    );
+    let (mut ours, mut anchor, mut straight) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..plan.rounds {
+        let mut steps = ["pgbench", "pgops", "direct"];
+        steps.rotate_left(round % 3);
+        for step in steps {
+            match step {
+                "pgbench" => {
+                    let args = [
+                        "-n", "-S", "-M", "extended", "-c", &clients, "-j", "2", "-T", &seconds,
+                    ];
+                    anchor.push(pgbench_tps(&pgbench_via(&cluster, &bouncer, &args)?)?);
+                }
+                "pgops" => ours.push(pk_lookups_via_pool(&through, plan, accounts)?),
+                _ => straight.push(pk_lookups_via_pool(&direct, plan, accounts)?),
+            }
+        }
+        eprintln!(
+            "round {}: pgbench via PgBouncer {:.0}, pgops via PgBouncer {:.0}, pgops direct {:.0} queries/s",
+            round + 1,
+            anchor[round],
+            ours[round],
+            straight[round]
+        );
+    }
+
+    let (ours_scrape, anchor_scrape) = scrapes(&cluster, &bouncer, plan.rounds)?;
+    Ok(Report {
+        suite: "pgbouncer".into(),
+        comparisons: vec![
+            Comparison::from_rounds(
+                "pk_lookup_qps_via_pgbouncer",
+                "queries/s",
+                &ours,
+                &anchor,
+                &anchor_tool,
+                true,
+            )
+            .target(0.9),
+            Comparison::from_rounds(
+                "pk_lookup_qps_direct",
+                "queries/s",
+                &straight,
+                &ours,
+                "context: the same lookups through pgops straight to the server (ours), against pgops through PgBouncer (anchor)",
+                true,
+            ),
+            Comparison::from_rounds(
+                "pgbouncer_scrape_seconds",
+                "seconds",
+                &ours_scrape,
+                &anchor_scrape,
+                "prometheus-pgbouncer-exporter 2.1.2 (PyPI; Debian's 1.7 cannot read PgBouncer 1.18), GET /metrics on the same PgBouncer; pgops health serve --pgbouncer, with the database's own metrics in the same answer",
+                false,
+            )
+            .target(1.5),
+        ],
+        measurements: Vec::new(),
+        machine: None,
+        quick: false,
+    })
+}
+
+/// Runs `pgbench` against the database through PgBouncer.
+fn pgbench_via(cluster: &Cluster, bouncer: &PgBouncer, args: &[&str]) -> anyhow::Result<String> {
+    let program = cluster.binaries().program("pgbench");
+    let out = Command::new(&program)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &bouncer.port().to_string(),
+            "-U",
+            SUPERUSER,
+        ])
+        .args(args)
+        .arg("postgres")
+        .env("PGPASSWORD", bouncer_password(bouncer)?)
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "pgbench {} through PgBouncer failed: {stdout}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+/// The password PgBouncer's URL carries.
+fn bouncer_password(bouncer: &PgBouncer) -> anyhow::Result<String> {
+    DatabaseUrl::parse(&bouncer.url("postgres"))?
+        .password()
+        .map(str::to_owned)
+        .context("PgBouncer's URL has no password")
+}
+
+/// `/metrics` answer times, per round (medians of `SCRAPES`): pgops, then the exporter.
+fn scrapes(
+    cluster: &Cluster,
+    bouncer: &PgBouncer,
+    rounds: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let program = which(PGBOUNCER_EXPORTER).with_context(|| {
+        format!("{PGBOUNCER_EXPORTER} is not installed; cargo xtask bench installs it")
+    })?;
+    let anchor_port = pgops_pg::free_port()?;
+    // Its configuration names PgBouncer's admin console (a throwaway test password).
+    let config = tempfile::NamedTempFile::new().context("writing the exporter's configuration")?;
+    std::fs::write(
+        config.path(),
+        format!(
+            "exporter_host: 127.0.0.1\nexporter_port: {anchor_port}\npgbouncers:\n  - dsn: {}\n",
+            bouncer.admin_url()
+        ),
+    )?;
+    let _anchor = Killed(
+        Command::new(&program)
+            .arg("--config")
+            .arg(config.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let exporter = Arc::new(
+        Exporter::new(
+            DatabaseUrl::parse(&cluster.url("postgres"))?,
+            vec![],
+            Options::default(),
+            None,
+        )?
+        .with_collector(PgBouncerCollector::new(DatabaseUrl::parse(
+            &bouncer.admin_url(),
+        )?)),
+    );
+    let listener = runtime.block_on(pgops_health::server::bind("127.0.0.1:0".parse()?))?;
+    let ours_port = listener.local_addr()?.port();
+    runtime.spawn(pgops_health::server::serve_on(
+        listener,
+        exporter,
+        None,
+        std::future::pending(),
+    ));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let fetch = |url: &str| -> anyhow::Result<String> {
+        let mut response = agent
+            .get(url)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        Ok(response.body_mut().read_to_string()?)
+    };
+    let anchor_url = format!("http://127.0.0.1:{anchor_port}/metrics");
+    let ours_url = format!("http://127.0.0.1:{ours_port}/metrics");
+    let started = Instant::now();
+    let anchor_text = loop {
+        match fetch(&anchor_url) {
+            Ok(text) if text.contains("pgbouncer_up 1") => break text,
+            _ if started.elapsed() > Duration::from_secs(20) => {
+                bail!("{PGBOUNCER_EXPORTER} did not answer with PgBouncer metrics within 20 s")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let ours_text = fetch(&ours_url)?;
+    ensure!(
+        ours_text.contains("pgbouncer_up 1"),
+        "pgops did not read PgBouncer"
+    );
+    eprintln!(
+        "{PGBOUNCER_EXPORTER}: {} PgBouncer samples; pgops: {} PgBouncer samples",
+        anchor_text
+            .lines()
+            .filter(|l| l.starts_with("pgbouncer"))
+            .count(),
+        ours_text
+            .lines()
+            .filter(|l| l.starts_with("pgbouncer"))
+            .count()
+    );
+    let time = |url: &str| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        fetch(url)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (mut ours, mut anchor) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (mut o, mut a) = (Vec::new(), Vec::new());
+        for i in 0..SCRAPES {
+            if (round + i) % 2 == 0 {
+                o.push(time(&ours_url)?);
+                a.push(time(&anchor_url)?);
+            } else {
+                a.push(time(&anchor_url)?);
+                o.push(time(&ours_url)?);
+            }
+        }
+        ours.push(median(&o));
+        anchor.push(median(&a));
+        eprintln!(
+            "round {}: pgops {:.2} ms, {PGBOUNCER_EXPORTER} {:.2} ms",
+            round + 1,
+            ours[round] * 1e3,
+            anchor[round] * 1e3
+        );
+    }
+    Ok((ours, anchor))
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
