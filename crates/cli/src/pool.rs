@@ -1,5 +1,6 @@
-//! `pgops pool show` (the effective pool configuration and where each value came from) and
-//! `pgops pool check` (does the pool fit in the server's `max_connections`).
+//! `pgops pool show` (the effective pool and router configuration and where each value came
+//! from) and `pgops pool check` (do every instance's pools fit in each server's
+//! `max_connections`: the primary pool on the primary, a replica pool on each replica).
 
 use std::{io::Write, path::PathBuf};
 
@@ -76,10 +77,27 @@ fn show(config: &Config, json: bool, out: &mut dyn Write) -> Result<Exit, Failur
         .database_url
         .as_ref()
         .map(|u| Value::String(u.to_string()));
+    let router_values = serde_json::to_value(&config.router)
+        .context("encoding the router settings")
+        .map_err(Failure::problem)?;
+    let mut router = Map::new();
+    for key in pgops_pool::ROUTER_KEYS {
+        router.insert(
+            (*key).to_owned(),
+            entry(router_values[*key].clone(), &format!("router.{key}")),
+        );
+    }
+    let replicas: Vec<String> = config
+        .replica_urls
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let report = json!({
         "environment": entry(json!(config.environment), "environment"),
         "database_url": entry(url.unwrap_or(Value::Null), "database_url"),
+        "replica_urls": replicas,
         "pool": pool,
+        "router": router,
     });
     let written = if json {
         writeln!(out, "{report:#}")
@@ -118,6 +136,21 @@ fn show(config: &Config, json: bool, out: &mut dyn Write) -> Result<Exit, Failur
                 source(key)
             ));
         }
+        for (index, url) in replicas.iter().enumerate() {
+            text.push_str(&format!("{:<38} {url}\n", format!("replica-{index}")));
+        }
+        for key in pgops_pool::ROUTER_KEYS {
+            let value = match &router_values[*key] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            text.push_str(&format!(
+                "{:<38} {:<44} {}\n",
+                format!("router.{key}"),
+                value,
+                source(&format!("router.{key}"))
+            ));
+        }
         write!(out, "{text}")
     };
     written
@@ -132,38 +165,49 @@ fn check(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<Exit, Failure> {
-    let url = config.require_url().map_err(Failure::usage)?;
-    let mut conn = connect(url)?;
-    let limits: ServerLimits = diesel::sql_query(
-        "SELECT current_setting('max_connections')::int AS max_connections,
-                current_setting('superuser_reserved_connections')::int AS superuser_reserved,
-                coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved,
-                (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS in_use",
-    )
-    .get_result(&mut conn)
-    .map_err(|e| Failure::problem(anyhow::anyhow!("reading the server's connection limits: {}", url.scrub(&e.to_string()))))?;
-    let verdict = fit(config.pool.max_size, instances, &limits);
-    let report = json!({
-        "max_size": config.pool.max_size,
-        "instances": instances,
-        "needed": verdict.needed,
-        "max_connections": limits.max_connections,
-        "superuser_reserved_connections": limits.superuser_reserved,
-        "reserved_connections": limits.reserved,
-        "available": verdict.available,
-        "connections_now": limits.in_use,
-        "fits": verdict.fits,
-        "advice": verdict.advice,
-    });
-    let written = if json {
-        writeln!(out, "{report:#}")
-    } else {
-        writeln!(
-            out,
-            "pool: max_size {} x {instances} instance(s) = {} connections\n\
-             server: max_connections {} - {} reserved for superusers - {} reserved = {} for applications ({} connected now)\n\
-             {}",
-            config.pool.max_size,
+    let primary = config.require_url().map_err(Failure::usage)?;
+    // Every pool an instance opens: the primary pool (which the router shares) on the primary,
+    // and one replica pool on each replica.
+    let mut servers = vec![("primary".to_owned(), primary.clone(), config.pool.max_size)];
+    for (index, url) in config.replica_urls.iter().enumerate() {
+        servers.push((
+            format!("replica-{index}"),
+            url.clone(),
+            config.router.replica_max_size,
+        ));
+    }
+    let mut reports = Vec::new();
+    let mut text = String::new();
+    let mut all_fit = true;
+    for (name, url, max_size) in &servers {
+        let mut conn = connect(url)?;
+        let limits: ServerLimits = diesel::sql_query(
+            "SELECT current_setting('max_connections')::int AS max_connections,
+                    current_setting('superuser_reserved_connections')::int AS superuser_reserved,
+                    coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved,
+                    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS in_use",
+        )
+        .get_result(&mut conn)
+        .map_err(|e| Failure::problem(anyhow::anyhow!("reading the connection limits of {url}: {}", url.scrub(&e.to_string()))))?;
+        let verdict = fit(*max_size, instances, &limits);
+        all_fit &= verdict.fits;
+        reports.push(json!({
+            "server": name,
+            "url": url.to_string(),
+            "max_size": max_size,
+            "instances": instances,
+            "needed": verdict.needed,
+            "max_connections": limits.max_connections,
+            "superuser_reserved_connections": limits.superuser_reserved,
+            "reserved_connections": limits.reserved,
+            "available": verdict.available,
+            "connections_now": limits.in_use,
+            "fits": verdict.fits,
+            "advice": verdict.advice,
+        }));
+        text.push_str(&format!(
+            "{name} ({url}): pool max_size {max_size} x {instances} instance(s) = {} connections\n  \
+             server: max_connections {} - {} reserved for superusers - {} reserved = {} for applications ({} connected now)\n  {}\n",
             verdict.needed,
             limits.max_connections,
             limits.superuser_reserved,
@@ -171,16 +215,20 @@ fn check(
             verdict.available,
             limits.in_use,
             verdict.advice
-        )
+        ));
+    }
+    let written = if json {
+        let mut report = reports.first().cloned().unwrap_or_default();
+        report["servers"] = Value::Array(reports);
+        report["fits"] = Value::Bool(all_fit);
+        writeln!(out, "{report:#}")
+    } else {
+        write!(out, "{text}")
     };
     written
         .context("writing the report")
         .map_err(Failure::problem)?;
-    Ok(if verdict.fits {
-        Exit::Ok
-    } else {
-        Exit::Problem
-    })
+    Ok(if all_fit { Exit::Ok } else { Exit::Problem })
 }
 
 struct Verdict {

@@ -127,3 +127,76 @@ fn check_compares_pools_of_all_instances_with_max_connections() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("DATABASE_URL is not set"));
 }
+
+#[test]
+fn check_counts_every_pool_an_instance_opens_and_show_prints_the_router() {
+    let db = TestDatabase::empty().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = db.url();
+    // The same server stands in for a replica: its pool is counted on its own.
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_REPLICA_URLS", url.as_str()),
+        ("PGOPS_POOL_MAX_SIZE", "20"),
+        ("PGOPS_ROUTER_REPLICA_MAX_SIZE", "40"),
+    ];
+    let out = pgops(
+        &["pool", "check", "--instances", "3", "--json"],
+        &env,
+        dir.path(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let servers = v["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{v:#}");
+    assert_eq!(servers[0]["server"], "primary");
+    assert_eq!(servers[0]["needed"], 60);
+    assert_eq!(servers[1]["server"], "replica-0");
+    assert_eq!(
+        servers[1]["needed"], 120,
+        "3 instances x replica_max_size 40"
+    );
+    assert_eq!(servers[0]["fits"], true);
+    assert_eq!(
+        v["fits"], false,
+        "120 do not fit in the replica's 97: {v:#}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    std::fs::write(
+        dir.path().join("pgops.toml"),
+        "[router]\nreplica_max_size = 8\nmax_lag = \"2s\"\n",
+    )
+    .unwrap();
+    let out = pgops(&["pool", "show"], &env[..3], dir.path());
+    let shown = text(&out.stdout);
+    assert!(shown.contains("replica-0"), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("router.replica_max_size")
+                && l.contains(" 8 ")
+                && l.contains("pgops.toml")),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("router.max_lag") && l.contains("2s")),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("router.replica_min_idle") && l.contains("profile")),
+        "{shown}"
+    );
+
+    std::fs::write(
+        dir.path().join("pgops.toml"),
+        "[router]\nreplica_max_sise = 8\n",
+    )
+    .unwrap();
+    let out = pgops(&["pool", "show"], &env[..3], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown key `replica_max_sise` in [router]"));
+}

@@ -89,6 +89,54 @@ pub struct PoolSettings {
     pub pooler: Pooler,
 }
 
+/// How reads go to replicas (`[router]` in `pgops.toml`, `PGOPS_ROUTER_*`), and how big each
+/// replica's pool is: the router shares the service's primary pool and opens one pool per
+/// replica, sized here rather than like the primary's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouterSettings {
+    /// Most connections of each replica's pool.
+    pub replica_max_size: u32,
+    /// Idle connections kept in each replica's pool.
+    pub replica_min_idle: u32,
+    /// Close a replica connection idle longer than this (`None`: never).
+    #[serde(with = "opt_duration")]
+    pub replica_idle_timeout: Option<Duration>,
+    /// Reads without a token avoid replicas more than this far behind in time.
+    #[serde(with = "duration")]
+    pub max_lag: Duration,
+    /// ... or more than this many bytes of WAL behind.
+    pub max_lag_bytes: u64,
+    /// How long a read after a write waits for a replica to replay it before using the
+    /// primary (`0s`: use the primary at once).
+    #[serde(with = "duration")]
+    pub token_wait: Duration,
+}
+
+/// The router keys, as named in `pgops.toml`'s `[router]` table; the environment variable is
+/// `PGOPS_ROUTER_` + the key in upper case.
+pub const ROUTER_KEYS: &[&str] = &[
+    "replica_max_size",
+    "replica_min_idle",
+    "replica_idle_timeout",
+    "max_lag",
+    "max_lag_bytes",
+    "token_wait",
+];
+
+impl Default for RouterSettings {
+    /// Replica pools of 20 with 5 idle, closed after 30 s idle; 5 s or 16 MiB of lag.
+    fn default() -> Self {
+        RouterSettings {
+            replica_max_size: 20,
+            replica_min_idle: 5,
+            replica_idle_timeout: Some(Duration::from_secs(30)),
+            max_lag: Duration::from_secs(5),
+            max_lag_bytes: 16 * 1024 * 1024,
+            token_wait: Duration::ZERO,
+        }
+    }
+}
+
 /// Everything a pool needs, with the source of every value.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -96,8 +144,12 @@ pub struct Config {
     pub environment: Environment,
     /// The database (primary).
     pub database_url: Option<DatabaseUrl>,
+    /// Read replicas (`DATABASE_REPLICA_URLS`, comma-separated, or `DATABASE_READ_REPLICA_URL`).
+    pub replica_urls: Vec<DatabaseUrl>,
     /// The settings.
     pub pool: PoolSettings,
+    /// How reads go to replicas, and the replicas' pools.
+    pub router: RouterSettings,
     /// Where each key's value came from (`environment`, `database_url` and every pool key).
     pub sources: BTreeMap<&'static str, Source>,
 }
@@ -336,17 +388,148 @@ impl Config {
                 allowed: format!("0 to max_size ({})", pool.max_size),
             });
         }
+        let replica_urls = replica_urls(env)?;
+        let router = router_settings(&section("router")?, file_path.as_deref(), env, &mut sources)?;
         Ok(Config {
             environment,
             database_url,
+            replica_urls,
             pool,
+            router,
             sources,
         })
+    }
+
+    /// The settings of each replica's pool: the primary's, sized by `[router]`.
+    pub fn replica_pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_size: self.router.replica_max_size,
+            min_idle: self.router.replica_min_idle,
+            idle_timeout: self.router.replica_idle_timeout,
+            ..self.pool.clone()
+        }
     }
 
     /// The database URL, or the error that says how to set it.
     pub fn require_url(&self) -> Result<&DatabaseUrl> {
         self.database_url.as_ref().ok_or(Error::MissingUrl)
+    }
+}
+
+/// `DATABASE_REPLICA_URLS` (comma-separated), or `DATABASE_READ_REPLICA_URL`.
+fn replica_urls(env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<DatabaseUrl>> {
+    let (var, raw) = match env("DATABASE_REPLICA_URLS").filter(|v| !v.trim().is_empty()) {
+        Some(raw) => ("DATABASE_REPLICA_URLS", raw),
+        None => (
+            "DATABASE_READ_REPLICA_URL",
+            env("DATABASE_READ_REPLICA_URL").unwrap_or_default(),
+        ),
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .enumerate()
+        .map(|(index, u)| {
+            DatabaseUrl::parse(u).map_err(|e| Error::InvalidSetting {
+                key: format!("{var} (entry {index})"),
+                value: "(not shown: it may hold a password)".into(),
+                allowed: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `[router]`, then `PGOPS_ROUTER_*`, over the defaults; validated.
+fn router_settings(
+    table: &toml::Table,
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    sources: &mut BTreeMap<&'static str, Source>,
+) -> Result<RouterSettings> {
+    if let Some(unknown) = table.keys().find(|k| !ROUTER_KEYS.contains(&k.as_str())) {
+        return Err(Error::ConfigFile {
+            path: file.map(Path::to_path_buf).unwrap_or_default(),
+            message: format!(
+                "unknown key `{unknown}` in [router]; known keys: {}",
+                ROUTER_KEYS.join(", ")
+            ),
+        });
+    }
+    let mut router = RouterSettings::default();
+    for key in ROUTER_KEYS {
+        let var = format!("PGOPS_ROUTER_{}", key.to_ascii_uppercase());
+        let (name, value, source) = if let Some(value) = env(&var) {
+            (var.clone(), value, Source::Env(var))
+        } else if let Some(value) = table.get(*key) {
+            let text = value
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            (
+                format!("router.{key} (pgops.toml)"),
+                text,
+                Source::File(file.map(Path::to_path_buf).unwrap_or_default()),
+            )
+        } else {
+            sources.insert(router_source_key(key), Source::Profile);
+            continue;
+        };
+        let invalid = |allowed: &str| Error::InvalidSetting {
+            key: name.clone(),
+            value: value.clone(),
+            allowed: allowed.to_owned(),
+        };
+        let count = |max: u64| -> Result<u64> {
+            value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| invalid(&format!("a whole number from 0 to {max}")))
+        };
+        let duration = || -> Result<Duration> {
+            humantime::parse_duration(value.trim())
+                .map_err(|_| invalid("a duration like 500ms, 5s or 0s"))
+        };
+        match *key {
+            "replica_max_size" => {
+                router.replica_max_size = u32::try_from(count(10_000)?)
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| invalid("a whole number from 1 to 10000"))?
+            }
+            "replica_min_idle" => router.replica_min_idle = count(10_000)? as u32,
+            "replica_idle_timeout" => {
+                router.replica_idle_timeout = match value.trim() {
+                    "0" | "off" | "none" => None,
+                    _ => Some(duration()?).filter(|d| !d.is_zero()),
+                }
+            }
+            "max_lag" => router.max_lag = duration()?,
+            "max_lag_bytes" => router.max_lag_bytes = count(u64::MAX / 2)?,
+            _ => router.token_wait = duration()?,
+        }
+        sources.insert(router_source_key(key), source);
+    }
+    if router.replica_min_idle > router.replica_max_size {
+        return Err(Error::InvalidSetting {
+            key: "router.replica_min_idle".into(),
+            value: router.replica_min_idle.to_string(),
+            allowed: format!("0 to replica_max_size ({})", router.replica_max_size),
+        });
+    }
+    Ok(router)
+}
+
+/// The `sources` key of a router setting (`router.max_lag`).
+fn router_source_key(key: &str) -> &'static str {
+    match key {
+        "replica_max_size" => "router.replica_max_size",
+        "replica_min_idle" => "router.replica_min_idle",
+        "replica_idle_timeout" => "router.replica_idle_timeout",
+        "max_lag" => "router.max_lag",
+        "max_lag_bytes" => "router.max_lag_bytes",
+        _ => "router.token_wait",
     }
 }
 
@@ -540,6 +723,69 @@ mod tests {
     }
 
     #[test]
+    fn router_settings_and_replicas_come_from_the_file_and_the_environment() {
+        let c = load(&[], None).unwrap();
+        assert_eq!(c.router, RouterSettings::default());
+        assert_eq!(
+            (c.router.replica_max_size, c.router.replica_min_idle),
+            (20, 5)
+        );
+        assert!(c.replica_urls.is_empty());
+
+        let c = load(
+            &[
+                ("PGOPS_ROUTER_TOKEN_WAIT", "50ms"),
+                (
+                    "DATABASE_REPLICA_URLS",
+                    "postgres://app:s3cret@r1/app, postgres://app@r2/app",
+                ),
+            ],
+            Some("[router]\nreplica_max_size = 8\nreplica_min_idle = 2\ntoken_wait = \"1s\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.router.replica_max_size, 8);
+        assert_eq!(
+            c.router.token_wait,
+            Duration::from_millis(50),
+            "env beats file"
+        );
+        assert_eq!(
+            c.sources["router.token_wait"],
+            Source::Env("PGOPS_ROUTER_TOKEN_WAIT".into())
+        );
+        assert_eq!(
+            c.sources["router.replica_max_size"],
+            Source::File("pgops.toml".into())
+        );
+        assert_eq!(c.sources["router.max_lag"], Source::Profile);
+        assert_eq!(c.replica_urls.len(), 2);
+        let replica = c.replica_pool_settings();
+        assert_eq!((replica.max_size, replica.min_idle), (8, 2));
+        assert_eq!(replica.statement_timeout, c.pool.statement_timeout);
+
+        let err = load(
+            &[],
+            Some("[router]\nreplica_max_size = 2\nreplica_min_idle = 3\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("0 to replica_max_size (2)"), "{err}");
+        let err = load(
+            &[(
+                "DATABASE_REPLICA_URLS",
+                "postgres://app:s3cret@r1/app?nonsense=1",
+            )],
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("DATABASE_REPLICA_URLS (entry 0)") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn behind_transaction_pooling_no_session_timeout_is_set_and_an_explicit_one_is_refused() {
         let c = load(
             &[
@@ -643,7 +889,7 @@ mod tests {
         assert_eq!(c.sources["idle_timeout"], Source::File("pgops.toml".into()));
         assert_eq!(c.pool.min_idle, 5);
         assert_eq!(c.sources["min_idle"], Source::Profile);
-        assert_eq!(c.sources.len(), KEYS.len() + 1);
+        assert_eq!(c.sources.len(), KEYS.len() + 1 + ROUTER_KEYS.len());
     }
 
     #[test]

@@ -23,7 +23,9 @@ mod manager;
 pub mod metrics;
 mod pool;
 
-pub use config::{Config, Environment, KEYS, PoolSettings, Pooler, Source};
+pub use config::{
+    Config, Environment, KEYS, PoolSettings, Pooler, ROUTER_KEYS, RouterSettings, Source,
+};
 pub use error::{Error, Result};
 pub use manager::session_sql;
 pub use pgops_pg::DatabaseUrl;

@@ -4,7 +4,9 @@
 //! ```no_run
 //! # fn main() -> Result<(), pgops_router::Error> {
 //! use diesel::{RunQueryDsl, connection::SimpleConnection};
-//! let router = pgops_router::Router::from_env()?; // DATABASE_URL + DATABASE_REPLICA_URLS
+//! let config = pgops_pool::Config::load()?; // DATABASE_URL, DATABASE_REPLICA_URLS, pgops.toml
+//! let pool = pgops_pool::Pool::connect(&config)?; // the service's primary pool
+//! let router = pgops_router::Router::from_config(pool.clone(), &config); // shares it
 //! let ((), token) = router.write(|conn| -> Result<(), pgops_router::Error> {
 //!     Ok(conn.batch_execute("UPDATE patients SET status = 'inactive' WHERE id = 7")?)
 //! })?;
@@ -46,7 +48,7 @@ use diesel::{
     dsl::sql,
     sql_types,
 };
-use pgops_pool::{Config, DatabaseUrl, Pool, PooledConnection};
+use pgops_pool::{Config, Pool, PooledConnection};
 
 pub use policy::{Candidate, Policy, ban_duration, choose, lag};
 
@@ -60,14 +62,6 @@ pub enum Error {
     /// A query failed.
     #[error(transparent)]
     Query(#[from] diesel::result::Error),
-    /// A replica URL is malformed.
-    #[error("DATABASE_REPLICA_URLS entry {index}")]
-    ReplicaUrl {
-        /// Its position in the list (from 0).
-        index: usize,
-        /// What is wrong.
-        source: pgops_pool::Error,
-    },
 }
 
 /// Result type of the router.
@@ -211,34 +205,41 @@ impl fmt::Display for Token {
 }
 
 impl Router {
-    /// The primary from the pool configuration (`DATABASE_URL`, `pgops.toml`, `PGOPS_POOL_*`)
-    /// and replicas from `DATABASE_REPLICA_URLS` (comma-separated) or
-    /// `DATABASE_READ_REPLICA_URL`, each with the same pool settings.
+    /// A router with its own primary pool from the configuration (`DATABASE_URL`,
+    /// `pgops.toml`, `PGOPS_POOL_*`, `PGOPS_ROUTER_*`) and replicas from
+    /// `DATABASE_REPLICA_URLS`. A service that has a primary pool already should use
+    /// [`Router::from_config`] with it instead, so that it opens one primary pool, not two.
     pub fn from_env() -> Result<Self> {
         let config = Config::load()?;
         let primary = Pool::connect(&config)?;
-        let urls = std::env::var("DATABASE_REPLICA_URLS")
-            .or_else(|_| std::env::var("DATABASE_READ_REPLICA_URL"))
-            .unwrap_or_default();
-        let mut replicas = Vec::new();
-        for (index, raw) in urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
+        Ok(Self::from_config(primary, &config))
+    }
+
+    /// A router over the service's own primary pool and one pool per replica of
+    /// `config.replica_urls`, sized by `[router]` (`replica_max_size`, `replica_min_idle`,
+    /// `replica_idle_timeout`), with the lag budget and token wait of `[router]`.
+    pub fn from_config(primary: Pool, config: &Config) -> Self {
+        let settings = config.replica_pool_settings();
+        let replicas = config
+            .replica_urls
+            .iter()
             .enumerate()
-        {
-            let url = DatabaseUrl::parse(raw).map_err(|source| Error::ReplicaUrl {
-                index,
-                source: source.into(),
-            })?;
-            let name = format!("replica-{index}");
-            replicas.push(ReplicaSpec {
-                pool: Pool::open_unchecked(&name, url, config.pool.clone()),
-                name,
-                weight: 1,
-            });
-        }
-        Ok(Self::new(primary, replicas, RouterConfig::default()))
+            .map(|(index, url)| {
+                let name = format!("replica-{index}");
+                ReplicaSpec {
+                    pool: Pool::open_unchecked(&name, url.clone(), settings.clone()),
+                    name,
+                    weight: 1,
+                }
+            })
+            .collect();
+        let router = RouterConfig {
+            max_lag: config.router.max_lag,
+            max_lag_bytes: config.router.max_lag_bytes,
+            token_wait: config.router.token_wait,
+            ..RouterConfig::default()
+        };
+        Self::new(primary, replicas, router)
     }
 
     /// A router over a primary pool and replica pools; starts the monitor thread.
