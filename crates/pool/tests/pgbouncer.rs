@@ -209,3 +209,126 @@ fn no_session_setting_of_one_client_reaches_another() {
         "the leaky pool's statement_timeout never reached another client"
     );
 }
+
+/// What one side of the load test saw: latencies of successful checkout + query, clean
+/// timeouts, and failures with the server's "too many clients".
+#[derive(Debug, Default)]
+struct Load {
+    latencies: Vec<Duration>,
+    timeouts: usize,
+    too_many: usize,
+    other: Vec<String>,
+}
+
+impl Load {
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort();
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(i).copied().unwrap_or_default()
+    }
+}
+
+/// Sixteen services, each with its own pool of 8 and 8 request threads, for `run`: checkout
+/// plus one query per request.
+fn sixteen_services(url: &DatabaseUrl, pooler: Pooler, run: Duration) -> Load {
+    let deadline = Instant::now() + run;
+    let load = Arc::new(std::sync::Mutex::new(Load::default()));
+    let mut threads = Vec::new();
+    for service in 0..16 {
+        let pool = Pool::open_unchecked(
+            &format!("service-{service}"),
+            url.clone(),
+            PoolSettings {
+                max_size: 8,
+                min_idle: 0,
+                connection_timeout: Duration::from_secs(2),
+                ..settings(pooler, &format!("service-{service}"))
+            },
+        );
+        for t in 0..8_i64 {
+            let (pool, load) = (pool.clone(), load.clone());
+            threads.push(thread::spawn(move || {
+                let mut i = t;
+                while Instant::now() < deadline {
+                    i = i % 1000 + 1;
+                    let started = Instant::now();
+                    let outcome = pool.get().map_err(|e| e.to_string()).and_then(|mut conn| {
+                        items::table
+                            .filter(items::id.eq(i))
+                            .select(items::name)
+                            .first::<String>(&mut *conn)
+                            .map_err(|e| e.to_string())
+                    });
+                    let elapsed = started.elapsed();
+                    let mut load = load.lock().unwrap();
+                    match outcome {
+                        Ok(_) => load.latencies.push(elapsed),
+                        Err(e) if e.contains("too many clients") => load.too_many += 1,
+                        Err(e) if e.contains("no connection available") => load.timeouts += 1,
+                        Err(e) => load.other.push(e),
+                    }
+                    drop(load);
+                    i += 13;
+                }
+            }));
+        }
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    Arc::try_unwrap(load).unwrap().into_inner().unwrap()
+}
+
+#[test]
+fn sixteen_services_fit_through_pgbouncer_where_they_overflow_the_server_directly() {
+    // 16 pools of 8 = 128 connections against a server that takes 40.
+    let cluster =
+        Cluster::start(ClusterOptions::default().setting("max_connections", "40")).unwrap();
+    cluster
+        .execute(
+            "postgres",
+            "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL);
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;",
+        )
+        .unwrap();
+    let bouncer = PgBouncer::start(
+        &cluster,
+        PgBouncerOptions::new(PoolMode::Transaction, 20).max_client_conn(200),
+    )
+    .unwrap();
+
+    let through = DatabaseUrl::parse(&bouncer.url("postgres")).unwrap();
+    let mut pooled = sixteen_services(&through, Pooler::Transaction, Duration::from_secs(4));
+    let direct = DatabaseUrl::parse(&cluster.url("postgres")).unwrap();
+    let mut straight = sixteen_services(&direct, Pooler::None, Duration::from_secs(4));
+    eprintln!(
+        "through PgBouncer: {} requests, p50 {:?}, p99 {:?}, {} timeouts, {} too many clients; \
+         direct: {} requests, p50 {:?}, p99 {:?}, {} timeouts, {} too many clients",
+        pooled.latencies.len(),
+        pooled.percentile(0.5),
+        pooled.percentile(0.99),
+        pooled.timeouts,
+        pooled.too_many,
+        straight.latencies.len(),
+        straight.percentile(0.5),
+        straight.percentile(0.99),
+        straight.timeouts,
+        straight.too_many,
+    );
+    assert!(pooled.latencies.len() > 1000, "{}", pooled.latencies.len());
+    assert_eq!(
+        pooled.too_many, 0,
+        "PgBouncer keeps the server within max_connections"
+    );
+    assert!(
+        pooled.other.is_empty(),
+        "{:?}",
+        &pooled.other[..pooled.other.len().min(3)]
+    );
+    assert!(
+        straight.too_many > 0,
+        "128 connections straight to a server of 40 are refused ({} timeouts, other: {:?})",
+        straight.timeouts,
+        &straight.other[..straight.other.len().min(3)]
+    );
+}
