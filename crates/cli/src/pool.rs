@@ -6,7 +6,7 @@ use std::{io::Write, path::PathBuf};
 
 use anyhow::Context as _;
 use diesel::{QueryableByName, RunQueryDsl, sql_types::Integer};
-use pgops_pool::{Config, Source};
+use pgops_pool::{Config, Pooler, Source};
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -179,6 +179,42 @@ fn check(
     let mut reports = Vec::new();
     let mut text = String::new();
     let mut all_fit = true;
+    // Behind PgBouncer the instances' pools are PgBouncer's clients; the server sees only
+    // PgBouncer's own pool.
+    let bouncer = if config.pool.pooler == Pooler::None {
+        None
+    } else {
+        let limits = pgbouncer_limits(primary)?;
+        let verdict = fit_pgbouncer(config.pool.max_size, instances, &limits);
+        all_fit &= verdict.fits;
+        text.push_str(&format!(
+            "pgbouncer ({}): {} clients (max_size {} x {instances}) of max_client_conn {}; \
+             {} server connections to the primary (pool_size {} + reserve_pool {}{})\n  {}\n",
+            limits.url,
+            verdict.needed,
+            config.pool.max_size,
+            limits.max_client_conn,
+            limits.server_connections(),
+            limits.pool_size,
+            limits.reserve_pool,
+            if limits.max_db_connections > 0 {
+                format!(", max_db_connections {}", limits.max_db_connections)
+            } else {
+                String::new()
+            },
+            verdict.advice
+        ));
+        reports.push(json!({
+            "server": "pgbouncer",
+            "url": limits.url,
+            "clients_needed": verdict.needed,
+            "max_client_conn": limits.max_client_conn,
+            "server_connections": limits.server_connections(),
+            "fits": verdict.fits,
+            "advice": verdict.advice,
+        }));
+        Some(limits)
+    };
     for (name, url, max_size) in &servers {
         let mut conn = connect(url)?;
         let limits: ServerLimits = diesel::sql_query(
@@ -189,7 +225,15 @@ fn check(
         )
         .get_result(&mut conn)
         .map_err(|e| Failure::problem(anyhow::anyhow!("reading the connection limits of {url}: {}", url.scrub(&e.to_string()))))?;
-        let verdict = fit(*max_size, instances, &limits);
+        let verdict = match &bouncer {
+            // The primary behind PgBouncer: its pool, whatever the instance count.
+            Some(b) if name == "primary" => fit(
+                u32::try_from(b.server_connections()).unwrap_or(u32::MAX),
+                1,
+                &limits,
+            ),
+            _ => fit(*max_size, instances, &limits),
+        };
         all_fit &= verdict.fits;
         reports.push(json!({
             "server": name,
@@ -218,7 +262,11 @@ fn check(
         ));
     }
     let written = if json {
-        let mut report = reports.first().cloned().unwrap_or_default();
+        let mut report = reports
+            .iter()
+            .find(|r| r["server"] == "primary")
+            .cloned()
+            .unwrap_or_default();
         report["servers"] = Value::Array(reports);
         report["fits"] = Value::Bool(all_fit);
         writeln!(out, "{report:#}")
@@ -229,6 +277,98 @@ fn check(
         .context("writing the report")
         .map_err(Failure::problem)?;
     Ok(if all_fit { Exit::Ok } else { Exit::Problem })
+}
+
+/// PgBouncer's limits for the service's database, from its admin console.
+struct BouncerLimits {
+    url: String,
+    max_client_conn: i64,
+    pool_size: i64,
+    reserve_pool: i64,
+    max_db_connections: i64,
+}
+
+impl BouncerLimits {
+    /// Server connections PgBouncer may open to the database for one user.
+    fn server_connections(&self) -> i64 {
+        let pool = self.pool_size + self.reserve_pool;
+        if self.max_db_connections > 0 {
+            pool.min(self.max_db_connections)
+        } else {
+            pool
+        }
+    }
+}
+
+/// Reads PgBouncer's limits from its admin console (`PGOPS_PGBOUNCER_URL`) for the database
+/// `primary` names.
+fn pgbouncer_limits(primary: &pgops_pool::DatabaseUrl) -> Result<BouncerLimits, Failure> {
+    let raw = std::env::var("PGOPS_PGBOUNCER_URL").map_err(|_| {
+        Failure::usage(anyhow::anyhow!(
+            "pooler is session or transaction, so the pools are PgBouncer's clients: set \
+             PGOPS_PGBOUNCER_URL to PgBouncer's admin console (database pgbouncer) so that pool \
+             check compares them with PgBouncer's limits"
+        ))
+    })?;
+    let url = pgops_pool::DatabaseUrl::parse(&raw)
+        .map_err(|e| Failure::usage(anyhow::anyhow!("PGOPS_PGBOUNCER_URL: {e}")))?;
+    let mut console = pgops_pg::simple::SimpleConnection::connect(&url).map_err(Failure::usage)?;
+    let config = console.query("SHOW CONFIG").map_err(Failure::problem)?;
+    let setting = |name: &str| -> i64 {
+        config
+            .rows
+            .iter()
+            .find(|r| r.first().and_then(|k| k.as_deref()) == Some(name))
+            .and_then(|r| r.get(1).cloned().flatten())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let databases = console.query("SHOW DATABASES").map_err(Failure::problem)?;
+    let database = primary.database().unwrap_or("postgres");
+    let row = databases
+        .records()
+        .find(|r| r.iter().any(|(c, v)| *c == "name" && *v == Some(database)));
+    let column = |name: &str| -> Option<i64> {
+        row.as_ref()?
+            .iter()
+            .find(|(c, _)| *c == name)
+            .and_then(|(_, v)| v.and_then(|v| v.parse().ok()))
+    };
+    let pool_size = column("pool_size")
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| setting("default_pool_size"));
+    Ok(BouncerLimits {
+        url: url.to_string(),
+        max_client_conn: setting("max_client_conn"),
+        pool_size,
+        reserve_pool: column("reserve_pool")
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| setting("reserve_pool_size")),
+        max_db_connections: column("max_connections")
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| setting("max_db_connections")),
+    })
+}
+
+/// Whether every instance's pool fits in PgBouncer's `max_client_conn`.
+fn fit_pgbouncer(max_size: u32, instances: u32, limits: &BouncerLimits) -> Verdict {
+    let needed = i64::from(max_size) * i64::from(instances);
+    let available = limits.max_client_conn;
+    let fits = needed <= available;
+    let advice = if fits {
+        format!("ok: {needed} of {available} client connections")
+    } else {
+        format!(
+            "FAIL: {needed} client connections do not fit in PgBouncer's max_client_conn \
+             {available}; raise max_client_conn (and the open-files limit) or lower max_size"
+        )
+    };
+    Verdict {
+        needed,
+        available,
+        fits,
+        advice,
+    }
 }
 
 struct Verdict {
@@ -277,6 +417,29 @@ mod tests {
             reserved: 0,
             in_use: 1,
         }
+    }
+
+    #[test]
+    fn behind_pgbouncer_the_instances_count_against_max_client_conn_and_its_pool_against_the_server()
+     {
+        let bouncer = BouncerLimits {
+            url: "postgres://stats@pgbouncer/pgbouncer".into(),
+            max_client_conn: 100,
+            pool_size: 20,
+            reserve_pool: 5,
+            max_db_connections: 0,
+        };
+        assert!(fit_pgbouncer(8, 12, &bouncer).fits);
+        let v = fit_pgbouncer(8, 16, &bouncer);
+        assert!(!v.fits && v.needed == 128, "{}", v.advice);
+        assert_eq!(bouncer.server_connections(), 25);
+        let capped = BouncerLimits {
+            max_db_connections: 10,
+            ..bouncer
+        };
+        assert_eq!(capped.server_connections(), 10);
+        // 25 server connections fit in a server of 40 however many instances there are.
+        assert!(fit(25, 1, &limits(40)).fits);
     }
 
     #[test]

@@ -200,3 +200,52 @@ fn check_counts_every_pool_an_instance_opens_and_show_prints_the_router() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown key `replica_max_sise` in [router]"));
 }
+
+#[test]
+fn check_behind_pgbouncer_counts_clients_against_pgbouncer_and_its_pool_against_the_server() {
+    use pgops_testkit::{Cluster, ClusterOptions, PgBouncer, PgBouncerOptions, PoolMode};
+    let cluster =
+        Cluster::start(ClusterOptions::default().setting("max_connections", "40")).unwrap();
+    let bouncer = PgBouncer::start(
+        &cluster,
+        PgBouncerOptions::new(PoolMode::Transaction, 20).max_client_conn(100),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (url, admin) = (bouncer.url("postgres"), bouncer.admin_url());
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PGOPS_POOL_POOLER", "transaction"),
+        ("PGOPS_POOL_MAX_SIZE", "8"),
+        ("PGOPS_PGBOUNCER_URL", admin.as_str()),
+    ];
+    // 12 instances: 96 clients of 100, and PgBouncer's 20 server connections fit in 37.
+    let out = pgops(
+        &["pool", "check", "--instances", "12", "--json"],
+        &env,
+        dir.path(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v:#}{}", text(&out.stderr));
+    let servers = v["servers"].as_array().unwrap();
+    assert_eq!(servers[0]["server"], "pgbouncer");
+    assert_eq!(servers[0]["clients_needed"], 96);
+    assert_eq!(servers[0]["server_connections"], 20);
+    assert_eq!(
+        servers[1]["needed"], 20,
+        "the server sees PgBouncer's pool, not 96: {v:#}"
+    );
+    // Sixteen do not fit in PgBouncer's max_client_conn, though the server would be fine.
+    let out = pgops(&["pool", "check", "--instances", "16"], &env, dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("128 client connections do not fit in PgBouncer's max_client_conn 100"),
+        "{report}"
+    );
+    assert!(!report.contains("pgops-bouncer"), "no password: {report}");
+    // Without the admin console it says what to set.
+    let out = pgops(&["pool", "check"], &env[..3], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("PGOPS_PGBOUNCER_URL"));
+}
