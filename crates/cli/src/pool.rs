@@ -249,10 +249,18 @@ fn check(
             "fits": verdict.fits,
             "advice": verdict.advice,
         }));
+        let demand = match &bouncer {
+            Some(_) if name == "primary" => {
+                format!("PgBouncer's pool = {} connections", verdict.needed)
+            }
+            _ => format!(
+                "pool max_size {max_size} x {instances} instance(s) = {} connections",
+                verdict.needed
+            ),
+        };
         text.push_str(&format!(
-            "{name} ({url}): pool max_size {max_size} x {instances} instance(s) = {} connections\n  \
+            "{name} ({url}): {demand}\n  \
              server: max_connections {} - {} reserved for superusers - {} reserved = {} for applications ({} connected now)\n  {}\n",
-            verdict.needed,
             limits.max_connections,
             limits.superuser_reserved,
             limits.reserved,

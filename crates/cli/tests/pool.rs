@@ -244,6 +244,10 @@ fn check_behind_pgbouncer_counts_clients_against_pgbouncer_and_its_pool_against_
         "{report}"
     );
     assert!(!report.contains("pgops-bouncer"), "no password: {report}");
+    assert!(
+        report.contains("PgBouncer's pool = 20 connections"),
+        "{report}"
+    );
     // Without the admin console it says what to set.
     let out = pgops(&["pool", "check"], &env[..3], dir.path());
     assert_eq!(out.status.code(), Some(2));
