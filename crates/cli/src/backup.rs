@@ -7,7 +7,7 @@ use pgops_backup::{logical, repo, retention};
 use pgops_pg::DatabaseUrl;
 
 use crate::{
-    db::database_url,
+    db::{database_url, direct_url},
     exit::{Exit, Failure},
 };
 
@@ -167,6 +167,15 @@ fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<(), Failur
     emit(out, &format!("{text}\n"))
 }
 
+/// The server backups read from: never through PgBouncer's transaction pooling.
+fn backup_url(args: &Args) -> Result<Option<String>, Failure> {
+    direct_url(
+        args.database_url.as_deref(),
+        "PGOPS_BACKUP_DATABASE_URL",
+        "pg_dump's session settings, the backup API and the replication protocol",
+    )
+}
+
 /// `--target-time`, in the forms PostgreSQL prints or RFC 3339.
 fn target_time_arg(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
     pgops_backup::physical::parse_target_time(text).map_err(Failure::usage)
@@ -309,7 +318,7 @@ fn create_physical(ctx: Ctx<'_>) -> Result<Exit, Failure> {
     let Ctx {
         args, store, out, ..
     } = ctx;
-    let url: DatabaseUrl = database_url(args.database_url.as_deref())?;
+    let url: DatabaseUrl = database_url(backup_url(args)?.as_deref())?;
     let manifest = pgops_backup::physical::create(store, &url, &mut pgops_backup::progress::Quiet)
         .map_err(fail)?;
     if args.json {
@@ -383,7 +392,7 @@ fn drill(
 fn restore_point(ctx: Ctx<'_>, name: &str) -> Result<Exit, Failure> {
     let Ctx { args, out, .. } = ctx;
     let lsn =
-        pgops_backup::physical::restore_point(&database_url(args.database_url.as_deref())?, name)
+        pgops_backup::physical::restore_point(&database_url(backup_url(args)?.as_deref())?, name)
             .map_err(fail)?;
     emit(out, &format!("restore point {name} at {lsn}\n"))?;
     Ok(Exit::Ok)
@@ -452,7 +461,7 @@ fn create_logical(
     let Ctx {
         args, store, out, ..
     } = ctx;
-    let mut url: DatabaseUrl = database_url(args.database_url.as_deref())?;
+    let mut url: DatabaseUrl = database_url(backup_url(args)?.as_deref())?;
     if let Some(database) = database {
         url = url.with_database(database).map_err(|e| fail(e.into()))?;
     }
@@ -545,7 +554,7 @@ fn verify(ctx: Ctx<'_>, id: &str, restore: bool) -> Result<Exit, Failure> {
     } = ctx;
     let id = &resolve_id(store, id)?;
     let server = if restore {
-        Some(database_url(args.database_url.as_deref())?)
+        Some(database_url(backup_url(args)?.as_deref())?)
     } else {
         None
     };
@@ -599,7 +608,7 @@ fn restore(
     })?;
     let id = &resolve_id(store, id)?;
     let database = database.unwrap_or_default();
-    let url = database_url(args.database_url.as_deref())?;
+    let url = database_url(backup_url(args)?.as_deref())?;
     let seconds = logical::restore(
         store,
         id,

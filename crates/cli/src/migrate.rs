@@ -176,7 +176,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         lock_wait: args.lock_wait,
         statement_timeout: args.statement_timeout.0,
     };
-    let given = migrate_url(args.database_url.as_deref())?;
+    // The migration lock is a session advisory lock: never through transaction pooling.
+    let given = crate::db::direct_url(
+        args.database_url.as_deref(),
+        "PGOPS_MIGRATE_DATABASE_URL",
+        "pgops migrate's session advisory lock",
+    )?;
     if let Verb::Check { place } | Verb::Drift { place } = &args.verb {
         let server = given
             .as_deref()
@@ -302,29 +307,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         Verb::Lint { .. } | Verb::Check { .. } | Verb::Drift { .. } => {}
     }
     Ok(Exit::Ok)
-}
-
-/// The database migrations run on: `PGOPS_MIGRATE_DATABASE_URL` when set (a direct or
-/// session-pooled URL for a service whose `DATABASE_URL` goes through PgBouncer's transaction
-/// pooling), else `--database-url` / `DATABASE_URL`. The latter is refused when the service
-/// says it is behind transaction pooling (`PGOPS_POOL_POOLER=transaction`): the migration lock
-/// is a session advisory lock, which would be taken on one server connection and released on
-/// another.
-fn migrate_url(given: Option<&str>) -> Result<Option<String>, Failure> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if let Some(url) = env("PGOPS_MIGRATE_DATABASE_URL") {
-        return Ok(Some(url));
-    }
-    let pooler = env("PGOPS_POOL_POOLER").map(|v| v.trim().to_ascii_lowercase());
-    if given.is_some() && pooler.as_deref() == Some("transaction") {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "PGOPS_POOL_POOLER=transaction: DATABASE_URL goes through PgBouncer's transaction \
-             pooling, where pgops migrate's session advisory lock would be taken on one server \
-             connection and released on another; set PGOPS_MIGRATE_DATABASE_URL to the server \
-             itself or to a session-pooled PgBouncer database"
-        )));
-    }
-    Ok(given.map(str::to_owned))
 }
 
 /// Input problems are usage errors (2); failures on the database are problems (1).

@@ -146,7 +146,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 );
                 return Ok(Exit::Ok);
             }
-            let url = database_url(args.database_url.as_deref())?;
+            let given = crate::db::direct_url(
+                args.database_url.as_deref(),
+                "PGOPS_BACKUP_DATABASE_URL",
+                "the archive settings and checks",
+            )?;
+            let url = database_url(given.as_deref())?;
             let mut conn = connect(&url)?;
             #[derive(Deserialize)]
             struct Level {

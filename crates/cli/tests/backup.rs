@@ -728,4 +728,29 @@ fn backups_given_a_pgbouncer_url_say_they_need_a_direct_connection() {
         "no backup stored: {}",
         String::from_utf8_lossy(&list.stdout)
     );
+
+    // A DATABASE_URL the service marks transaction-pooled is refused for any backup, with the
+    // variable that names a direct one; given that, the backup runs.
+    let backup = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_pgops"))
+            .args(["backup", "create", "--kind", "logical"])
+            .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
+            .env("DATABASE_URL", bouncer.url("postgres"))
+            .env("PGOPS_POOL_POOLER", "transaction")
+            .env_remove("PGOPS_BACKUP_DATABASE_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = backup(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PGOPS_BACKUP_DATABASE_URL"), "{stderr}");
+    let out = backup(&[("PGOPS_BACKUP_DATABASE_URL", &cluster.url("postgres"))]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
