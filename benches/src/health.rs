@@ -50,7 +50,8 @@ impl Plan {
 /// The exporter binary Debian installs.
 const POSTGRES_EXPORTER: &str = "prometheus-postgres-exporter";
 
-struct Killed(Child);
+/// A child process killed and reaped when dropped (an exporter under measurement).
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -59,7 +60,8 @@ impl Drop for Killed {
     }
 }
 
-fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
+/// `GET url`, which must answer 200; the body.
+pub(crate) fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
     let mut response = agent
         .get(url)
         .call()
@@ -70,6 +72,19 @@ fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
         response.status()
     );
     Ok(response.body_mut().read_to_string()?)
+}
+
+/// Serves `exporter`'s `/metrics` on a free loopback port on `runtime`; the port.
+pub(crate) fn serve(runtime: &tokio::runtime::Runtime, exporter: Exporter) -> anyhow::Result<u16> {
+    let listener = runtime.block_on(pgops_health::server::bind("127.0.0.1:0".parse()?))?;
+    let port = listener.local_addr()?.port();
+    runtime.spawn(pgops_health::server::serve_on(
+        listener,
+        Arc::new(exporter),
+        None,
+        std::future::pending(),
+    ));
+    Ok(port)
 }
 
 /// Metric family names in an exposition text.
@@ -122,25 +137,21 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         .build()?;
     let facade = pgops_health::install_recorder()?;
     let url = DatabaseUrl::parse(&cluster.url("bench"))?;
-    let serve = |options: Options, facade| -> anyhow::Result<u16> {
-        let exporter = Arc::new(Exporter::new(url.clone(), vec![], options, facade)?);
-        let listener = runtime.block_on(pgops_health::server::bind("127.0.0.1:0".parse()?))?;
-        let port = listener.local_addr()?.port();
-        runtime.spawn(pgops_health::server::serve_on(
-            listener,
-            exporter,
-            None,
-            std::future::pending(),
-        ));
-        Ok(port)
-    };
-    let ours_port = serve(Options::default(), Some(facade))?;
+    let ours_port = serve(
+        &runtime,
+        Exporter::new(url.clone(), vec![], Options::default(), Some(facade))?,
+    )?;
     let uncached_port = serve(
-        Options {
-            cache_for: Duration::ZERO,
-            ..Options::default()
-        },
-        None,
+        &runtime,
+        Exporter::new(
+            url,
+            vec![],
+            Options {
+                cache_for: Duration::ZERO,
+                ..Options::default()
+            },
+            None,
+        )?,
     )?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(30)))
@@ -254,7 +265,8 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     })
 }
 
-fn which(program: &str) -> Option<std::path::PathBuf> {
+/// A program on `PATH`.
+pub(crate) fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(program))

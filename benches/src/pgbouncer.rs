@@ -7,20 +7,20 @@
 //! start against Debian's PgBouncer 1.18 (`KeyError: 'total_requests'`).
 
 use std::{
-    process::{Child, Command, Stdio},
-    sync::Arc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use pgops_health::{Exporter, Options, pgbouncer::PgBouncerCollector};
 use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings, Pooler};
-use pgops_testkit::{Cluster, ClusterOptions, PgBouncer, PgBouncerOptions, PoolMode, SUPERUSER};
+use pgops_testkit::{Cluster, PgBouncer, PgBouncerOptions, PoolMode};
 
 use crate::{
+    health::{Killed, fetch, serve, which},
     pool::pgbench_tps,
     report::{Comparison, Report, median},
-    workload::{LookupPlan, pgbench, pk_lookups_via_pool},
+    workload::{LookupPlan, lookup_cluster, pgbench_at, pk_lookups_via_pool},
 };
 
 /// The exporter's program.
@@ -29,26 +29,9 @@ const PGBOUNCER_EXPORTER: &str = "pgbouncer-exporter";
 /// Scrapes per exporter per round.
 const SCRAPES: usize = 20;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the suite.
 pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
-    let cluster = Cluster::start(ClusterOptions::default().setting("max_connections", "200"))
-        .context("starting a cluster")?;
-    eprintln!("pgbench -i -s {} ...", plan.scale);
-    pgbench(
-        &cluster,
-        "postgres",
-        &["-i", "-q", "-s", &plan.scale.to_string()],
-    )?;
-    cluster.execute("postgres", "VACUUM ANALYZE")?;
+    let cluster = lookup_cluster(plan)?;
     let bouncer = PgBouncer::start(
         &cluster,
         PgBouncerOptions::new(PoolMode::Transaction, plan.clients),
@@ -86,7 +69,14 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                     let args = [
                         "-n", "-S", "-M", "extended", "-c", &clients, "-j", "2", "-T", &seconds,
                     ];
-                    anchor.push(pgbench_tps(&pgbench_via(&cluster, &bouncer, &args)?)?);
+                    let output = pgbench_at(
+                        &cluster,
+                        bouncer.port(),
+                        Some(bouncer.password()),
+                        "postgres",
+                        &args,
+                    )?;
+                    anchor.push(pgbench_tps(&output)?);
                 }
                 "pgops" => ours.push(pk_lookups_via_pool(&through, plan, accounts)?),
                 _ => straight.push(pk_lookups_via_pool(&direct, plan, accounts)?),
@@ -138,41 +128,6 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
     })
 }
 
-/// Runs `pgbench` against the database through PgBouncer.
-fn pgbench_via(cluster: &Cluster, bouncer: &PgBouncer, args: &[&str]) -> anyhow::Result<String> {
-    let program = cluster.binaries().program("pgbench");
-    let out = Command::new(&program)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &bouncer.port().to_string(),
-            "-U",
-            SUPERUSER,
-        ])
-        .args(args)
-        .arg("postgres")
-        .env("PGPASSWORD", bouncer_password(bouncer)?)
-        .output()
-        .with_context(|| format!("running {}", program.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "pgbench {} through PgBouncer failed: {stdout}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
-
-/// The password PgBouncer's URL carries.
-fn bouncer_password(bouncer: &PgBouncer) -> anyhow::Result<String> {
-    DatabaseUrl::parse(&bouncer.url("postgres"))?
-        .password()
-        .map(str::to_owned)
-        .context("PgBouncer's URL has no password")
-}
-
 /// `/metrics` answer times, per round (medians of `SCRAPES`): pgops, then the exporter.
 fn scrapes(
     cluster: &Cluster,
@@ -205,7 +160,8 @@ fn scrapes(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let exporter = Arc::new(
+    let ours_port = serve(
+        &runtime,
         Exporter::new(
             DatabaseUrl::parse(&cluster.url("postgres"))?,
             vec![],
@@ -215,26 +171,12 @@ fn scrapes(
         .with_collector(PgBouncerCollector::new(DatabaseUrl::parse(
             &bouncer.admin_url(),
         )?)),
-    );
-    let listener = runtime.block_on(pgops_health::server::bind("127.0.0.1:0".parse()?))?;
-    let ours_port = listener.local_addr()?.port();
-    runtime.spawn(pgops_health::server::serve_on(
-        listener,
-        exporter,
-        None,
-        std::future::pending(),
-    ));
+    )?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into();
-    let fetch = |url: &str| -> anyhow::Result<String> {
-        let mut response = agent
-            .get(url)
-            .call()
-            .with_context(|| format!("GET {url}"))?;
-        Ok(response.body_mut().read_to_string()?)
-    };
+    let fetch = |url: &str| fetch(&agent, url);
     let anchor_url = format!("http://127.0.0.1:{anchor_port}/metrics");
     let ours_url = format!("http://127.0.0.1:{ours_port}/metrics");
     let started = Instant::now();
@@ -290,12 +232,4 @@ fn scrapes(
         );
     }
     Ok((ours, anchor))
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())
-    })
 }

@@ -4,24 +4,17 @@
 
 use anyhow::Context as _;
 use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings};
-use pgops_testkit::{Cluster, ClusterOptions};
 
 use crate::{
     report::{Comparison, Report},
-    workload::{Lookup, LookupPlan, balance, pgbench, pk_lookups, pk_lookups_via_pool},
+    workload::{
+        Lookup, LookupPlan, balance, lookup_cluster, pgbench, pk_lookups, pk_lookups_via_pool,
+    },
 };
 
 /// Runs the suite on a fresh cluster.
 pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
-    let cluster = Cluster::start(ClusterOptions::default().setting("max_connections", "200"))
-        .context("starting a cluster")?;
-    eprintln!("pgbench -i -s {} ...", plan.scale);
-    pgbench(
-        &cluster,
-        "postgres",
-        &["-i", "-q", "-s", &plan.scale.to_string()],
-    )?;
-    cluster.execute("postgres", "VACUUM ANALYZE")?;
+    let cluster = lookup_cluster(plan)?;
 
     let accounts = plan.accounts()?;
     let settings = PoolSettings {

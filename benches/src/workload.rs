@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use diesel::{ExpressionMethods, PgConnection, QueryDsl, RunQueryDsl};
-use pgops_testkit::{Cluster, SUPERUSER};
+use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
 
 diesel::table! {
     /// pgbench's accounts table, as `pgbench -i` creates it.
@@ -63,26 +63,50 @@ impl LookupPlan {
     }
 }
 
+/// A fresh cluster (`max_connections` 200) with `pgbench -i -s <scale>`, vacuumed and analyzed:
+/// what the lookup suites measure on.
+pub fn lookup_cluster(plan: LookupPlan) -> anyhow::Result<Cluster> {
+    let cluster = Cluster::start(ClusterOptions::default().setting("max_connections", "200"))
+        .context("starting a cluster")?;
+    eprintln!("pgbench -i -s {} ...", plan.scale);
+    pgbench(
+        &cluster,
+        "postgres",
+        &["-i", "-q", "-s", &plan.scale.to_string()],
+    )?;
+    cluster.execute("postgres", "VACUUM ANALYZE")?;
+    Ok(cluster)
+}
+
 /// Runs the cluster's `pgbench` against its database `db` with `args`; returns its output.
 pub fn pgbench(cluster: &Cluster, db: &str, args: &[&str]) -> anyhow::Result<String> {
+    pgbench_at(cluster, cluster.port(), None, db, args)
+}
+
+/// Runs the cluster's `pgbench` against `db` on 127.0.0.1:`port` (the cluster, or a pooler in
+/// front of it), with `password` through `PGPASSWORD` when given; returns its output.
+pub fn pgbench_at(
+    cluster: &Cluster,
+    port: u16,
+    password: Option<&str>,
+    db: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
     let program = cluster.binaries().program("pgbench");
-    let out = std::process::Command::new(&program)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port().to_string(),
-            "-U",
-            SUPERUSER,
-        ])
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER])
         .args(args)
-        .arg(db)
+        .arg(db);
+    if let Some(password) = password {
+        cmd.env("PGPASSWORD", password);
+    }
+    let out = cmd
         .output()
         .with_context(|| format!("running {}", program.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
         out.status.success(),
-        "pgbench {} failed: {stdout}{}",
+        "pgbench {} on port {port} failed: {stdout}{}",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );

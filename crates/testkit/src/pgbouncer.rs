@@ -152,6 +152,11 @@ impl PgBouncer {
         )
     }
 
+    /// The password clients give it (a throwaway one; the server behind trusts loopback).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     /// The admin console's URL (database `pgbouncer`; simple query protocol only).
     pub fn admin_url(&self) -> String {
         self.url("pgbouncer")
