@@ -48,7 +48,7 @@ use diesel::{
     dsl::sql,
     sql_types,
 };
-use pgops_pool::{Config, Pool, PooledConnection};
+use pgops_pool::{Config, Pool, PooledConnection, Pooler};
 
 pub use policy::{Candidate, Policy, ban_duration, choose, lag};
 
@@ -141,6 +141,9 @@ struct Replica {
     name: String,
     pool: Pool,
     weight: u32,
+    /// Its pool goes through PgBouncer's transaction pooling: a tokened read must run in the
+    /// transaction of its replay check to stay on that check's server connection.
+    transaction_pooled: bool,
     outstanding: AtomicU32,
     /// Reachable, in recovery and not banned: what the read path checks, without a lock.
     serving: AtomicBool,
@@ -248,6 +251,7 @@ impl Router {
             .into_iter()
             .map(|spec| Replica {
                 reads: metrics::counter!("pgops_router_reads_total", "target" => spec.name.clone()),
+                transaction_pooled: spec.pool.settings().pooler == Pooler::Transaction,
                 name: spec.name,
                 pool: spec.pool,
                 weight: spec.weight.max(1),
@@ -306,9 +310,13 @@ impl Router {
         let mut excluded = None;
         loop {
             let (target, mut conn) = self.inner.checkout(token, excluded).map_err(E::from)?;
-            // A tokened read on a replica runs in the transaction its replay check opened, so
-            // both use one server connection even behind PgBouncer's transaction pooling.
-            let in_transaction = token.is_some() && target.replica().is_some();
+            // Behind transaction pooling a tokened replica read runs in the transaction its
+            // replay check opened, so both use one server connection; straight to the server
+            // the connection is the same anyway, and no BEGIN/COMMIT is spent.
+            let in_transaction = token.is_some()
+                && target
+                    .replica()
+                    .is_some_and(|i| self.inner.replicas[i].transaction_pooled);
             let result = {
                 let _in_flight = target
                     .replica()
@@ -468,7 +476,7 @@ impl Inner {
                 {
                     Ok(mut conn) => match token {
                         None => return Ok((Target::Replica(index), conn)),
-                        Some(token) => match self.replayed_in_transaction(&mut conn, token) {
+                        Some(token) => match self.replayed_on(replica, &mut conn, token) {
                             Ok(true) => return Ok((Target::Replica(index), conn)),
                             Ok(false) => "behind_token",
                             Err(_) => {
@@ -491,13 +499,18 @@ impl Inner {
         Ok((Target::Primary(reason), conn))
     }
 
-    /// Opens a transaction on `conn` and checks in it that the replica has replayed `token`;
-    /// the transaction stays open for the read when it has, and is rolled back when not.
-    fn replayed_in_transaction(
+    /// Whether the replica behind `conn` has replayed `token`. Behind transaction pooling the
+    /// check opens a transaction that stays open for the read when it has, and is rolled back
+    /// when not.
+    fn replayed_on(
         &self,
+        replica: &Replica,
         conn: &mut PgConnection,
         token: Token,
     ) -> diesel::QueryResult<bool> {
+        if !replica.transaction_pooled {
+            return self.replayed(conn, token);
+        }
         AnsiTransactionManager::begin_transaction(conn)?;
         let replayed = self.replayed(conn, token);
         if !matches!(replayed, Ok(true)) {

@@ -30,7 +30,8 @@ fn settings() -> PoolSettings {
     }
 }
 
-fn setup(config: RouterConfig) -> (Cluster, Replica, Router) {
+/// A primary with the `kv` table and a streaming replica that has caught up.
+fn primary_and_replica() -> (Cluster, Replica) {
     let primary = Cluster::start(ClusterOptions::default()).unwrap();
     primary
         .execute(
@@ -40,6 +41,11 @@ fn setup(config: RouterConfig) -> (Cluster, Replica, Router) {
         .unwrap();
     let replica = primary.create_replica().unwrap();
     replica.catch_up(&primary, Duration::from_secs(30)).unwrap();
+    (primary, replica)
+}
+
+fn setup(config: RouterConfig) -> (Cluster, Replica, Router) {
+    let (primary, replica) = primary_and_replica();
     let router = Router::new(
         Pool::open(
             "primary",
@@ -92,15 +98,7 @@ fn no_stale_read_after_a_write_while_replay_pauses_and_resumes() {
 
 #[test]
 fn no_stale_read_through_pgbouncer_in_transaction_pooling() {
-    let primary = Cluster::start(ClusterOptions::default()).unwrap();
-    primary
-        .execute(
-            "postgres",
-            "CREATE TABLE kv (id bigint PRIMARY KEY, v bigint NOT NULL, pad text)",
-        )
-        .unwrap();
-    let replica = primary.create_replica().unwrap();
-    replica.catch_up(&primary, Duration::from_secs(30)).unwrap();
+    let (primary, replica) = primary_and_replica();
     let bouncer = |cluster: &Cluster| {
         PgBouncer::start(cluster, PgBouncerOptions::new(PoolMode::Transaction, 2)).unwrap()
     };
