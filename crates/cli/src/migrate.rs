@@ -188,16 +188,15 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             .map(DatabaseUrl::parse)
             .transpose()
             .map_err(Failure::usage)?;
-        let place_of = |server| crate::migrate_check::Where {
+        let place = crate::migrate_check::Where {
             scratch_url: place.scratch_url.as_deref(),
             throwaway_cluster: place.throwaway_cluster,
-            database_url: server,
         };
         return if matches!(args.verb, Verb::Check { .. }) {
-            crate::migrate_check::check(&set, &options, place_of(server.as_ref()), args.json, out)
+            crate::migrate_check::check(&set, &options, place, server.as_ref(), args.json, out)
         } else {
             let live = database_url(given.as_deref())?;
-            crate::migrate_check::drift(&set, &options, &live, place_of(None), args.json, out)
+            crate::migrate_check::drift(&set, &options, &live, place, args.json, out)
         };
     }
     let url = database_url(given.as_deref())?;
@@ -309,18 +308,24 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
-/// Input problems are usage errors (2); failures on the database are problems (1).
-fn classify(e: MigrateError) -> Failure {
+/// Input, connection and setup problems are usage errors (2): a directory that cannot be
+/// read, a malformed migration, a database that cannot be reached or is not empty for a check,
+/// a pooler in the way of the lock. Failures on the database are problems (1).
+pub(crate) fn classify(e: MigrateError) -> Failure {
     match e {
         MigrateError::Read { .. }
         | MigrateError::InvalidMigration { .. }
         | MigrateError::DuplicateVersion { .. }
-        | MigrateError::LockNotHeld => Failure::usage(e),
+        | MigrateError::LockNotHeld
+        | MigrateError::NotFresh { .. }
+        | MigrateError::Connect { .. }
+        | MigrateError::Url(_) => Failure::usage(e),
         other => Failure::problem(other),
     }
 }
 
-fn scrubbed(url: &DatabaseUrl, failure: Failure) -> Failure {
+/// The failure with every occurrence of `url`'s password removed from its text.
+pub(crate) fn scrubbed(url: &DatabaseUrl, failure: Failure) -> Failure {
     let message = url.scrub(&format!("{:#}", failure.error));
     Failure {
         exit: failure.exit,

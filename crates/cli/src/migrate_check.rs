@@ -23,9 +23,6 @@ pub struct Where<'a> {
     pub scratch_url: Option<&'a str>,
     /// Start a throwaway cluster even when a server is given.
     pub throwaway_cluster: bool,
-    /// `DATABASE_URL`: the server to create a scratch database on (check), or the live
-    /// database (drift).
-    pub database_url: Option<&'a DatabaseUrl>,
 }
 
 /// A database made for one run; dropped (or stopped and removed) with it.
@@ -35,38 +32,30 @@ enum Place {
     Throwaway { cluster: Cluster, url: DatabaseUrl },
 }
 
-/// `pgops migrate check`.
+/// `pgops migrate check`; `server` (`DATABASE_URL`) is where a scratch database is created.
 pub fn check(
     set: &MigrationSet,
     options: &RunOptions,
     place: Where<'_>,
+    server: Option<&DatabaseUrl>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<Exit, Failure> {
-    let place = Place::open(place, place.database_url)?;
+    let place = Place::open(place, server)?;
     let mut conn = place.connect()?;
     let migrator = Migrator::new(set).with_options(options.clone());
     let report = pgops_migrate::check(&migrator, &mut conn).map_err(|e| place.fail(e))?;
     drop(conn);
-    let exit = if report.problem.is_some() {
-        Exit::Problem
-    } else {
-        Exit::Ok
-    };
-    let written = if json {
-        let mut value = serde_json::to_value(&report)
-            .context("encoding the report")
-            .map_err(Failure::problem)?;
-        value["ok"] = serde_json::Value::Bool(report.problem.is_none());
-        value["database"] = serde_json::Value::String(place.describe());
-        writeln!(out, "{value:#}")
-    } else {
-        write!(out, "{}", check_text(&report, &place.describe()))
-    };
-    written
-        .context("writing the report")
-        .map_err(Failure::problem)?;
-    Ok(exit)
+    let ok = report.problem.is_none();
+    let text = check_text(&report, &place.describe());
+    write_report(
+        out,
+        json,
+        &report,
+        ok,
+        ("database", place.describe()),
+        &text,
+    )
 }
 
 /// `pgops migrate drift`.
@@ -84,25 +73,40 @@ pub fn drift(
     let found =
         pgops_migrate::drift(set, options, &mut live, &mut reference).map_err(|e| place.fail(e))?;
     drop(reference);
-    let exit = if found.is_clean() {
-        Exit::Ok
-    } else {
-        Exit::Problem
-    };
+    let text = drift_text(&found, live_url, set);
+    write_report(
+        out,
+        json,
+        &found,
+        found.is_clean(),
+        ("reference", place.describe()),
+        &text,
+    )
+}
+
+/// Writes a report as JSON (with `ok` and where it ran) or as `text`; exit 0 when `ok`, else 1.
+fn write_report(
+    out: &mut dyn Write,
+    json: bool,
+    report: &impl serde::Serialize,
+    ok: bool,
+    (key, database): (&str, String),
+    text: &str,
+) -> Result<Exit, Failure> {
     let written = if json {
-        let mut value = serde_json::to_value(&found)
+        let mut value = serde_json::to_value(report)
             .context("encoding the report")
             .map_err(Failure::problem)?;
-        value["ok"] = serde_json::Value::Bool(found.is_clean());
-        value["reference"] = serde_json::Value::String(place.describe());
+        value["ok"] = serde_json::Value::Bool(ok);
+        value[key] = serde_json::Value::String(database);
         writeln!(out, "{value:#}")
     } else {
-        write!(out, "{}", drift_text(&found, live_url, set))
+        write!(out, "{text}")
     };
     written
         .context("writing the report")
         .map_err(Failure::problem)?;
-    Ok(exit)
+    Ok(if ok { Exit::Ok } else { Exit::Problem })
 }
 
 fn check_text(report: &CheckReport, database: &str) -> String {
@@ -224,21 +228,9 @@ impl Place {
         }
     }
 
-    /// Errors that stop the check: a database that is not fresh or cannot be reached is a
-    /// usage problem (2), anything else a failure (1); never with a password.
+    /// An error that stops the check or drift, classified like every `pgops migrate` error,
+    /// never with a password.
     fn fail(&self, e: MigrateError) -> Failure {
-        let exit = match e {
-            MigrateError::NotFresh { .. }
-            | MigrateError::Connect { .. }
-            | MigrateError::Url(_)
-            | MigrateError::LockNotHeld
-            | MigrateError::InvalidMigration { .. } => Exit::Usage,
-            _ => Exit::Problem,
-        };
-        let message = self.url().scrub(&pgops_pg::report(&e));
-        Failure {
-            exit,
-            error: anyhow::anyhow!(message),
-        }
+        crate::migrate::scrubbed(self.url(), crate::migrate::classify(e))
     }
 }
