@@ -41,9 +41,9 @@ fn settings(pooler: Pooler, application_name: &str) -> PoolSettings {
     }
 }
 
-/// A cluster with 1,000 items, behind PgBouncer in transaction mode with 4 server connections.
-fn setup() -> (Cluster, PgBouncer) {
-    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+/// A cluster with 1,000 items.
+fn items_cluster(options: ClusterOptions) -> Cluster {
+    let cluster = Cluster::start(options).unwrap();
     cluster
         .execute(
             "postgres",
@@ -51,9 +51,26 @@ fn setup() -> (Cluster, PgBouncer) {
              INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;",
         )
         .unwrap();
+    cluster
+}
+
+/// A cluster with 1,000 items, behind PgBouncer in transaction mode with 4 server connections.
+fn setup() -> (Cluster, PgBouncer) {
+    let cluster = items_cluster(ClusterOptions::default());
     let bouncer =
         PgBouncer::start(&cluster, PgBouncerOptions::new(PoolMode::Transaction, 4)).unwrap();
     (cluster, bouncer)
+}
+
+/// A checkout and one parameterized diesel query-builder select (which diesel would prepare
+/// under a cached name); the item's name, or the error's text.
+fn lookup(pool: &Pool, id: i64) -> Result<String, String> {
+    let mut conn = pool.get().map_err(|e| e.to_string())?;
+    items::table
+        .filter(items::id.eq(id))
+        .select(items::name)
+        .first::<String>(&mut *conn)
+        .map_err(|e| e.to_string())
 }
 
 /// Four pools of 16, 16 threads each, running the same parameterized query-builder select
@@ -74,13 +91,7 @@ fn hammer(bouncer: &PgBouncer, pooler: Pooler, run: Duration) -> (usize, usize, 
                 let mut i = t;
                 while Instant::now() < deadline {
                     i = i % 1000 + 1;
-                    let outcome = pool.get().map_err(|e| e.to_string()).and_then(|mut conn| {
-                        items::table
-                            .filter(items::id.eq(i))
-                            .select(items::name)
-                            .first::<String>(&mut *conn)
-                            .map_err(|e| e.to_string())
-                    });
+                    let outcome = lookup(&pool, i);
                     match outcome {
                         Ok(name) => assert_eq!(name, format!("item {i}")),
                         Err(e) => {
@@ -252,17 +263,14 @@ fn sixteen_services(url: &DatabaseUrl, pooler: Pooler, run: Duration) -> Load {
                 while Instant::now() < deadline {
                     i = i % 1000 + 1;
                     let started = Instant::now();
-                    let outcome = pool.get().map_err(|e| e.to_string()).and_then(|mut conn| {
-                        items::table
-                            .filter(items::id.eq(i))
-                            .select(items::name)
-                            .first::<String>(&mut *conn)
-                            .map_err(|e| e.to_string())
-                    });
+                    let outcome = lookup(&pool, i);
                     let elapsed = started.elapsed();
                     let mut load = load.lock().unwrap();
                     match outcome {
-                        Ok(_) => load.latencies.push(elapsed),
+                        Ok(name) => {
+                            assert_eq!(name, format!("item {i}"));
+                            load.latencies.push(elapsed)
+                        }
                         Err(e) if e.contains("too many clients") => load.too_many += 1,
                         Err(e) if e.contains("no connection available") => load.timeouts += 1,
                         Err(e) => load.other.push(e),
@@ -282,15 +290,7 @@ fn sixteen_services(url: &DatabaseUrl, pooler: Pooler, run: Duration) -> Load {
 #[test]
 fn sixteen_services_fit_through_pgbouncer_where_they_overflow_the_server_directly() {
     // 16 pools of 8 = 128 connections against a server that takes 40.
-    let cluster =
-        Cluster::start(ClusterOptions::default().setting("max_connections", "40")).unwrap();
-    cluster
-        .execute(
-            "postgres",
-            "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL);
-             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;",
-        )
-        .unwrap();
+    let cluster = items_cluster(ClusterOptions::default().setting("max_connections", "40"));
     let bouncer = PgBouncer::start(
         &cluster,
         PgBouncerOptions::new(PoolMode::Transaction, 20).max_client_conn(200),
