@@ -2,6 +2,7 @@
 //! when the process that owns it goes away, however it goes.
 
 use std::{
+    ffi::OsStr,
     io::Write,
     os::unix::process::CommandExt,
     path::Path,
@@ -54,12 +55,7 @@ impl Watchdog {
     /// A watchdog that only removes `dir` (which the server user owns) when we go away.
     pub(crate) fn remove_dir(run_as: &RunAs, dir: &Path) -> Result<Self> {
         const SCRIPT: &str = "read -r _ignored\nrm -rf \"$1\"\n";
-        let mut cmd = run_as.command("/bin/sh", Path::new("/"));
-        cmd.arg("-c")
-            .arg(SCRIPT)
-            .arg("pgops-testkit-watchdog")
-            .arg(dir);
-        Self::start(cmd)
+        Self::start(run_as, SCRIPT, &[dir.as_os_str()])
     }
 
     /// A watchdog that stops the PgBouncer whose pid file is in `dir`, then removes `dir`.
@@ -73,12 +69,7 @@ if [ -f "$1/pgbouncer.pid" ]; then
 fi
 rm -rf "$1"
 "#;
-        let mut cmd = run_as.command("/bin/sh", Path::new("/"));
-        cmd.arg("-c")
-            .arg(SCRIPT)
-            .arg("pgops-testkit-watchdog")
-            .arg(dir);
-        Self::start(cmd)
+        Self::start(run_as, SCRIPT, &[dir.as_os_str()])
     }
 
     pub(crate) fn spawn(
@@ -97,19 +88,23 @@ else
   "$1" -D "$2" -m fast -w -t 120 stop >/dev/null 2>&1
 fi
 "#;
-        let mut cmd = run_as.command("/bin/sh", Path::new("/"));
-        cmd.arg("-c")
-            .arg(SCRIPT)
-            .arg("pgops-testkit-watchdog")
-            .arg(pg_ctl)
-            .arg(data)
-            .arg(root)
-            .arg(if remove { "remove" } else { "keep" });
-        Self::start(cmd)
+        let mode = OsStr::new(if remove { "remove" } else { "keep" });
+        Self::start(
+            run_as,
+            SCRIPT,
+            &[pg_ctl.as_os_str(), data.as_os_str(), root.as_os_str(), mode],
+        )
     }
 
-    fn start(mut cmd: Command) -> Result<Self> {
-        cmd.stdin(Stdio::piped())
+    /// Runs `script` (which begins by waiting for its stdin to close) in `sh` as the server
+    /// user, with `args` as `$1`, `$2`, ...
+    fn start(run_as: &RunAs, script: &str, args: &[&OsStr]) -> Result<Self> {
+        let mut cmd = run_as.command("/bin/sh", Path::new("/"));
+        cmd.arg("-c")
+            .arg(script)
+            .arg("pgops-testkit-watchdog")
+            .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             // Its own process group: a Ctrl-C that kills the tests must not kill the cleaner.
