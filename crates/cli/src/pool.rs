@@ -324,37 +324,29 @@ fn pgbouncer_limits(primary: &pgops_pool::DatabaseUrl) -> Result<BouncerLimits, 
     let config = console.query("SHOW CONFIG").map_err(Failure::problem)?;
     let setting = |name: &str| -> i64 {
         config
-            .rows
-            .iter()
-            .find(|r| r.first().and_then(|k| k.as_deref()) == Some(name))
-            .and_then(|r| r.get(1).cloned().flatten())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+            .records()
+            .find(|r| r.get("key") == Some(name))
+            .and_then(|r| r.number("value"))
+            .unwrap_or(0.0) as i64
     };
     let databases = console.query("SHOW DATABASES").map_err(Failure::problem)?;
     let database = primary.database().unwrap_or("postgres");
     let row = databases
         .records()
-        .find(|r| r.iter().any(|(c, v)| *c == "name" && *v == Some(database)));
-    let column = |name: &str| -> Option<i64> {
-        row.as_ref()?
-            .iter()
-            .find(|(c, _)| *c == name)
-            .and_then(|(_, v)| v.and_then(|v| v.parse().ok()))
+        .find(|r| r.get("name") == Some(database));
+    // A database's own limit, when it sets one (0 or -1: PgBouncer's default applies).
+    let own = |column: &str, default: &str| -> i64 {
+        row.and_then(|r| r.number(column))
+            .map(|n| n as i64)
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| setting(default))
     };
-    let pool_size = column("pool_size")
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| setting("default_pool_size"));
     Ok(BouncerLimits {
         url: url.to_string(),
         max_client_conn: setting("max_client_conn"),
-        pool_size,
-        reserve_pool: column("reserve_pool")
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| setting("reserve_pool_size")),
-        max_db_connections: column("max_connections")
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| setting("max_db_connections")),
+        pool_size: own("pool_size", "default_pool_size"),
+        reserve_pool: own("reserve_pool", "reserve_pool_size"),
+        max_db_connections: own("max_connections", "max_db_connections"),
     })
 }
 

@@ -310,13 +310,10 @@ impl PgBouncerCollector {
     pub fn families(&self) -> Vec<Family> {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let read = |slot: &mut Option<SimpleConnection>| -> pgops_pg::Result<Vec<Family>> {
-            if slot.is_none() {
-                *slot = Some(SimpleConnection::connect(&self.url)?);
-            }
-            let conn = slot.as_mut().ok_or_else(|| pgops_pg::Error::Simple {
-                context: "PgBouncer".into(),
-                message: "no connection".into(),
-            })?;
+            let conn = match slot {
+                Some(conn) => conn,
+                None => slot.insert(SimpleConnection::connect(&self.url)?),
+            };
             read_all(conn)
         };
         let (mut families, up) = match read(&mut slot) {
@@ -404,17 +401,13 @@ fn mapped(rows: &Rows, prefix: &str, labels: &[&str], columns: &[Column]) -> Vec
         .map(|(column, suffix, kind, factor, help)| {
             let mut family = Family::new(format!("{prefix}_{suffix}"), *help, *kind);
             for record in rows.records() {
-                let get = |name: &str| {
-                    record
-                        .iter()
-                        .find(|(c, _)| *c == name)
-                        .and_then(|(_, v)| *v)
-                };
-                let Some(value) = get(column).and_then(|v| v.parse::<f64>().ok()) else {
+                let Some(value) = record.number(column) else {
                     continue;
                 };
-                let label_values: Vec<(&str, &str)> =
-                    labels.iter().map(|l| (*l, get(l).unwrap_or(""))).collect();
+                let label_values: Vec<(&str, &str)> = labels
+                    .iter()
+                    .map(|l| (*l, record.get(l).unwrap_or("")))
+                    .collect();
                 family.push(&label_values, value * factor);
             }
             family
@@ -430,23 +423,12 @@ fn maxwait(pools: &Rows) -> Family {
         Kind::Gauge,
     );
     for record in pools.records() {
-        let get = |name: &str| {
-            record
-                .iter()
-                .find(|(c, _)| *c == name)
-                .and_then(|(_, v)| *v)
-        };
-        let seconds = get("maxwait")
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + get("maxwait_us")
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                * 1e-6;
+        let seconds = record.number("maxwait").unwrap_or(0.0)
+            + record.number("maxwait_us").unwrap_or(0.0) * 1e-6;
         family.push(
             &[
-                ("database", get("database").unwrap_or("")),
-                ("user", get("user").unwrap_or("")),
+                ("database", record.get("database").unwrap_or("")),
+                ("user", record.get("user").unwrap_or("")),
             ],
             seconds,
         );

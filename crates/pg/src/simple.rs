@@ -50,15 +50,32 @@ impl std::fmt::Debug for SimpleConnection {
     }
 }
 
+/// One row of [`Rows`], read by column name.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    columns: &'a [String],
+    values: &'a [Option<String>],
+}
+
 impl Rows {
-    /// Each row as (column, value) pairs.
-    pub fn records(&self) -> impl Iterator<Item = Vec<(&str, Option<&str>)>> {
-        self.rows.iter().map(|row| {
-            self.columns
-                .iter()
-                .map(String::as_str)
-                .zip(row.iter().map(Option::as_deref))
-                .collect()
+    /// The rows, each read by column name.
+    pub fn records(&self) -> impl Iterator<Item = Record<'_>> {
+        self.rows.iter().map(|values| Record {
+            columns: &self.columns,
+            values,
         })
+    }
+}
+
+impl<'a> Record<'a> {
+    /// The value of `column` (`None` for NULL or a column the row lacks).
+    pub fn get(&self, column: &str) -> Option<&'a str> {
+        let index = self.columns.iter().position(|c| c == column)?;
+        self.values.get(index)?.as_deref()
+    }
+
+    /// The value of `column` as a number, when it is one.
+    pub fn number(&self, column: &str) -> Option<f64> {
+        self.get(column)?.parse().ok()
     }
 }
