@@ -84,7 +84,7 @@ fn show(config: &Config, json: bool, out: &mut dyn Write) -> Result<Exit, Failur
     for key in pgops_pool::ROUTER_KEYS {
         router.insert(
             (*key).to_owned(),
-            entry(router_values[*key].clone(), &format!("router.{key}")),
+            entry(router_values[key].clone(), &format!("router.{key}")),
         );
     }
     let replicas: Vec<String> = config
@@ -124,32 +124,34 @@ fn show(config: &Config, json: bool, out: &mut dyn Write) -> Result<Exit, Failur
             url,
             source("database_url")
         ));
-        for key in pgops_pool::KEYS {
-            let value = match &values[*key] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            text.push_str(&format!(
-                "{:<38} {:<44} {}\n",
-                format!("pool.{key}"),
-                value,
-                source(key)
-            ));
-        }
-        for (index, url) in replicas.iter().enumerate() {
-            text.push_str(&format!("{:<38} {url}\n", format!("replica-{index}")));
-        }
-        for key in pgops_pool::ROUTER_KEYS {
-            let value = match &router_values[*key] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            text.push_str(&format!(
-                "{:<38} {:<44} {}\n",
-                format!("router.{key}"),
-                value,
-                source(&format!("router.{key}"))
-            ));
+        // Pool keys' sources are named by the key, router keys' by `router.<key>`.
+        let sections = [
+            ("pool", pgops_pool::KEYS, &values, ""),
+            (
+                "router",
+                &pgops_pool::ROUTER_KEYS[..],
+                &router_values,
+                "router.",
+            ),
+        ];
+        for (section, keys, values, source_prefix) in sections {
+            for key in keys {
+                let value = match &values[key] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                text.push_str(&format!(
+                    "{:<38} {:<44} {}\n",
+                    format!("{section}.{key}"),
+                    value,
+                    source(&format!("{source_prefix}{key}"))
+                ));
+            }
+            if section == "pool" {
+                for (index, url) in replicas.iter().enumerate() {
+                    text.push_str(&format!("{:<38} {url}\n", format!("replica-{index}")));
+                }
+            }
         }
         write!(out, "{text}")
     };

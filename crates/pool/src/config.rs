@@ -114,7 +114,7 @@ pub struct RouterSettings {
 
 /// The router keys, as named in `pgops.toml`'s `[router]` table; the environment variable is
 /// `PGOPS_ROUTER_` + the key in upper case.
-pub const ROUTER_KEYS: &[&str] = &[
+pub const ROUTER_KEYS: [&str; 6] = [
     "replica_max_size",
     "replica_min_idle",
     "replica_idle_timeout",
@@ -456,7 +456,7 @@ fn router_settings(
         });
     }
     let mut router = RouterSettings::default();
-    for key in ROUTER_KEYS {
+    for (key, source_key) in ROUTER_KEYS.iter().zip(ROUTER_SOURCE_KEYS) {
         let var = format!("PGOPS_ROUTER_{}", key.to_ascii_uppercase());
         let (name, value, source) = if let Some(value) = env(&var) {
             (var.clone(), value, Source::Env(var))
@@ -471,45 +471,27 @@ fn router_settings(
                 Source::File(file.map(Path::to_path_buf).unwrap_or_default()),
             )
         } else {
-            sources.insert(router_source_key(key), Source::Profile);
+            sources.insert(source_key, Source::Profile);
             continue;
         };
-        let invalid = |allowed: &str| Error::InvalidSetting {
-            key: name.clone(),
-            value: value.clone(),
-            allowed: allowed.to_owned(),
+        let raw = Raw {
+            name: &name,
+            value: &value,
         };
-        let count = |max: u64| -> Result<u64> {
-            value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n <= max)
-                .ok_or_else(|| invalid(&format!("a whole number from 0 to {max}")))
-        };
-        let duration = || -> Result<Duration> {
-            humantime::parse_duration(value.trim())
-                .map_err(|_| invalid("a duration like 500ms, 5s or 0s"))
-        };
+        let forever = Duration::from_secs(365 * 24 * 3600);
         match *key {
-            "replica_max_size" => {
-                router.replica_max_size = u32::try_from(count(10_000)?)
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| invalid("a whole number from 1 to 10000"))?
-            }
-            "replica_min_idle" => router.replica_min_idle = count(10_000)? as u32,
+            "replica_max_size" => router.replica_max_size = raw.count(1, 10_000)? as u32,
+            "replica_min_idle" => router.replica_min_idle = raw.count(0, 10_000)? as u32,
             "replica_idle_timeout" => {
-                router.replica_idle_timeout = match value.trim() {
-                    "0" | "off" | "none" => None,
-                    _ => Some(duration()?).filter(|d| !d.is_zero()),
-                }
+                router.replica_idle_timeout = raw.optional(Duration::from_secs(1))?
             }
-            "max_lag" => router.max_lag = duration()?,
-            "max_lag_bytes" => router.max_lag_bytes = count(u64::MAX / 2)?,
-            _ => router.token_wait = duration()?,
+            "max_lag" => router.max_lag = raw.required(Duration::ZERO, forever)?,
+            "max_lag_bytes" => router.max_lag_bytes = raw.count(0, u64::MAX / 2)?,
+            "token_wait" => router.token_wait = raw.required(Duration::ZERO, forever)?,
+            // Every key of ROUTER_KEYS has its arm above.
+            _ => {}
         }
-        sources.insert(router_source_key(key), source);
+        sources.insert(source_key, source);
     }
     if router.replica_min_idle > router.replica_max_size {
         return Err(Error::InvalidSetting {
@@ -521,17 +503,15 @@ fn router_settings(
     Ok(router)
 }
 
-/// The `sources` key of a router setting (`router.max_lag`).
-fn router_source_key(key: &str) -> &'static str {
-    match key {
-        "replica_max_size" => "router.replica_max_size",
-        "replica_min_idle" => "router.replica_min_idle",
-        "replica_idle_timeout" => "router.replica_idle_timeout",
-        "max_lag" => "router.max_lag",
-        "max_lag_bytes" => "router.max_lag_bytes",
-        _ => "router.token_wait",
-    }
-}
+/// The `sources` keys of the router settings, in the order of [`ROUTER_KEYS`].
+const ROUTER_SOURCE_KEYS: [&str; 6] = [
+    "router.replica_max_size",
+    "router.replica_min_idle",
+    "router.replica_idle_timeout",
+    "router.max_lag",
+    "router.max_lag_bytes",
+    "router.token_wait",
+];
 
 /// Behind transaction pooling a session `SET` would stay on a server connection other clients
 /// use next. The profile's timeouts are left off; one set explicitly is refused with where to
@@ -582,53 +562,85 @@ fn parse_environment(key: &str, value: &str) -> Result<Environment> {
 }
 
 /// Parses and range-checks one key's value into the settings.
-fn apply(pool: &mut PoolSettings, key: &str, name: &str, value: &str) -> Result<()> {
-    let invalid = |allowed: &str| Error::InvalidSetting {
-        key: name.to_owned(),
-        value: value.to_owned(),
-        allowed: allowed.to_owned(),
-    };
-    let count = |min: u32, max: u32| -> Result<u32> {
-        let allowed = format!("a whole number from {min} to {max}");
-        let n: i64 = value.trim().parse().map_err(|_| invalid(&allowed))?;
-        if n < i64::from(min) || n > i64::from(max) {
-            return Err(invalid(&allowed));
+/// One setting's value as given, with where it came from, and the checks that turn it into
+/// a typed value or an error naming the key, the value and what is allowed.
+struct Raw<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+impl Raw<'_> {
+    fn invalid(&self, allowed: &str) -> Error {
+        Error::InvalidSetting {
+            key: self.name.to_owned(),
+            value: self.value.to_owned(),
+            allowed: allowed.to_owned(),
         }
-        Ok(n as u32)
-    };
-    // `0`, `off` and `none` switch an optional timeout off.
-    let optional = |min: Duration| -> Result<Option<Duration>> {
+    }
+
+    fn count(&self, min: u64, max: u64) -> Result<u64> {
+        let allowed = format!("a whole number from {min} to {max}");
+        let n: u64 = self
+            .value
+            .trim()
+            .parse()
+            .map_err(|_| self.invalid(&allowed))?;
+        if n < min || n > max {
+            return Err(self.invalid(&allowed));
+        }
+        Ok(n)
+    }
+
+    /// `0`, `off` and `none` switch an optional duration off.
+    fn optional(&self, min: Duration) -> Result<Option<Duration>> {
         let allowed = format!(
             "a duration of at least {} (like 30s, 5m), or 0/off",
             humantime::format_duration(min)
         );
-        match value.trim().to_ascii_lowercase().as_str() {
+        match self.value.trim().to_ascii_lowercase().as_str() {
             "0" | "off" | "none" => Ok(None),
             text => {
-                let d = humantime::parse_duration(text).map_err(|_| invalid(&allowed))?;
+                let d = humantime::parse_duration(text).map_err(|_| self.invalid(&allowed))?;
                 if d.is_zero() {
                     Ok(None)
                 } else if d < min {
-                    Err(invalid(&allowed))
+                    Err(self.invalid(&allowed))
                 } else {
                     Ok(Some(d))
                 }
             }
         }
-    };
-    let required = |min: Duration, max: Duration| -> Result<Duration> {
+    }
+
+    fn required(&self, min: Duration, max: Duration) -> Result<Duration> {
         let allowed = format!(
             "a duration from {} to {} (like 500ms, 5s)",
             humantime::format_duration(min),
             humantime::format_duration(max)
         );
-        let d = humantime::parse_duration(value.trim()).map_err(|_| invalid(&allowed))?;
+        let text = self.value.trim();
+        let d = if text == "0" {
+            Duration::ZERO
+        } else {
+            humantime::parse_duration(text).map_err(|_| self.invalid(&allowed))?
+        };
         if d < min || d > max {
-            Err(invalid(&allowed))
+            Err(self.invalid(&allowed))
         } else {
             Ok(d)
         }
+    }
+}
+
+/// Parses and range-checks one pool key's value into the settings.
+fn apply(pool: &mut PoolSettings, key: &str, name: &str, value: &str) -> Result<()> {
+    let raw = Raw { name, value };
+    let invalid = |allowed: &str| raw.invalid(allowed);
+    let count = |min: u32, max: u32| -> Result<u32> {
+        Ok(raw.count(u64::from(min), u64::from(max))? as u32)
     };
+    let optional = |min: Duration| raw.optional(min);
+    let required = |min: Duration, max: Duration| raw.required(min, max);
     let ms = Duration::from_millis;
     match key {
         "max_size" => pool.max_size = count(1, 10_000)?,
@@ -653,11 +665,7 @@ fn apply(pool: &mut PoolSettings, key: &str, name: &str, value: &str) -> Result<
         }
         "leak_threshold" => pool.leak_threshold = optional(ms(1))?,
         "validate_after_idle" => {
-            pool.validate_after_idle = if value.trim() == "0" {
-                Duration::ZERO
-            } else {
-                required(Duration::ZERO, Duration::from_secs(3600))?
-            }
+            pool.validate_after_idle = required(Duration::ZERO, Duration::from_secs(3600))?
         }
         "application_name" => {
             let ok = !value.is_empty()
@@ -720,6 +728,13 @@ mod tests {
             .collect();
         let lookup = move |name: &str| env.get(name).cloned();
         Config::from_sources(&lookup, file.map(|text| (Path::new("pgops.toml"), text)))
+    }
+
+    #[test]
+    fn router_source_keys_follow_router_keys() {
+        for (key, source) in ROUTER_KEYS.iter().zip(ROUTER_SOURCE_KEYS) {
+            assert_eq!(source, format!("router.{key}"));
+        }
     }
 
     #[test]
