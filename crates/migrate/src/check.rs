@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diesel::{PgConnection, connection::SimpleConnection as _};
+use diesel::PgConnection;
 use serde::Serialize;
 
 use crate::{
@@ -295,64 +295,31 @@ fn validate(migrator: &Migrator<'_>, conn: &mut PgConnection) -> Result<Option<P
 
 /// The line of the statement of `sql` that fails: for a migration run in a transaction,
 /// found by running its statements one by one in a transaction that is rolled back; for one
-/// run outside, only when it is a single statement.
+/// run outside, only when it is a single statement. Needs PostgreSQL's parser (`lint`).
+#[cfg(feature = "lint")]
 fn failing_line(conn: &mut PgConnection, sql: &str, transactional: bool) -> Option<usize> {
-    let statements = split(sql)?;
+    use diesel::connection::SimpleConnection as _;
+    let statements = crate::text::statements(sql)?;
+    let line = |s: &crate::text::Statement<'_>| crate::text::position(sql, s.first_token).0;
     if !transactional {
         return match statements.as_slice() {
-            [(offset, _)] => Some(line_of(sql, *offset)),
+            [only] => Some(line(only)),
             _ => None,
         };
     }
     conn.batch_execute("BEGIN").ok()?;
     let failing = statements
         .iter()
-        .find(|(_, text)| conn.batch_execute(text).is_err())
-        .map(|(offset, _)| line_of(sql, *offset));
+        .find(|s| conn.batch_execute(s.text).is_err())
+        .map(line);
     let _ = conn.batch_execute("ROLLBACK");
     failing
 }
 
-/// The statements of a SQL text with the byte offset of each one's first token.
-#[cfg(feature = "lint")]
-fn split(sql: &str) -> Option<Vec<(usize, &str)>> {
-    let pieces = pg_query::split_with_scanner(sql).ok()?;
-    let mut offset = 0;
-    let mut out = Vec::new();
-    for piece in pieces {
-        let start = sql[offset..].find(piece).map(|i| offset + i)?;
-        offset = start + piece.len();
-        out.push((start + leading_noise(piece), piece));
-    }
-    Some(out)
-}
-
-/// Without PostgreSQL's parser (the `lint` feature) statements cannot be told apart.
+/// Without PostgreSQL's parser statements cannot be told apart.
 #[cfg(not(feature = "lint"))]
-fn split(_sql: &str) -> Option<Vec<(usize, &str)>> {
+fn failing_line(_conn: &mut PgConnection, _sql: &str, _transactional: bool) -> Option<usize> {
     None
-}
-
-/// Bytes of white space and comments before a statement's first token.
-#[cfg_attr(not(feature = "lint"), allow(dead_code))]
-pub(crate) fn leading_noise(text: &str) -> usize {
-    let mut rest = text;
-    loop {
-        let trimmed = rest.trim_start();
-        if let Some(after) = trimmed.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, next)| next);
-        } else if let Some(after) = trimmed.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, next)| next);
-        } else {
-            return text.len() - trimmed.len();
-        }
-    }
-}
-
-/// 1-based line of a byte offset.
-fn line_of(sql: &str, offset: usize) -> usize {
-    sql.get(..offset)
-        .map_or(1, |before| before.matches('\n').count() + 1)
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {

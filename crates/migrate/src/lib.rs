@@ -21,6 +21,7 @@ mod runner;
 pub mod scratch;
 mod snapshot;
 mod source;
+mod text;
 
 pub use check::{CheckReport, Problem, ProblemKind, check};
 pub use drift::{Drift, drift};

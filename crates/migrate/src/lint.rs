@@ -17,7 +17,10 @@ use pg_query::{
 };
 use serde::Serialize;
 
-use crate::{MigrationSet, SqlMigration, check::leading_noise};
+use crate::{
+    MigrationSet, SqlMigration,
+    text::{leading_noise, position, statements},
+};
 
 /// The rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -914,36 +917,19 @@ fn ignores(text: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// 1-based line and column of a byte offset.
-fn position(sql: &str, offset: usize) -> (usize, usize) {
-    let before = &sql[..offset.min(sql.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
 /// A parse error with the position of the statement that fails (the parser's own message has
 /// no position, so statements are parsed one by one to find it).
 fn parse_error(sql: &str, file: &std::path::Path, error: pg_query::Error) -> ParseError {
-    let mut offset = 0;
-    let mut message = error.to_string();
-    if let Ok(pieces) = pg_query::split_with_scanner(sql) {
-        for piece in pieces {
-            let start = sql[offset..].find(piece).map_or(offset, |i| offset + i);
-            offset = start + piece.len();
-            if let Err(e) = pg_query::parse(piece) {
-                message = e.to_string();
-                let (line, column) = position(sql, start + leading_noise(piece));
-                return ParseError {
-                    file: file.to_path_buf(),
-                    line,
-                    column,
-                    message,
-                };
-            }
-        }
-    }
-    let (line, column) = position(sql, leading_noise(sql));
+    let (offset, message) = statements(sql)
+        .into_iter()
+        .flatten()
+        .find_map(|s| {
+            pg_query::parse(s.text)
+                .err()
+                .map(|e| (s.first_token, e.to_string()))
+        })
+        .unwrap_or_else(|| (leading_noise(sql), error.to_string()));
+    let (line, column) = position(sql, offset);
     ParseError {
         file: file.to_path_buf(),
         line,

@@ -162,7 +162,7 @@ impl SqlMigration {
         let version = version_of(name).ok_or_else(|| {
             invalid("the directory name must be <version>_<name>, the version made of digits and dashes (2026-11-26-000100_create_users)".into())
         })?;
-        if is_blank_sql(&up_sql) {
+        if crate::text::is_blank(&up_sql) {
             return Err(invalid("up.sql has no statement".into()));
         }
         let run_in_transaction = match metadata_toml {
@@ -319,21 +319,6 @@ fn version_of(name: &str) -> Option<String> {
     valid.then_some(digits)
 }
 
-/// Whether a SQL text holds nothing but white space and comments.
-fn is_blank_sql(sql: &str) -> bool {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start();
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, next)| next);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, next)| next);
-        } else {
-            return rest.is_empty();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +365,7 @@ mod tests {
         let err = SqlMigration::new("1_a", "-- nothing\n/* here */\n".into(), "".into(), None)
             .unwrap_err();
         assert!(err.to_string().contains("up.sql has no statement"), "{err}");
-        assert!(!is_blank_sql("-- c\nSELECT 1"));
+        assert!(!crate::text::is_blank("-- c\nSELECT 1"));
     }
 
     #[test]
