@@ -353,46 +353,14 @@ fn fetch_build(version: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Python tools CI runs, pinned: package, the program it installs.
-const PYTHON_TOOLS: [(&str, &str); 2] = [
-    ("moto[server]==5.2.5", "moto_server"),
-    ("squawk-cli==2.70.0", "squawk"),
-];
-
-/// moto's S3 server and squawk, in a virtual environment under the target directory; returns
-/// the environment's `bin/`.
+/// moto's S3 server and squawk, pinned, in a virtual environment under the target directory;
+/// returns the environment's `bin/`.
 fn python_tools() -> anyhow::Result<PathBuf> {
-    let venv = crate::target_dir().join("pgops-tools").join("venv");
-    let bin = venv.join("bin");
-    let missing: Vec<&str> = PYTHON_TOOLS
-        .iter()
-        .filter(|(_, program)| !bin.join(program).is_file())
-        .map(|(package, _)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(bin);
-    }
-    println!("installing {} into {}", missing.join(", "), venv.display());
-    if !bin.join("pip").is_file() {
-        run(
-            Command::new("python3").arg("-m").arg("venv").arg(&venv),
-            "python3 -m venv",
-        )?;
-    }
-    run(
-        Command::new(bin.join("pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(&missing),
-        &format!("pip install {}", missing.join(" ")),
-    )?;
-    for (package, program) in PYTHON_TOOLS {
-        ensure!(
-            bin.join(program).is_file(),
-            "pip installed {package} but {} is missing",
-            bin.join(program).display()
-        );
-    }
-    Ok(bin)
+    venv(
+        "venv",
+        &[&["moto[server]==5.2.5", "squawk-cli==2.70.0"]],
+        &["moto_server", "squawk"],
+    )
 }
 
 /// The pgbouncer benchmark's anchor, pinned, in its own virtual environment (it pins an old
@@ -401,41 +369,56 @@ fn python_tools() -> anyhow::Result<PathBuf> {
 /// 'total_requests'`, a column PgBouncer 1.8 removed). `psycopg2-binary` stands in for the
 /// source build of `psycopg2` it names. Returns the environment's `bin/`.
 fn pgbouncer_exporter() -> anyhow::Result<PathBuf> {
-    let venv = crate::target_dir()
-        .join("pgops-tools")
-        .join("pgbouncer-exporter");
+    venv(
+        "pgbouncer-exporter",
+        &[
+            &["--no-deps", "prometheus-pgbouncer-exporter==2.1.2"],
+            &[
+                "psycopg2-binary==2.9.13",
+                "prometheus_client==0.8.0",
+                "python-json-logger==0.1.11",
+                "PyYAML==6.0.4",
+            ],
+        ],
+        &["pgbouncer-exporter"],
+    )
+}
+
+/// A virtual environment `target/pgops-tools/<name>` with `programs` in its `bin/` (which it
+/// returns), made with one `pip install` per entry of `installs` when any program is missing.
+fn venv(name: &str, installs: &[&[&str]], programs: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = crate::target_dir().join("pgops-tools").join(name);
     let bin = venv.join("bin");
-    if bin.join("pgbouncer-exporter").is_file() {
+    if programs.iter().all(|p| bin.join(p).is_file()) {
         return Ok(bin);
     }
-    println!(
-        "installing prometheus-pgbouncer-exporter 2.1.2 into {}",
-        venv.display()
-    );
-    run(
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
-        "python3 -m venv",
-    )?;
-    let pip = |args: &[&str]| {
+    println!("installing {} into {}", programs.join(", "), venv.display());
+    if !bin.join("pip").is_file() {
+        run(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "python3 -m venv",
+        )?;
+    }
+    for args in installs {
         run(
             Command::new(bin.join("pip"))
                 .args(["install", "--quiet", "--disable-pip-version-check"])
-                .args(args),
+                .args(*args),
             &format!("pip install {}", args.join(" ")),
-        )
-    };
-    pip(&["--no-deps", "prometheus-pgbouncer-exporter==2.1.2"])?;
-    pip(&[
-        "psycopg2-binary==2.9.13",
-        "prometheus_client==0.8.0",
-        "python-json-logger==0.1.11",
-        "PyYAML==6.0.4",
-    ])?;
-    ensure!(
-        bin.join("pgbouncer-exporter").is_file(),
-        "pip installed prometheus-pgbouncer-exporter but {} is missing",
-        bin.join("pgbouncer-exporter").display()
-    );
+        )?;
+    }
+    for program in programs {
+        ensure!(
+            bin.join(program).is_file(),
+            "pip installed {} but {} is missing",
+            installs
+                .iter()
+                .map(|a| a.join(" "))
+                .collect::<Vec<_>>()
+                .join("; "),
+            bin.join(program).display()
+        );
+    }
     Ok(bin)
 }
 
