@@ -359,47 +359,40 @@ fn same_value(name: &str, wanted: &str, shown: &str) -> bool {
     if wanted == shown {
         return true;
     }
-    if name.ends_with("min_duration_statement") || name.ends_with("log_min_duration") {
-        return millis(wanted).is_some() && millis(wanted) == millis(shown);
-    }
-    if name.starts_with("log_parameter_max_length") {
-        return bytes(wanted).is_some() && bytes(wanted) == bytes(shown);
-    }
-    false
+    let units = if name.ends_with("min_duration_statement") || name.ends_with("log_min_duration") {
+        MILLISECONDS
+    } else if name.starts_with("log_parameter_max_length") {
+        BYTES
+    } else {
+        return false;
+    };
+    in_units(wanted, units).is_some() && in_units(wanted, units) == in_units(shown, units)
 }
 
-/// A byte count as `SHOW` prints it (`-1`, `0`, `64B`, `1kB`).
-fn bytes(value: &str) -> Option<i64> {
+/// `SHOW`'s duration units, in milliseconds.
+const MILLISECONDS: &[(&str, i64)] = &[
+    ("", 1),
+    ("ms", 1),
+    ("s", 1_000),
+    ("min", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+];
+
+/// `SHOW`'s size units, in bytes.
+const BYTES: &[(&str, i64)] = &[("", 1), ("B", 1), ("kB", 1024), ("MB", 1024 * 1024)];
+
+/// A number with one of `units` as `SHOW` prints it (`1s`, `250ms`, `-1`, `1kB`), in the
+/// smallest unit.
+fn in_units(value: &str, units: &[(&str, i64)]) -> Option<i64> {
     let split = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
-        .unwrap_or(value.len());
+        .char_indices()
+        .find(|(i, c)| !(c.is_ascii_digit() || (*i == 0 && *c == '-')))
+        .map_or(value.len(), |(i, _)| i);
     let (number, unit) = value.split_at(split);
     let n: i64 = number.parse().ok()?;
-    Some(match unit.trim() {
-        "" | "B" => n,
-        "kB" => n * 1024,
-        "MB" => n * 1024 * 1024,
-        _ => return None,
-    })
-}
-
-fn millis(value: &str) -> Option<u128> {
-    if value == "-1" {
-        return None;
-    }
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let n: u128 = number.parse().ok()?;
-    Some(match unit.trim() {
-        "" | "ms" => n,
-        "s" => n * 1_000,
-        "min" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return None,
-    })
+    let (_, factor) = units.iter().find(|(u, _)| *u == unit.trim())?;
+    n.checked_mul(*factor)
 }
 
 #[cfg(test)]
