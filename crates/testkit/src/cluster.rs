@@ -312,9 +312,7 @@ impl Cluster {
 
     /// The last lines of the server log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(self.log_file()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        process::tail(&self.log_file(), lines)
     }
 
     pub(crate) fn lsn_of(&self, expression: &str) -> Result<Lsn> {

@@ -5,8 +5,7 @@
 
 use std::{
     fs,
-    net::TcpStream,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -41,7 +40,6 @@ pub struct PgBouncer {
     port: u16,
     root: PathBuf,
     password: String,
-    mode: PoolMode,
     watchdog: Option<Watchdog>,
 }
 
@@ -127,7 +125,6 @@ impl PgBouncer {
             port,
             root,
             password: PASSWORD.to_owned(),
-            mode: options.mode,
             watchdog: Some(watchdog),
         };
         bouncer.wait_ready(Duration::from_secs(10))?;
@@ -137,11 +134,6 @@ impl PgBouncer {
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// Its pooling mode.
-    pub fn mode(&self) -> PoolMode {
-        self.mode
     }
 
     /// A URL for database `db` through PgBouncer (the superuser, with PgBouncer's password).
@@ -164,21 +156,13 @@ impl PgBouncer {
 
     /// The end of its log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(self.root.join("pgbouncer.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Its directory (configuration, auth file, log, pid file).
-    pub fn root(&self) -> &Path {
-        &self.root
+        process::tail(&self.root.join("pgbouncer.log"), lines)
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let listening = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
-            if listening && PgConnection::establish(&self.url("postgres")).is_ok() {
+            if PgConnection::establish(&self.url("postgres")).is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {

@@ -17,6 +17,13 @@ use crate::{Error, Result};
 /// unprivileged user).
 pub(crate) type RunAs = ServerUser;
 
+/// The last `lines` lines of a log file (empty when it cannot be read).
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Runs a command to completion and turns a failure into an error carrying its output.
 pub(crate) fn run(mut cmd: Command, what: &str) -> Result<Output> {
     let out = cmd
