@@ -4,8 +4,8 @@
 //! tools (moto's S3 server, squawk) into a virtual environment under `target/pgops-tools`, never into
 //! the system's Python (PEP 668 refuses that on current Debian and Ubuntu). Where nothing can
 //! be installed (no apt-get, neither root nor sudo) it stops with the exact command to run.
-//! Every program a later feature needs (PgBouncer, Patroni, etcd, HAProxy, Chromium) is one
-//! more [`Requirement`] here.
+//! Every program a feature needs (PgBouncer, Patroni, etcd, HAProxy, ...) is one more
+//! [`Requirement`] here.
 
 use std::{
     ffi::OsString,
@@ -144,6 +144,18 @@ const REQUIREMENTS: &[Requirement] = &[
         packages: || vec!["pgbouncer".into()],
     },
     Requirement {
+        what: "Patroni (the high-availability tests' cluster manager)",
+        needed_by: &[Need::Ci, Need::Bench, Need::Matrix],
+        present: || on_path("patroni") || Path::new("/usr/bin/patroni").is_file(),
+        packages: || vec!["patroni".into()],
+    },
+    Requirement {
+        what: "etcd (Patroni's configuration store in the high-availability tests)",
+        needed_by: &[Need::Ci, Need::Bench, Need::Matrix],
+        present: || on_path("etcd") || Path::new("/usr/bin/etcd").is_file(),
+        packages: || vec!["etcd-server".into()],
+    },
+    Requirement {
         what: "curl (the runbooks' steps)",
         needed_by: &[Need::Ci, Need::Matrix],
         present: || on_path("curl"),
@@ -173,6 +185,12 @@ const REQUIREMENTS: &[Requirement] = &[
         needed_by: &[Need::Bench],
         present: || on_path("pgbackrest"),
         packages: || vec!["pgbackrest".into()],
+    },
+    Requirement {
+        what: "HAProxy (the failover benchmark's anchor)",
+        needed_by: &[Need::Bench],
+        present: || on_path("haproxy") || Path::new("/usr/sbin/haproxy").is_file(),
+        packages: || vec!["haproxy".into()],
     },
     Requirement {
         what: "postgres_exporter (the health benchmark's anchor)",

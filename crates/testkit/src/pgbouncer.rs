@@ -79,7 +79,7 @@ impl PgBouncer {
     /// Starts PgBouncer in front of the server on 127.0.0.1:`port` (a cluster this process did
     /// not start, such as the dev stack's), whose loopback connections need no password.
     pub fn in_front_of(port: u16, options: PgBouncerOptions) -> Result<PgBouncer> {
-        let program = find_pgbouncer()?;
+        let program = process::find_tool("pgbouncer", "pgbouncer", "/usr/sbin")?;
         let run_as = RunAs::detect()?;
         let root = tempfile::Builder::new()
             .prefix("pgops-bouncer-")
@@ -182,20 +182,4 @@ impl Drop for PgBouncer {
             watchdog.finish();
         }
     }
-}
-
-/// The `pgbouncer` program: on `PATH`, or where Debian puts it.
-fn find_pgbouncer() -> Result<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("pgbouncer"))
-            .find(|p| p.is_file())
-    });
-    on_path
-        .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file()))
-        .ok_or_else(|| Error::Tool {
-            program: "pgbouncer".into(),
-            status: "not found".into(),
-            output: "install Debian's pgbouncer package (cargo xtask ci installs it)".into(),
-        })
 }

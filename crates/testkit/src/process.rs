@@ -5,7 +5,7 @@ use std::{
     ffi::OsStr,
     io::Write,
     os::unix::process::CommandExt,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Output, Stdio},
 };
 
@@ -48,6 +48,23 @@ pub(crate) fn run(mut cmd: Command, what: &str) -> Result<Output> {
     }
 }
 
+/// A program that is not PostgreSQL's own (PgBouncer, Patroni, etcd): on `PATH`, or in
+/// `fallback` (where Debian's `package` puts it).
+pub(crate) fn find_tool(program: &str, package: &str, fallback: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+        .or_else(|| Some(Path::new(fallback).join(program)).filter(|p| p.is_file()))
+        .ok_or_else(|| Error::Tool {
+            program: program.into(),
+            status: "not found".into(),
+            output: format!("install Debian's {package} package (cargo xtask ci installs it)"),
+        })
+}
+
 /// A small `sh` process that waits for its stdin to close, then stops the cluster and (unless
 /// the cluster is kept) removes its directory. We hold the only write end of that pipe, so it closes when we drop the
 /// watchdog *or* when our process exits for any reason (panic, abort, SIGKILL): that is how a
@@ -77,6 +94,22 @@ fi
 rm -rf "$1"
 "#;
         Self::start(run_as, SCRIPT, &[dir.as_os_str()])
+    }
+
+    /// A watchdog for an HA cluster under `root`: kills every node's Patroni (so none
+    /// restarts its server), stops every node's PostgreSQL, kills etcd, removes `root`.
+    pub(crate) fn ha(run_as: &RunAs, root: &Path, pg_ctl: &Path) -> Result<Self> {
+        const SCRIPT: &str = r#"read -r _ignored
+for pidfile in "$1"/node*/patroni.pid; do
+  [ -f "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null
+done
+for data in "$1"/node*/data; do
+  [ -f "$data/postmaster.pid" ] && "$2" -D "$data" -m immediate -w -t 60 stop >/dev/null 2>&1
+done
+[ -f "$1/etcd/etcd.pid" ] && kill -KILL "$(cat "$1/etcd/etcd.pid")" 2>/dev/null
+rm -rf "$1"
+"#;
+        Self::start(run_as, SCRIPT, &[root.as_os_str(), pg_ctl.as_os_str()])
     }
 
     pub(crate) fn spawn(

@@ -1,7 +1,8 @@
 //! No PostgreSQL process and no cluster directory outlives the process that started it,
 //! whether that process returns, exits without running destructors, panics, or is killed
 //! with SIGKILL. This binary runs itself as the child in each of those ways and checks
-//! what is left afterwards (the shared cluster, an owned cluster and its replica).
+//! what is left afterwards (the shared cluster, an owned cluster and its replica, and a
+//! Patroni cluster with its etcd).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pgops_testkit::{Cluster, ClusterOptions, TestDatabase};
+use pgops_testkit::{Cluster, ClusterOptions, HaCluster, HaOptions, TestDatabase};
 
 const MODES: &[&str] = &["return", "exit", "panic", "sigkill"];
 
@@ -32,6 +33,15 @@ fn child(mode: &str) {
             "CLUSTER {} {}",
             cluster.postmaster_pid().unwrap(),
             cluster.root().display()
+        );
+    }
+    // Two nodes: a leader and a replica, each a Patroni with its PostgreSQL, and etcd.
+    let ha = HaCluster::start(HaOptions::default().nodes(2)).unwrap();
+    for node in ha.nodes() {
+        println!(
+            "CLUSTER {} {}",
+            node.postmaster_pid().unwrap(),
+            ha.root().display()
         );
     }
     println!("READY");
@@ -85,10 +95,10 @@ fn check(me: &Path, mode: &str) -> Result<(), String> {
             break;
         }
     }
-    if clusters.len() != 3 {
+    if clusters.len() != 5 {
         let _ = child.kill();
         return Err(format!(
-            "child started {} clusters, expected 3",
+            "child started {} clusters, expected 5",
             clusters.len()
         ));
     }
