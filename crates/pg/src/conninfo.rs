@@ -109,6 +109,31 @@ impl DatabaseUrl {
         self.servers().join(",")
     }
 
+    /// The same options, one server of the list (`host:port` as [`DatabaseUrl::servers`]
+    /// gives it), with `target_session_attrs` left out: a connection to that server only,
+    /// whatever its role. A `key=value` string.
+    pub fn for_server(&self, server: &str) -> Result<DatabaseUrl> {
+        let (host, port) = server.rsplit_once(':').ok_or_else(|| {
+            Error::InvalidConnectionString(format!("`{server}` is not host:port"))
+        })?;
+        let mut parts = vec![
+            format!("host={}", quote_value(host)),
+            format!("port={}", quote_value(port)),
+        ];
+        parts.extend(
+            self.options
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "host" | "hostaddr" | "port" | "target_session_attrs"
+                    )
+                })
+                .map(|(k, v)| format!("{k}={}", quote_value(v))),
+        );
+        DatabaseUrl::parse(&parts.join(" "))
+    }
+
     /// The same server and options, another database. A URL stays a URL.
     pub fn with_database(&self, database: &str) -> Result<DatabaseUrl> {
         let replaced = if is_url(&self.raw) {
@@ -513,6 +538,9 @@ mod tests {
             "postgres://app:pw@db:5432/app%20copy?sslmode=disable"
         );
         let url = DatabaseUrl::parse("postgresql://h1:1,h2:2?target_session_attrs=any").unwrap();
+        let one = url.for_server("h2:2").unwrap();
+        assert_eq!(one.servers(), vec!["h2:2"]);
+        assert_eq!(one.get("target_session_attrs"), None);
         let other = url.with_database("x").unwrap();
         assert_eq!(other.database(), Some("x"));
         assert_eq!(other.get("target_session_attrs"), Some("any"));

@@ -110,17 +110,27 @@ pub struct RouterSettings {
     /// primary (`0s`: use the primary at once).
     #[serde(with = "duration")]
     pub token_wait: Duration,
+    /// How often the router checks every replica (and, in an HA cluster, which member is
+    /// the primary).
+    #[serde(with = "duration")]
+    pub monitor_interval: Duration,
+    /// Patroni REST API base URLs (`http://host:8008`, comma-separated in the environment):
+    /// the router finds the cluster's members from `/cluster` at start and reports Patroni's
+    /// view (no leader, DCS lost) in its errors and metrics.
+    pub patroni_urls: Vec<String>,
 }
 
 /// The router keys, as named in `pgops.toml`'s `[router]` table; the environment variable is
 /// `PGOPS_ROUTER_` + the key in upper case.
-pub const ROUTER_KEYS: [&str; 6] = [
+pub const ROUTER_KEYS: [&str; 8] = [
     "replica_max_size",
     "replica_min_idle",
     "replica_idle_timeout",
     "max_lag",
     "max_lag_bytes",
     "token_wait",
+    "monitor_interval",
+    "patroni_urls",
 ];
 
 impl Default for RouterSettings {
@@ -133,6 +143,8 @@ impl Default for RouterSettings {
             max_lag: Duration::from_secs(5),
             max_lag_bytes: 16 * 1024 * 1024,
             token_wait: Duration::ZERO,
+            monitor_interval: Duration::from_secs(1),
+            patroni_urls: Vec::new(),
         }
     }
 }
@@ -461,10 +473,19 @@ fn router_settings(
         let (name, value, source) = if let Some(value) = env(&var) {
             (var.clone(), value, Source::Env(var))
         } else if let Some(value) = table.get(*key) {
-            let text = value
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| value.to_string());
+            let text = match value {
+                toml::Value::String(text) => text.clone(),
+                // A list of URLs may be written as a TOML array.
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|item| {
+                        item.as_str()
+                            .map_or_else(|| item.to_string(), str::to_owned)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
             (
                 format!("router.{key} (pgops.toml)"),
                 text,
@@ -488,6 +509,11 @@ fn router_settings(
             "max_lag" => router.max_lag = raw.required(Duration::ZERO, forever)?,
             "max_lag_bytes" => router.max_lag_bytes = raw.count(0, u64::MAX / 2)?,
             "token_wait" => router.token_wait = raw.required(Duration::ZERO, forever)?,
+            "monitor_interval" => {
+                router.monitor_interval =
+                    raw.required(Duration::from_millis(50), Duration::from_secs(60))?
+            }
+            "patroni_urls" => router.patroni_urls = raw.http_urls()?,
             // Every key of ROUTER_KEYS has its arm above.
             _ => {}
         }
@@ -504,13 +530,15 @@ fn router_settings(
 }
 
 /// The `sources` keys of the router settings, in the order of [`ROUTER_KEYS`].
-const ROUTER_SOURCE_KEYS: [&str; 6] = [
+const ROUTER_SOURCE_KEYS: [&str; 8] = [
     "router.replica_max_size",
     "router.replica_min_idle",
     "router.replica_idle_timeout",
     "router.max_lag",
     "router.max_lag_bytes",
     "router.token_wait",
+    "router.monitor_interval",
+    "router.patroni_urls",
 ];
 
 /// Behind transaction pooling a session `SET` would stay on a server connection other clients
@@ -575,6 +603,25 @@ impl Raw<'_> {
             key: self.name.to_owned(),
             value: self.value.to_owned(),
             allowed: allowed.to_owned(),
+        }
+    }
+
+    /// A comma-separated list of `http://` or `https://` base URLs (empty: none).
+    fn http_urls(&self) -> Result<Vec<String>> {
+        let urls: Vec<String> = self
+            .value
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        match urls
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            Some(_) => Err(self.invalid(
+                "comma-separated http:// or https:// base URLs of Patroni's REST API, such as http://db1:8008,http://db2:8008",
+            )),
+            None => Ok(urls),
         }
     }
 

@@ -53,6 +53,11 @@ impl Watch {
     pub(crate) fn is_broken(&self) -> bool {
         self.broken
     }
+
+    /// Marks the connection for closing when it returns to the pool.
+    pub(crate) fn discard(&mut self) {
+        self.broken = true;
+    }
 }
 
 impl Instrumentation for Watch {
@@ -159,12 +164,17 @@ pub(crate) fn watch(conn: &mut PgConnection) -> Option<&mut Watch> {
     conn.instrumentation().downcast_mut::<Watch>()
 }
 
-/// Errors after which the connection cannot be trusted again.
+/// Errors after which the connection cannot be trusted again. A write refused as read-only
+/// (SQLSTATE 25006) counts: its server was demoted to a standby after a failover or
+/// switchover (or the session was set read-only), and a fresh connection is the only way to
+/// reach the new primary.
 fn is_connection_error(error: &DieselError) -> bool {
     matches!(
         error,
         DieselError::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::UnableToSendCommand
+                | DatabaseErrorKind::ReadOnlyTransaction,
             _
         ) | DieselError::BrokenTransactionManager
     )

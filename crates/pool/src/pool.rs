@@ -292,6 +292,14 @@ impl PooledConnection {
         R2D2Connection::is_broken(&mut *self.conn)
             || watch(&mut self.conn).is_some_and(|w| w.is_broken())
     }
+
+    /// Closes the connection when it returns to the pool instead of keeping it: for one whose
+    /// server turned out to be the wrong one (a primary demoted to a standby, say).
+    pub fn discard(&mut self) {
+        if let Some(watch) = watch(&mut self.conn) {
+            watch.discard();
+        }
+    }
 }
 
 impl Deref for PooledConnection {

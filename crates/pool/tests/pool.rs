@@ -475,3 +475,47 @@ fn run_executes_blocking_work_off_the_async_runtime() {
         .unwrap_err();
     assert!(err.to_string().contains("division by zero"), "{err}");
 }
+
+#[test]
+fn a_connection_refused_a_write_as_read_only_is_never_handed_out_again() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let pool = Pool::open("read-only", url(&db), settings(1)).unwrap();
+    let pid = |conn: &mut diesel::PgConnection| -> i32 {
+        diesel::select(sql::<Integer>("pg_backend_pid()"))
+            .get_result(conn)
+            .unwrap()
+    };
+    let first = {
+        let mut conn = pool.get().unwrap();
+        // What a primary demoted under the connection answers: SQLSTATE 25006.
+        diesel::sql_query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            .execute(&mut *conn)
+            .unwrap();
+        let refused = diesel::sql_query("CREATE TABLE t (x int)").execute(&mut *conn);
+        assert!(
+            matches!(
+                refused,
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ReadOnlyTransaction,
+                    _
+                ))
+            ),
+            "{refused:?}"
+        );
+        pid(&mut conn)
+    };
+    let mut conn = pool.get().unwrap();
+    assert_ne!(pid(&mut conn), first, "the read-only session came back");
+    diesel::sql_query("CREATE TABLE t (x int)")
+        .execute(&mut *conn)
+        .unwrap();
+    drop(conn);
+
+    // A connection the caller found on the wrong server is discarded on request.
+    let mut conn = pool.get().unwrap();
+    let second = pid(&mut conn);
+    conn.discard();
+    drop(conn);
+    assert_ne!(pid(&mut pool.get().unwrap()), second);
+}

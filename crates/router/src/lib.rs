@@ -24,7 +24,24 @@
 //! - A monitor thread polls every replica; unreachable ones are banned with backoff, promoted
 //!   ones leave the read set. A read that fails on a replica with a connection error is retried
 //!   once elsewhere; writes are never retried.
+//!
+//! ## An HA cluster (Patroni, or any manager that promotes standbys)
+//!
+//! Give `DATABASE_URL` as libpq's multi-host URL of every member with
+//! `target_session_attrs=read-write` (`postgres://app@db1:5432,db2:5432,db3:5432/app?target_session_attrs=read-write&connect_timeout=2`),
+//! and leave `DATABASE_REPLICA_URLS` empty: each member becomes a read target while it is a
+//! standby, and the primary pool's new connections go to whichever member accepts writes.
+//! With `[router] patroni_urls` the members come from Patroni's `/cluster` instead, and
+//! Patroni's view explains a missing primary. Then:
+//! - a write while no member accepts writes fails at once with [`Error::NoPrimary`]
+//!   (never retried: the write did not run);
+//! - a pooled connection whose server turned read-only (SQLSTATE 25006, or found in recovery
+//!   after a failed write) is discarded, never reused for a write;
+//! - a [`Token`] carries its timeline and system identifier: only a member on that timeline
+//!   of that cluster, with the position replayed, may answer; after a failover, reads with an
+//!   older token go to the primary.
 
+mod patroni;
 mod policy;
 
 /// The README's example of a service using the pool and the router, compiled as a doctest so
@@ -48,8 +65,9 @@ use diesel::{
     dsl::sql,
     sql_types,
 };
-use pgops_pool::{Config, Pool, PooledConnection, Pooler};
+use pgops_pool::{Config, DatabaseUrl, Pool, PooledConnection, Pooler};
 
+pub use patroni::PatroniMember;
 pub use policy::{Candidate, Policy, ban_duration, choose, lag};
 
 /// Errors of the router.
@@ -62,14 +80,40 @@ pub enum Error {
     /// A query failed.
     #[error(transparent)]
     Query(#[from] diesel::result::Error),
+    /// No member of the HA cluster accepts writes now: a failover or switchover is under
+    /// way, or the cluster manager demoted the primary (Patroni does when it loses its
+    /// DCS). The write did not run and was not retried; try again later or fail the request.
+    #[error("no primary right now: {detail}")]
+    NoPrimary {
+        /// What each member and Patroni said.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Whether this is [`Error::NoPrimary`]: the write did not run because no member accepts
+    /// writes right now.
+    pub fn is_no_primary(&self) -> bool {
+        matches!(self, Error::NoPrimary { .. })
+    }
 }
 
 /// Result type of the router.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A WAL position returned by [`Router::write`]: pass it to [`Router::read`] to read your write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Token(pub u64);
+/// Where a write landed, returned by [`Router::write`]: pass it to [`Router::read`] to read
+/// your write. The WAL position alone would not do across a failover: the new primary's
+/// positions continue on a new timeline from where it was promoted, and a write the old
+/// primary acknowledged past that point exists on no member of the new timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token {
+    /// The WAL position after the write.
+    pub lsn: u64,
+    /// The timeline it was written on (0: unknown).
+    pub timeline: u32,
+    /// The cluster's system identifier (0: unknown).
+    pub system: u64,
+}
 
 /// Routing settings.
 #[derive(Debug, Clone)]
@@ -91,6 +135,12 @@ pub struct RouterConfig {
     pub max_ban: Duration,
     /// How long a read waits for a replica connection before trying elsewhere.
     pub replica_checkout_timeout: Duration,
+    /// The replicas are every member of an HA cluster, the primary among them: the member
+    /// that is not in recovery is the primary, and when none is, writes fail at once with
+    /// [`Error::NoPrimary`].
+    pub ha: bool,
+    /// Patroni REST API base URLs, asked every round for the cluster's leader.
+    pub patroni_urls: Vec<String>,
 }
 
 /// A replica to route to.
@@ -119,6 +169,22 @@ pub struct ReplicaStatus {
     pub lag_bytes: u64,
     /// Lag in seconds.
     pub lag_seconds: f64,
+    /// Its timeline as last seen (the primary's, or the one a standby streams; `None` when
+    /// unknown, as for a user without `pg_monitor` on a standby).
+    pub timeline: Option<u32>,
+}
+
+/// The HA cluster's primary as the monitor last saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrimaryStatus {
+    /// The member that accepts writes, if one does.
+    pub member: Option<String>,
+    /// Its timeline.
+    pub timeline: Option<u32>,
+    /// Times the primary changed (another member, or a new timeline) since the router started.
+    pub changes: u64,
+    /// Why there is none, when there is none.
+    pub detail: Option<String>,
 }
 
 /// Routes reads and writes. Cheap to clone.
@@ -135,6 +201,20 @@ struct Inner {
     stopped: AtomicBool,
     primary_reads: metrics::Counter,
     polls: AtomicU64,
+    /// The cluster's system identifier, as the members report it (0 until known).
+    system: AtomicU64,
+    /// HA mode: whether a member accepted writes at the last round.
+    primary_up: AtomicBool,
+    primary_view: Mutex<PrimaryView>,
+    agent: Option<ureq::Agent>,
+}
+
+#[derive(Debug, Default)]
+struct PrimaryView {
+    member: Option<usize>,
+    timeline: u32,
+    changes: u64,
+    detail: Option<String>,
 }
 
 struct Replica {
@@ -161,6 +241,9 @@ struct State {
     promoted: bool,
     lag_bytes: u64,
     lag_seconds: f64,
+    /// 0: unknown.
+    timeline: u32,
+    system: u64,
     banned_until: Option<Instant>,
     /// Bans in a row; reset once it has stayed healthy for a while.
     episode: u32,
@@ -184,6 +267,28 @@ struct Probe {
     receive: i64,
     #[diesel(sql_type = sql_types::Double)]
     since_replay: f64,
+    #[diesel(sql_type = sql_types::Integer)]
+    timeline: i32,
+    #[diesel(sql_type = sql_types::BigInt)]
+    system: i64,
+}
+
+#[derive(QueryableByName)]
+struct Position {
+    #[diesel(sql_type = sql_types::BigInt)]
+    lsn: i64,
+    #[diesel(sql_type = sql_types::Integer)]
+    timeline: i32,
+}
+
+/// A standby's replay position and the timeline its WAL receiver streams (0 when no
+/// receiver runs, or the user may not see it).
+#[derive(QueryableByName)]
+struct Replay {
+    #[diesel(sql_type = sql_types::BigInt)]
+    replay: i64,
+    #[diesel(sql_type = sql_types::Integer)]
+    timeline: i32,
 }
 
 impl Default for RouterConfig {
@@ -197,13 +302,22 @@ impl Default for RouterConfig {
             ban: Duration::from_secs(1),
             max_ban: Duration::from_secs(30),
             replica_checkout_timeout: Duration::from_millis(200),
+            ha: false,
+            patroni_urls: Vec::new(),
         }
     }
 }
 
 impl fmt::Display for Token {
+    /// `timeline:LSN`, as in `2:0/3000148`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+        write!(
+            f,
+            "{}:{:X}/{:X}",
+            self.timeline,
+            self.lsn >> 32,
+            self.lsn & 0xFFFF_FFFF
+        )
     }
 }
 
@@ -218,30 +332,50 @@ impl Router {
         Ok(Self::from_config(primary, &config))
     }
 
-    /// A router over the service's own primary pool and one pool per replica of
-    /// `config.replica_urls`, sized by `[router]` (`replica_max_size`, `replica_min_idle`,
-    /// `replica_idle_timeout`), with the lag budget and token wait of `[router]`.
+    /// A router over the service's own primary pool and one pool per replica, sized by
+    /// `[router]` (`replica_max_size`, `replica_min_idle`, `replica_idle_timeout`), with the
+    /// lag budget, token wait and monitor interval of `[router]`. The replicas are:
+    /// - `config.replica_urls` when given;
+    /// - else, with `[router] patroni_urls`, every member Patroni's `/cluster` lists (HA);
+    /// - else, when the primary's URL lists several hosts, every one of them (HA).
     pub fn from_config(primary: Pool, config: &Config) -> Self {
         let settings = config.replica_pool_settings();
-        let replicas = config
-            .replica_urls
-            .iter()
-            .enumerate()
-            .map(|(index, url)| {
-                let name = format!("replica-{index}");
-                ReplicaSpec {
-                    pool: Pool::open_unchecked(&name, url.clone(), settings.clone()),
-                    name,
-                    weight: 1,
-                }
-            })
-            .collect();
-        let router = RouterConfig {
+        let mut router = RouterConfig {
             max_lag: config.router.max_lag,
             max_lag_bytes: config.router.max_lag_bytes,
             token_wait: config.router.token_wait,
+            monitor_interval: config.router.monitor_interval,
+            patroni_urls: config.router.patroni_urls.clone(),
             ..RouterConfig::default()
         };
+        let members: Vec<(String, DatabaseUrl)> = if !config.replica_urls.is_empty() {
+            config
+                .replica_urls
+                .iter()
+                .enumerate()
+                .map(|(index, url)| (format!("replica-{index}"), url.clone()))
+                .collect()
+        } else {
+            router.ha = true;
+            cluster_members(primary.url(), &router)
+        };
+        if router.ha && members.len() < 2 {
+            // One server: nothing to fail over to; route as before.
+            router.ha = false;
+        }
+        let members = if router.ha || !config.replica_urls.is_empty() {
+            members
+        } else {
+            Vec::new()
+        };
+        let replicas = members
+            .into_iter()
+            .map(|(name, url)| ReplicaSpec {
+                pool: Pool::open_unchecked(&name, url, settings.clone()),
+                name,
+                weight: 1,
+            })
+            .collect();
         Self::new(primary, replicas, router)
     }
 
@@ -261,6 +395,8 @@ impl Router {
                 state: Mutex::new(State::default()),
             })
             .collect();
+        let agent = (!config.patroni_urls.is_empty())
+            .then(|| patroni::agent(config.monitor_interval.max(Duration::from_millis(500))));
         let inner = Arc::new(Inner {
             primary,
             replicas,
@@ -269,6 +405,10 @@ impl Router {
             stopped: AtomicBool::new(false),
             primary_reads: metrics::counter!("pgops_router_reads_total", "target" => "primary"),
             polls: AtomicU64::new(0),
+            system: AtomicU64::new(0),
+            primary_up: AtomicBool::new(true),
+            primary_view: Mutex::new(PrimaryView::default()),
+            agent,
         });
         // One poll before the first read, so replicas serve from the start.
         inner.poll_all();
@@ -287,14 +427,46 @@ impl Router {
     where
         E: From<Error>,
     {
-        let mut conn = self
-            .inner
-            .primary
-            .get()
-            .map_err(|e| E::from(Error::Pool(e)))?;
-        let value = work(&mut conn)?;
-        let position = current_lsn(&mut conn).map_err(|e| E::from(Error::Query(e)))?;
-        Ok((value, Token(position)))
+        let inner = &self.inner;
+        if inner.config.ha && !inner.primary_up.load(Ordering::Relaxed) {
+            return Err(E::from(inner.no_primary(None)));
+        }
+        let mut conn = inner.primary.get().map_err(|e| {
+            E::from(if inner.config.ha {
+                inner.no_primary(Some(e.to_string()))
+            } else {
+                Error::Pool(e)
+            })
+        })?;
+        let value = match work(&mut conn) {
+            Ok(value) => value,
+            Err(e) => {
+                // A write refused because the server is a standby now did not run: say so,
+                // and never hand that connection out again. One that broke mid-write (the
+                // primary died) may or may not have committed: its own error stands.
+                if !conn.is_broken() && in_recovery(&mut conn) {
+                    conn.discard();
+                    return Err(E::from(inner.no_primary(Some(
+                        "the connection's server is read-only now (demoted)".into(),
+                    ))));
+                }
+                return Err(e);
+            }
+        };
+        let position = diesel::sql_query(
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS lsn,
+                    ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS timeline",
+        )
+        .get_result::<Position>(&mut *conn)
+        .map_err(|e| E::from(Error::Query(e)))?;
+        Ok((
+            value,
+            Token {
+                lsn: position.lsn as u64,
+                timeline: position.timeline as u32,
+                system: inner.system.load(Ordering::Relaxed),
+            },
+        ))
     }
 
     /// Runs read-only `work` on a replica when allowed (see the crate documentation), else on
@@ -365,9 +537,25 @@ impl Router {
                     banned_for,
                     lag_bytes: s.lag_bytes,
                     lag_seconds: s.lag_seconds,
+                    timeline: (s.timeline != 0).then_some(s.timeline),
                 }
             })
             .collect()
+    }
+
+    /// The primary as the monitor last saw it, in an HA cluster (see the crate documentation);
+    /// `None` otherwise.
+    pub fn primary_status(&self) -> Option<PrimaryStatus> {
+        if !self.inner.config.ha {
+            return None;
+        }
+        let view = self.inner.view();
+        Some(PrimaryStatus {
+            member: view.member.map(|i| self.inner.replicas[i].name.clone()),
+            timeline: (view.timeline != 0).then_some(view.timeline),
+            changes: view.changes,
+            detail: view.detail.clone(),
+        })
     }
 
     /// How many monitor polls of all replicas have completed.
@@ -426,6 +614,25 @@ impl Replica {
 }
 
 impl Inner {
+    fn view(&self) -> std::sync::MutexGuard<'_, PrimaryView> {
+        self.primary_view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The error of a write that found no primary: what the last round saw, and `now`.
+    fn no_primary(&self, now: Option<String>) -> Error {
+        metrics::counter!("pgops_router_no_primary_total").increment(1);
+        let seen = self.view().detail.clone();
+        let detail = match (now, seen) {
+            (Some(now), Some(seen)) => format!("{now}; last check: {seen}"),
+            (Some(now), None) => now,
+            (None, Some(seen)) => seen,
+            (None, None) => "no member accepts writes".into(),
+        };
+        Error::NoPrimary { detail }
+    }
+
     /// Picks where a read goes and checks out a connection there.
     fn checkout(
         &self,
@@ -508,6 +715,10 @@ impl Inner {
         conn: &mut PgConnection,
         token: Token,
     ) -> diesel::QueryResult<bool> {
+        let system = replica.lock().system;
+        if token.system != 0 && system != 0 && token.system != system {
+            return Ok(false);
+        }
         if !replica.transaction_pooled {
             return self.replayed(conn, token);
         }
@@ -519,15 +730,27 @@ impl Inner {
         replayed
     }
 
-    /// Whether the replica behind `conn` has replayed `token`, waiting up to `token_wait`.
+    /// Whether the replica behind `conn` has replayed `token` on the token's timeline,
+    /// waiting up to `token_wait`. In an HA cluster a standby whose timeline cannot be seen
+    /// never answers a token (the primary does).
     fn replayed(&self, conn: &mut PgConnection, token: Token) -> diesel::QueryResult<bool> {
         let deadline = Instant::now() + self.config.token_wait;
         loop {
-            let replay: i64 = diesel::select(sql::<sql_types::BigInt>(
-                "coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0)",
-            ))
+            let Replay { replay, timeline } = diesel::sql_query(
+                "SELECT coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0) AS replay,
+                        coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0) AS timeline",
+            )
             .get_result(conn)?;
-            if replay as u64 >= token.0 {
+            let timeline = timeline as u32;
+            let same_timeline = if timeline == 0 || token.timeline == 0 {
+                !self.config.ha
+            } else {
+                timeline == token.timeline
+            };
+            if !same_timeline {
+                return Ok(false);
+            }
+            if replay as u64 >= token.lsn {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -563,13 +786,16 @@ impl Inner {
         tracing::warn!(replica = %replica.name, ban_ms = ban.as_millis() as u64, "replica banned");
     }
 
-    /// Polls the primary's position and every replica.
+    /// Polls the primary's position and every replica; in an HA cluster, works out which
+    /// member is the primary.
     fn poll_all(&self) {
         let primary_lsn = self
             .primary
             .get_timeout(self.config.monitor_interval)
             .ok()
             .and_then(|mut conn| current_lsn(&mut conn).ok());
+        let mut writable = Vec::new();
+        let mut seen = Vec::new();
         for (index, replica) in self.replicas.iter().enumerate() {
             let probe = replica
                 .pool
@@ -580,28 +806,115 @@ impl Inner {
                         "SELECT pg_is_in_recovery() AS in_recovery,
                                 coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0) AS replay,
                                 coalesce((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint, 0) AS receive,
-                                coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) AS since_replay",
+                                coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) AS since_replay,
+                                CASE WHEN pg_is_in_recovery()
+                                     THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0)
+                                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                                END AS timeline,
+                                (SELECT system_identifier FROM pg_control_system())::bigint AS system",
                     )
                     .get_result::<Probe>(&mut *conn)
                     .map_err(|e| e.to_string())
                 });
             match probe {
-                Ok(p) => self.healthy_probe(index, p, primary_lsn),
+                Ok(p) => {
+                    seen.push(format!(
+                        "{} {}",
+                        replica.name,
+                        if p.in_recovery {
+                            "read-only (in recovery)"
+                        } else {
+                            "accepts writes"
+                        }
+                    ));
+                    if !p.in_recovery {
+                        writable.push((index, p.timeline as u32));
+                    }
+                    self.healthy_probe(index, p, primary_lsn)
+                }
                 Err(error) => {
                     tracing::debug!(replica = %replica.name, %error, "replica probe failed");
+                    seen.push(format!("{} unreachable", replica.name));
                     self.ban_or_extend(index);
                 }
             }
         }
+        if self.config.ha {
+            self.settle_primary(writable, seen);
+        }
         self.polls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records which member accepts writes after a round, counting changes of member or
+    /// timeline; with none, what each member (and Patroni) said.
+    fn settle_primary(&self, writable: Vec<(usize, u32)>, seen: Vec<String>) {
+        // Two writable members is a split brain: the newer timeline is the promoted one.
+        if writable.len() > 1 {
+            tracing::error!(members = ?seen, "more than one member accepts writes (split brain?); following the newest timeline");
+        }
+        let primary = writable.into_iter().max_by_key(|(_, timeline)| *timeline);
+        let patroni = self.agent.as_ref().map(|agent| {
+            let view = patroni::members(agent, &self.config.patroni_urls);
+            metrics::gauge!("pgops_router_patroni_up").set(if view.is_ok() { 1.0 } else { 0.0 });
+            patroni::no_leader_reason(&view)
+        });
+        let mut view = self.view();
+        match primary {
+            Some((index, timeline)) => {
+                if view.member.is_some_and(|m| m != index)
+                    || (view.timeline != 0 && view.timeline != timeline)
+                {
+                    view.changes += 1;
+                    metrics::counter!("pgops_router_primary_changes_total").increment(1);
+                    tracing::warn!(primary = %self.replicas[index].name, timeline, "the primary changed");
+                } else if view.member.is_none() {
+                    tracing::info!(primary = %self.replicas[index].name, timeline, "a primary accepts writes");
+                }
+                view.member = Some(index);
+                view.timeline = timeline;
+                view.detail = None;
+                metrics::gauge!("pgops_router_timeline").set(f64::from(timeline));
+            }
+            None => {
+                if view.member.is_some() {
+                    tracing::warn!(members = ?seen, "no member accepts writes");
+                }
+                view.member = None;
+                let mut detail = seen.join(", ");
+                if let Some(Some(reason)) = patroni {
+                    detail = format!("{detail}; {reason}");
+                }
+                view.detail = Some(detail);
+            }
+        }
+        let up = view.member.is_some();
+        drop(view);
+        self.primary_up.store(up, Ordering::Relaxed);
+        metrics::gauge!("pgops_router_primary_up").set(if up { 1.0 } else { 0.0 });
+        for (index, replica) in self.replicas.iter().enumerate() {
+            metrics::gauge!("pgops_router_member_is_primary", "member" => replica.name.clone())
+                .set(if primary.is_some_and(|(i, _)| i == index) {
+                    1.0
+                } else {
+                    0.0
+                });
+        }
     }
 
     fn healthy_probe(&self, index: usize, p: Probe, primary_lsn: Option<u64>) {
         let replica = &self.replicas[index];
         let mut s = replica.lock();
         let now = Instant::now();
+        s.timeline = p.timeline as u32;
+        s.system = p.system as u64;
+        if s.system != 0 {
+            let known = self.system.swap(s.system, Ordering::Relaxed);
+            if known != 0 && known != s.system {
+                tracing::error!(replica = %replica.name, "members report different system identifiers: not one cluster");
+            }
+        }
         if !p.in_recovery {
-            if !s.promoted {
+            if !s.promoted && !self.config.ha {
                 tracing::warn!(replica = %replica.name, "replica is no longer in recovery (promoted?); removed from the read set");
             }
             s.promoted = true;
@@ -674,6 +987,54 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Whether the server behind `conn` is a standby (or cannot say: a connection that cannot
+/// answer is no good for writes either).
+fn in_recovery(conn: &mut PgConnection) -> bool {
+    diesel::select(sql::<sql_types::Bool>("pg_is_in_recovery()"))
+        .get_result::<bool>(conn)
+        .unwrap_or(true)
+}
+
+/// The members of an HA cluster: from Patroni's `/cluster` when `patroni_urls` are set (by
+/// their Patroni names), else every host of the primary's multi-host URL (by `host:port`).
+/// Each member's URL is the primary's with that one host and no `target_session_attrs`.
+fn cluster_members(primary: &DatabaseUrl, config: &RouterConfig) -> Vec<(String, DatabaseUrl)> {
+    let from_url = || -> Vec<(String, String)> {
+        primary
+            .servers()
+            .into_iter()
+            .map(|s| (s.clone(), s))
+            .collect()
+    };
+    let servers = if config.patroni_urls.is_empty() {
+        from_url()
+    } else {
+        match patroni::members(
+            &patroni::agent(Duration::from_secs(5)),
+            &config.patroni_urls,
+        ) {
+            Ok(members) => members
+                .into_iter()
+                .map(|m| (m.name, format!("{}:{}", m.host, m.port)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Patroni's /cluster did not answer; using the hosts of the primary's URL");
+                from_url()
+            }
+        }
+    };
+    servers
+        .into_iter()
+        .filter_map(|(name, server)| match primary.for_server(&server) {
+            Ok(url) => Some((name, url)),
+            Err(e) => {
+                tracing::warn!(member = %name, error = %e, "cannot build the member's URL; left out");
+                None
+            }
+        })
+        .collect()
 }
 
 fn current_lsn(conn: &mut PgConnection) -> diesel::QueryResult<u64> {

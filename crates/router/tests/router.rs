@@ -364,6 +364,7 @@ fn without_replicas_reads_use_the_primary() {
     let ((), token) = router
         .write(|conn| -> Result<(), Error> { Ok(conn.batch_execute("CREATE TABLE t (x int)")?) })
         .unwrap();
-    assert!(token.0 > 0);
+    assert!(token.lsn > 0);
+    assert_eq!(token.timeline, 1);
     assert!(!router.read(Some(token), on_replica).unwrap());
 }

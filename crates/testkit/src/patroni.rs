@@ -282,6 +282,9 @@ impl HaCluster {
         for name in cluster.names().into_iter().skip(1) {
             cluster.wait_for_replica(&name, Duration::from_secs(90))?;
         }
+        if options.synchronous_mode && options.nodes > 1 {
+            cluster.wait_for_sync_standby(Duration::from_secs(60))?;
+        }
         Ok(cluster)
     }
 
@@ -392,6 +395,25 @@ impl HaCluster {
             }
             if Instant::now() >= deadline {
                 return Err(self.timeout(format!("{name} to run as a replica"), timeout));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until a member is the synchronous standby (`synchronous_mode`): the only one a
+    /// switchover or failover may promote.
+    pub fn wait_for_sync_standby(&self, timeout: Duration) -> Result<Member> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(members) = self.members()
+                && let Some(member) = members
+                    .into_iter()
+                    .find(|m| m.role == "sync_standby" && m.is_running_replica())
+            {
+                return Ok(member);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout("a synchronous standby".into(), timeout));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
