@@ -14,6 +14,7 @@ pub(super) fn replication(session: &mut Session<'_>, ctx: &Context) -> Result<Ve
     struct R {
         is_replica: bool,
         lag: f64,
+        timeline: Option<i32>,
     }
     #[derive(Deserialize)]
     struct Standby {
@@ -27,7 +28,9 @@ pub(super) fn replication(session: &mut Session<'_>, ctx: &Context) -> Result<Ve
         "SELECT pg_is_in_recovery() AS is_replica,
                 CASE WHEN NOT pg_is_in_recovery() THEN 0
                      WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-                     ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::float8 AS lag",
+                     ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::float8 AS lag,
+                CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver)
+                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline",
         "reading the replication state",
     )?;
     let server = [("server", ctx.server.as_str())];
@@ -47,6 +50,17 @@ pub(super) fn replication(session: &mut Session<'_>, ctx: &Context) -> Result<Ve
             &server,
             f64::from(u8::from(me.is_replica)),
         ));
+        // A standby's is the one its WAL receiver streams (seen with pg_monitor); a change is
+        // a failover or switchover.
+        if let Some(timeline) = me.timeline {
+            fams.push(Family::single(
+                "pgops_server_timeline",
+                "The timeline the server writes (a primary) or streams (a standby); it changes with every promotion",
+                Kind::Gauge,
+                &server,
+                f64::from(timeline),
+            ));
+        }
         if me.is_replica {
             return Ok(fams);
         }

@@ -155,6 +155,11 @@ pub fn install_recorder() -> Result<PrometheusHandle> {
 impl Exporter {
     /// An exporter for `primary` and `replicas`. Opens small pools without waiting for the
     /// servers (a server that is down shows as `pg_up 0`, not as an error here).
+    ///
+    /// An HA cluster: with `primary` a multi-host URL (`target_session_attrs=read-write`) and
+    /// no `replicas`, the primary is whichever host accepts writes at each connection, and
+    /// every host is also watched as a member (`pgops_replica_up`, its role and timeline);
+    /// a member is healthy as primary or as a standby within the lag limit.
     pub fn new(
         primary: DatabaseUrl,
         replicas: Vec<DatabaseUrl>,
@@ -178,7 +183,7 @@ impl Exporter {
             pooler: pgops_pool::Pooler::None,
         };
         let session_sql = pgops_pool::session_sql(&settings(1));
-        let target = |url: DatabaseUrl, primary: bool| {
+        let target = |url: DatabaseUrl, primary: bool, member: bool| {
             Arc::new(Target {
                 server: url.server(),
                 pool: Pool::open_unchecked(
@@ -192,13 +197,24 @@ impl Exporter {
                 ),
                 url,
                 primary,
+                member,
                 lanes: [Mutex::new(None), Mutex::new(None)],
                 session_sql: session_sql.clone(),
                 connect_timeout: options.connect_timeout,
             })
         };
-        let mut targets = vec![target(primary, true)];
-        targets.extend(replicas.into_iter().map(|r| target(r, false)));
+        let servers = primary.servers();
+        let members: Vec<DatabaseUrl> = if replicas.is_empty() && servers.len() > 1 {
+            servers
+                .iter()
+                .map(|server| primary.for_server(server))
+                .collect::<std::result::Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let mut targets = vec![target(primary, true, false)];
+        targets.extend(replicas.into_iter().map(|r| target(r, false, false)));
+        targets.extend(members.into_iter().map(|m| target(m, false, true)));
         Ok(Exporter {
             options,
             targets,

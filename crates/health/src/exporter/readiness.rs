@@ -17,7 +17,7 @@ pub struct ServerState {
     pub server: String,
     /// It answered a query.
     pub up: bool,
-    /// `pg_is_in_recovery()`, when it answered.
+    /// `pg_is_in_recovery()`, when it answered (for an HA member: `false` is the primary).
     pub in_recovery: Option<bool>,
     /// Replay lag in seconds (replicas).
     pub lag_seconds: Option<f64>,
@@ -74,6 +74,7 @@ impl Exporter {
 
 async fn probe(target: Arc<Target>, options: Options) -> ServerState {
     let pool = target.pool.clone();
+    let primary = target.primary;
     let budget = options.connect_timeout;
     #[derive(diesel::QueryableByName)]
     struct Probe {
@@ -86,16 +87,22 @@ async fn probe(target: Arc<Target>, options: Options) -> ServerState {
     let result = timeout_at(
         deadline,
         tokio::task::spawn_blocking(move || -> Result<Probe> {
-            let mut conn: pgops_pool::PooledConnection = pool.get_timeout(budget)?;
-            let conn: &mut PgConnection = &mut conn;
-            diesel::sql_query(
+            let mut pooled: pgops_pool::PooledConnection = pool.get_timeout(budget)?;
+            let conn: &mut PgConnection = &mut pooled;
+            let probe = diesel::sql_query(
                 "SELECT pg_is_in_recovery() AS in_recovery,
                         CASE WHEN NOT pg_is_in_recovery() THEN NULL
                              WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
                              ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::float8 AS lag",
             )
             .get_result::<Probe>(conn)
-            .map_err(|e| Error::Invalid(e.to_string()))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+            // A primary's connection that finds a standby (demoted under it): the next probe
+            // connects afresh, to whichever host accepts writes now.
+            if primary && probe.in_recovery {
+                pooled.discard();
+            }
+            Ok(probe)
         }),
     )
     .await;
@@ -114,6 +121,8 @@ async fn probe(target: Arc<Target>, options: Options) -> ServerState {
             state.lag_seconds = p.lag;
             state.healthy = if target.primary {
                 !p.in_recovery
+            } else if target.member && !p.in_recovery {
+                true
             } else {
                 p.in_recovery && p.lag.unwrap_or(0.0) <= options.max_replica_lag.as_secs_f64()
             };

@@ -20,6 +20,9 @@ pub(super) struct Target {
     /// For readiness probes.
     pub(super) pool: Pool,
     pub(super) primary: bool,
+    /// A member of an HA cluster (one host of the primary's multi-host URL): either role is
+    /// healthy.
+    pub(super) member: bool,
     /// The collectors' own connections: cheap collectors on the first, expensive ones on the
     /// second; each keeps its prepared statements.
     pub(super) lanes: [Mutex<Option<LaneConn>>; 2],
