@@ -29,8 +29,10 @@
 //!
 //! Give `DATABASE_URL` as libpq's multi-host URL of every member with
 //! `target_session_attrs=read-write` (`postgres://app@db1:5432,db2:5432,db3:5432/app?target_session_attrs=read-write&connect_timeout=2`),
-//! and leave `DATABASE_REPLICA_URLS` empty: each member becomes a read target while it is a
-//! standby, and the primary pool's new connections go to whichever member accepts writes.
+//! and leave `DATABASE_REPLICA_URLS` empty: every member gets a pool of its own, read from
+//! while it is a standby and written to while it is the primary (the monitor checks each
+//! member's role every `monitor_interval`, and at once when a write finds none). The
+//! service's own primary pool on that URL follows the primary too, through libpq.
 //! With `[router] patroni_urls` the members come from Patroni's `/cluster` instead, and
 //! Patroni's view explains a missing primary. Then:
 //! - a write while no member accepts writes fails at once with [`Error::NoPrimary`]
@@ -53,7 +55,7 @@ pub struct ReadmeExample;
 use std::{
     fmt,
     sync::{
-        Arc, Mutex, PoisonError, Weak,
+        Arc, Condvar, Mutex, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -207,6 +209,7 @@ struct Inner {
     primary_up: AtomicBool,
     primary_view: Mutex<PrimaryView>,
     agent: Option<ureq::Agent>,
+    wake: Arc<Wake>,
 }
 
 #[derive(Debug, Default)]
@@ -271,6 +274,9 @@ struct Probe {
     timeline: i32,
     #[diesel(sql_type = sql_types::BigInt)]
     system: i64,
+    /// A primary's current WAL position (0 on a standby).
+    #[diesel(sql_type = sql_types::BigInt)]
+    current: i64,
 }
 
 #[derive(QueryableByName)]
@@ -409,10 +415,11 @@ impl Router {
             primary_up: AtomicBool::new(true),
             primary_view: Mutex::new(PrimaryView::default()),
             agent,
+            wake: Arc::new(Wake::default()),
         });
         // One poll before the first read, so replicas serve from the start.
         inner.poll_all();
-        spawn_monitor(Arc::downgrade(&inner));
+        spawn_monitor(Arc::downgrade(&inner), inner.wake.clone());
         Router { inner }
     }
 
@@ -428,11 +435,28 @@ impl Router {
         E: From<Error>,
     {
         let inner = &self.inner;
-        if inner.config.ha && !inner.primary_up.load(Ordering::Relaxed) {
-            return Err(E::from(inner.no_primary(None)));
-        }
-        let mut conn = inner.primary.get().map_err(|e| {
-            E::from(if inner.config.ha {
+        // In an HA cluster, writes go to the pool of the member the monitor last found
+        // accepting writes (its connections are warm from reads); none: fail at once.
+        let pool = if inner.config.ha {
+            let member = inner.view().member;
+            match member {
+                Some(index) if inner.primary_up.load(Ordering::Relaxed) => {
+                    &inner.replicas[index].pool
+                }
+                _ => {
+                    inner.wake.poke();
+                    return Err(E::from(inner.no_primary(None)));
+                }
+            }
+        } else {
+            &inner.primary
+        };
+        let mut conn = pool.get().map_err(|e| {
+            // A pool that is merely full is not a missing primary.
+            let exhausted =
+                matches!(&e, pgops_pool::Error::Timeout { in_use, max, .. } if in_use >= max);
+            E::from(if inner.config.ha && !exhausted {
+                inner.wake.poke();
                 inner.no_primary(Some(e.to_string()))
             } else {
                 Error::Pool(e)
@@ -444,11 +468,21 @@ impl Router {
                 // A write refused because the server is a standby now did not run: say so,
                 // and never hand that connection out again. One that broke mid-write (the
                 // primary died) may or may not have committed: its own error stands.
-                if !conn.is_broken() && in_recovery(&mut conn) {
-                    conn.discard();
-                    return Err(E::from(inner.no_primary(Some(
-                        "the connection's server is read-only now (demoted)".into(),
-                    ))));
+                if conn.is_broken() {
+                    inner.wake.poke();
+                    return Err(e);
+                }
+                match in_recovery(&mut conn) {
+                    Some(false) => {}
+                    Some(true) => {
+                        conn.discard();
+                        inner.wake.poke();
+                        return Err(E::from(inner.no_primary(Some(
+                            "the connection's server is read-only now (demoted)".into(),
+                        ))));
+                    }
+                    // It cannot even say (an aborted transaction left open): not reusable.
+                    None => conn.discard(),
                 }
                 return Err(e);
             }
@@ -789,33 +823,43 @@ impl Inner {
     /// Polls the primary's position and every replica; in an HA cluster, works out which
     /// member is the primary.
     fn poll_all(&self) {
-        let primary_lsn = self
-            .primary
-            .get_timeout(self.config.monitor_interval)
-            .ok()
-            .and_then(|mut conn| current_lsn(&mut conn).ok());
+        // In an HA cluster a dead member must not hold up the round that finds the new
+        // primary: members are probed side by side, each with a short checkout.
+        let timeout = if self.config.ha {
+            self.config.monitor_interval.min(Duration::from_millis(250))
+        } else {
+            self.config.monitor_interval
+        };
+        let probes: Vec<Result<Probe, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .replicas
+                .iter()
+                .map(|replica| scope.spawn(move || probe(replica, timeout)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("the probe panicked".into()))
+                })
+                .collect()
+        });
+        let primary_lsn = if self.config.ha {
+            probes
+                .iter()
+                .flatten()
+                .filter(|p| !p.in_recovery)
+                .map(|p| p.current as u64)
+                .max()
+        } else {
+            self.primary
+                .get_timeout(self.config.monitor_interval)
+                .ok()
+                .and_then(|mut conn| current_lsn(&mut conn).ok())
+        };
         let mut writable = Vec::new();
         let mut seen = Vec::new();
-        for (index, replica) in self.replicas.iter().enumerate() {
-            let probe = replica
-                .pool
-                .get_timeout(self.config.monitor_interval)
-                .map_err(|e| e.to_string())
-                .and_then(|mut conn| {
-                    diesel::sql_query(
-                        "SELECT pg_is_in_recovery() AS in_recovery,
-                                coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0) AS replay,
-                                coalesce((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint, 0) AS receive,
-                                coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) AS since_replay,
-                                CASE WHEN pg_is_in_recovery()
-                                     THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0)
-                                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
-                                END AS timeline,
-                                (SELECT system_identifier FROM pg_control_system())::bigint AS system",
-                    )
-                    .get_result::<Probe>(&mut *conn)
-                    .map_err(|e| e.to_string())
-                });
+        for ((index, replica), probe) in self.replicas.iter().enumerate().zip(probes) {
             match probe {
                 Ok(p) => {
                     seen.push(format!(
@@ -989,12 +1033,34 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Whether the server behind `conn` is a standby (or cannot say: a connection that cannot
-/// answer is no good for writes either).
-fn in_recovery(conn: &mut PgConnection) -> bool {
+/// One member's state: role, positions, timeline, system identifier.
+fn probe(replica: &Replica, timeout: Duration) -> Result<Probe, String> {
+    let mut conn = replica
+        .pool
+        .get_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    diesel::sql_query(
+        "SELECT pg_is_in_recovery() AS in_recovery,
+                coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0) AS replay,
+                coalesce((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint, 0) AS receive,
+                coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) AS since_replay,
+                CASE WHEN pg_is_in_recovery()
+                     THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0)
+                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                END AS timeline,
+                (SELECT system_identifier FROM pg_control_system())::bigint AS system,
+                CASE WHEN pg_is_in_recovery() THEN 0
+                     ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint END AS current",
+    )
+    .get_result::<Probe>(&mut *conn)
+    .map_err(|e| e.to_string())
+}
+
+/// Whether the server behind `conn` is a standby; `None` when the connection cannot say.
+fn in_recovery(conn: &mut PgConnection) -> Option<bool> {
     diesel::select(sql::<sql_types::Bool>("pg_is_in_recovery()"))
         .get_result::<bool>(conn)
-        .unwrap_or(true)
+        .ok()
 }
 
 /// The members of an HA cluster: from Patroni's `/cluster` when `patroni_urls` are set (by
@@ -1045,7 +1111,33 @@ fn current_lsn(conn: &mut PgConnection) -> diesel::QueryResult<u64> {
     .map(|v| v as u64)
 }
 
-fn spawn_monitor(inner: Weak<Inner>) {
+/// Wakes the monitor before its interval is up: a write that found no primary asks for the
+/// next round now, so a new primary is found as soon as it accepts writes.
+#[derive(Debug, Default)]
+struct Wake {
+    poked: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn poke(&self) {
+        *self.poked.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.cv.notify_one();
+    }
+
+    /// Sleeps `interval`, or less when poked (but at least `min` after the last round).
+    fn sleep(&self, interval: Duration, min: Duration) {
+        std::thread::sleep(min);
+        let poked = self.poked.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut poked, _) = self
+            .cv
+            .wait_timeout_while(poked, interval.saturating_sub(min), |p| !*p)
+            .unwrap_or_else(PoisonError::into_inner);
+        *poked = false;
+    }
+}
+
+fn spawn_monitor(inner: Weak<Inner>, wake: Arc<Wake>) {
     let spawned = std::thread::Builder::new()
         .name("pgops-router-monitor".into())
         .spawn(move || {
@@ -1058,7 +1150,7 @@ fn spawn_monitor(inner: Weak<Inner>) {
                     inner.poll_all();
                     inner.config.monitor_interval
                 };
-                std::thread::sleep(interval);
+                wake.sleep(interval, interval.min(Duration::from_millis(20)));
             }
         });
     if let Err(e) = spawned {
