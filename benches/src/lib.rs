@@ -5,6 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 pub mod backup;
+pub mod failover;
 pub mod health;
 pub mod page;
 pub mod pgbouncer;
@@ -24,6 +25,7 @@ pub const SUITES: &[&str] = &[
     "health",
     "backup",
     "pgbouncer",
+    "failover",
 ];
 
 /// Runs one suite.
@@ -36,6 +38,7 @@ pub fn run(suite: &str, quick: bool) -> anyhow::Result<report::Report> {
         "health" => health::run(health::Plan::new(quick)),
         "backup" => backup::run(backup::Plan::new(quick)),
         "pgbouncer" => pgbouncer::run(workload::LookupPlan::new(quick)),
+        "failover" => failover::run(failover::Plan::new(quick)),
         other => anyhow::bail!(
             "unknown benchmark suite `{other}`; known suites: {}",
             SUITES.join(", ")

@@ -100,6 +100,11 @@ impl Node {
         self.pg_port
     }
 
+    /// Its REST API's port on 127.0.0.1.
+    pub fn rest_port(&self) -> u16 {
+        self.rest_port
+    }
+
     /// Its REST API's base URL.
     pub fn rest_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.rest_port)

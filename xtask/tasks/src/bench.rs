@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The suite to run (pool, router, seed, workload, health, backup, pgbouncer); all suites
+    /// The suite to run (pool, router, seed, workload, health, backup, pgbouncer, failover); all suites
     /// when omitted.
     pub suite: Option<String>,
     /// Shorter runs: a smaller data set, fewer and shorter rounds.
@@ -35,6 +35,7 @@ const SUITES: &[(&str, &[&str])] = &[
     ("health", &[]),
     ("backup", &[]),
     ("pgbouncer", &[]),
+    ("failover", &[]),
 ];
 
 /// Runs the benchmarks.
