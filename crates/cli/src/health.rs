@@ -178,8 +178,17 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                     })
             } else {
                 let mut text = String::new();
+                // An HA member that accepts writes is the primary; the first line is the
+                // primary as the (multi-host) URL reaches it.
+                let role_of = |r: &pgops_health::ServerState| {
+                    if r.in_recovery == Some(false) {
+                        "primary"
+                    } else {
+                        "replica"
+                    }
+                };
                 for (role, s) in std::iter::once(("primary", &readiness.primary))
-                    .chain(readiness.replicas.iter().map(|r| ("replica", r)))
+                    .chain(readiness.replicas.iter().map(|r| (role_of(r), r)))
                 {
                     text.push_str(&format!(
                         "{:<4} {role:<8} {:<24} {}\n",

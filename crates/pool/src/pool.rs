@@ -9,7 +9,7 @@ use std::{
         Arc, Weak,
         atomic::{AtomicU32, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use diesel::PgConnection;
@@ -159,6 +159,29 @@ impl Pool {
         self.get_at(Location::caller(), timeout)
     }
 
+    /// Checks out a connection, waiting up to the connection timeout while `keep_waiting`
+    /// says so (asked every 50 ms): `Ok(None)` when it stopped wanting one first. For a
+    /// router whose target may change under the wait (the primary of an HA cluster); only a
+    /// wait that ran its full course counts as a checkout timeout.
+    #[track_caller]
+    pub fn get_while(&self, keep_waiting: impl Fn() -> bool) -> Result<Option<PooledConnection>> {
+        let location = Location::caller();
+        let deadline = Instant::now() + self.inner.settings.connection_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let slice = left.min(Duration::from_millis(50));
+            if slice == left {
+                return self.get_at(location, left).map(Some);
+            }
+            if let Ok(conn) = self.inner.pool.get_timeout(slice) {
+                return Ok(Some(self.checked_out(conn, location)));
+            }
+            if !keep_waiting() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Runs blocking diesel work on tokio's blocking pool, so an async service never blocks
     /// its runtime threads on the database.
     ///
@@ -220,6 +243,28 @@ impl Pool {
         &self.inner.url
     }
 
+    /// Wraps a connection r2d2 handed out: leak tracking and the in-use gauge.
+    fn checked_out(
+        &self,
+        mut conn: r2d2::PooledConnection<Manager>,
+        location: &'static Location<'static>,
+    ) -> PooledConnection {
+        let inner = &self.inner;
+        let slot = match inner.settings.leak_threshold {
+            Some(_) => watch(&mut conn).map(|w| w.slot.clone()),
+            None => None,
+        };
+        if let Some(slot) = &slot {
+            slot.check_out(location);
+        }
+        inner.metrics.in_use.increment(1.0);
+        PooledConnection {
+            conn,
+            inner: inner.clone(),
+            slot,
+        }
+    }
+
     fn get_at(
         &self,
         location: &'static Location<'static>,
@@ -234,21 +279,7 @@ impl Pool {
         let waiting = inner.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
         inner.metrics.waiting.set(f64::from(waiting));
         match result {
-            Ok(mut conn) => {
-                let slot = match inner.settings.leak_threshold {
-                    Some(_) => watch(&mut conn).map(|w| w.slot.clone()),
-                    None => None,
-                };
-                if let Some(slot) = &slot {
-                    slot.check_out(location);
-                }
-                inner.metrics.in_use.increment(1.0);
-                Ok(PooledConnection {
-                    conn,
-                    inner: inner.clone(),
-                    slot,
-                })
-            }
+            Ok(conn) => Ok(self.checked_out(conn, location)),
             Err(e) => {
                 inner.metrics.timeouts.increment(1);
                 let state = inner.pool.state();

@@ -519,3 +519,37 @@ fn a_connection_refused_a_write_as_read_only_is_never_handed_out_again() {
     drop(conn);
     assert_ne!(pid(&mut pool.get().unwrap()), second);
 }
+
+#[test]
+fn a_wait_given_up_by_its_caller_ends_early_and_is_no_timeout() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let pool = Pool::open(
+        "given-up",
+        url(&db),
+        PoolSettings {
+            connection_timeout: Duration::from_secs(5),
+            ..settings(1)
+        },
+    )
+    .unwrap();
+    let held = pool.get().unwrap();
+    let asked = Instant::now();
+    let gave_up = pool
+        .get_while(|| asked.elapsed() < Duration::from_millis(200))
+        .unwrap();
+    assert!(gave_up.is_none());
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(1),
+        "{waited:?}"
+    );
+    assert_eq!(metric(names::TIMEOUTS, "given-up", None), 0.0);
+    // Wanted until a connection comes back: it gets that one.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+    });
+    assert!(pool.get_while(|| true).unwrap().is_some());
+    releaser.join().unwrap();
+}

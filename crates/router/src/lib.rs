@@ -435,33 +435,11 @@ impl Router {
         E: From<Error>,
     {
         let inner = &self.inner;
-        // In an HA cluster, writes go to the pool of the member the monitor last found
-        // accepting writes (its connections are warm from reads); none: fail at once.
-        let pool = if inner.config.ha {
-            let member = inner.view().member;
-            match member {
-                Some(index) if inner.primary_up.load(Ordering::Relaxed) => {
-                    &inner.replicas[index].pool
-                }
-                _ => {
-                    inner.wake.poke();
-                    return Err(E::from(inner.no_primary(None)));
-                }
-            }
+        let mut conn = if inner.config.ha {
+            inner.primary_connection().map_err(E::from)?
         } else {
-            &inner.primary
+            inner.primary.get().map_err(|e| E::from(Error::Pool(e)))?
         };
-        let mut conn = pool.get().map_err(|e| {
-            // A pool that is merely full is not a missing primary.
-            let exhausted =
-                matches!(&e, pgops_pool::Error::Timeout { in_use, max, .. } if in_use >= max);
-            E::from(if inner.config.ha && !exhausted {
-                inner.wake.poke();
-                inner.no_primary(Some(e.to_string()))
-            } else {
-                Error::Pool(e)
-            })
-        })?;
         let value = match work(&mut conn) {
             Ok(value) => value,
             Err(e) => {
@@ -652,6 +630,40 @@ impl Inner {
         self.primary_view
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// In an HA cluster, a connection from the pool of the member the monitor last found
+    /// accepting writes (warm from reads). A checkout that is waiting when the monitor finds
+    /// another primary moves to that one's pool (nothing has run yet); none: `NoPrimary` at
+    /// once, waking the monitor.
+    fn primary_connection(&self) -> Result<PooledConnection> {
+        let current = || {
+            let member = self.view().member;
+            member.filter(|_| self.primary_up.load(Ordering::Relaxed))
+        };
+        loop {
+            let Some(index) = current() else {
+                self.wake.poke();
+                return Err(self.no_primary(None));
+            };
+            match self.replicas[index].pool.get_while(|| {
+                // Still waiting: the member may be gone; have the monitor look now.
+                self.wake.poke();
+                current() == Some(index)
+            }) {
+                Ok(Some(conn)) => return Ok(conn),
+                Ok(None) => continue,
+                Err(e) => {
+                    // A pool that is merely full is not a missing primary.
+                    let exhausted = matches!(&e, pgops_pool::Error::Timeout { in_use, max, .. } if in_use >= max);
+                    if exhausted {
+                        return Err(Error::Pool(e));
+                    }
+                    self.wake.poke();
+                    return Err(self.no_primary(Some(e.to_string())));
+                }
+            }
+        }
     }
 
     /// The error of a write that found no primary: what the last round saw, and `now`.

@@ -155,7 +155,8 @@ impl Node {
         read_pid(&self.pid_file(), 0).filter(|pid| alive(*pid))
     }
 
-    fn config(&self) -> PathBuf {
+    /// Its Patroni configuration file (what `patronictl -c` takes).
+    pub fn config(&self) -> PathBuf {
         self.dir.join("patroni.yml")
     }
 
@@ -489,6 +490,36 @@ impl HaCluster {
             &node.log(),
             &node.pid_file(),
         )
+    }
+
+    /// Writes a shell script that starts `name`'s Patroni as [`HaCluster::start_node`] does
+    /// (detached, as the server user, its pid where the watchdog finds it), for a runbook's
+    /// "start Patroni on that host" step; returns its path.
+    pub fn start_script(&self, name: &str) -> Result<PathBuf> {
+        let node = self.node(name)?;
+        let patroni = process::find_tool("patroni", "patroni", "/usr/bin")?;
+        let as_user = match self.run_as.name() {
+            Some(user) => format!("runuser -u {user} -- "),
+            None => String::new(),
+        };
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let script = format!(
+            "#!/bin/sh\n# Starts {name}'s Patroni in the background (its pid in patroni.pid).\n\
+             cd {root}\n{as_user}sh -c 'HOME=\"$1\" \"$2\" \"$3\" >>\"$4\" 2>&1 </dev/null & echo $! >\"$5\"' \
+             start-patroni {root} {patroni} {config} {log} {pid}\n",
+            root = quote(&self.root),
+            patroni = quote(&patroni),
+            config = quote(&node.config()),
+            log = quote(&node.log()),
+            pid = quote(&node.pid_file()),
+        );
+        let path = node.dir.join("start-patroni.sh");
+        fs::write(&path, script)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+        Ok(path)
     }
 
     /// Stops etcd (SIGKILL): the DCS is gone; Patroni demotes the leader after `ttl`.

@@ -1,6 +1,8 @@
 //! Every shell block marked as a runbook step (```` ```sh runbook ````) in `docs/runbooks/*.md`
 //! runs, in order, one runbook per shell, against a `cargo xtask dev` stack: a primary, a
 //! streaming replica, WAL archived into a repository, a physical backup, the health endpoint.
+//! Blocks marked ```` ```sh runbook-ha ```` run against a Patroni cluster instead, whose
+//! primary's node has just been killed with SIGKILL.
 //! A step that exits non-zero fails the test with the runbook's file and line, so no
 //! documented command can rot. The variables the runbooks let you set (`: "${NAME:=default}"`)
 //! point at the stack and at scratch directories here.
@@ -25,8 +27,8 @@ struct Step {
     script: String,
 }
 
-/// The marked blocks of one Markdown file, in order.
-fn steps(markdown: &str) -> Vec<Step> {
+/// The blocks of one Markdown file marked `tag` (`runbook`, `runbook-ha`), in order.
+fn steps(markdown: &str, tag: &str) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut current: Option<Step> = None;
     for (index, line) in markdown.lines().enumerate() {
@@ -35,10 +37,7 @@ fn steps(markdown: &str) -> Vec<Step> {
             None => {
                 if let Some(info) = trimmed.strip_prefix("```") {
                     let words: Vec<_> = info.split_whitespace().collect();
-                    if words.len() >= 2
-                        && matches!(words[0], "sh" | "bash")
-                        && words[1] == "runbook"
-                    {
+                    if words.len() >= 2 && matches!(words[0], "sh" | "bash") && words[1] == tag {
                         current = Some(Step {
                             line: index + 1,
                             script: String::new(),
@@ -68,11 +67,12 @@ fn runbook_dir() -> PathBuf {
         .join("runbooks")
 }
 
-/// Runs one runbook's steps in one `bash`, with the stack's environment (`PATH` included);
-/// returns the output, or panics naming the step that failed.
-fn run_runbook(path: &Path, env: &[(String, String)]) -> String {
+/// Runs one runbook's steps marked `tag` in one `bash`, with the given environment (`PATH`
+/// included) and nothing else of ours; returns the output, or panics naming the step that
+/// failed.
+fn run_runbook(path: &Path, env: &[(String, String)], tag: &str) -> String {
     let markdown = fs::read_to_string(path).unwrap();
-    let steps = steps(&markdown);
+    let steps = steps(&markdown, tag);
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     assert!(!steps.is_empty(), "{name} has no runbook steps");
     let mut script = String::from("set -euo pipefail\nexec 2>&1\n");
@@ -140,9 +140,16 @@ fn break_archiving(stack_dir: &Path, primary_url: &str) {
 
 #[test]
 fn runbook_blocks_are_found_with_their_line() {
-    let md = "# t\n```sh\nnot a step\n```\n\n```sh runbook\necho one\necho two\n```\n```bash runbook\nx\n```\n";
+    let md = "# t\n```sh\nnot a step\n```\n\n```sh runbook\necho one\necho two\n```\n```bash runbook\nx\n```\n```sh runbook-ha\ny\n```\n";
     assert_eq!(
-        steps(md),
+        steps(md, "runbook-ha"),
+        vec![Step {
+            line: 13,
+            script: "y\n".into()
+        }]
+    );
+    assert_eq!(
+        steps(md, "runbook"),
         vec![
             Step {
                 line: 6,
@@ -264,6 +271,7 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         "restore-to-point-in-time.md",
         "verifying-backups.md",
         "rotating-credentials.md",
+        "switchover-and-failover.md",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -277,7 +285,10 @@ fn every_runbook_step_runs_against_a_dev_stack() {
             // the server's user, and a segment that cannot be archived.
             break_archiving(&dir, &primary_url);
         }
-        outputs.push(run_runbook(file, &env));
+        if steps(&fs::read_to_string(file).unwrap(), "runbook").is_empty() {
+            continue; // a runbook for the Patroni cluster, below
+        }
+        outputs.push(run_runbook(file, &env, "runbook"));
     }
     let all = outputs.join("\n");
     if is_root {
@@ -345,6 +356,45 @@ fn every_runbook_step_runs_against_a_dev_stack() {
             .any(|l| l.trim_start().starts_with("default_pool_size") && l.contains("| 30")),
         "{all}"
     );
+
+    // The Patroni runbook, against a Patroni cluster whose primary's node was just killed,
+    // with the stack's `pgops` and nothing of the stack's environment.
+    let ha = pgops_testkit::HaCluster::start(pgops_testkit::HaOptions::default()).unwrap();
+    let old = ha.leader().unwrap().unwrap().name;
+    let other = ha.nodes().iter().find(|n| n.name() != old).unwrap();
+    ha.kill_node(&old).unwrap();
+    let path = env.iter().find(|(k, _)| k == "PATH").unwrap().1.clone();
+    let ha_env: Vec<(String, String)> = [
+        ("PATH", path),
+        ("DATABASE_URL", ha.multi_host_url("postgres")),
+        ("PATRONI_CONFIG", other.config().display().to_string()),
+        ("OLD_PRIMARY", old.clone()),
+        (
+            "START_PATRONI",
+            ha.start_script(&old).unwrap().display().to_string(),
+        ),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .to_vec();
+    let ha_file = runbook_dir().join("switchover-and-failover.md");
+    let out = run_runbook(&ha_file, &ha_env, "runbook-ha");
+    assert!(out.contains("new primary:"), "{out}");
+    assert!(
+        out.contains(&format!("{old} rejoined as a standby")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("switched over to {old}")), "{out}");
+    assert!(out.contains("every member on one timeline"), "{out}");
+    // What the runbook promises: the old primary leads again, on timeline 3 (the failover
+    // and the switchover back), and every other node streams from it.
+    let leader = ha.leader().unwrap().unwrap();
+    assert_eq!(leader.name, old);
+    assert_eq!(ha.node(&old).unwrap().timeline().unwrap(), 3);
+    for node in ha.nodes().iter().filter(|n| n.name() != old) {
+        ha.wait_for_replica(node.name(), std::time::Duration::from_secs(60))
+            .unwrap();
+    }
+    drop(ha);
 
     assert_eq!(stack.stop(Signal::SIGTERM), Some(0));
 }
