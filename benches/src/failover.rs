@@ -85,9 +85,15 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     )?;
     let haproxy = HaProxy::start(&cluster)?;
 
+    // Production settings, with pools sized so that both sides' pools fit the servers'
+    // max_connections together (after a failover each pool refills on the new primary).
     let env = [
         ("PGOPS_ENV", "production".to_owned()),
         ("DATABASE_URL", cluster.multi_host_url("postgres")),
+        ("PGOPS_POOL_MAX_SIZE", "8".to_owned()),
+        ("PGOPS_POOL_MIN_IDLE", "2".to_owned()),
+        ("PGOPS_ROUTER_REPLICA_MAX_SIZE", "8".to_owned()),
+        ("PGOPS_ROUTER_REPLICA_MIN_IDLE", "2".to_owned()),
     ];
     let config = Config::from_sources(
         &|key| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
@@ -207,7 +213,12 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         if kind == "failover" {
             cluster.start_node(&leader.name)?;
         }
-        cluster.wait_for_replica(&leader.name, Duration::from_secs(120))?;
+        if cluster.rejoin(&leader.name)? {
+            eprintln!(
+                "failover: {} did not rejoin by itself (a failed rewind); rebuilt with Patroni's reinitialize",
+                leader.name
+            );
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -344,12 +355,9 @@ fn reader(side: &Side, stop: &AtomicBool, mut read: impl FnMut() -> bool) {
     }
 }
 
-/// Waits until the cluster has a leader and every other node streams from it.
+/// Waits until the cluster is steady (see [`HaCluster::wait_until_settled`]).
 fn settle(cluster: &HaCluster) -> anyhow::Result<()> {
-    let leader = cluster.wait_for_leader(Duration::from_secs(120), None)?;
-    for node in cluster.nodes().iter().filter(|n| n.name() != leader.name) {
-        cluster.wait_for_replica(node.name(), Duration::from_secs(120))?;
-    }
+    cluster.wait_until_settled(Duration::from_secs(300))?;
     Ok(())
 }
 

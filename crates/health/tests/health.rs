@@ -1,80 +1,23 @@
 //! pgops-health against real clusters: every documented family with sane values from a
 //! primary with a streaming replica, a collector blocked on a lock that cannot hold up the
-//! scrape, a stopped database that still gets a prompt answer, the bearer token, and a
-//! Patroni cluster whose members are reported and whose primary `/ready` follows.
+//! scrape, a stopped database that still gets a prompt answer, and the bearer token.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use common::{agent, get, parse, runtime, serve, value};
 use diesel::connection::SimpleConnection;
-use pgops_health::{Exporter, Options, server};
+use pgops_health::{Exporter, Options};
 use pgops_pool::DatabaseUrl;
-use pgops_testkit::{Cluster, ClusterOptions, HaCluster, HaOptions};
-
-type Labels = BTreeMap<String, String>;
-
-/// Samples of an exposition text: (name, labels, value); checks one HELP and TYPE per name.
-fn parse(text: &str) -> Vec<(String, Labels, f64)> {
-    let mut out = Vec::new();
-    let mut typed = std::collections::HashSet::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let name = rest.split(' ').next().unwrap().to_owned();
-            assert!(typed.insert(name.clone()), "{name} has two TYPE lines");
-            continue;
-        }
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => {
-                let mut labels = Labels::new();
-                for pair in rest.trim_end_matches('}').split("\",") {
-                    let (k, v) = pair.split_once("=\"").unwrap();
-                    labels.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
-                }
-                (name.to_owned(), labels)
-            }
-            None => (series.to_owned(), Labels::new()),
-        };
-        let value = if value == "NaN" {
-            f64::NAN
-        } else {
-            value.parse().unwrap()
-        };
-        out.push((name, labels, value));
-    }
-    out
-}
-
-fn value(samples: &[(String, Labels, f64)], name: &str, with: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|(n, labels, _)| {
-            n == name
-                && with
-                    .iter()
-                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| *v)
-}
+use pgops_testkit::{Cluster, ClusterOptions};
 
 fn url(cluster: &Cluster) -> DatabaseUrl {
     DatabaseUrl::parse(&cluster.url("postgres")).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]
@@ -369,46 +312,6 @@ fn a_collector_blocked_on_a_lock_fails_alone_and_concurrent_scrapes_share_one() 
     holder.batch_execute("COMMIT").unwrap();
 }
 
-fn get(agent: &ureq::Agent, url: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = agent.get(url);
-    if let Some(token) = token {
-        request = request.header("Authorization", &format!("Bearer {token}"));
-    }
-    let mut response = request.call().unwrap();
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_to_string().unwrap())
-}
-
-fn serve(
-    rt: &tokio::runtime::Runtime,
-    exporter: Exporter,
-    token: Option<&str>,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = rt
-        .block_on(server::bind("127.0.0.1:0".parse().unwrap()))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let token = token.map(str::to_owned);
-    rt.spawn(server::serve_on(
-        listener,
-        Arc::new(exporter),
-        token,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    (addr, stop)
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
 #[test]
 fn with_the_database_stopped_metrics_answer_promptly_and_ready_is_503() {
     let cluster = Cluster::start(ClusterOptions::default()).unwrap();
@@ -544,118 +447,4 @@ fn the_typed_snapshot_reports_what_the_server_says() {
     assert_eq!(snapshot.blocked_queries, 0);
     assert_eq!(snapshot.pool.unwrap().in_use, 1);
     holder.batch_execute("COMMIT").unwrap();
-}
-
-/// `/ready` of an HA cluster: (status, who accepts writes, members that answer).
-fn ha_ready(agent: &ureq::Agent, addr: SocketAddr) -> (u16, Vec<String>, usize) {
-    let (status, body) = get(agent, &format!("http://{addr}/ready"), None);
-    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let members = ready["replicas"].as_array().unwrap();
-    let writable = members
-        .iter()
-        .filter(|m| m["in_recovery"] == serde_json::Value::Bool(false))
-        .map(|m| m["server"].as_str().unwrap().to_owned())
-        .collect();
-    let up = members.iter().filter(|m| m["up"] == true).count();
-    (status, writable, up)
-}
-
-#[test]
-fn an_ha_cluster_reports_every_member_and_ready_follows_the_primary() {
-    let cluster = HaCluster::start(HaOptions::default()).unwrap();
-    let server_of = |name: &str| format!("127.0.0.1:{}", cluster.node(name).unwrap().pg_port());
-    let rt = runtime();
-    let exporter = Exporter::new(
-        DatabaseUrl::parse(&cluster.multi_host_url("postgres")).unwrap(),
-        Vec::new(),
-        Options {
-            cache_for: Duration::ZERO,
-            ..Options::default()
-        },
-        None,
-    )
-    .unwrap();
-    let (addr, _stop) = serve(&rt, exporter, None);
-    let agent = agent();
-    let leader = cluster.leader().unwrap().unwrap().name;
-
-    // Every member with its role and timeline; the primary is the leader.
-    let (status, writable, up) = ha_ready(&agent, addr);
-    assert_eq!((status, up), (200, 3));
-    assert_eq!(writable, vec![server_of(&leader)]);
-    let metrics =
-        |agent: &ureq::Agent| parse(&get(agent, &format!("http://{addr}/metrics"), None).1);
-    let s = metrics(&agent);
-    for node in cluster.nodes() {
-        let server = server_of(node.name());
-        assert_eq!(
-            value(&s, "pgops_replica_up", &[("server", &server)]),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&s, "pgops_server_timeline", &[("server", &server)]),
-            Some(1.0),
-            "{server}"
-        );
-        let replica = value(&s, "pg_replication_is_replica", &[("server", &server)]);
-        assert_eq!(replica, Some(if node.name() == leader { 0.0 } else { 1.0 }));
-    }
-    assert_eq!(value(&s, "pg_up", &[]), Some(1.0));
-
-    // A switchover: /ready follows the new primary, on timeline 2.
-    let candidate = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.name() != leader)
-        .unwrap()
-        .name()
-        .to_owned();
-    cluster.switchover(&candidate).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, writable, _) = ha_ready(&agent, addr);
-        if status == 200 && writable == vec![server_of(&candidate)] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/ready never followed the switchover: {status} {writable:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let s = metrics(&agent);
-    assert_eq!(
-        value(
-            &s,
-            "pgops_server_timeline",
-            &[("server", &server_of(&candidate))]
-        ),
-        Some(2.0)
-    );
-
-    // kill -9 of the primary's node: /ready says 503 while no member accepts writes (the
-    // members still answer, which is what PostgresNoPrimary reads), then 200 on the next.
-    cluster.kill_node(&candidate).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut saw_no_primary = false;
-    loop {
-        let (status, writable, up) = ha_ready(&agent, addr);
-        if status == 503 && writable.is_empty() && up == 2 {
-            saw_no_primary = true;
-            let s = metrics(&agent);
-            assert_eq!(value(&s, "pg_up", &[]), Some(0.0));
-        }
-        if status == 200
-            && saw_no_primary
-            && writable.len() == 1
-            && writable[0] != server_of(&candidate)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/ready never followed the failover: {status} {writable:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

@@ -234,7 +234,11 @@ impl HaCluster {
     pub fn start(options: HaOptions) -> Result<HaCluster> {
         let patroni = process::find_tool("patroni", "patroni", "/usr/bin")?;
         let etcd = process::find_tool("etcd", "etcd-server", "/usr/bin")?;
-        let bins = PgBinaries::discover()?;
+        // Patroni also runs pg_rewind, pg_controldata and pg_basebackup: the installed
+        // PostgreSQL has them all, the version matrix's server-only builds
+        // (`PGOPS_PG_BINDIR`) do not, so an HA cluster always runs the installed one.
+        let postgres = pgops_pg::find_installed_program("postgres")?;
+        let bins = PgBinaries::in_dir(postgres.parent().unwrap_or(Path::new("/")))?;
         let run_as = RunAs::detect()?;
         for program in [&patroni, &etcd, &bins.program("postgres")] {
             run_as.check_can_run(program)?;
@@ -388,6 +392,47 @@ impl HaCluster {
         }
     }
 
+    /// Waits until the cluster is steady: a leader that accepts writes and has completed a
+    /// checkpoint on its own timeline (until then its control file still holds its standby
+    /// days' recovery point, and a node killed in that window may not rewind), and every other
+    /// node streaming from it.
+    pub fn wait_until_settled(&self, timeout: Duration) -> Result<Member> {
+        let deadline = Instant::now() + timeout;
+        let leader = self.wait_for_leader(timeout, None)?;
+        let node = self.node(&leader.name)?;
+        loop {
+            let checkpointed = node.timeline().ok().is_some_and(|current| {
+                use diesel::{Connection, PgConnection};
+                PgConnection::establish(&node.url("postgres")).is_ok_and(|mut conn| {
+                    crate::cluster::query_text(
+                        &mut conn,
+                        "(SELECT timeline_id FROM pg_control_checkpoint())",
+                    )
+                    .ok()
+                    .flatten()
+                        == Some(current.to_string())
+                })
+            });
+            if checkpointed {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout(
+                    format!("a checkpoint of {} on its timeline", leader.name),
+                    timeout,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for other in self.nodes.iter().filter(|n| n.name != leader.name) {
+            self.wait_for_replica(
+                &other.name,
+                deadline.saturating_duration_since(Instant::now()),
+            )?;
+        }
+        Ok(leader)
+    }
+
     /// Waits until `name` is a running replica that streams from the leader.
     pub fn wait_for_replica(&self, name: &str, timeout: Duration) -> Result<Member> {
         let deadline = Instant::now() + timeout;
@@ -431,26 +476,7 @@ impl HaCluster {
         let leader = self.wait_for_leader(Duration::from_secs(60), None)?;
         let node = self.node(&leader.name)?;
         let body = serde_json::json!({"leader": leader.name, "candidate": candidate}).to_string();
-        let url = format!("{}/switchover", node.rest_url());
-        let mut response = self
-            .agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body.as_str())
-            .map_err(|e| Error::Tool {
-                program: format!("POST {url}"),
-                status: "failed".into(),
-                output: e.to_string(),
-            })?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        if status != 200 {
-            return Err(Error::Tool {
-                program: format!("POST {url}"),
-                status: status.to_string(),
-                output: text,
-            });
-        }
+        self.post(&format!("{}/switchover", node.rest_url()), &body)?;
         let new = self.wait_for_leader(Duration::from_secs(60), Some(&leader.name))?;
         if new.name != candidate {
             return Err(Error::Tool {
@@ -460,6 +486,30 @@ impl HaCluster {
             });
         }
         Ok(new)
+    }
+
+    /// Rebuilds `name`'s data directory from the leader (Patroni's reinitialize: a fresh
+    /// base backup), for a node that cannot rejoin by itself, as after a failed rewind.
+    pub fn reinit(&self, name: &str) -> Result<()> {
+        let node = self.node(name)?;
+        let url = format!("{}/reinitialize", node.rest_url());
+        self.post(&url, &serde_json::json!({"force": true}).to_string())
+            .map(|_| ())
+    }
+
+    /// Waits until `name` runs as a replica; if it has not after a minute (a rewind that
+    /// failed), rebuilds it with [`HaCluster::reinit`] and waits again. Whether it had to.
+    pub fn rejoin(&self, name: &str) -> Result<bool> {
+        if self.wait_for_replica(name, Duration::from_secs(60)).is_ok() {
+            return Ok(false);
+        }
+        tracing::warn!(
+            node = name,
+            "the node did not rejoin by itself; reinitializing it"
+        );
+        self.reinit(name)?;
+        self.wait_for_replica(name, Duration::from_secs(120))?;
+        Ok(true)
     }
 
     /// kill -9 of a node: its Patroni, then its postmaster (so the leader key stays in etcd
@@ -640,6 +690,27 @@ echo $! >"$pidfile"
         Ok(())
     }
 
+    /// `POST url` with a JSON body, which must answer 200; the answer's text.
+    fn post(&self, url: &str, body: &str) -> Result<String> {
+        let failed = |status: String, output: String| Error::Tool {
+            program: format!("POST {url}"),
+            status,
+            output,
+        };
+        let mut response = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|e| failed("failed".into(), e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        if status != 200 {
+            return Err(failed(status.to_string(), text));
+        }
+        Ok(text)
+    }
+
     fn get_text(&self, url: &str) -> std::result::Result<String, String> {
         let mut response = self.agent.get(url).call().map_err(|e| e.to_string())?;
         response
@@ -657,10 +728,23 @@ echo $! >"$pidfile"
     }
 
     fn timeout(&self, what: String, waited: Duration) -> Error {
+        // Patroni's and PostgreSQL's own lines (timestamped), not the tracebacks its REST API
+        // prints when a health checker hangs up early.
         let logs: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| format!("--- {}:\n{}", n.name, process::tail(&n.log(), 15)))
+            .map(|n| {
+                let text = process::tail(&n.log(), 400);
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+                    .collect();
+                format!(
+                    "--- {}:\n{}",
+                    n.name,
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                )
+            })
             .collect();
         Error::Timeout {
             what: format!("{what}\n{}", logs.join("\n")),
@@ -745,6 +829,8 @@ fn node_config(node: &Node, cluster: &HaCluster, options: &HaOptions, bindir: &P
             "data_dir": node.data_dir(),
             "bin_dir": bindir,
             "pgpass": node.dir.join("pgpass"),
+            // Rebuilding a node must not wait for a spread checkpoint of minutes.
+            "basebackup": [{"checkpoint": "fast"}],
             "authentication": {"superuser": user, "replication": user, "rewind": user},
             "parameters": {"unix_socket_directories": node.dir},
             "pg_hba": hba,

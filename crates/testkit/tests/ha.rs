@@ -28,6 +28,12 @@ fn patroni_cluster_switches_over_fails_over_and_cleans_up() {
     cluster
         .wait_for_replica(&leader.name, Duration::from_secs(60))
         .unwrap();
+    // Steady: the new leader has checkpointed on its timeline.
+    let t = Instant::now();
+    cluster
+        .wait_until_settled(Duration::from_secs(300))
+        .unwrap();
+    eprintln!("settled {:?} after the switchover", t.elapsed());
 
     let t = Instant::now();
     cluster.kill_node(&candidate).unwrap();
