@@ -748,8 +748,35 @@ impl Inner {
             }
         };
         metrics::counter!("pgops_router_fallbacks_total", "reason" => reason).increment(1);
-        let conn = self.primary.get()?;
-        Ok((Target::Primary(reason), conn))
+        if !self.config.ha {
+            return Ok((Target::Primary(reason), self.primary.get()?));
+        }
+        match self.primary_connection() {
+            Ok(conn) => Ok((Target::Primary(reason), conn)),
+            // No primary right now: a read without a token is still better served by any
+            // standby that answers, whatever its lag, than refused.
+            Err(e) if token.is_none() => self.any_standby(excluded).ok_or(e),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A connection to any reachable standby but `excluded`, lag notwithstanding.
+    fn any_standby(&self, excluded: Option<usize>) -> Option<(Target, PooledConnection)> {
+        let now = Instant::now();
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != excluded)
+            .filter(|(_, r)| {
+                let s = r.lock();
+                s.healthy && !s.promoted && s.banned_until.is_none_or(|until| until <= now)
+            })
+            .find_map(|(index, r)| {
+                r.pool
+                    .get_timeout(self.config.replica_checkout_timeout)
+                    .ok()
+                    .map(|conn| (Target::Replica(index), conn))
+            })
     }
 
     /// Whether the replica behind `conn` has replayed `token`. Behind transaction pooling the
