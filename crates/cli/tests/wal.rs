@@ -336,13 +336,7 @@ fn every_patroni_node_archives_into_one_repository_across_a_switchover() {
             .iter()
             .any(|n| n.starts_with(&on_first))
     });
-    let second = ha
-        .nodes()
-        .iter()
-        .find(|n| n.name() != first)
-        .unwrap()
-        .name()
-        .to_owned();
+    let second = ha.node_other_than(&first).name().to_owned();
     ha.switchover(&second).unwrap();
     let on_second = switch_on(&second);
     assert!(on_second.starts_with("00000002"), "{on_second}");

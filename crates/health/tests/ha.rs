@@ -73,13 +73,7 @@ fn an_ha_cluster_reports_every_member_and_ready_follows_the_primary() {
     assert_eq!(value(&s, "pg_up", &[]), Some(1.0));
 
     // A switchover: /ready follows the new primary, on timeline 2.
-    let candidate = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.name() != leader)
-        .unwrap()
-        .name()
-        .to_owned();
+    let candidate = cluster.node_other_than(&leader).name().to_owned();
     cluster.switchover(&candidate).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -68,6 +68,20 @@ struct Tally {
     stop: AtomicBool,
 }
 
+impl Tally {
+    /// The figures of a run, for the test's output.
+    fn summary(&self, acked: usize, lost: usize) -> String {
+        format!(
+            "{acked} acknowledged, {lost} lost, {} no-primary errors, {} other write errors, slowest failure {} ms, reads {} ok / {} failed",
+            self.no_primary.load(Ordering::Relaxed),
+            self.other_write_errors.load(Ordering::Relaxed),
+            self.slowest_failure_ms.load(Ordering::Relaxed),
+            self.reads.load(Ordering::Relaxed),
+            self.failed_reads.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Two writers inserting numbered rows through the router (recording each acknowledged id and
 /// reading it back with its token), and one reader without tokens.
 fn load(router: &Router, tally: &Arc<Tally>) -> Vec<thread::JoinHandle<()>> {
@@ -208,6 +222,37 @@ fn serves_reads(router: &Router, member: &str) -> Duration {
     }
 }
 
+/// kill -9 of the primary's node once the cluster is settled (a primary killed before its
+/// first checkpoint may not rewind; see the guide); waits for the new leader and for writes,
+/// then starts the node again and waits until it is a standby that serves reads (rewound, or
+/// rebuilt if the rewind failed). When the kill happened.
+fn kill_primary(
+    cluster: &HaCluster,
+    router: &Router,
+    tally: &Tally,
+    what: &str,
+    member: impl Fn(&str) -> String,
+) -> Instant {
+    let leader = cluster
+        .wait_until_settled(Duration::from_secs(300))
+        .unwrap()
+        .name;
+    let at = Instant::now();
+    cluster.kill_node(&leader).unwrap();
+    // Restarted before its leader key expires, the node would simply lead again.
+    cluster
+        .wait_for_leader(Duration::from_secs(90), Some(&leader))
+        .unwrap();
+    let gap = writes_resume(tally, at);
+    eprintln!("{what} of {leader}: longest write pause {gap:?}");
+    cluster.start_node(&leader).unwrap();
+    if cluster.rejoin(&leader).unwrap() {
+        eprintln!("{leader} did not rejoin by itself (a failed rewind); reinitialized");
+    }
+    serves_reads(router, &member(&leader));
+    at
+}
+
 #[test]
 fn synchronous_mode_loses_no_acknowledged_write_across_switchovers_and_failovers() {
     let cluster = HaCluster::start(HaOptions::default().synchronous_mode(true)).unwrap();
@@ -247,24 +292,13 @@ fn synchronous_mode_loses_no_acknowledged_write_across_switchovers_and_failovers
         cluster
             .wait_for_sync_standby(Duration::from_secs(60))
             .unwrap();
-        // A primary killed before its first checkpoint may not rewind (see the guide).
-        let leader = cluster
-            .wait_until_settled(Duration::from_secs(300))
-            .unwrap()
-            .name;
-        let at = Instant::now();
-        cluster.kill_node(&leader).unwrap();
-        // Restarted before its leader key expires, the node would simply lead again.
-        cluster
-            .wait_for_leader(Duration::from_secs(90), Some(&leader))
-            .unwrap();
-        let gap = writes_resume(&tally, at);
-        eprintln!("kill -9 {round} of {leader}: longest write pause {gap:?}");
-        cluster.start_node(&leader).unwrap();
-        if cluster.rejoin(&leader).unwrap() {
-            eprintln!("{leader} did not rejoin by itself (a failed rewind); reinitialized");
-        }
-        serves_reads(&router, &member_of(&cluster, &leader));
+        kill_primary(
+            &cluster,
+            &router,
+            &tally,
+            &format!("kill -9 {round}"),
+            |node| member_of(&cluster, node),
+        );
     }
     writes_resume(&tally, Instant::now());
     tally.stop.store(true, Ordering::Relaxed);
@@ -279,16 +313,7 @@ fn synchronous_mode_loses_no_acknowledged_write_across_switchovers_and_failovers
         .map(|(id, _, _)| *id)
         .filter(|id| !on_leader.contains(id))
         .collect();
-    eprintln!(
-        "synchronous: {} acknowledged, {} lost, {} no-primary errors, {} other write errors, slowest failure {} ms, reads {} ok / {} failed",
-        acked.len(),
-        lost.len(),
-        tally.no_primary.load(Ordering::Relaxed),
-        tally.other_write_errors.load(Ordering::Relaxed),
-        tally.slowest_failure_ms.load(Ordering::Relaxed),
-        tally.reads.load(Ordering::Relaxed),
-        tally.failed_reads.load(Ordering::Relaxed),
-    );
+    eprintln!("synchronous: {}", tally.summary(acked.len(), lost.len()));
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert_eq!(
         tally.failed_reads.load(Ordering::Relaxed),
@@ -333,25 +358,13 @@ fn asynchronous_replication_counts_lost_writes_and_etcd_loss_reads_as_no_primary
 
     let mut kills = Vec::new();
     for round in 0..3 {
-        let leader = cluster
-            .wait_until_settled(Duration::from_secs(300))
-            .unwrap()
-            .name;
-        let at = Instant::now();
-        cluster.kill_node(&leader).unwrap();
-        kills.push(at);
-        cluster
-            .wait_for_leader(Duration::from_secs(90), Some(&leader))
-            .unwrap();
-        let gap = writes_resume(&tally, at);
-        eprintln!("asynchronous kill -9 {round} of {leader}: longest write pause {gap:?}");
-        cluster.start_node(&leader).unwrap();
-        // Rewound if it was ahead of the new timeline (rebuilt if the rewind failed), then a
-        // standby that serves reads.
-        if cluster.rejoin(&leader).unwrap() {
-            eprintln!("{leader} did not rejoin by itself (a failed rewind); reinitialized");
-        }
-        serves_reads(&router, &leader);
+        kills.push(kill_primary(
+            &cluster,
+            &router,
+            &tally,
+            &format!("asynchronous kill -9 {round}"),
+            str::to_owned,
+        ));
     }
 
     // etcd lost: Patroni demotes the primary once it cannot renew its leader key; writes
@@ -413,13 +426,8 @@ fn asynchronous_replication_counts_lost_writes_and_etcd_loss_reads_as_no_primary
         .max()
         .unwrap_or_default();
     eprintln!(
-        "asynchronous: {} acknowledged, {} lost (begun at most {window:?} before a kill), {} no-primary errors, {} other write errors, reads {} ok / {} failed",
-        acked.len(),
-        lost.len(),
-        tally.no_primary.load(Ordering::Relaxed),
-        tally.other_write_errors.load(Ordering::Relaxed),
-        tally.reads.load(Ordering::Relaxed),
-        tally.failed_reads.load(Ordering::Relaxed),
+        "asynchronous: {} (lost writes begun at most {window:?} before a kill)",
+        tally.summary(acked.len(), lost.len())
     );
     // Reads went on throughout, the etcd loss included: some standby was always up.
     assert_eq!(

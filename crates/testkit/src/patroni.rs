@@ -320,6 +320,14 @@ impl HaCluster {
             })
     }
 
+    /// The first node that is not `name` (a switchover candidate, say).
+    pub fn node_other_than(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name != name)
+            .unwrap_or(&self.nodes[0])
+    }
+
     /// The libpq multi-host URL of every node for database `db`, with
     /// `target_session_attrs=read-write`: what a service would be given.
     pub fn multi_host_url(&self, db: &str) -> String {

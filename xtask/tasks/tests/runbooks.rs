@@ -361,7 +361,7 @@ fn every_runbook_step_runs_against_a_dev_stack() {
     // with the stack's `pgops` and nothing of the stack's environment.
     let ha = pgops_testkit::HaCluster::start(pgops_testkit::HaOptions::default()).unwrap();
     let old = ha.leader().unwrap().unwrap().name;
-    let other = ha.nodes().iter().find(|n| n.name() != old).unwrap();
+    let other = ha.node_other_than(&old);
     ha.kill_node(&old).unwrap();
     let path = env.iter().find(|(k, _)| k == "PATH").unwrap().1.clone();
     let ha_env: Vec<(String, String)> = [
