@@ -2,6 +2,7 @@
 //! leak detection and a helper for async services.
 
 use std::{
+    cell::Cell,
     fmt,
     ops::{Deref, DerefMut},
     panic::Location,
@@ -165,21 +166,7 @@ impl Pool {
     /// wait that ran its full course counts as a checkout timeout.
     #[track_caller]
     pub fn get_while(&self, keep_waiting: impl Fn() -> bool) -> Result<Option<PooledConnection>> {
-        let location = Location::caller();
-        let deadline = Instant::now() + self.inner.settings.connection_timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let slice = left.min(Duration::from_millis(50));
-            if slice == left {
-                return self.get_at(location, left).map(Some);
-            }
-            if let Ok(conn) = self.inner.pool.get_timeout(slice) {
-                return Ok(Some(self.checked_out(conn, location)));
-            }
-            if !keep_waiting() {
-                return Ok(None);
-            }
-        }
+        self.get_while_at(Location::caller(), &keep_waiting)
     }
 
     /// Runs blocking diesel work on tokio's blocking pool, so an async service never blocks
@@ -270,14 +257,67 @@ impl Pool {
         location: &'static Location<'static>,
         timeout: Duration,
     ) -> Result<PooledConnection> {
-        let inner = &self.inner;
         // The wait histogram is recorded by the event handler from r2d2's own timing (checkout
         // and timeout events), so the fast path reads no clock here.
-        let waiting = inner.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        self.count_waiting(1);
+        let result = self.inner.pool.get_timeout(timeout);
+        let waiting = self.count_waiting(-1);
+        self.finish(result, location, timeout, waiting)
+    }
+
+    /// [`Pool::get_while`]'s wait: in 50 ms slices, asking `keep_waiting` after each.
+    fn get_while_at(
+        &self,
+        location: &'static Location<'static>,
+        keep_waiting: &dyn Fn() -> bool,
+    ) -> Result<Option<PooledConnection>> {
+        let inner = &self.inner;
+        let timeout = inner.settings.connection_timeout;
+        self.count_waiting(1);
+        // r2d2 would report each slice as a wait of its own: the whole wait is recorded
+        // here instead, once.
+        let started = Instant::now();
+        SLICED.set(true);
+        let result = loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let slice = left.min(Duration::from_millis(50));
+            match inner.pool.get_timeout(slice) {
+                Ok(conn) => break Some(Ok(conn)),
+                Err(e) if slice == left => break Some(Err(e)),
+                Err(_) if !keep_waiting() => break None,
+                Err(_) => {}
+            }
+        };
+        SLICED.set(false);
+        let waiting = self.count_waiting(-1);
+        let Some(result) = result else {
+            return Ok(None);
+        };
+        inner.metrics.wait.record(started.elapsed().as_secs_f64());
+        self.finish(result, location, timeout, waiting).map(Some)
+    }
+
+    /// Counts a caller in or out of the wait; how many wait now.
+    fn count_waiting(&self, delta: i32) -> u32 {
+        let inner = &self.inner;
+        let waiting = if delta > 0 {
+            inner.waiting.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            inner.waiting.fetch_sub(1, Ordering::Relaxed) - 1
+        };
         inner.metrics.waiting.set(f64::from(waiting));
-        let result = inner.pool.get_timeout(timeout);
-        let waiting = inner.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
-        inner.metrics.waiting.set(f64::from(waiting));
+        waiting
+    }
+
+    /// The end of a checkout: the connection, or the timeout error with the pool's state.
+    fn finish(
+        &self,
+        result: std::result::Result<r2d2::PooledConnection<Manager>, r2d2::Error>,
+        location: &'static Location<'static>,
+        timeout: Duration,
+        waiting: u32,
+    ) -> Result<PooledConnection> {
+        let inner = &self.inner;
         match result {
             Ok(conn) => Ok(self.checked_out(conn, location)),
             Err(e) => {
@@ -369,13 +409,23 @@ impl Drop for PooledConnection {
     }
 }
 
+thread_local! {
+    // Set while `get_while` waits in slices on this thread: r2d2 reports its events in the
+    // caller's thread, and the whole wait is recorded once by `get_while` instead.
+    static SLICED: Cell<bool> = const { Cell::new(false) };
+}
+
 impl r2d2::HandleEvent for Events {
     fn handle_checkout(&self, event: r2d2::event::CheckoutEvent) {
-        self.metrics.wait.record(event.duration().as_secs_f64());
+        if !SLICED.get() {
+            self.metrics.wait.record(event.duration().as_secs_f64());
+        }
     }
 
     fn handle_timeout(&self, event: r2d2::event::TimeoutEvent) {
-        self.metrics.wait.record(event.timeout().as_secs_f64());
+        if !SLICED.get() {
+            self.metrics.wait.record(event.timeout().as_secs_f64());
+        }
     }
 
     fn handle_acquire(&self, event: r2d2::event::AcquireEvent) {

@@ -552,4 +552,8 @@ fn a_wait_given_up_by_its_caller_ends_early_and_is_no_timeout() {
     });
     assert!(pool.get_while(|| true).unwrap().is_some());
     releaser.join().unwrap();
+    // One wait sample per checkout (`Pool::open`'s check, the first get and the last), none
+    // for the given-up wait and none per 50 ms slice.
+    assert_eq!(metric(names::WAIT, "given-up", None), 3.0);
+    assert_eq!(metric(names::TIMEOUTS, "given-up", None), 0.0);
 }
