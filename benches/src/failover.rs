@@ -13,8 +13,6 @@
 //! acknowledged by the new primary.
 
 use std::{
-    fmt::Write as _,
-    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -27,12 +25,9 @@ use anyhow::{Context as _, ensure};
 use diesel::{Connection as _, PgConnection, RunQueryDsl, connection::SimpleConnection, sql_types};
 use pgops_pool::{Config, DatabaseUrl, Pool};
 use pgops_router::Router;
-use pgops_testkit::{HaCluster, HaOptions};
+use pgops_testkit::{HAPROXY_CHECKS, HaCluster, HaOptions, HaProxy};
 
-use crate::{
-    health::{Killed, which},
-    report::{Comparison, Report},
-};
+use crate::report::{Comparison, Report};
 
 /// How many events of each kind.
 #[derive(Debug, Clone, Copy)]
@@ -51,9 +46,6 @@ impl Plan {
         }
     }
 }
-
-/// HAProxy's health-check settings, as the anchor's description states them.
-const CHECKS: &str = "inter 1s fall 2 rise 1 on-marked-down shutdown-sessions";
 
 /// One acknowledged write: when it began and ended, and the port of the server that took it.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +75,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     PgConnection::establish(&cluster.node(&leader.name)?.url("postgres"))?.batch_execute(
         "CREATE TABLE bench_writes (id bigserial PRIMARY KEY, side text NOT NULL)",
     )?;
-    let haproxy = HaProxy::start(&cluster)?;
+    let haproxy = HaProxy::start(&cluster).context("starting HAProxy")?;
 
     // Production settings, with pools sized so that both sides' pools fit the servers'
     // max_connections together (after a failover each pool refills on the new primary).
@@ -103,12 +95,12 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     let settings = config.pool.clone();
     let through_haproxy = Pool::open_unchecked(
         "haproxy-primary",
-        DatabaseUrl::parse(&haproxy.url(haproxy.primary_port))?,
+        DatabaseUrl::parse(&haproxy.primary_url("postgres"))?,
         settings.clone(),
     );
     let haproxy_replicas = Pool::open_unchecked(
         "haproxy-replicas",
-        DatabaseUrl::parse(&haproxy.url(haproxy.replica_port))?,
+        DatabaseUrl::parse(&haproxy.replica_url("postgres"))?,
         config.replica_pool_settings(),
     );
 
@@ -227,7 +219,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     drop(haproxy);
 
     let anchor_tool = format!(
-        "the same pool through HAProxy 2.6 (option httpchk GET /primary, {CHECKS}; reads via GET /replica), Patroni 3.0 ttl 20 loop_wait 2 retry_timeout 5"
+        "the same pool through HAProxy 2.6 (option httpchk GET /primary, {HAPROXY_CHECKS}; reads via GET /replica), Patroni 3.0 ttl 20 loop_wait 2 retry_timeout 5"
     );
     let mut comparisons = Vec::new();
     for (kind, name) in [
@@ -359,77 +351,4 @@ fn reader(side: &Side, stop: &AtomicBool, mut read: impl FnMut() -> bool) {
 fn settle(cluster: &HaCluster) -> anyhow::Result<()> {
     cluster.wait_until_settled(Duration::from_secs(300))?;
     Ok(())
-}
-
-/// HAProxy in front of the cluster: a primary listener and a replicas listener, each server
-/// checked through its Patroni REST API.
-struct HaProxy {
-    primary_port: u16,
-    replica_port: u16,
-    _process: Killed,
-    _dir: tempfile::TempDir,
-}
-
-impl HaProxy {
-    fn start(cluster: &HaCluster) -> anyhow::Result<Self> {
-        let program = which("haproxy")
-            .or_else(|| Some("/usr/sbin/haproxy".into()).filter(|p: &std::path::PathBuf| p.is_file()))
-            .context("haproxy not found: install Debian's haproxy package (cargo xtask bench installs it)")?;
-        let dir = tempfile::tempdir()?;
-        let (primary_port, replica_port) = (pgops_pg::free_port()?, pgops_pg::free_port()?);
-        let mut cfg = String::from(
-            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30m\n  timeout server 30m\n  timeout check 2s\n",
-        );
-        for (name, port, check) in [
-            ("primary", primary_port, "/primary"),
-            ("replicas", replica_port, "/replica"),
-        ] {
-            let _ = write!(
-                cfg,
-                "listen {name}\n  bind 127.0.0.1:{port}\n  balance roundrobin\n  option httpchk GET {check}\n  http-check expect status 200\n  default-server {CHECKS}\n"
-            );
-            for node in cluster.nodes() {
-                let _ = writeln!(
-                    cfg,
-                    "  server {} 127.0.0.1:{} check port {}",
-                    node.name(),
-                    node.pg_port(),
-                    node.rest_port()
-                );
-            }
-        }
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, cfg)?;
-        let child = Command::new(program)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting haproxy")?;
-        let haproxy = HaProxy {
-            primary_port,
-            replica_port,
-            _process: Killed(child),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while PgConnection::establish(&haproxy.url(primary_port)).is_err() {
-            ensure!(
-                Instant::now() < deadline,
-                "HAProxy never routed to the primary"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-        Ok(haproxy)
-    }
-
-    fn url(&self, port: u16) -> String {
-        format!(
-            "postgres://{}@127.0.0.1:{port}/postgres",
-            pgops_testkit::SUPERUSER
-        )
-    }
 }

@@ -17,6 +17,7 @@ mod basebackup;
 mod cluster;
 mod config;
 mod error;
+mod haproxy;
 mod options;
 mod patroni;
 mod pgbouncer;
@@ -27,6 +28,7 @@ mod shared;
 
 pub use cluster::{Cluster, SUPERUSER};
 pub use error::{Error, Result};
+pub use haproxy::{HAPROXY_CHECKS, HaProxy};
 pub use options::{Archive, ClusterOptions, WalLevel};
 pub use patroni::{HaCluster, HaOptions, Member, Node, TTL};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolMode};

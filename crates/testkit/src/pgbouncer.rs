@@ -87,7 +87,7 @@ impl PgBouncer {
             .map_err(|e| Error::io("creating a PgBouncer directory", e))?
             .keep();
         run_as.own(&root)?;
-        let watchdog = Watchdog::pgbouncer(&run_as, &root)?;
+        let watchdog = Watchdog::daemon(&run_as, &root, "pgbouncer.pid")?;
         let server_port = port;
         let port = pgops_pg::free_port()?;
         let mode = match options.mode {

@@ -82,18 +82,21 @@ impl Watchdog {
         Self::start(run_as, SCRIPT, &[dir.as_os_str()])
     }
 
-    /// A watchdog that stops the PgBouncer whose pid file is in `dir`, then removes `dir`.
-    pub(crate) fn pgbouncer(run_as: &RunAs, dir: &Path) -> Result<Self> {
+    /// A watchdog that stops the daemon whose pid is in `dir/pid_file` (TERM, then KILL
+    /// after 5 s), then removes `dir`: for PgBouncer and HAProxy.
+    pub(crate) fn daemon(run_as: &RunAs, dir: &Path, pid_file: &str) -> Result<Self> {
         const SCRIPT: &str = r#"read -r _ignored
-if [ -f "$1/pgbouncer.pid" ]; then
-  kill -TERM "$(cat "$1/pgbouncer.pid")" 2>/dev/null
+pidfile="$1/$2"
+if [ -f "$pidfile" ]; then
+  pid="$(cat "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null
   i=0
-  while [ -f "$1/pgbouncer.pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-  if [ -f "$1/pgbouncer.pid" ]; then kill -KILL "$(cat "$1/pgbouncer.pid")" 2>/dev/null; fi
+  while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+  kill -KILL "$pid" 2>/dev/null
 fi
 rm -rf "$1"
 "#;
-        Self::start(run_as, SCRIPT, &[dir.as_os_str()])
+        Self::start(run_as, SCRIPT, &[dir.as_os_str(), OsStr::new(pid_file)])
     }
 
     /// A watchdog for an HA cluster under `root`: kills every node's Patroni (so none

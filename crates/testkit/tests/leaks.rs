@@ -2,7 +2,7 @@
 //! whether that process returns, exits without running destructors, panics, or is killed
 //! with SIGKILL. This binary runs itself as the child in each of those ways and checks
 //! what is left afterwards (the shared cluster, an owned cluster and its replica, and a
-//! Patroni cluster with its etcd).
+//! Patroni cluster with its etcd, and HAProxy in front of it).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::{
@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pgops_testkit::{Cluster, ClusterOptions, HaCluster, HaOptions, TestDatabase};
+use pgops_testkit::{Cluster, ClusterOptions, HaCluster, HaOptions, HaProxy, TestDatabase};
 
 const MODES: &[&str] = &["return", "exit", "panic", "sigkill"];
 
@@ -37,6 +37,13 @@ fn child(mode: &str) {
     }
     // Two nodes: a leader and a replica, each a Patroni with its PostgreSQL, and etcd.
     let ha = HaCluster::start(HaOptions::default().nodes(2)).unwrap();
+    // HAProxy in front of it (the failover benchmark's anchor).
+    let haproxy = HaProxy::start(&ha).unwrap();
+    println!(
+        "CLUSTER {} {}",
+        haproxy.pid().unwrap(),
+        haproxy.root().display()
+    );
     for node in ha.nodes() {
         println!(
             "CLUSTER {} {}",
@@ -95,10 +102,10 @@ fn check(me: &Path, mode: &str) -> Result<(), String> {
             break;
         }
     }
-    if clusters.len() != 5 {
+    if clusters.len() != 6 {
         let _ = child.kill();
         return Err(format!(
-            "child started {} clusters, expected 5",
+            "child started {} clusters, expected 6",
             clusters.len()
         ));
     }
