@@ -43,6 +43,8 @@ pub(crate) fn take_close_reason() -> Option<CloseReason> {
 #[derive(Debug)]
 pub(crate) struct Watch {
     broken: bool,
+    /// A write on it was refused as read-only (SQLSTATE 25006).
+    read_only: bool,
     last_used: Instant,
     /// Where and since when the connection is checked out, for leak detection.
     pub(crate) slot: Arc<Slot>,
@@ -52,6 +54,11 @@ impl Watch {
     /// Whether a query on the connection failed at the connection level.
     pub(crate) fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// Whether a statement on it was refused as read-only (SQLSTATE 25006).
+    pub(crate) fn refused_as_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Marks the connection for closing when it returns to the pool.
@@ -68,6 +75,10 @@ impl Instrumentation for Watch {
             && is_connection_error(error)
         {
             self.broken = true;
+            self.read_only |= matches!(
+                error,
+                DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _)
+            );
         }
     }
 }
@@ -124,6 +135,7 @@ impl r2d2::ManageConnection for Manager {
         }
         conn.set_instrumentation(Watch {
             broken: false,
+            read_only: false,
             last_used: Instant::now(),
             slot: self.slots.register(),
         });

@@ -364,6 +364,12 @@ impl PooledConnection {
             || watch(&mut self.conn).is_some_and(|w| w.is_broken())
     }
 
+    /// Whether a statement on this connection was refused as read-only (SQLSTATE 25006): its
+    /// server is a standby now (or the session was set read-only). The pool discards it.
+    pub fn refused_as_read_only(&mut self) -> bool {
+        watch(&mut self.conn).is_some_and(|w| w.refused_as_read_only())
+    }
+
     /// Closes the connection when it returns to the pool instead of keeping it: for one whose
     /// server turned out to be the wrong one (a primary demoted to a standby, say).
     pub fn discard(&mut self) {

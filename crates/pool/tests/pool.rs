@@ -503,6 +503,7 @@ fn a_connection_refused_a_write_as_read_only_is_never_handed_out_again() {
             ),
             "{refused:?}"
         );
+        assert!(conn.refused_as_read_only());
         pid(&mut conn)
     };
     let mut conn = pool.get().unwrap();

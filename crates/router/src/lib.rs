@@ -22,8 +22,8 @@
 //!   connection that will serve it), else waits up to `token_wait`, else uses the primary.
 //!   Without a token, any replica whose lag is within `max_lag_bytes` and `max_lag` may serve.
 //! - A monitor thread polls every replica; unreachable ones are banned with backoff, promoted
-//!   ones leave the read set. A read that fails on a replica with a connection error is retried
-//!   once elsewhere; writes are never retried.
+//!   ones leave the read set. A read that fails on a replica (in an HA cluster, on any member)
+//!   with a connection error is retried once elsewhere; writes are never retried.
 //!
 //! ## An HA cluster (Patroni, or any manager that promotes standbys)
 //!
@@ -37,8 +37,9 @@
 //! Patroni's view explains a missing primary. Then:
 //! - a write while no member accepts writes fails at once with [`Error::NoPrimary`]
 //!   (never retried: the write did not run);
-//! - a pooled connection whose server turned read-only (SQLSTATE 25006, or found in recovery
-//!   after a failed write) is discarded, never reused for a write;
+//! - a pooled connection whose write was refused as read-only (SQLSTATE 25006) is discarded,
+//!   never reused, and that write reported as [`Error::NoPrimary`]; a member the monitor finds
+//!   in recovery is no longer written to;
 //! - a [`Token`] carries its timeline and system identifier: only a member on that timeline
 //!   of that cluster, with the position replayed, may answer; after a failover, reads with an
 //!   older token go to the primary.
@@ -205,8 +206,6 @@ struct Inner {
     polls: AtomicU64,
     /// The cluster's system identifier, as the members report it (0 until known).
     system: AtomicU64,
-    /// HA mode: whether a member accepted writes at the last round.
-    primary_up: AtomicBool,
     primary_view: Mutex<PrimaryView>,
     agent: Option<ureq::Agent>,
     wake: Arc<Wake>,
@@ -412,7 +411,6 @@ impl Router {
             primary_reads: metrics::counter!("pgops_router_reads_total", "target" => "primary"),
             polls: AtomicU64::new(0),
             system: AtomicU64::new(0),
-            primary_up: AtomicBool::new(true),
             primary_view: Mutex::new(PrimaryView::default()),
             agent,
             wake: Arc::new(Wake::default()),
@@ -443,24 +441,17 @@ impl Router {
         let value = match work(&mut conn) {
             Ok(value) => value,
             Err(e) => {
-                // A write refused because the server is a standby now did not run: say so,
-                // and never hand that connection out again. One that broke mid-write (the
-                // primary died) may or may not have committed: its own error stands.
+                // A write refused as read-only (SQLSTATE 25006: the server is a standby now)
+                // did not run: say so; the pool discards that connection. One whose connection
+                // broke (the primary died) may or may not have committed: its own error stands.
+                if conn.refused_as_read_only() {
+                    inner.wake.poke();
+                    return Err(E::from(inner.no_primary(Some(
+                        "the connection's server is read-only now (demoted)".into(),
+                    ))));
+                }
                 if conn.is_broken() {
                     inner.wake.poke();
-                    return Err(e);
-                }
-                match in_recovery(&mut conn) {
-                    Some(false) => {}
-                    Some(true) => {
-                        conn.discard();
-                        inner.wake.poke();
-                        return Err(E::from(inner.no_primary(Some(
-                            "the connection's server is read-only now (demoted)".into(),
-                        ))));
-                    }
-                    // It cannot even say (an aborted transaction left open): not reusable.
-                    None => conn.discard(),
                 }
                 return Err(e);
             }
@@ -492,6 +483,7 @@ impl Router {
         E: From<Error>,
     {
         let mut excluded = None;
+        let mut retried = false;
         loop {
             let (target, mut conn) = self.inner.checkout(token, excluded).map_err(E::from)?;
             // Behind transaction pooling a tokened replica read runs in the transaction its
@@ -512,18 +504,29 @@ impl Router {
             } else {
                 result
             };
-            if let (Err(_), Target::Replica(index)) = (&result, target)
-                && excluded.is_none()
-                && conn.is_broken()
-            {
-                // The replica went away under the read: ban it and try once more elsewhere.
-                let replica = &self.inner.replicas[index];
-                tracing::warn!(replica = %replica.name, "read failed with a connection error; retrying elsewhere");
-                self.inner.ban(index);
-                metrics::counter!("pgops_router_retries_total", "replica" => replica.name.clone())
-                    .increment(1);
-                excluded = Some(index);
-                continue;
+            if result.is_err() && !retried && conn.is_broken() {
+                retried = true;
+                match target {
+                    // The replica went away under the read: ban it and try once more elsewhere.
+                    Target::Replica(index) => {
+                        let replica = &self.inner.replicas[index];
+                        tracing::warn!(replica = %replica.name, "read failed with a connection error; retrying elsewhere");
+                        self.inner.ban(index);
+                        metrics::counter!("pgops_router_retries_total", "replica" => replica.name.clone())
+                            .increment(1);
+                        excluded = Some(index);
+                        continue;
+                    }
+                    // In an HA cluster the primary may have died under the read: once more,
+                    // wherever the monitor now sends it (a standby, when there is no primary).
+                    Target::Primary(_) if self.inner.config.ha => {
+                        self.inner.wake.poke();
+                        metrics::counter!("pgops_router_retries_total", "replica" => "primary")
+                            .increment(1);
+                        continue;
+                    }
+                    Target::Primary(_) => {}
+                }
             }
             self.inner.count(target);
             return result;
@@ -637,10 +640,7 @@ impl Inner {
     /// another primary moves to that one's pool (nothing has run yet); none: `NoPrimary` at
     /// once, waking the monitor.
     fn primary_connection(&self) -> Result<PooledConnection> {
-        let current = || {
-            let member = self.view().member;
-            member.filter(|_| self.primary_up.load(Ordering::Relaxed))
-        };
+        let current = || self.view().member;
         loop {
             let Some(index) = current() else {
                 self.wake.poke();
@@ -972,7 +972,6 @@ impl Inner {
         }
         let up = view.member.is_some();
         drop(view);
-        self.primary_up.store(up, Ordering::Relaxed);
         metrics::gauge!("pgops_router_primary_up").set(if up { 1.0 } else { 0.0 });
         for (index, replica) in self.replicas.iter().enumerate() {
             metrics::gauge!("pgops_router_member_is_primary", "member" => replica.name.clone())
@@ -1093,13 +1092,6 @@ fn probe(replica: &Replica, timeout: Duration) -> Result<Probe, String> {
     )
     .get_result::<Probe>(&mut *conn)
     .map_err(|e| e.to_string())
-}
-
-/// Whether the server behind `conn` is a standby; `None` when the connection cannot say.
-fn in_recovery(conn: &mut PgConnection) -> Option<bool> {
-    diesel::select(sql::<sql_types::Bool>("pg_is_in_recovery()"))
-        .get_result::<bool>(conn)
-        .ok()
 }
 
 /// The members of an HA cluster: from Patroni's `/cluster` when `patroni_urls` are set (by
