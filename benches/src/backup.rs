@@ -215,8 +215,7 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
                     &*store,
                     store.url(),
                     &exe,
-                    &pgops_backup::physical::Target::Latest,
-                    true,
+                    &pgops_backup::physical::Recovery::to(pgops_backup::physical::Target::Latest),
                     &target,
                 )?;
                 ours_r.push(t.elapsed().as_secs_f64());

@@ -84,7 +84,13 @@ pub fn run(
     // The restored server's restore_command runs pgops as the server's user.
     run_as.check_can_run(pgops)?;
     let outcome = (|| -> Result<(String, Option<String>, String)> {
-        let restored = physical::restore_to_dir(store, repo_url, pgops, target, true, &data)?;
+        let restored = physical::restore_to_dir(
+            store,
+            repo_url,
+            pgops,
+            &physical::Recovery::to(target.clone()),
+            &data,
+        )?;
         let port = pgops_pg::free_port()?;
         let conf = data.join("postgresql.auto.conf");
         let mut text = fs::read_to_string(&conf).unwrap_or_default();

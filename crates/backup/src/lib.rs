@@ -20,12 +20,14 @@ mod fetch;
 mod files;
 pub mod logical;
 pub mod manifest;
+pub mod member;
 pub mod physical;
 pub mod programs;
 pub mod progress;
 pub mod repo;
 pub mod retention;
 mod staging;
+pub mod timeline;
 pub mod verify;
 pub mod wal;
 

@@ -133,6 +133,45 @@ pub struct Verification {
     pub restore_seconds: Option<f64>,
     /// What did not match.
     pub problems: Vec<String>,
+    /// For a physical backup, every timeline that leads on from its start.
+    #[serde(default)]
+    pub timelines: Vec<TimelineReport>,
+    /// WAL recovery would need and the archive lacks.
+    #[serde(default)]
+    pub gaps: Vec<GapReport>,
+    /// What is worth knowing and breaks no restore (an abandoned branch, say).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// One timeline a physical backup's WAL leads on to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineReport {
+    /// The timeline.
+    pub timeline: u32,
+    /// The timeline it branched off.
+    pub parent: Option<u32>,
+    /// Where it branched off.
+    pub begins_at: Option<String>,
+    /// Its `.history` file is archived (timeline 1 needs none).
+    pub history_archived: bool,
+    /// Archived segments of this timeline.
+    pub segments: usize,
+    /// How far recovery along its history reaches before the first gap.
+    pub reaches: Option<String>,
+}
+
+/// A run of missing WAL: the positions that cannot be recovered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapReport {
+    /// The timeline whose segments are missing.
+    pub timeline: u32,
+    /// The first position lost.
+    pub from_lsn: String,
+    /// Where WAL resumes.
+    pub to_lsn: String,
+    /// The missing files.
+    pub segments: Vec<String>,
 }
 
 /// Where a backup's objects live in the repository.

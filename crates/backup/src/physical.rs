@@ -3,6 +3,7 @@
 //! out, and write the `restore_command`, the target and `recovery.signal`.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     io::Read,
     os::unix::fs::DirBuilderExt,
@@ -23,7 +24,7 @@ use crate::{
     progress::Progress,
     repo::Store,
     staging::{Staging, connect, new_id},
-    wal,
+    timeline::{Archive, Plan, Until},
 };
 
 #[derive(Deserialize)]
@@ -363,6 +364,48 @@ pub fn choose<'a>(
     }
 }
 
+/// How a restore recovers: the target, what the server does there, which timeline it
+/// follows, and whether it becomes a standby instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Where recovery stops.
+    pub target: Target,
+    /// Promote at the target (else pause there).
+    pub promote: bool,
+    /// The timeline to follow [default: the newest in the archive, as PostgreSQL's `latest`].
+    pub timeline: Option<u32>,
+    /// This base backup instead of the newest one that leads to the target.
+    pub backup: Option<String>,
+    /// A standby: `standby.signal`, no target, following every new timeline.
+    pub standby: bool,
+    /// For a standby, where it streams from (no password: the server's user reads it from its
+    /// passfile); without it the standby follows the archive alone.
+    pub primary_conninfo: Option<String>,
+}
+
+impl Recovery {
+    /// Recovery to `target`, promoting there, on the newest timeline.
+    pub fn to(target: Target) -> Self {
+        Recovery {
+            target,
+            promote: true,
+            timeline: None,
+            backup: None,
+            standby: false,
+            primary_conninfo: None,
+        }
+    }
+
+    /// A standby that follows the archive (and `primary_conninfo`, when given).
+    pub fn standby(primary_conninfo: Option<String>) -> Self {
+        Recovery {
+            standby: true,
+            primary_conninfo,
+            ..Recovery::to(Target::Latest)
+        }
+    }
+}
+
 /// What a point-in-time restore laid out.
 #[derive(Debug, Clone, Serialize)]
 pub struct Restored {
@@ -370,21 +413,252 @@ pub struct Restored {
     pub backup: String,
     /// The recovery target.
     pub target: Target,
+    /// The timeline recovery follows.
+    pub timeline: u32,
+    /// Laid out as a standby.
+    pub standby: bool,
+    /// How far the archived WAL on that timeline reaches from the backup.
+    pub archive_reaches: Option<String>,
     /// The data directory.
     pub dir: String,
 }
 
-/// Lays out the newest base backup before `target` in `dir` (which must be empty or absent),
-/// with `restore_command` fetching from `repo_url` and the recovery target; start PostgreSQL
-/// on `dir` to recover. Checksums are verified before anything is written to `dir`.
+/// The start of a physical backup's WAL: its timeline and position.
+fn wal_start(m: &Manifest) -> Option<(u32, Lsn)> {
+    let range = m.wal.as_ref()?;
+    Some((range.timeline, range.start_lsn.parse().ok()?))
+}
+
+/// The base backup and the walk through the archive a restore will make. Reads the times of a
+/// few segments for a time target; everything else comes from `archive`.
+pub fn plan(
+    store: &dyn Store,
+    archive: &mut Archive,
+    backups: &[Manifest],
+    recovery: &Recovery,
+) -> Result<(Manifest, Plan)> {
+    let target = &recovery.target;
+    let timeline = match recovery.timeline {
+        Some(t) => {
+            if !archive.timelines().contains(&t) && t != 1 {
+                return Err(Error::Invalid(format!(
+                    "--target-timeline {t}: the archive holds no WAL of timeline {t}; it holds {}",
+                    archive.describe()
+                )));
+            }
+            t
+        }
+        None => archive.newest_timeline().unwrap_or(1),
+    };
+    let path = archive.path(timeline)?;
+    let on_path: Vec<Manifest> = backups
+        .iter()
+        .filter(|m| wal_start(m).is_some_and(|(tli, start)| Archive::on_path(&path, tli, start)))
+        .cloned()
+        .collect();
+    if on_path.is_empty() && !backups.is_empty() {
+        let starts: Vec<String> = backups
+            .iter()
+            .filter_map(|m| wal_start(m).map(|(t, s)| format!("{} (timeline {t} at {s})", m.id)))
+            .collect();
+        return Err(Error::Invalid(format!(
+            "no physical backup lies on timeline {timeline}'s history: the backups start at {}; \
+             the archive holds {}. Take a backup of the current primary (`pgops backup create \
+             --kind physical`), or give --target-timeline",
+            starts.join(", "),
+            archive.describe()
+        )));
+    }
+    // How far the archive reaches along the path, and when that was archived.
+    let oldest_start = on_path
+        .iter()
+        .filter_map(wal_start)
+        .map(|(_, s)| s)
+        .min()
+        .unwrap_or_default();
+    let candidates = archive.candidates(&path, oldest_start);
+    let newest = candidates
+        .iter()
+        .rev()
+        .find(|s| archive.segments.contains(s))
+        .copied();
+    if let Some(newest) = newest {
+        archive.load_times(store, &[newest])?;
+    }
+    let newest_at = newest.and_then(|s| archive.archived_at.get(&s).copied());
+    let newest_name = newest.map(|s| s.name());
+    let chosen = match &recovery.backup {
+        Some(id) => {
+            let m = on_path.iter().find(|m| &m.id == id).ok_or_else(|| {
+                if backups.iter().any(|m| &m.id == id) {
+                    Error::Invalid(format!(
+                        "backup {id} does not lie on timeline {timeline}'s history (it was taken \
+                         on a branch that timeline left); the archive holds {}",
+                        archive.describe()
+                    ))
+                } else {
+                    Error::NotFound(id.clone())
+                }
+            })?;
+            // The target must still come after the backup.
+            choose(
+                std::slice::from_ref(m),
+                target,
+                newest_name.as_deref().map(|n| (n, newest_at)),
+            )
+        }
+        None => choose(
+            &on_path,
+            target,
+            newest_name.as_deref().map(|n| (n, newest_at)),
+        ),
+    };
+    let chosen = match chosen {
+        Ok(m) => m.clone(),
+        Err(e) => {
+            // Past the end of this history: say so if the target lies on an abandoned branch.
+            if let Some(why) = abandoned_only(store, archive, &path, target, newest)? {
+                return Err(Error::Invalid(why));
+            }
+            return Err(e);
+        }
+    };
+    let (_, start) = wal_start(&chosen).ok_or_else(|| Error::Corrupt {
+        id: chosen.id.clone(),
+        file: "manifest.json".into(),
+        detail: "its WAL start is missing or not an LSN".into(),
+    })?;
+    let until = match target {
+        Target::Lsn(lsn) => Until::Lsn(parse_lsn(lsn)?),
+        Target::Time(t) => {
+            first_archived_after(store, archive, &path, start, *t)?;
+            Until::Time(*t)
+        }
+        Target::Latest | Target::Name(_) | Target::Xid(_) => Until::End,
+    };
+    let plan = archive.plan(&path, start, until);
+    if !plan.gaps.is_empty() {
+        let gaps: Vec<String> = plan.gaps.iter().map(ToString::to_string).collect();
+        let first = &plan.gaps[0];
+        return Err(Error::Invalid(format!(
+            "the restore to {target} on timeline {timeline} from backup {} would need WAL the \
+             archive lacks: {}. Recovery would stop at {} and promote there, silently short of \
+             the target; nothing was written. Recover to a point before the gap (--target-lsn {}), \
+             or restore the missing files into the archive (`pgops wal push` from a server's \
+             pg_wal that still has them)",
+            chosen.id,
+            gaps.join("; "),
+            first.from,
+            first.from
+        )));
+    }
+    Ok((chosen, plan))
+}
+
+/// Finds (reading times by bisection) the first segment on `path` after `start` archived at
+/// or after `t`, so that the plan knows where a time target stops.
+fn first_archived_after(
+    store: &dyn Store,
+    archive: &mut Archive,
+    path: &[crate::timeline::Span],
+    start: Lsn,
+    t: DateTime<Utc>,
+) -> Result<()> {
+    let present: Vec<pgops_pg::Segment> = archive
+        .candidates(path, start)
+        .into_iter()
+        .filter(|s| archive.segments.contains(s))
+        .collect();
+    let (mut lo, mut hi) = (0, present.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        archive.load_times(store, &present[mid..=mid])?;
+        match archive.archived_at.get(&present[mid]) {
+            Some(at) if *at >= t => hi = mid,
+            _ => lo = mid + 1,
+        }
+    }
+    Ok(())
+}
+
+/// When `target` is past the end of `path`'s WAL but inside WAL another timeline wrote after
+/// the history left it (an old primary that went on writing after a promotion): why the
+/// restore is refused, with what the repository holds.
+fn abandoned_only(
+    store: &dyn Store,
+    archive: &mut Archive,
+    path: &[crate::timeline::Span],
+    target: &Target,
+    newest: Option<pgops_pg::Segment>,
+) -> Result<Option<String>> {
+    let timeline = path.last().map_or(1, |s| s.timeline);
+    let off_path: Vec<pgops_pg::Segment> = archive
+        .segments
+        .iter()
+        .filter(|s| crate::timeline::provider(path, s.number) != s.timeline)
+        .filter(|s| newest.is_none_or(|n| s.number >= n.number))
+        .copied()
+        .collect();
+    let found = match target {
+        Target::Lsn(lsn) => {
+            let lsn = parse_lsn(lsn)?;
+            off_path
+                .iter()
+                .find(|s| s.start() <= lsn && lsn < s.next().start())
+                .copied()
+        }
+        Target::Time(t) => {
+            let mut newest_per_timeline: BTreeMap<u32, pgops_pg::Segment> = BTreeMap::new();
+            for s in &off_path {
+                newest_per_timeline.insert(s.timeline, *s);
+            }
+            let last: Vec<_> = newest_per_timeline.into_values().collect();
+            archive.load_times(store, &last)?;
+            last.into_iter()
+                .find(|s| archive.archived_at.get(s).is_some_and(|at| at >= t))
+        }
+        _ => None,
+    };
+    Ok(found.map(|s| {
+        let left = path
+            .iter()
+            .find(|span| span.timeline == s.timeline)
+            .and_then(|span| span.end)
+            .map_or(String::new(), |e| {
+                format!(", which timeline {timeline}'s history left at {e}")
+            });
+        format!(
+            "the target {target} lies only on timeline {}{left}: WAL written there after another \
+             server was promoted (an abandoned branch, in {}), not on timeline {timeline} that \
+             the cluster went on with. The archive holds {}. To recover the abandoned branch \
+             anyway, give --target-timeline {}",
+            s.timeline,
+            s.name(),
+            archive.describe(),
+            s.timeline
+        )
+    }))
+}
+
+/// Lays out the base backup that leads to the recovery target in `dir` (which must be empty
+/// or absent), with `restore_command` fetching from `repo_url`, the target and the timeline to
+/// follow; start PostgreSQL on `dir` to recover. The timeline history is followed and every
+/// checksum verified before anything is written to `dir`: a restore that would run into a gap
+/// in the archive is refused.
 pub fn restore_to_dir(
     store: &dyn Store,
     repo_url: &str,
     pgops: &Path,
-    target: &Target,
-    promote: bool,
+    recovery: &Recovery,
     dir: &Path,
 ) -> Result<Restored> {
+    let target = &recovery.target;
+    if recovery.standby && *target != Target::Latest {
+        return Err(Error::Invalid(
+            "a standby follows the primary and takes no recovery target; leave out --target-*"
+                .into(),
+        ));
+    }
     if dir.exists()
         && fs::read_dir(dir)
             .map_err(Error::io(format!("reading {}", dir.display())))?
@@ -401,13 +675,9 @@ pub fn restore_to_dir(
         .map(|(m, _)| m)
         .filter(|m| m.kind == Kind::Physical)
         .collect();
-    let archived = wal::archived(store)?;
-    let newest = archived.iter().rev().find(|n| n.len() == 24).cloned();
-    let newest_at = match &newest {
-        Some(name) => wal::sum(store, name)?.and_then(|s| s.archived_at),
-        None => None,
-    };
-    let chosen = choose(&backups, target, newest.as_deref().map(|n| (n, newest_at)))?;
+    let mut archive = Archive::read(store)?;
+    let (chosen, plan) = plan(store, &mut archive, &backups, recovery)?;
+    let chosen = &chosen;
     let work = tempfile::Builder::new()
         .prefix("pgops-pitr-")
         .tempdir()
@@ -465,14 +735,33 @@ pub fn restore_to_dir(
         pgops.display(),
         quote(repo_url)
     );
-    // A backup taken from a standby carries its standby.signal and primary_conninfo: this is
-    // a recovery from the archive, not a new standby.
+    // A backup taken from a standby carries its standby.signal; a Patroni node's, a
+    // primary_conninfo. Only what is asked for here stays.
     let _ = fs::remove_file(dir.join("standby.signal"));
+    let _ = fs::remove_file(dir.join("recovery.signal"));
+    // A Patroni node's configuration also names its replication slot, and a primary's its
+    // synchronous standbys, neither of which exists for the restored server.
     let mut settings = format!(
-        "\n# written by pgops backup restore from {}\nrestore_command = {}\nrecovery_target_timeline = 'latest'\nprimary_conninfo = ''\n",
+        "\n# written by pgops backup restore from {}\nrestore_command = {}\nprimary_slot_name = ''\n",
         chosen.id,
         quote(&restore_command)
     );
+    if recovery.standby {
+        // A standby follows every promotion; when it is promoted itself it archives again.
+        settings.push_str("recovery_target_timeline = 'latest'\n");
+        settings.push_str(&format!(
+            "primary_conninfo = {}\n",
+            quote(recovery.primary_conninfo.as_deref().unwrap_or(""))
+        ));
+    } else {
+        settings.push_str(&format!(
+            "recovery_target_timeline = '{}'\nprimary_conninfo = ''\n\
+             # a restored copy must not archive into the repository it came from; turn archiving\n\
+             # back on (archive_mode, a restart) once this server is to replace the primary\n\
+             archive_mode = 'off'\nsynchronous_standby_names = ''\n",
+            plan.timeline
+        ));
+    }
     match target {
         Target::Latest => {}
         Target::Time(t) => settings.push_str(&format!(
@@ -488,17 +777,25 @@ pub fn restore_to_dir(
     if *target != Target::Latest {
         settings.push_str(&format!(
             "recovery_target_action = '{}'\n",
-            if promote { "promote" } else { "pause" }
+            if recovery.promote { "promote" } else { "pause" }
         ));
     }
     let auto = dir.join("postgresql.auto.conf");
     let mut text = fs::read_to_string(&auto).unwrap_or_default();
     text.push_str(&settings);
     fs::write(&auto, text).map_err(Error::io(format!("writing {}", auto.display())))?;
-    fs::write(dir.join("recovery.signal"), b"").map_err(Error::io("writing recovery.signal"))?;
+    let signal = if recovery.standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
+    fs::write(dir.join(signal), b"").map_err(Error::io(format!("writing {signal}")))?;
     Ok(Restored {
         backup: chosen.id.clone(),
         target: target.clone(),
+        timeline: plan.timeline,
+        standby: recovery.standby,
+        archive_reaches: plan.reaches.map(|l| l.to_string()),
         dir: dir.display().to_string(),
     })
 }

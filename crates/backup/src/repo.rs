@@ -17,6 +17,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_file(&self, key: &str, local: &Path) -> Result<()>;
     /// Stores bytes under `key`, whole or not at all.
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Stores bytes under `key` only if nothing is stored there yet: `false` when something
+    /// was (two writers racing for one name never overwrite each other).
+    fn put_bytes_new(&self, key: &str, data: &[u8]) -> Result<bool>;
     /// Copies the object into a local file.
     fn get_to_file(&self, key: &str, local: &Path) -> Result<()>;
     /// Reads a small object; `None` when it does not exist.
@@ -174,6 +177,36 @@ impl Store for LocalStore {
 
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
         self.write_with(key, |out| out.write_all(data))
+    }
+
+    fn put_bytes_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        // Written beside the target, then linked into place: link(2) refuses an existing
+        // name, where rename(2) would replace it.
+        let target = self.path(key);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".new-")
+            .tempfile_in(&dir)
+            .map_err(Error::io(format!("creating a file in {}", dir.display())))?;
+        let written = (|| {
+            let mut file = tmp.as_file();
+            file.write_all(data)?;
+            file.sync_all()?;
+            match fs::hard_link(tmp.path(), &target) {
+                Ok(()) => {
+                    File::open(&dir)?.sync_all()?;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })();
+        written.map_err(Error::io(format!("writing {}", target.display())))
     }
 
     fn get_to_file(&self, key: &str, local: &Path) -> Result<()> {
@@ -406,6 +439,24 @@ impl Store for S3Store {
         self.run(self.store.put(&location, data.to_vec().into()))
             .map(|_| ())
             .map_err(Error::storage(format!("writing {key}")))
+    }
+
+    fn put_bytes_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        use object_store::ObjectStore as _;
+        let location = self.key(key);
+        let options = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self.run(
+            self.store
+                .put_opts(&location, data.to_vec().into(), options),
+        ) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(Error::storage(format!("writing {key}"))(e)),
+        }
     }
 
     fn get_to_file(&self, key: &str, local: &Path) -> Result<()> {

@@ -10,9 +10,10 @@ use crate::{
     Error, Result,
     fetch::fetch_verified,
     logical::{RestoreOptions, count_rows, restore},
-    manifest::{self, Verification},
+    manifest::{self, GapReport, TimelineReport, Verification},
     repo::Store,
     staging::connect,
+    timeline::{Archive, Until},
     wal,
 };
 
@@ -33,6 +34,9 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
         ok: false,
         restore_seconds: None,
         problems: Vec::new(),
+        timelines: Vec::new(),
+        gaps: Vec::new(),
+        notes: Vec::new(),
     };
     match fetch_verified(store, &manifest, work.path()) {
         Ok(()) => verification.checksums_ok = true,
@@ -44,44 +48,12 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
     }
     drop(work);
     if let Some(range) = &manifest.wal {
-        // A physical backup is only as good as the WAL after it: name every missing segment
-        // from its start to the newest archived one.
         let start: Lsn = range.start_lsn.parse().map_err(|_| Error::Corrupt {
             id: id.to_owned(),
             file: "manifest.json".into(),
             detail: format!("its WAL start {:?} is not an LSN", range.start_lsn),
         })?;
-        let first_segment = start.segment(range.timeline);
-        let first = first_segment.name();
-        let (files, _foreign) = wal::classify(&wal::archived(store)?);
-        let mut names: Vec<String> = files
-            .into_iter()
-            .filter(|(_, file)| {
-                matches!(file, pgops_pg::WalFile::Segment(s) if s.number >= first_segment.number)
-            })
-            .map(|(name, _)| name)
-            .collect();
-        if !names.contains(&first) {
-            verification.problems.push(format!(
-                "WAL segment {first}, where the backup starts, is not archived"
-            ));
-            names.insert(0, first);
-        }
-        for gap in wal::gaps(&names) {
-            verification
-                .problems
-                .push(format!("WAL segment {gap} is missing from the archive"));
-        }
-        // Every segment recovery would read must also be intact.
-        let scratch = tempfile::Builder::new()
-            .prefix("pgops-verify-wal-")
-            .tempdir()
-            .map_err(Error::io("creating a work directory"))?;
-        for name in &names {
-            if let Err(e) = wal::fetch(store, name, &scratch.path().join("segment")) {
-                verification.problems.push(pgops_pg::report(&e));
-            }
-        }
+        check_wal(store, range.timeline, start, &mut verification)?;
         if url.is_some() {
             verification.problems.push("--restore of a physical backup: restore it with `pgops backup restore --to-dir DIR` and start a server on it".into());
         }
@@ -138,6 +110,108 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
     verification.ok = verification.checksums_ok && verification.problems.is_empty();
     record(store, &verification)?;
     Ok(verification)
+}
+
+/// A physical backup is only as good as the WAL after it. Follows every timeline that
+/// descends from the backup's start: the newest one's history (what a restore follows) must
+/// be continuous from the start to its newest archived segment, every history file that links
+/// the timelines must be there, and every segment that recovery reads must be intact. Gaps on
+/// other branches, and WAL an old primary wrote after a promotion, are noted.
+fn check_wal(
+    store: &dyn Store,
+    backup_timeline: u32,
+    start: Lsn,
+    verification: &mut Verification,
+) -> Result<()> {
+    let archive = Archive::read(store)?;
+    verification.problems.extend(
+        archive
+            .unreadable
+            .iter()
+            .map(|why| format!("history file {why}")),
+    );
+    let newest = archive.newest_timeline().unwrap_or(backup_timeline);
+    let mut reported: std::collections::BTreeSet<String> = Default::default();
+    let mut newest_plan = None;
+    for tli in archive.timelines().into_iter().rev() {
+        if tli < backup_timeline {
+            continue;
+        }
+        let path = match archive.path(tli) {
+            Ok(path) => path,
+            Err(e) => {
+                verification.problems.push(pgops_pg::report(&e));
+                continue;
+            }
+        };
+        if !Archive::on_path(&path, backup_timeline, start) {
+            continue;
+        }
+        let plan = archive.plan(&path, start, Until::End);
+        let parent = path.iter().rev().nth(1);
+        verification.timelines.push(TimelineReport {
+            timeline: tli,
+            parent: parent.map(|p| p.timeline),
+            begins_at: parent.and_then(|p| p.end).map(|l| l.to_string()),
+            history_archived: tli == 1 || archive.histories.contains_key(&tli),
+            segments: archive
+                .segments
+                .iter()
+                .filter(|s| s.timeline == tli)
+                .count(),
+            reaches: plan.reaches.map(|l| l.to_string()),
+        });
+        for gap in &plan.gaps {
+            if !reported.insert(gap.segments[0].clone()) {
+                continue;
+            }
+            verification.gaps.push(GapReport {
+                timeline: gap.timeline,
+                from_lsn: gap.from.to_string(),
+                to_lsn: gap.to.to_string(),
+                segments: gap.segments.clone(),
+            });
+            if tli == newest {
+                verification.problems.push(gap.to_string());
+            } else {
+                verification.notes.push(format!(
+                    "{gap} (only a restore with --target-timeline {tli} reads it)"
+                ));
+            }
+        }
+        if tli == newest {
+            newest_plan = Some(plan);
+        }
+    }
+    if verification.timelines.is_empty() {
+        verification.problems.push(format!(
+            "no timeline in the archive leads on from the backup's start ({start} on timeline              {backup_timeline}); {}",
+            archive.describe()
+        ));
+    }
+    for (span, past) in archive.abandoned(newest) {
+        if let (Some(first), Some(last)) = (past.first(), past.last()) {
+            verification.notes.push(format!(
+                "timeline {} went on past {} where the cluster moved on, in {} archived                  segment(s) {first} to {last}: WAL an old primary wrote after another server was                  promoted; restores follow timeline {newest} and do not read it",
+                span.timeline,
+                span.end.unwrap_or_default(),
+                past.len()
+            ));
+        }
+    }
+    // Every segment recovery would read must also be intact.
+    if let Some(plan) = newest_plan {
+        let scratch = tempfile::Builder::new()
+            .prefix("pgops-verify-wal-")
+            .tempdir()
+            .map_err(Error::io("creating a work directory"))?;
+        for name in &plan.segments {
+            if let Err(e) = wal::fetch(store, name, &scratch.path().join("segment")) {
+                verification.problems.push(pgops_pg::report(&e));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn record(store: &dyn Store, verification: &Verification) -> Result<()> {

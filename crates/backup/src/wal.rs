@@ -66,22 +66,8 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
         .to_owned();
     check_name(&name)?;
     let (raw_bytes, raw_sha256) = sha_of(path)?;
-    if let Some(existing) = store.get_bytes(&sum_key(&name))? {
-        let existing: SegmentSum =
-            serde_json::from_slice(&existing).map_err(|e| Error::Corrupt {
-                id: "wal".into(),
-                file: sum_key(&name),
-                detail: e.to_string(),
-            })?;
-        return if existing.raw_sha256 == raw_sha256 {
-            Ok(Pushed::AlreadyArchived)
-        } else {
-            Err(Error::Invalid(format!(
-                "{name} is already archived with different content (SHA-256 {} there, {raw_sha256} here); \
-                 refusing to overwrite history. Two servers may be archiving into one repository",
-                existing.raw_sha256
-            )))
-        };
+    if let Some(existing) = sum(store, &name)? {
+        return settle(store, &name, &existing, &raw_sha256);
     }
     // Staged in the system's temporary directory: the server's user may not share the
     // repository's staging directory with the user who takes backups.
@@ -115,8 +101,99 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
         archived_at: Some(chrono::Utc::now()),
     };
     let json = serde_json::to_vec(&sum).map_err(|e| Error::Invalid(e.to_string()))?;
-    store.put_bytes(&sum_key(&name), &json)?;
-    Ok(Pushed::Stored)
+    // The checksum object makes the file archived; written only if no other server's push
+    // got there first (two nodes archiving one name at once).
+    if store.put_bytes_new(&sum_key(&name), &json)? {
+        return Ok(Pushed::Stored);
+    }
+    let Some(existing) = self::sum(store, &name)? else {
+        return Err(Error::Invalid(format!(
+            "{name}: another push was writing it at the same time and its checksum object \
+             cannot be read; PostgreSQL will retry"
+        )));
+    };
+    if existing.raw_sha256 != sum.raw_sha256 {
+        // Both pushes wrote the data object; if ours landed last it no longer matches the
+        // checksum object that won, and `pgops backup verify` and every fetch will say so.
+        tracing::error!(file = %name, "a push of other content won the race for this name; its data object may have been replaced by ours, verify the archive");
+    }
+    settle(store, &name, &existing, &sum.raw_sha256)
+}
+
+/// Two pushes of one name: the same content is a retry (or a second node archiving what
+/// it received), different content is a split brain, refused and recorded.
+fn settle(
+    store: &dyn Store,
+    name: &str,
+    existing: &SegmentSum,
+    raw_sha256: &str,
+) -> Result<Pushed> {
+    if existing.raw_sha256 == raw_sha256 {
+        return Ok(Pushed::AlreadyArchived);
+    }
+    let conflict = Conflict {
+        name: name.to_owned(),
+        archived_sha256: existing.raw_sha256.clone(),
+        archived_at: existing.archived_at,
+        refused_sha256: raw_sha256.to_owned(),
+        refused_at: chrono::Utc::now(),
+        host: hostname(),
+    };
+    let json = serde_json::to_vec_pretty(&conflict).map_err(|e| Error::Invalid(e.to_string()))?;
+    // One record per (name, refused content): a server retrying every few seconds adds none.
+    let _ = store.put_bytes_new(&conflict_key(name, raw_sha256), &json);
+    Err(Error::Invalid(format!(
+        "{name} is already archived with different content (SHA-256 {} there, {raw_sha256} \
+         here); refusing to overwrite it. Two servers are archiving the same timeline into one \
+         repository (a split brain: two primaries on one timeline, or a server restored from a \
+         backup archiving into the repository it came from). Stop the server that should not \
+         be a primary; `pgops wal check` lists every refused push",
+        existing.raw_sha256
+    )))
+}
+
+/// A push refused because the archive holds other content under the name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The file name.
+    pub name: String,
+    /// SHA-256 of what the archive holds.
+    pub archived_sha256: String,
+    /// When that was archived.
+    pub archived_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// SHA-256 of what was refused.
+    pub refused_sha256: String,
+    /// When it was refused.
+    pub refused_at: chrono::DateTime<chrono::Utc>,
+    /// The host that tried to push it.
+    pub host: String,
+}
+
+fn conflict_key(name: &str, sha256: &str) -> String {
+    format!(
+        "conflicts/wal/{name}.{}.json",
+        &sha256[..sha256.len().min(16)]
+    )
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Every refused push on record, oldest first.
+pub fn conflicts(store: &dyn Store) -> Result<Vec<Conflict>> {
+    let mut out = Vec::new();
+    for key in store.list("conflicts/wal/")? {
+        if let Some(bytes) = store.get_bytes(&key)?
+            && let Ok(conflict) = serde_json::from_slice::<Conflict>(&bytes)
+        {
+            out.push(conflict);
+        }
+    }
+    out.sort_by(|a, b| a.refused_at.cmp(&b.refused_at));
+    Ok(out)
 }
 
 /// Restores archived file `name` to `dest` (what PostgreSQL passes as `%f` and `%p`), after
@@ -173,6 +250,19 @@ pub fn fetch(store: &dyn Store, name: &str, dest: &Path) -> Result<bool> {
         dest.display()
     )))?;
     Ok(true)
+}
+
+/// The content of a small archived file (a timeline history), checked like [`fetch`].
+pub fn read_small(store: &dyn Store, name: &str) -> Result<Vec<u8>> {
+    let work = tempfile::Builder::new()
+        .prefix("pgops-wal-read-")
+        .tempdir()
+        .map_err(Error::io("creating a work directory"))?;
+    let path = work.path().join("file");
+    if !fetch(store, name, &path)? {
+        return Err(Error::Invalid(format!("{name} is not in the archive")));
+    }
+    fs::read(&path).map_err(Error::io(format!("reading {name}")))
 }
 
 /// The checksum object of an archived file, when it exists.

@@ -46,6 +46,11 @@ pub enum Verb {
         /// zstd level, 1 (fast) to 19 (small).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
         level: i32,
+        /// Which member of the cluster to read from: the primary or a standby. With a
+        /// multi-host URL (h1:p1,h2:p2,...) every member is asked [default: the primary]; with
+        /// one host, that server, checked to have this role when given.
+        #[arg(long, value_parser = ["primary", "standby"])]
+        from: Option<String>,
     },
     /// List the backups (only complete ones: a backup exists once its manifest is written).
     List,
@@ -88,6 +93,21 @@ pub enum Verb {
         /// What the server does at the target.
         #[arg(long, value_parser = ["promote", "pause"], default_value = "promote", requires = "to_dir")]
         target_action: String,
+        /// The timeline to recover along: a number, or latest (the newest in the archive,
+        /// the default). A target written on an old primary after a failover lies on its
+        /// abandoned timeline and is reached only by naming that timeline.
+        #[arg(long, requires = "to_dir", value_name = "N|latest")]
+        target_timeline: Option<String>,
+        /// Lay it out as a standby (standby.signal, following every new timeline through the
+        /// archive and, with --primary-conninfo, by streaming): a replica rebuilt from the
+        /// repository alone.
+        #[arg(long, requires = "to_dir", conflicts_with = "target")]
+        standby: bool,
+        /// For --standby: where it streams from, as a libpq connection string without a
+        /// password (the server's user reads it from its ~/.pgpass); a multi-host URL with
+        /// target_session_attrs=read-write follows the primary across failovers.
+        #[arg(long, requires = "standby")]
+        primary_conninfo: Option<String>,
         /// Parallel pg_restore jobs.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
         jobs: Option<u32>,
@@ -251,7 +271,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         out,
     };
     match &args.verb {
-        Verb::Create { kind, .. } if kind == "physical" => create_physical(ctx),
+        Verb::Create { kind, from, .. } if kind == "physical" => {
+            create_physical(ctx, role_arg(from.as_deref()))
+        }
         Verb::Drill {
             target_time,
             probe,
@@ -259,28 +281,45 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         } => drill(ctx, target_time.as_deref(), probe, user),
         Verb::RestorePoint { name } => restore_point(ctx, name),
         Verb::Restore {
+            id,
             to_dir: Some(dir),
             target_time,
             target_lsn,
             target_name,
             target_xid,
             target_action,
+            target_timeline,
+            standby,
+            primary_conninfo,
             ..
         } => restore_to_dir(
             ctx,
             dir,
-            target_time.as_deref(),
-            target_lsn.as_deref(),
-            target_name.as_deref(),
-            target_xid.as_deref(),
-            target_action,
+            &PitrArgs {
+                id: id.as_deref(),
+                target_time: target_time.as_deref(),
+                target_lsn: target_lsn.as_deref(),
+                target_name: target_name.as_deref(),
+                target_xid: target_xid.as_deref(),
+                target_action,
+                target_timeline: target_timeline.as_deref(),
+                standby: *standby,
+                primary_conninfo: primary_conninfo.as_deref(),
+            },
         ),
         Verb::Create {
             database,
             jobs,
             level,
+            from,
             ..
-        } => create_logical(ctx, database.as_deref(), *jobs, *level),
+        } => create_logical(
+            ctx,
+            database.as_deref(),
+            *jobs,
+            *level,
+            role_arg(from.as_deref()),
+        ),
         Verb::List => list(ctx),
         Verb::Verify { id, restore } => verify(ctx, id, *restore),
         Verb::Restore {
@@ -313,12 +352,32 @@ struct Ctx<'a> {
     out: &'a mut dyn Write,
 }
 
+/// `--from`, as a role.
+fn role_arg(from: Option<&str>) -> Option<pgops_backup::member::Role> {
+    from.map(|f| match f {
+        "standby" => pgops_backup::member::Role::Standby,
+        _ => pgops_backup::member::Role::Primary,
+    })
+}
+
+/// The server a command works with: the member of a multi-host URL with the role it needs.
+fn member_url(
+    args: &Args,
+    role: Option<pgops_backup::member::Role>,
+) -> Result<DatabaseUrl, Failure> {
+    let url: DatabaseUrl = database_url(backup_url(args)?.as_deref())?;
+    pgops_backup::member::pick(&url, role).map_err(fail)
+}
+
 /// `create --kind physical`: a base backup for point-in-time recovery.
-fn create_physical(ctx: Ctx<'_>) -> Result<Exit, Failure> {
+fn create_physical(
+    ctx: Ctx<'_>,
+    role: Option<pgops_backup::member::Role>,
+) -> Result<Exit, Failure> {
     let Ctx {
         args, store, out, ..
     } = ctx;
-    let url: DatabaseUrl = database_url(backup_url(args)?.as_deref())?;
+    let url = member_url(args, role)?;
     let manifest = pgops_backup::physical::create(store, &url, &mut pgops_backup::progress::Quiet)
         .map_err(fail)?;
     if args.json {
@@ -392,21 +451,49 @@ fn drill(
 fn restore_point(ctx: Ctx<'_>, name: &str) -> Result<Exit, Failure> {
     let Ctx { args, out, .. } = ctx;
     let lsn =
-        pgops_backup::physical::restore_point(&database_url(backup_url(args)?.as_deref())?, name)
-            .map_err(fail)?;
+        pgops_backup::physical::restore_point(&member_url(args, None)?, name).map_err(fail)?;
     emit(out, &format!("restore point {name} at {lsn}\n"))?;
     Ok(Exit::Ok)
 }
 
-/// `restore --to-dir`: a data directory laid out for point-in-time recovery.
+/// What `restore --to-dir` was given.
+struct PitrArgs<'a> {
+    id: Option<&'a str>,
+    target_time: Option<&'a str>,
+    target_lsn: Option<&'a str>,
+    target_name: Option<&'a str>,
+    target_xid: Option<&'a str>,
+    target_action: &'a str,
+    target_timeline: Option<&'a str>,
+    standby: bool,
+    primary_conninfo: Option<&'a str>,
+}
+
+/// `--target-timeline`: a positive number or `latest` (`None`). Pure.
+pub fn target_timeline_arg(text: &str) -> Result<Option<u32>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("latest") {
+        return Ok(None);
+    }
+    let number = if let Some(hex) = text.strip_prefix("0x") {
+        u32::from_str_radix(hex, 16).ok()
+    } else {
+        text.parse::<u32>().ok()
+    };
+    match number {
+        Some(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(format!(
+            "--target-timeline {text:?}: give a timeline number (1, 2, ...; `pgops backup verify` \
+             lists them) or latest"
+        )),
+    }
+}
+
+/// `restore --to-dir`: a data directory laid out for point-in-time recovery, or a standby.
 fn restore_to_dir(
     ctx: Ctx<'_>,
     dir: &std::path::Path,
-    target_time: Option<&str>,
-    target_lsn: Option<&str>,
-    target_name: Option<&str>,
-    target_xid: Option<&str>,
-    target_action: &str,
+    given: &PitrArgs<'_>,
 ) -> Result<Exit, Failure> {
     let Ctx {
         args,
@@ -414,37 +501,70 @@ fn restore_to_dir(
         store,
         out,
     } = ctx;
-    use pgops_backup::physical::Target;
-    let target = if let Some(t) = target_time {
+    use pgops_backup::physical::{Recovery, Target};
+    let target = if let Some(t) = given.target_time {
         Target::Time(target_time_arg(t)?)
-    } else if let Some(lsn) = target_lsn {
+    } else if let Some(lsn) = given.target_lsn {
         pgops_backup::physical::parse_lsn(lsn).map_err(Failure::usage)?;
         Target::Lsn(lsn.to_owned())
-    } else if let Some(name) = target_name {
+    } else if let Some(name) = given.target_name {
         Target::Name(name.to_owned())
-    } else if let Some(xid) = target_xid {
+    } else if let Some(xid) = given.target_xid {
         Target::Xid(xid.to_owned())
     } else {
         Target::Latest
     };
+    let timeline = given
+        .target_timeline
+        .map(target_timeline_arg)
+        .transpose()
+        .map_err(|e| Failure::usage(anyhow::anyhow!(e)))?
+        .flatten();
+    if let Some(conninfo) = given.primary_conninfo {
+        let url = DatabaseUrl::parse(conninfo)
+            .map_err(|e| Failure::usage(anyhow::anyhow!("--primary-conninfo: {e}")))?;
+        if url.password().is_some() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--primary-conninfo holds a password, which would be written into the data \
+                 directory and shown in pg_stat_wal_receiver; leave it out and put it in the \
+                 server user's ~/.pgpass (or a passfile= it names)"
+            )));
+        }
+    }
+    let backup = match given.id {
+        Some(id) => Some(resolve_id(store, id)?),
+        None => None,
+    };
+    let mut recovery = if given.standby {
+        Recovery::standby(given.primary_conninfo.map(str::to_owned))
+    } else {
+        Recovery::to(target)
+    };
+    recovery.promote = given.target_action == "promote";
+    recovery.timeline = timeline;
+    recovery.backup = backup;
     let exe = pgops_exe()?;
-    let restored = pgops_backup::physical::restore_to_dir(
-        store,
-        repo_url,
-        &exe,
-        &target,
-        target_action == "promote",
-        dir,
-    )
-    .map_err(fail)?;
+    let restored = pgops_backup::physical::restore_to_dir(store, repo_url, &exe, &recovery, dir)
+        .map_err(fail)?;
     if args.json {
         json(out, &restored)?;
+    } else if restored.standby {
+        emit(
+            out,
+            &format!(
+                "laid out {} in {} as a standby following the newest timeline (archive reaches {} on timeline {}); start PostgreSQL on it (as its owner)\n",
+                restored.backup,
+                restored.dir,
+                restored.archive_reaches.as_deref().unwrap_or("nothing"),
+                restored.timeline
+            ),
+        )?;
     } else {
         emit(
             out,
             &format!(
-                "laid out {} in {} with recovery to {}; start PostgreSQL on it (as its owner) to recover\n",
-                restored.backup, restored.dir, restored.target
+                "laid out {} in {} with recovery to {} on timeline {}; start PostgreSQL on it (as its owner) to recover\n",
+                restored.backup, restored.dir, restored.target, restored.timeline
             ),
         )?;
     }
@@ -457,11 +577,12 @@ fn create_logical(
     database: Option<&str>,
     jobs: Option<u32>,
     level: i32,
+    role: Option<pgops_backup::member::Role>,
 ) -> Result<Exit, Failure> {
     let Ctx {
         args, store, out, ..
     } = ctx;
-    let mut url: DatabaseUrl = database_url(backup_url(args)?.as_deref())?;
+    let mut url = member_url(args, role)?;
     if let Some(database) = database {
         url = url.with_database(database).map_err(|e| fail(e.into()))?;
     }
@@ -578,8 +699,28 @@ fn verify(ctx: Ctx<'_>, id: &str, restore: bool) -> Result<Exit, Failure> {
             text.push_str(&format!(", restored in {seconds:.1}s"));
         }
         text.push_str(if verification.ok { ", ok\n" } else { "\n" });
+        for t in &verification.timelines {
+            text.push_str(&format!(
+                "  timeline {}{}: {} segments archived, history {}, recoverable to {}\n",
+                t.timeline,
+                match (t.parent, &t.begins_at) {
+                    (Some(parent), Some(at)) => format!(" (from timeline {parent} at {at})"),
+                    _ => String::new(),
+                },
+                t.segments,
+                if t.history_archived {
+                    "archived"
+                } else {
+                    "MISSING"
+                },
+                t.reaches.as_deref().unwrap_or("nothing")
+            ));
+        }
         for p in &verification.problems {
             text.push_str(&format!("  {p}\n"));
+        }
+        for n in &verification.notes {
+            text.push_str(&format!("  note: {n}\n"));
         }
         emit(out, &text)?;
     }

@@ -138,7 +138,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                     let store = pgops_backup::repo::open(repo, pgops_backup::repo::Access::Existing)
                         .map_err(Failure::usage)?;
                     exporter = exporter
-                        .with_collector(crate::repository_metrics::RepositoryCollector::new(store));
+                        .with_collector(crate::repository_metrics::RepositoryCollector::new(
+                            store,
+                            Some(primary.clone()),
+                        ));
                 }
                 if let Some(url) = pgbouncer {
                     exporter = exporter

@@ -59,6 +59,61 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// What is missing from the archive, one line per run: along the newest timeline's history
+/// (what a restore follows) from the oldest physical backup's start, or from the first
+/// archived segment without one; and holes inside any other timeline. Also one line that
+/// describes the timelines.
+fn archive_gaps(
+    store: &dyn pgops_backup::repo::Store,
+) -> pgops_backup::Result<(Vec<String>, String)> {
+    use pgops_backup::timeline::{Archive, Until};
+    let archive = Archive::read(store)?;
+    let mut missing: Vec<String> = archive
+        .unreadable
+        .iter()
+        .map(|why| format!("history: {why}"))
+        .collect();
+    let mut covered = std::collections::BTreeSet::new();
+    if let Some(newest) = archive.newest_timeline() {
+        match archive.path(newest) {
+            Ok(path) => {
+                let backups = pgops_backup::list(store)?;
+                let from_backup = backups
+                    .iter()
+                    .filter_map(|(m, _)| m.wal.as_ref())
+                    .filter_map(|w| Some((w.timeline, w.start_lsn.parse::<pgops_pg::Lsn>().ok()?)))
+                    .filter(|(tli, start)| Archive::on_path(&path, *tli, *start))
+                    .map(|(_, start)| start)
+                    .min();
+                let first_archived = archive
+                    .segments
+                    .iter()
+                    .find(|s| pgops_backup::timeline::provider(&path, s.number) == s.timeline)
+                    .map(|s| s.start());
+                if let Some(start) = from_backup.or(first_archived) {
+                    for gap in archive.plan(&path, start, Until::End).gaps {
+                        covered.extend(gap.segments.iter().cloned());
+                        missing.push(gap.to_string());
+                    }
+                }
+            }
+            Err(e) => missing.push(pgops_pg::report(&e)),
+        }
+    }
+    let names: Vec<String> = archive.segments.iter().map(|s| s.name()).collect();
+    for name in wal::gaps(&names) {
+        if !covered.contains(&name) {
+            missing.push(name);
+        }
+    }
+    let timelines = if archive.timelines().len() > 1 {
+        format!("timelines: {}", archive.describe())
+    } else {
+        String::new()
+    };
+    Ok((missing, timelines))
+}
+
 /// Runs one `pgops wal` command.
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     // Archiving (and setting archiving up) may create the repository; reading needs one.
@@ -89,7 +144,6 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
         Verb::Check => {
             let names = wal::archived(&*store).map_err(Failure::problem)?;
             let (files, foreign) = wal::classify(&names);
-            let gaps = wal::gaps(&names);
             let segments: Vec<&String> = files
                 .iter()
                 .filter(|(_, f)| matches!(f, pgops_pg::WalFile::Segment(_)))
@@ -102,8 +156,28 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 segments.first().map_or("-", |s| s.as_str()),
                 segments.last().map_or("-", |s| s.as_str())
             );
-            for gap in &gaps {
+            let (missing, timelines) = archive_gaps(&*store).map_err(Failure::problem)?;
+            if !timelines.is_empty() {
+                let _ = writeln!(out, "{timelines}");
+            }
+            for gap in &missing {
                 let _ = writeln!(out, "missing {gap}");
+            }
+            let conflicts = wal::conflicts(&*store).map_err(Failure::problem)?;
+            for c in &conflicts {
+                let _ = writeln!(
+                    out,
+                    "refused {} from {} at {}: the archive holds other content (SHA-256 {} there, {} refused); two servers archived one timeline (split brain)",
+                    c.name,
+                    if c.host.is_empty() {
+                        "a server"
+                    } else {
+                        c.host.as_str()
+                    },
+                    c.refused_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    c.archived_sha256,
+                    c.refused_sha256
+                );
             }
             for name in &foreign {
                 let _ = writeln!(out, "ignored wal/{name}: not a WAL file name");
@@ -116,7 +190,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 );
                 return Ok(Exit::Problem);
             }
-            Ok(if gaps.is_empty() {
+            Ok(if missing.is_empty() && conflicts.is_empty() {
                 Exit::Ok
             } else {
                 Exit::Problem
@@ -152,6 +226,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 "the archive settings and checks",
             )?;
             let url = database_url(given.as_deref())?;
+            // ALTER SYSTEM on the primary of a multi-host URL.
+            let url = pgops_backup::member::pick(&url, None).map_err(Failure::usage)?;
             let mut conn = connect(&url)?;
             #[derive(Deserialize)]
             struct Level {

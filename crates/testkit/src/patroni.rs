@@ -520,6 +520,68 @@ impl HaCluster {
         Ok(true)
     }
 
+    /// Puts the cluster in maintenance mode (Patroni's pause: no failover, and Patroni leaves
+    /// each PostgreSQL alone) or takes it out again; waits until every node says so.
+    pub fn pause(&self, on: bool) -> Result<()> {
+        let leader = self.wait_for_leader(Duration::from_secs(60), None)?;
+        let url = format!("{}/config", self.node(&leader.name)?.rest_url());
+        let body = serde_json::json!({ "pause": on }).to_string();
+        let mut response = self
+            .agent
+            .patch(&url)
+            .header("Content-Type", "application/json")
+            .send(body.as_str())
+            .map_err(|e| Error::Tool {
+                program: format!("PATCH {url}"),
+                status: "failed".into(),
+                output: e.to_string(),
+            })?;
+        if response.status().as_u16() != 200 {
+            return Err(Error::Tool {
+                program: format!("PATCH {url}"),
+                status: response.status().to_string(),
+                output: response.body_mut().read_to_string().unwrap_or_default(),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct Status {
+            #[serde(default)]
+            pause: bool,
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            loop {
+                let status = self.get_json::<Status>(&format!("{}/patroni", node.rest_url()));
+                if status.is_ok_and(|s| s.pause == on) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Tool {
+                        program: "pause".into(),
+                        status: "timeout".into(),
+                        output: format!("{} did not report pause = {on}", node.name),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+
+    /// Promotes `name`'s PostgreSQL with `pg_ctl promote`, behind Patroni's back (in a paused
+    /// cluster): what an operator does by hand during a network partition, the way to a
+    /// split brain.
+    pub fn promote_directly(&self, name: &str) -> Result<()> {
+        let node = self.node(name)?;
+        let pg_ctl = pgops_pg::find_installed_program("pg_ctl")?;
+        let mut cmd = self.run_as.command(&pg_ctl, &self.root);
+        cmd.arg("promote")
+            .arg("--pgdata")
+            .arg(node.data_dir())
+            .arg("--wait");
+        process::run(cmd, "pg_ctl promote").map(|_| ())
+    }
+
     /// kill -9 of a node: its Patroni, then its postmaster (so the leader key stays in etcd
     /// until its TTL runs out, as when a machine dies).
     pub fn kill_node(&self, name: &str) -> Result<()> {
