@@ -455,7 +455,12 @@ impl Store for S3Store {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => Ok(false),
-            Err(e) => Err(Error::storage(format!("writing {key}"))(e)),
+            // Stores that answer a failed condition otherwise: if the object is there now,
+            // another writer won.
+            Err(e) => match self.get_bytes(key) {
+                Ok(Some(_)) => Ok(false),
+                _ => Err(Error::storage(format!("writing {key}"))(e)),
+            },
         }
     }
 

@@ -351,7 +351,7 @@ impl Archive {
                     .filter(|s| s.timeline == span.timeline && s.number >= end.segment(1).number)
                     .copied()
                     .collect();
-                (!past.is_empty()).then(|| (*span, past))
+                (!past.is_empty()).then_some((*span, past))
             })
             .collect()
     }

@@ -192,7 +192,7 @@ pub fn conflicts(store: &dyn Store) -> Result<Vec<Conflict>> {
             out.push(conflict);
         }
     }
-    out.sort_by(|a, b| a.refused_at.cmp(&b.refused_at));
+    out.sort_by_key(|c| c.refused_at);
     Ok(out)
 }
 
@@ -404,6 +404,39 @@ mod tests {
         let with_foreign = [archived.clone(), vec!["aÄÄÄÄÄÄÄÄÄÄÄÄ.backup".to_owned()]].concat();
         assert_eq!(expendable(&with_foreign, oldest).len(), 3);
         assert_eq!(classify(&with_foreign).1, ["aÄÄÄÄÄÄÄÄÄÄÄÄ.backup"]);
+    }
+
+    #[test]
+    fn other_content_under_an_archived_name_is_refused_recorded_once_and_never_stored() {
+        let repo = tempfile::tempdir().unwrap();
+        let store = crate::repo::open(
+            &format!("file://{}", repo.path().display()),
+            crate::repo::Access::Create,
+        )
+        .unwrap();
+        let name = "000000040000000000000009";
+        let [a, b] = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        fs::write(a.path().join(name), b"written by one primary").unwrap();
+        fs::write(b.path().join(name), b"written by the other").unwrap();
+        assert_eq!(push(&*store, &a.path().join(name)).unwrap(), Pushed::Stored);
+        assert_eq!(
+            push(&*store, &a.path().join(name)).unwrap(),
+            Pushed::AlreadyArchived
+        );
+        for _ in 0..3 {
+            let err = push(&*store, &b.path().join(name)).unwrap_err().to_string();
+            assert!(err.contains("split brain"), "{err}");
+        }
+        let conflicts = conflicts(&*store).unwrap();
+        assert_eq!(conflicts.len(), 1, "a retrying server adds no record");
+        assert_eq!(conflicts[0].name, name);
+        let back = a.path().join("back");
+        assert!(fetch(&*store, name, &back).unwrap());
+        assert_eq!(fs::read(&back).unwrap(), b"written by one primary");
+        // The checksum object is created exclusively: a racing second writer loses.
+        assert!(store.put_bytes_new("wal/x.json", b"1").unwrap());
+        assert!(!store.put_bytes_new("wal/x.json", b"2").unwrap());
+        assert_eq!(store.get_bytes("wal/x.json").unwrap().unwrap(), b"1");
     }
 
     #[test]

@@ -851,6 +851,18 @@ mod tests {
     }
 
     #[test]
+    fn target_timelines_are_numbers_or_latest() {
+        use super::target_timeline_arg;
+        assert_eq!(target_timeline_arg("3"), Ok(Some(3)));
+        assert_eq!(target_timeline_arg("0x1A"), Ok(Some(26)));
+        assert_eq!(target_timeline_arg("latest"), Ok(None));
+        for bad in ["0", "-1", "current", "", "2.5"] {
+            let err = target_timeline_arg(bad).unwrap_err();
+            assert!(err.contains("give a timeline number"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn latest_aliases_pick_the_newest_backup_of_their_kind() {
         let backups = [
             backup("a-logical", Kind::Logical),

@@ -77,7 +77,7 @@ pub fn archive_families(
         return Ok(families);
     };
     families.push(Family::single(
-        "pgops_wal_archive_timeline",
+        "pgops_backup_archive_timeline",
         "The newest timeline the WAL archive holds (segments or history)",
         Kind::Gauge,
         &labels,
@@ -119,21 +119,21 @@ pub fn archive_families(
         }
     };
     families.push(Family::single(
-        "pgops_wal_archive_continuous",
+        "pgops_backup_archive_continuous",
         "1 when every WAL segment from the newest physical backup's start, along the primary's timeline, up to the segment before the one the primary is writing is archived",
         Kind::Gauge,
         &labels,
         f64::from(u8::from(continuous)),
     ));
     families.push(Family::single(
-        "pgops_wal_archive_missing_segments",
+        "pgops_backup_archive_missing_segments",
         "WAL segments a restore along the primary's timeline would need and the archive lacks",
         Kind::Gauge,
         &labels,
         missing as f64,
     ));
     families.push(Family::single(
-        "pgops_wal_archive_conflicts",
+        "pgops_backup_archive_conflicts",
         "Pushes refused because the archive holds other content under the name (two servers archiving one timeline)",
         Kind::Gauge,
         &labels,

@@ -578,8 +578,12 @@ fn s3_server() -> S3Server {
 }
 
 fn pgops_s3(args: &[&str], endpoint: &str, url: &str) -> Output {
+    pgops_s3_in("backup", args, endpoint, url)
+}
+
+fn pgops_s3_in(area: &str, args: &[&str], endpoint: &str, url: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pgops"))
-        .arg("backup")
+        .arg(area)
         .args(args)
         .env("PGOPS_REPO", "s3://backups/pgops/app")
         .env("AWS_ENDPOINT_URL", endpoint)
@@ -612,6 +616,45 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
     assert_eq!(
         fingerprint(&cluster, "from_s3"),
         fingerprint(&cluster, "app")
+    );
+
+    // Two servers pushing one WAL name: the same content is fine, other content is refused
+    // (a conditional write, so a race cannot overwrite either) and recorded.
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let name = "000000010000000000000042";
+    for (dir, content) in dirs.iter().zip([b"one server".as_slice(), b"another one"]) {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let push = |dir: &tempfile::TempDir| {
+        let path = dir.path().join(name);
+        pgops_s3_in("wal", &["push", path.to_str().unwrap()], &s3.endpoint, &url)
+    };
+    ok(&push(&dirs[0]));
+    ok(&push(&dirs[0]));
+    let out = push(&dirs[1]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already archived with different content"),
+        "{}",
+        text(&out.stderr)
+    );
+    let checked = pgops_s3_in("wal", &["check"], &s3.endpoint, &url);
+    assert!(
+        text(&checked.stdout).contains(&format!("refused {name}")),
+        "{}",
+        text(&checked.stdout)
+    );
+    let fetched = dirs[1].path().join("fetched");
+    ok(&pgops_s3_in(
+        "wal",
+        &["fetch", name, fetched.to_str().unwrap()],
+        &s3.endpoint,
+        &url,
+    ));
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        b"one server",
+        "never overwritten"
     );
 
     // The store goes away: the backup fails, says why, and prints no secret.
@@ -753,4 +796,36 @@ fn backups_given_a_pgbouncer_url_say_they_need_a_direct_connection() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_multi_host_url_backs_up_the_member_with_the_role_asked_for() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let dead = pgops_pg_free_port();
+    // A member that is down, then the primary: the backup goes to the primary and names it.
+    let url = format!(
+        "postgresql://postgres@127.0.0.1:{dead},127.0.0.1:{}/postgres",
+        cluster.port()
+    );
+    let out = pgops(&["create", "--json"], repo.path(), &url);
+    let manifest: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(manifest["server"], format!("127.0.0.1:{}", cluster.port()));
+    // No standby among them: exit 2, with what each member said.
+    let out = pgops(&["create", "--from", "standby"], repo.path(), &url);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("no standby among")
+            && stderr.contains(&format!("127.0.0.1:{} is a primary", cluster.port()))
+            && stderr.contains(&format!("127.0.0.1:{dead} did not answer")),
+        "{stderr}"
+    );
+    // One host asked for a role it does not have: refused too.
+    let out = pgops(
+        &["create", "--from", "standby"],
+        repo.path(),
+        &cluster.url("postgres"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

@@ -487,13 +487,13 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
     pgops_health::text::render(&metrics, &mut rendered);
     let conflicts: f64 = rendered
         .lines()
-        .find(|l| l.starts_with("pgops_wal_archive_conflicts{"))
+        .find(|l| l.starts_with("pgops_backup_archive_conflicts{"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no conflicts gauge in\n{rendered}"));
     assert!(conflicts >= 1.0, "{rendered}");
     assert!(
-        rendered.contains("pgops_wal_archive_timeline{"),
+        rendered.contains("pgops_backup_archive_timeline{"),
         "{rendered}"
     );
 

@@ -341,7 +341,9 @@ fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_
     let out = pgops(&["backup", "verify", &first], &repo, &url);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("WAL segment {victim} is missing")),
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "on timeline 1 cannot be recovered: {victim} is missing from the archive"
+        )),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -1,7 +1,8 @@
 //! `pgops wal push` as a real server's archive_command and `pgops wal fetch` as a
 //! restore_command would run it: idempotent pushes, refused overwrites, quiet misses, checked
-//! fetches, an archive that becomes unwritable and recovers with no gap, and every node of a
-//! Patroni cluster archiving into one repository across a switchover.
+//! fetches, and an archive that becomes unwritable and recovers with no gap. Every node of a
+//! Patroni cluster archiving into one repository, across switchovers, failovers and a split
+//! brain, is in `ha_backup.rs`.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pgops_testkit::{Archive, Cluster, ClusterOptions, HaCluster, HaOptions};
+use pgops_testkit::{Archive, Cluster, ClusterOptions};
 
 fn pgops(args: &[&str], repo: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pgops"))
@@ -65,22 +66,6 @@ fn archiving_cluster() -> (Cluster, Repo) {
     let cluster =
         Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
     (cluster, repo)
-}
-
-/// Every file name under `dir`.
-fn names_under(dir: &Path) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else {
-                names.push(entry.file_name().to_string_lossy().into_owned());
-            }
-        }
-    }
-    names
 }
 
 fn archived_count(cluster: &Cluster) -> i64 {
@@ -308,41 +293,4 @@ fn setup_apply_waits_for_the_server_to_take_the_settings() {
         command.contains(" wal push --repo 'file://") && command.ends_with(" %p"),
         "{command}"
     );
-}
-
-#[test]
-fn every_patroni_node_archives_into_one_repository_across_a_switchover() {
-    let (repo, command) = repo_and_command();
-    let ha = HaCluster::start(HaOptions::default().archive_command(command)).unwrap();
-    let first = ha.leader().unwrap().unwrap().name;
-    let switch_on = |name: &str| -> String {
-        let url = ha.node(name).unwrap().url("postgres");
-        let mut conn = <diesel::PgConnection as diesel::Connection>::establish(&url).unwrap();
-        diesel::connection::SimpleConnection::batch_execute(
-            &mut conn,
-            "CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (1)",
-        )
-        .unwrap();
-        use diesel::RunQueryDsl;
-        diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
-            "pg_walfile_name(pg_switch_wal())",
-        ))
-        .get_result(&mut conn)
-        .unwrap()
-    };
-    let on_first = switch_on(&first);
-    wait_for("the first leader's segment", || {
-        names_under(&repo.0)
-            .iter()
-            .any(|n| n.starts_with(&on_first))
-    });
-    let second = ha.node_other_than(&first).name().to_owned();
-    ha.switchover(&second).unwrap();
-    let on_second = switch_on(&second);
-    assert!(on_second.starts_with("00000002"), "{on_second}");
-    wait_for("the new leader's segment and the timeline history", || {
-        let names = names_under(&repo.0);
-        names.iter().any(|n| n.starts_with(&on_second))
-            && names.iter().any(|n| n.starts_with("00000002.history"))
-    });
 }
