@@ -464,16 +464,45 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
     );
     assert!(names[0].starts_with("00000004"), "{names:?}");
     wait_for(
-        "the refused push to be recorded",
-        Duration::from_secs(90),
-        || {
-            let out = pgops(&["wal", "check"], &repo, &url);
-            both(&out).contains(&format!("refused {}", names[0]))
-        },
+        "the segment to be archived by one of them",
+        Duration::from_secs(60),
+        || archived(&repo, &names[0]),
+    );
+    // Whichever archiver got there first won. The other may be stuck on its own history
+    // file (refused too when the promotions stopped at different points), so push each
+    // node's copy as its archive_command would: one is already there, the other refused.
+    let pushed: Vec<Output> = replicas
+        .iter()
+        .map(|name| {
+            let path = ha
+                .node(name)
+                .unwrap()
+                .data_dir()
+                .join("pg_wal")
+                .join(&names[0]);
+            pgops(&["wal", "push", path.to_str().unwrap()], &repo, &url)
+        })
+        .collect();
+    let codes: Vec<Option<i32>> = pushed.iter().map(|o| o.status.code()).collect();
+    assert!(
+        codes.contains(&Some(0)) && codes.contains(&Some(1)),
+        "{codes:?}: {}",
+        pushed.iter().map(both).collect::<String>()
+    );
+    let refused = pushed.iter().find(|o| o.status.code() == Some(1)).unwrap();
+    assert!(
+        both(refused).contains("already archived with different content")
+            && both(refused).contains("split brain"),
+        "{}",
+        both(refused)
     );
     let out = pgops(&["wal", "check"], &repo, &url);
     assert_eq!(out.status.code(), Some(1));
-    assert!(both(&out).contains("split brain"), "{}", both(&out));
+    assert!(
+        both(&out).contains(&format!("refused {}", names[0])) && both(&out).contains("split brain"),
+        "{}",
+        both(&out)
+    );
     let metrics = pgops::repository_metrics::archive_families(
         &*pgops_backup::repo::open(
             &format!("file://{}", repo.display()),
