@@ -174,6 +174,27 @@ fn recover(repo: &Path, url: &str, args: &[&str]) -> Vec<i32> {
     batches_in(&restored(repo, url, args))
 }
 
+/// The repository's archive gauges as `pgops health serve --repo` exports them, measured
+/// against the primary the URL finds: name -> value.
+fn archive_gauges(repo: &Path, url: Option<&str>) -> std::collections::BTreeMap<String, f64> {
+    let store = pgops_backup::repo::open(
+        &format!("file://{}", repo.display()),
+        pgops_backup::repo::Access::Existing,
+    )
+    .unwrap();
+    let url = url.map(|u| pgops_pg::DatabaseUrl::parse(u).unwrap());
+    let families = pgops::repository_metrics::archive_families(&*store, url.as_ref()).unwrap();
+    let mut text = String::new();
+    pgops_health::text::render(&families, &mut text);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.split('{').next()?.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 fn is_empty_dir(dir: &Path) -> bool {
     !dir.exists() || std::fs::read_dir(dir).unwrap().next().is_none()
 }
@@ -256,6 +277,13 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
         });
     }
 
+    // The health endpoint's view: the archive is on timeline 3 and continuous up to the
+    // segment before the one the primary is writing.
+    let gauges = archive_gauges(&repo, Some(&url));
+    assert_eq!(gauges["pgops_backup_archive_timeline"], 3.0, "{gauges:?}");
+    assert_eq!(gauges["pgops_backup_archive_continuous"], 1.0, "{gauges:?}");
+    assert_eq!(gauges["pgops_backup_archive_conflicts"], 0.0, "{gauges:?}");
+
     // verify follows the timelines from the backup's start.
     let verified = ok(&pgops(&["backup", "verify", &first_id], &repo, &url));
     assert!(
@@ -320,6 +348,12 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
             "on timeline 2 cannot be recovered: {victim} is missing"
         )),
         "{said}"
+    );
+    let gauges = archive_gauges(&repo, Some(&url));
+    assert_eq!(gauges["pgops_backup_archive_continuous"], 0.0, "{gauges:?}");
+    assert_eq!(
+        gauges["pgops_backup_archive_missing_segments"], 1.0,
+        "{gauges:?}"
     );
     let dir = base.join("refused");
     let out = pgops(
@@ -503,28 +537,12 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
         "{}",
         both(&out)
     );
-    let metrics = pgops::repository_metrics::archive_families(
-        &*pgops_backup::repo::open(
-            &format!("file://{}", repo.display()),
-            pgops_backup::repo::Access::Existing,
-        )
-        .unwrap(),
-        None,
-    )
-    .unwrap();
-    let mut rendered = String::new();
-    pgops_health::text::render(&metrics, &mut rendered);
-    let conflicts: f64 = rendered
-        .lines()
-        .find(|l| l.starts_with("pgops_backup_archive_conflicts{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no conflicts gauge in\n{rendered}"));
-    assert!(conflicts >= 1.0, "{rendered}");
+    let gauges = archive_gauges(&repo, None);
     assert!(
-        rendered.contains("pgops_backup_archive_timeline{"),
-        "{rendered}"
+        gauges["pgops_backup_archive_conflicts"] >= 1.0,
+        "{gauges:?}"
     );
+    assert_eq!(gauges["pgops_backup_archive_timeline"], 4.0, "{gauges:?}");
 
     // Meanwhile the old leader goes on writing on timeline 3, past where timeline 4 began:
     // an abandoned branch. A target that lies only there is refused; named, it restores.
