@@ -116,18 +116,24 @@ impl LocalStore {
         self.root.join(key)
     }
 
-    fn write_with(
-        &self,
-        key: &str,
-        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
-    ) -> Result<()> {
-        let target = self.path(key);
+    /// The directory `target` goes in, created (0700) when missing.
+    fn parent_dir(&self, target: &Path) -> Result<PathBuf> {
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(Error::io(format!("creating {}", dir.display())))?;
+        Ok(dir)
+    }
+
+    fn write_with(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let target = self.path(key);
+        let dir = self.parent_dir(&target)?;
         let tmp = dir.join(format!(
             ".{}.tmp-{}",
             target
@@ -159,12 +165,7 @@ impl Store for LocalStore {
         // A file staged inside the repository (already 0600 and synced) is moved into place.
         if local.starts_with(self.root.join(".staging")) {
             let target = self.path(key);
-            let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(Error::io(format!("creating {}", dir.display())))?;
+            let dir = self.parent_dir(&target)?;
             return fs::rename(local, &target)
                 .and_then(|()| File::open(&dir)?.sync_all())
                 .map_err(Error::io(format!("storing {}", target.display())));
@@ -183,12 +184,7 @@ impl Store for LocalStore {
         // Written beside the target, then linked into place: link(2) refuses an existing
         // name, where rename(2) would replace it.
         let target = self.path(key);
-        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(Error::io(format!("creating {}", dir.display())))?;
+        let dir = self.parent_dir(&target)?;
         let tmp = tempfile::Builder::new()
             .prefix(".new-")
             .tempfile_in(&dir)

@@ -648,10 +648,10 @@ fn list(ctx: Ctx<'_>) -> Result<Exit, Failure> {
                     pgops_backup::manifest::Kind::Logical => "logical",
                     pgops_backup::manifest::Kind::Physical => "physical",
                 },
-                if m.database.is_empty() {
-                    "(cluster)"
-                } else {
-                    m.database.as_str()
+                match &m.wal {
+                    // A physical backup: the whole cluster, and the timeline it began on.
+                    Some(w) => format!("(cluster, tl {})", w.timeline),
+                    None => m.database.clone(),
                 },
                 m.finished_at.format("%Y-%m-%d %H:%M:%S"),
                 indicatif::HumanBytes(m.bytes()).to_string(),
@@ -701,13 +701,14 @@ fn verify(ctx: Ctx<'_>, id: &str, restore: bool) -> Result<Exit, Failure> {
         text.push_str(if verification.ok { ", ok\n" } else { "\n" });
         for t in &verification.timelines {
             text.push_str(&format!(
-                "  timeline {}{}: {} segments archived, history {}, recoverable to {}\n",
+                "  timeline {}{}: {} segment{} archived, history {}, recoverable to {}\n",
                 t.timeline,
                 match (t.parent, &t.begins_at) {
                     (Some(parent), Some(at)) => format!(" (from timeline {parent} at {at})"),
                     _ => String::new(),
                 },
                 t.segments,
+                if t.segments == 1 { "" } else { "s" },
                 if t.history_archived {
                     "archived"
                 } else {

@@ -7,58 +7,17 @@
 //! nodes promoted at once archiving the same segment name (a split brain).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    path::Path,
+    process::Output,
     time::{Duration, Instant},
 };
 
+use common::{batches_in, both, ok, pgops, pgops_bin, q, recover, refused_restore, restored};
 use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection};
-use pgops_testkit::{Cluster, ClusterOptions, HaCluster, HaOptions};
-
-/// The `pgops` binary, or a copy the server's OS user can run.
-fn pgops_bin() -> PathBuf {
-    pgops_testkit::server_can_run(Path::new(env!("CARGO_BIN_EXE_pgops"))).unwrap()
-}
-
-fn pgops(args: &[&str], repo: &Path, url: &str) -> Output {
-    Command::new(pgops_bin())
-        .args(args)
-        .env("PGOPS_REPO", format!("file://{}", repo.display()))
-        .env("DATABASE_URL", url)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {text}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-fn both(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A directory both the server's user (archiving) and the test (backing up) write in,
-/// removed on drop.
-struct Base(PathBuf);
-
-impl Drop for Base {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use pgops_testkit::{HaCluster, HaOptions};
 
 fn text(url: &str, expression: &str) -> String {
     #[derive(diesel::QueryableByName)]
@@ -119,61 +78,6 @@ fn batch(url: &str, k: i32) -> (String, String) {
     (time, lsn)
 }
 
-/// Lays out a restore with `args`, starts it, waits until it was promoted (or, for a
-/// standby, accepts connections).
-fn restored(repo: &Path, url: &str, args: &[&str]) -> Cluster {
-    let cluster = Cluster::start_restored(ClusterOptions::default(), |data| {
-        let mut all = vec!["backup", "restore", "--to-dir", data.to_str().unwrap()];
-        all.extend_from_slice(args);
-        let out = pgops(&all, repo, url);
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(both(&out).into())
-        }
-    })
-    .unwrap();
-    if !args.contains(&"--standby") {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while cluster
-            .query_text("postgres", "pg_is_in_recovery()::text")
-            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tail(40)))
-            .as_deref()
-            != Some("false")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "recovery did not finish:\n{}",
-                cluster.log_tail(30)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    cluster
-}
-
-fn q(cluster: &Cluster, expression: &str) -> String {
-    cluster
-        .query_text("postgres", expression)
-        .unwrap()
-        .unwrap_or_default()
-}
-
-fn batches_in(cluster: &Cluster) -> Vec<i32> {
-    q(
-        cluster,
-        "(SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM batches)",
-    )
-    .split(',')
-    .filter(|b| !b.is_empty())
-    .map(|b| b.parse().unwrap())
-    .collect()
-}
-
-fn recover(repo: &Path, url: &str, args: &[&str]) -> Vec<i32> {
-    batches_in(&restored(repo, url, args))
-}
-
 /// The repository's archive gauges as `pgops health serve --repo` exports them, measured
 /// against the primary the URL finds: name -> value.
 fn archive_gauges(repo: &Path, url: Option<&str>) -> std::collections::BTreeMap<String, f64> {
@@ -195,19 +99,10 @@ fn archive_gauges(repo: &Path, url: Option<&str>) -> std::collections::BTreeMap<
         .collect()
 }
 
-fn is_empty_dir(dir: &Path) -> bool {
-    !dir.exists() || std::fs::read_dir(dir).unwrap().next().is_none()
-}
-
 #[test]
 fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_split_brain() {
-    let base = std::env::temp_dir().join(format!("pgops-ha-backup-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let _base = Base(base.clone());
-    let repo = base.join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (scratch, repo) = common::shared_dir("pgops-ha-backup");
+    let base = scratch.0.clone();
     let command = format!(
         "{} wal push --repo file://{} %p",
         pgops_bin().display(),
@@ -264,6 +159,9 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
     ha.rejoin(&second_leader).unwrap();
     after.push(batch(&url, 5));
     after.push(batch(&url, 6));
+    // A restore point through the multi-host URL lands on the primary.
+    let point = ok(&pgops(&["backup", "restore-point", "after_6"], &repo, &url));
+    assert!(point.contains("restore point after_6 at"), "{point}");
     // Recovery knows it passed a time only at a later commit: the service goes on writing.
     execute(&url, "CREATE TABLE later_traffic (x int)");
     archive_all(&url, &repo);
@@ -295,21 +193,15 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
 
     // Every batch boundary, by time and by LSN, on either side of each failover: exactly
     // the batches before it.
-    for (k, (time, lsn)) in after.iter().enumerate() {
-        let expected: Vec<i32> = (1..=(k as i32 + 1)).collect();
-        assert_eq!(
-            recover(&repo, &url, &["--target-time", time]),
-            expected,
-            "to the time after batch {}",
-            k + 1
-        );
-        assert_eq!(
-            recover(&repo, &url, &["--target-lsn", lsn]),
-            expected,
-            "to the LSN after batch {}",
-            k + 1
-        );
-    }
+    let boundaries: Vec<(&str, &str)> = after
+        .iter()
+        .map(|(time, lsn)| (time.as_str(), lsn.as_str()))
+        .collect();
+    common::recovers_every_boundary(&repo, &url, &boundaries);
+    assert_eq!(
+        recover(&repo, &url, &["--target-name", "after_6"]),
+        [1, 2, 3, 4, 5, 6]
+    );
     assert_eq!(recover(&repo, &url, &["--latest"]), [1, 2, 3, 4, 5, 6]);
 
     // A segment the old primary archived right before it died goes missing: verify names it
@@ -355,25 +247,12 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
         gauges["pgops_backup_archive_missing_segments"], 1.0,
         "{gauges:?}"
     );
-    let dir = base.join("refused");
-    let out = pgops(
-        &[
-            "backup",
-            "restore",
-            "--to-dir",
-            dir.to_str().unwrap(),
-            "--latest",
-        ],
-        &repo,
-        &url,
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
-    let said = both(&out);
+    let said = refused_restore(&base, &repo, &url, &["--latest"]);
     assert!(
         said.contains(&victim) && said.contains("nothing was written"),
         "{said}"
     );
-    assert!(is_empty_dir(&dir), "nothing laid out");
+    let dir = base.join("before-the-gap");
     // A target before the gap still restores.
     let out = pgops(
         &[
@@ -555,26 +434,11 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
         Duration::from_secs(60),
         || archived(&repo, &last),
     );
-    let dir = base.join("abandoned");
-    let out = pgops(
-        &[
-            "backup",
-            "restore",
-            "--to-dir",
-            dir.to_str().unwrap(),
-            "--target-lsn",
-            &abandoned_lsn,
-        ],
-        &repo,
-        &leader_url,
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
-    let said = both(&out);
+    let said = refused_restore(&base, &repo, &leader_url, &["--target-lsn", &abandoned_lsn]);
     assert!(
         said.contains("lies only on timeline 3") && said.contains("--target-timeline 3"),
         "{said}"
     );
-    assert!(is_empty_dir(&dir));
     assert_eq!(
         recover(
             &repo,

@@ -3,48 +3,16 @@
 //! each started as a real server that must hold exactly the batches before its target.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
 
+use common::{Base, ok, pgops, pgops_bin, q, recover, restored};
 use pgops_testkit::{Archive, Cluster, ClusterOptions};
-
-/// The `pgops` binary, or a copy the server's OS user can run when the checkout is somewhere
-/// it cannot enter: restores write a restore_command naming the binary that wrote it.
-fn pgops_bin() -> PathBuf {
-    pgops_testkit::server_can_run(Path::new(env!("CARGO_BIN_EXE_pgops"))).unwrap()
-}
-
-fn pgops(args: &[&str], repo: &Path, url: &str) -> Output {
-    Command::new(pgops_bin())
-        .args(args)
-        .env("PGOPS_REPO", format!("file://{}", repo.display()))
-        .env("DATABASE_URL", url)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {text}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-struct Base(PathBuf);
-
-impl Drop for Base {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A primary archiving through `pgops wal push` into `repo`, under a directory removed on
 /// drop. The server (as postgres) archives into the repository and the tests (perhaps as
@@ -57,12 +25,7 @@ struct Archiving {
 }
 
 fn archiving(name: &str) -> Archiving {
-    let base = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let repo = base.join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (base, repo) = common::shared_dir(name);
     let command = format!(
         "{} wal push --repo file://{} %p",
         pgops_bin().display(),
@@ -72,7 +35,7 @@ fn archiving(name: &str) -> Archiving {
         Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
     let url = primary.url("postgres");
     Archiving {
-        _base: Base(base),
+        _base: base,
         repo,
         primary,
         url,
@@ -90,54 +53,6 @@ fn archive_all(primary: &Cluster, repo: &Path) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn q(cluster: &Cluster, expression: &str) -> String {
-    cluster
-        .query_text("postgres", expression)
-        .unwrap()
-        .unwrap_or_default()
-}
-
-/// Restores into a fresh data directory and starts it; returns the batches it holds.
-/// Lays out a restore to `target` in a fresh data directory, starts it, and waits until
-/// recovery has ended and the server was promoted.
-fn restored(repo: &Path, url: &str, target: &[&str]) -> Cluster {
-    let cluster = Cluster::start_restored(ClusterOptions::default(), |data| {
-        let mut args = vec!["backup", "restore", "--to-dir", data.to_str().unwrap()];
-        args.extend_from_slice(target);
-        let out = pgops(&args, repo, url);
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned().into())
-        }
-    })
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while q(&cluster, "pg_is_in_recovery()::text") != "false" {
-        assert!(
-            Instant::now() < deadline,
-            "recovery did not finish:\n{}",
-            cluster.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cluster
-}
-
-/// The batches a restore to `target` holds.
-fn recover(repo: &Path, url: &str, target: &[&str]) -> Vec<i32> {
-    let cluster = restored(repo, url, target);
-    let batches = q(
-        &cluster,
-        "(SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM batches)",
-    );
-    batches
-        .split(',')
-        .filter(|b| !b.is_empty())
-        .map(|b| b.parse().unwrap())
-        .collect()
 }
 
 #[test]
@@ -192,21 +107,12 @@ fn restores_to_a_time_an_lsn_and_a_restore_point_hold_exactly_the_earlier_batche
     archive_all(&primary, &repo);
 
     // Every batch boundary, by time and by LSN: exactly the earlier batches each time.
-    for (k, (time, lsn, _)) in after.iter().enumerate().take(3) {
-        let expected: Vec<i32> = (1..=(k as i32 + 1)).collect();
-        assert_eq!(
-            recover(&repo, &url, &["--target-time", time]),
-            expected,
-            "to the time after batch {}",
-            k + 1
-        );
-        assert_eq!(
-            recover(&repo, &url, &["--target-lsn", lsn]),
-            expected,
-            "to the LSN after batch {}",
-            k + 1
-        );
-    }
+    let boundaries: Vec<(&str, &str)> = after
+        .iter()
+        .take(3)
+        .map(|(time, lsn, _)| (time.as_str(), lsn.as_str()))
+        .collect();
+    common::recovers_every_boundary(&repo, &url, &boundaries);
     assert_eq!(
         recover(&repo, &url, &["--target-xid", &after[1].2]),
         [1, 2],
