@@ -203,3 +203,137 @@ fn slow_log_dry_run_prints_the_sql_and_changes_nothing() {
     .unwrap();
     assert_eq!(shown.s, "-1");
 }
+
+#[test]
+fn passwords_in_query_text_never_leave_pgops() {
+    let db = pgops_schema::testing::database().unwrap();
+    let mut conn = db.connect().unwrap();
+    let id = std::process::id();
+    let role = format!("pgops_secret_{id}");
+    let marker = format!("Marker{id}S3cret");
+    conn.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'first'"))
+        .unwrap();
+    conn.batch_execute(&format!("ALTER ROLE {role} PASSWORD '{marker}'"))
+        .unwrap();
+    // The server keeps the statement as written (so this test can fail).
+    let kept: i64 = {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        use diesel::RunQueryDsl;
+        diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM pg_stat_statements WHERE query LIKE '%{marker}%'"
+        ))
+        .get_result::<Count>(&mut conn)
+        .unwrap()
+        .n
+    };
+    assert!(kept > 0, "pg_stat_statements did not keep the ALTER ROLE");
+
+    // insights top, plain and JSON, and over a window from a recorded snapshot.
+    for args in [
+        &["top", "--limit", "1000"][..],
+        &["top", "--limit", "1000", "--json"],
+    ] {
+        let out = pgops(args, Some(&db.url()));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let shown = text(&out.stdout);
+        assert!(!shown.contains(&marker), "{shown}");
+        if args.contains(&"--json") {
+            assert!(
+                shown.contains(&format!("ALTER ROLE {role} PASSWORD '***'")),
+                "{shown}"
+            );
+        }
+    }
+    let out = pgops(&["snapshot"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    conn.batch_execute(&format!("ALTER ROLE {role} PASSWORD '{marker}'"))
+        .unwrap();
+    let out = pgops(
+        &["top", "--since", "0s", "--limit", "1000", "--json"],
+        Some(&db.url()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains(&marker));
+
+    // insights checks, while the statement waits on a lock.
+    conn.batch_execute(&format!("BEGIN; ALTER ROLE {role} PASSWORD 'holder'"))
+        .unwrap();
+    let url = db.url();
+    let (waiting_role, waiting_marker) = (role.clone(), marker.clone());
+    let waiter = std::thread::spawn(move || {
+        let mut other = <diesel::PgConnection as diesel::Connection>::establish(&url).unwrap();
+        other
+            .batch_execute(&format!(
+                "ALTER ROLE {waiting_role} PASSWORD '{waiting_marker}'"
+            ))
+            .unwrap();
+    });
+    let mut shown = String::new();
+    for _ in 0..100 {
+        let out = pgops(
+            &["checks", "--blocked", "0s", "--long-running", "0s"],
+            Some(&db.url()),
+        );
+        shown = text(&out.stdout);
+        if shown.contains(&format!("ALTER ROLE {role} PASSWORD")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    conn.batch_execute("ROLLBACK").unwrap();
+    waiter.join().unwrap();
+    assert!(
+        shown.contains(&format!("ALTER ROLE {role} PASSWORD '***'")),
+        "{shown}"
+    );
+    assert!(!shown.contains(&marker), "{shown}");
+
+    // The metrics of the top queries carry ids, never text.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args([
+            "health",
+            "serve",
+            "--listen",
+            &listen,
+            "--top-queries",
+            "100",
+        ])
+        .env("DATABASE_URL", db.url())
+        .env_remove("DATABASE_REPLICA_URLS")
+        .env_remove("PGOPS_METRICS_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("serving"), "{first}: {:?}", {
+        let _ = server.kill();
+        server.wait_with_output().map(|o| text(&o.stderr))
+    });
+    let metrics = ureq::get(&format!("http://{listen}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(metrics.contains("pgops_query_calls_total{"), "{metrics}");
+    assert!(!metrics.contains(&marker));
+    conn.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+}

@@ -116,7 +116,7 @@ fn sessions(
     since: &str,
     limit: Duration,
 ) -> Result<Vec<Session>> {
-    Ok(rows(
+    let mut sessions: Vec<Session> = rows(
         conn,
         &format!(
             "SELECT pid, usename::text AS user, datname::text AS database,
@@ -129,7 +129,14 @@ fn sessions(
             limit.as_secs_f64()
         ),
         "reading pg_stat_activity",
-    )?)
+    )?;
+    // A session may be running `ALTER ROLE .. PASSWORD '..'`: no password leaves here.
+    for session in &mut sessions {
+        if let Some(query) = &session.query {
+            session.query = Some(pgops_pg::mask_secrets(query).into_owned());
+        }
+    }
+    Ok(sessions)
 }
 
 fn count_check(

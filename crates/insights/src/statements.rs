@@ -556,8 +556,10 @@ fn describe(conn: &mut PgConnection, deltas: &[Delta]) -> Result<Vec<TopQuery>> 
             let touched = c.hit + c.read;
             TopQuery {
                 queryid: d.key.queryid,
+                // Utility statements keep their literals: no password leaves this function.
                 query: text
-                    .and_then(|t| t.query.clone())
+                    .and_then(|t| t.query.as_deref())
+                    .map(|q| pgops_pg::mask_secrets(q).into_owned())
                     .unwrap_or_else(|| "<query text no longer in pg_stat_statements>".into()),
                 database: text
                     .and_then(|t| t.database.clone())

@@ -1,7 +1,7 @@
 //! PostgreSQL plumbing that every pgops crate shares, in one place and depending on nothing
 //! of ours: connection strings read by libpq's own parser and shown without their password
 //! ([`DatabaseUrl`]), quoting ([`quote_ident`], [`quote_literal`]), query rows as serde
-//! structs ([`rows`]), WAL positions and file names ([`Lsn`], [`WalFile`]), and finding and
+//! structs ([`rows`]), passwords masked out of query text ([`mask_secrets`]), WAL positions and file names ([`Lsn`], [`WalFile`]), and finding and
 //! running PostgreSQL programs as the server's OS user ([`PgBinaries`], [`ServerUser`]).
 //!
 //! ```
@@ -24,6 +24,7 @@ mod programs;
 mod quote;
 mod report;
 pub mod rows;
+mod secrets;
 pub mod simple;
 mod wal;
 
@@ -34,4 +35,5 @@ pub use os::{ServerUser, free_port};
 pub use programs::{PgBinaries, find_installed_program, find_program, program_major_version};
 pub use quote::{KEYWORDS, is_keyword, quote_ident, quote_literal};
 pub use report::report;
+pub use secrets::{MASK, mask_secrets};
 pub use wal::{Lsn, SEGMENT_BYTES, Segment, WalFile};
