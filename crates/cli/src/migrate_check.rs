@@ -29,7 +29,10 @@ pub struct Where<'a> {
 enum Place {
     Given(DatabaseUrl),
     Scratch(ScratchDatabase),
-    Throwaway { cluster: Cluster, url: DatabaseUrl },
+    Throwaway {
+        cluster: Box<Cluster>,
+        url: DatabaseUrl,
+    },
 }
 
 /// `pgops migrate check`; `server` (`DATABASE_URL`) is where a scratch database is created.
@@ -200,7 +203,10 @@ impl Place {
             .context("creating the check database")
             .map_err(Failure::usage)?;
         let url = DatabaseUrl::parse(&cluster.url("pgops_check")).map_err(Failure::usage)?;
-        Ok(Place::Throwaway { cluster, url })
+        Ok(Place::Throwaway {
+            cluster: Box::new(cluster),
+            url,
+        })
     }
 
     fn url(&self) -> &DatabaseUrl {

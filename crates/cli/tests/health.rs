@@ -177,3 +177,72 @@ fn serve_answers_refuses_a_busy_port_and_stops_on_sigterm() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--collector-timeout"));
 }
+
+#[test]
+fn check_and_serve_work_over_verify_full_tls_and_a_wrong_ca_says_so() {
+    let primary = Cluster::start(ClusterOptions::default().tls(true)).unwrap();
+    let replica = primary.create_replica().unwrap();
+    let url = primary.tls_url("postgres").unwrap();
+    let replica_url = url.replace(
+        &format!("localhost:{}", primary.port()),
+        &format!("localhost:{}", replica.port()),
+    );
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("DATABASE_REPLICA_URLS", replica_url.as_str()),
+    ];
+    let out = pgops(&["check"], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("ok   replica"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let files = primary.tls().unwrap();
+    let wrong = url.replace(
+        &files.root_cert.display().to_string(),
+        &files.other_root_cert.display().to_string(),
+    );
+    let out = pgops(&["check"], &[("DATABASE_URL", wrong.as_str())]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("certificate verify failed"), "{said}");
+    let mismatch = url.replace("@localhost:", "@127.0.0.1:");
+    let out = pgops(&["check"], &[("DATABASE_URL", mismatch.as_str())]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("does not match host name"), "{said}");
+
+    // The metrics endpoint scrapes over the same verified connections.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
+        .args(["health", "serve", "--listen", &listen])
+        .env("DATABASE_URL", &url)
+        .env("DATABASE_REPLICA_URLS", &replica_url)
+        .env_remove("PGOPS_METRICS_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let metrics = get(&listen, "/metrics");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(metrics.contains("\npg_up 1\n"), "{metrics}");
+    assert!(metrics.contains("pgops_replica_up{"), "{metrics}");
+}

@@ -25,14 +25,17 @@ struct Archiving {
 }
 
 fn archiving(name: &str) -> Archiving {
+    archiving_with(name, ClusterOptions::default())
+}
+
+fn archiving_with(name: &str, options: ClusterOptions) -> Archiving {
     let (base, repo) = common::shared_dir(name);
     let command = format!(
         "{} wal push --repo file://{} %p",
         pgops_bin().display(),
         repo.display()
     );
-    let primary =
-        Cluster::start(ClusterOptions::default().archive(Archive::Command(command))).unwrap();
+    let primary = Cluster::start(options.archive(Archive::Command(command))).unwrap();
     let url = primary.url("postgres");
     Archiving {
         _base: base,
@@ -387,4 +390,99 @@ fn a_drill_restores_into_a_throwaway_server_and_health_reports_it() {
         metrics.contains(&success),
         "{success} missing from\n{metrics}"
     );
+}
+
+#[test]
+fn backups_restores_and_drills_work_over_verify_full_tls() {
+    let Archiving {
+        _base,
+        repo,
+        primary,
+        ..
+    } = archiving_with("pgops-tls-backup", ClusterOptions::default().tls(true));
+    let url = primary.tls_url("postgres").unwrap();
+    primary
+        .execute(
+            "postgres",
+            "CREATE TABLE batches AS SELECT 1 AS batch FROM generate_series(1, 100)",
+        )
+        .unwrap();
+    // pg_dump and pg_restore get sslmode and sslrootcert with the connection string.
+    let logical: serde_json::Value =
+        serde_json::from_str(&ok(&pgops(&["backup", "create", "--json"], &repo, &url))).unwrap();
+    let id = logical["id"].as_str().unwrap();
+    assert!(ok(&pgops(&["backup", "verify", id, "--restore"], &repo, &url)).contains("ok"));
+    // pg_basebackup too; the restored copy and the drill recover from the archive.
+    ok(&pgops(
+        &["backup", "create", "--kind", "physical"],
+        &repo,
+        &url,
+    ));
+    primary
+        .execute(
+            "postgres",
+            "INSERT INTO batches SELECT 2 FROM generate_series(1, 100)",
+        )
+        .unwrap();
+    archive_all(&primary, &repo);
+    let restored = Cluster::start_restored(ClusterOptions::default().tls(true), |data| {
+        let out = pgops(
+            &[
+                "backup",
+                "restore",
+                "--to-dir",
+                data.to_str().unwrap(),
+                "--latest",
+            ],
+            &repo,
+            &url,
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(common::both(&out).into())
+        }
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while q(&restored, "pg_is_in_recovery()::text") != "false" {
+        assert!(Instant::now() < deadline, "{}", restored.log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(common::batches_in(&restored), [1, 2]);
+    drop(restored);
+    let drill: serde_json::Value = serde_json::from_str(&ok(&pgops(
+        &[
+            "backup",
+            "drill",
+            "--probe",
+            "SELECT count(*) FROM batches",
+            "--json",
+        ],
+        &repo,
+        &url,
+    )))
+    .unwrap();
+    assert_eq!(drill["answer"], "200", "{drill}");
+
+    // A wrong CA and a host name mismatch: refused before pg_dump starts, in libpq's words,
+    // exit 2.
+    let files = primary.tls().unwrap();
+    for (bad, says) in [
+        (
+            url.replace(
+                &files.root_cert.display().to_string(),
+                &files.other_root_cert.display().to_string(),
+            ),
+            "certificate verify failed",
+        ),
+        (
+            url.replace("@localhost:", "@127.0.0.1:"),
+            "does not match host name",
+        ),
+    ] {
+        let out = pgops(&["backup", "create"], &repo, &bad);
+        assert_eq!(out.status.code(), Some(2), "{}", common::both(&out));
+        assert!(common::both(&out).contains(says), "{}", common::both(&out));
+    }
 }

@@ -17,6 +17,9 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUser {
     user: Option<(String, Uid, Gid)>,
+    /// Its home directory, which its programs see as `HOME` (libpq looks there for
+    /// `~/.postgresql/` client certificates and `~/.pgpass`, and must not look in ours).
+    home: Option<PathBuf>,
 }
 
 impl ServerUser {
@@ -24,7 +27,10 @@ impl ServerUser {
     /// process without such a user gets an error naming the fix.
     pub fn detect() -> Result<Self> {
         if !Uid::effective().is_root() {
-            return Ok(ServerUser { user: None });
+            return Ok(ServerUser {
+                user: None,
+                home: None,
+            });
         }
         let name = std::env::var("PGOPS_PG_USER").unwrap_or_else(|_| "postgres".to_owned());
         let user = User::from_name(&name)
@@ -33,6 +39,7 @@ impl ServerUser {
             .filter(|u| !u.uid.is_root())
             .ok_or_else(|| Error::NoServerUser { user: name.clone() })?;
         Ok(ServerUser {
+            home: Some(user.dir.clone()),
             user: Some((name, user.uid, user.gid)),
         })
     }
@@ -60,6 +67,9 @@ impl ServerUser {
         }
         if let Some((_, uid, gid)) = &self.user {
             cmd.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        if let Some(home) = &self.home {
+            cmd.env("HOME", home);
         }
         cmd
     }

@@ -558,3 +558,52 @@ fn a_wait_given_up_by_its_caller_ends_early_and_is_no_timeout() {
     assert_eq!(metric(names::WAIT, "given-up", None), 3.0);
     assert_eq!(metric(names::TIMEOUTS, "given-up", None), 0.0);
 }
+
+#[test]
+fn verify_full_tls_connects_and_a_wrong_ca_or_host_name_is_refused_saying_which() {
+    let cluster = Cluster::start(ClusterOptions::default().tls(true)).unwrap();
+    let url = cluster.tls_url("postgres").unwrap();
+    let pool = Pool::open("tls", DatabaseUrl::parse(&url).unwrap(), settings(2)).unwrap();
+    #[derive(QueryableByName)]
+    struct Ssl {
+        #[diesel(sql_type = Text)]
+        ssl: String,
+    }
+    let ssl: Ssl =
+        diesel::sql_query("SELECT ssl::text AS ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .get_result(&mut *pool.get().unwrap())
+            .unwrap();
+    assert_eq!(ssl.ssl, "true");
+
+    let files = cluster.tls().unwrap();
+    let refused = |url: String| -> String {
+        let err = Pool::open(
+            "tls-refused",
+            DatabaseUrl::parse(&url).unwrap(),
+            settings(1),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        pgops_pg::report(&err)
+    };
+    let wrong_ca = refused(url.replace(
+        &files.root_cert.display().to_string(),
+        &files.other_root_cert.display().to_string(),
+    ));
+    assert!(wrong_ca.contains("certificate verify failed"), "{wrong_ca}");
+    let mismatch = refused(url.replace("@localhost:", "@127.0.0.1:"));
+    assert!(
+        mismatch.contains("does not match host name \"127.0.0.1\""),
+        "{mismatch}"
+    );
+    let plain = refused(format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+        cluster.port()
+    ));
+    // "no encryption" from PostgreSQL 14 on, "SSL off" before.
+    assert!(
+        plain.contains("pg_hba.conf rejects connection")
+            && (plain.contains("no encryption") || plain.contains("SSL off")),
+        "{plain}"
+    );
+}

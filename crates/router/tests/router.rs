@@ -32,7 +32,11 @@ fn settings() -> PoolSettings {
 
 /// A primary with the `kv` table and a streaming replica that has caught up.
 fn primary_and_replica() -> (Cluster, Replica) {
-    let primary = Cluster::start(ClusterOptions::default()).unwrap();
+    primary_and_replica_with(ClusterOptions::default())
+}
+
+fn primary_and_replica_with(options: ClusterOptions) -> (Cluster, Replica) {
+    let primary = Cluster::start(options).unwrap();
     primary
         .execute(
             "postgres",
@@ -94,6 +98,47 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) ->
 fn no_stale_read_after_a_write_while_replay_pauses_and_resumes() {
     let (primary, replica, router) = setup(config());
     write_then_read(&primary, &replica, &router);
+}
+
+#[test]
+fn routes_over_verify_full_tls_with_no_stale_read() {
+    let (primary, replica) = primary_and_replica_with(ClusterOptions::default().tls(true));
+    // The replica is a copy of the primary: same certificate, same CA.
+    let root = primary.tls().unwrap().root_cert;
+    let url = |port: u16| {
+        DatabaseUrl::parse(&format!(
+            "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            root.display()
+        ))
+        .unwrap()
+    };
+    let router = Router::new(
+        Pool::open("primary", url(primary.port()), settings()).unwrap(),
+        vec![ReplicaSpec {
+            name: "replica-0".into(),
+            pool: Pool::open_unchecked("replica-0", url(replica.port()), settings()),
+            weight: 1,
+        }],
+        config(),
+    );
+    let encrypted = "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())";
+    let on_write: bool = router
+        .write(|conn| -> Result<bool, Error> {
+            Ok(diesel::select(sql::<Bool>(encrypted)).get_result(conn)?)
+        })
+        .unwrap()
+        .0;
+    assert!(on_write);
+    write_then_read(&primary, &replica, &router);
+    let (on_read, replica_read) = router
+        .read(None, |conn| -> Result<(bool, bool), Error> {
+            Ok((
+                diesel::select(sql::<Bool>(encrypted)).get_result(conn)?,
+                on_replica(conn)?,
+            ))
+        })
+        .unwrap();
+    assert!(on_read && replica_read);
 }
 
 #[test]

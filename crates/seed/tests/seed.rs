@@ -392,3 +392,43 @@ fn staging_data_is_skewed_like_production() {
         "times come from a fixed clock"
     );
 }
+
+#[test]
+fn migrations_and_seeding_run_over_verify_full_tls() {
+    use diesel::Connection;
+    let cluster =
+        pgops_testkit::Cluster::start(pgops_testkit::ClusterOptions::default().tls(true)).unwrap();
+    cluster.create_database("app").unwrap();
+    let url = cluster.tls_url("app").unwrap();
+    let mut conn = PgConnection::establish(&url).unwrap();
+    assert_eq!(
+        text(
+            &mut conn,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ),
+        "true"
+    );
+    let applied = pgops_schema::migrate(&mut conn).unwrap();
+    assert!(!applied.is_empty());
+    let Outcome::Seeded(report) =
+        seed(&mut conn, &options(Dataset::Test, 1, 1.0), &mut NoProgress).unwrap()
+    else {
+        panic!("expected a load")
+    };
+    assert!(
+        report.tables.iter().all(|t| t.rows > 0),
+        "{:?}",
+        report.tables
+    );
+    // The same URL with an unrelated CA is refused before any of it.
+    let files = cluster.tls().unwrap();
+    let wrong = url.replace(
+        &files.root_cert.display().to_string(),
+        &files.other_root_cert.display().to_string(),
+    );
+    let Err(err) = PgConnection::establish(&wrong) else {
+        panic!("an unrelated CA was accepted")
+    };
+    let err = err.to_string();
+    assert!(err.contains("certificate verify failed"), "{err}");
+}

@@ -6,6 +6,7 @@
 use std::{
     fmt, fs,
     net::TcpListener,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard, PoisonError},
     thread,
@@ -187,6 +188,31 @@ impl Cluster {
     /// The server log.
     pub fn log_file(&self) -> PathBuf {
         self.root.join("log").join("postgres.log")
+    }
+
+    /// The client side of a TLS cluster ([`ClusterOptions::tls`]): the CA that signed the
+    /// server's certificate and an unrelated one.
+    pub fn tls(&self) -> Option<crate::TlsFiles> {
+        self.options.tls.then(|| crate::TlsFiles {
+            root_cert: self.tls_dir().join("root.crt"),
+            other_root_cert: self.tls_dir().join("other-root.crt"),
+        })
+    }
+
+    /// A URL for database `db` that verifies the server fully: `host=localhost` (the name in
+    /// its certificate), `sslmode=verify-full` and the cluster's CA. `None` without TLS.
+    pub fn tls_url(&self, db: &str) -> Option<String> {
+        self.tls().map(|files| {
+            format!(
+                "postgres://{SUPERUSER}@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+                self.port,
+                files.root_cert.display()
+            )
+        })
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
     }
 
     /// Where [`Archive::LocalDir`] puts WAL segments.
@@ -437,7 +463,35 @@ impl Cluster {
         }
         process::run(cmd, "initdb")?;
         self.include_kit_settings(&partial)?;
-        if self.options.require_passwords {
+        if self.options.tls {
+            let (_, server) = crate::tls::generate(&self.tls_dir())?;
+            self.write_file(&partial.join("server.crt"), &server.cert)?;
+            let key = partial.join("server.key");
+            self.write_file(&key, &server.key)?;
+            // PostgreSQL refuses a key that others may read.
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(format!("restricting {}", key.display()), e))?;
+            let host = |kind: &str| {
+                if self.options.require_passwords {
+                    format!(
+                        "hostssl {kind} {SUPERUSER} 127.0.0.1/32 trust\n\
+                         hostssl {kind} all 127.0.0.1/32 scram-sha-256\n"
+                    )
+                } else {
+                    format!("hostssl {kind} all 127.0.0.1/32 trust\n")
+                }
+            };
+            let hba = format!(
+                "# written by pgops-testkit: TLS only over TCP\n\
+                 local all all trust\n\
+                 local replication all trust\n{}{}\
+                 hostnossl all all 0.0.0.0/0 reject\n\
+                 hostnossl replication all 0.0.0.0/0 reject\n",
+                host("all"),
+                host("replication")
+            );
+            self.write_file(&partial.join("pg_hba.conf"), &hba)?;
+        } else if self.options.require_passwords {
             let hba = format!(
                 "# written by pgops-testkit\n\
                  local all all trust\n\

@@ -73,6 +73,11 @@ pub(crate) fn settings(
         // PostgreSQL 13 still hashes with md5 by default.
         settings.push(("password_encryption".into(), "scram-sha-256".into()));
     }
+    if o.tls {
+        settings.push(("ssl".into(), "on".into()));
+        settings.push(("ssl_cert_file".into(), "server.crt".into()));
+        settings.push(("ssl_key_file".into(), "server.key".into()));
+    }
     settings.extend(o.settings.iter().cloned());
     settings
 }

@@ -25,6 +25,7 @@ mod process;
 mod reachable;
 mod replica;
 mod shared;
+mod tls;
 
 pub use cluster::{Cluster, SUPERUSER};
 pub use error::{Error, Result};
@@ -36,3 +37,4 @@ pub use pgops_pg::{Lsn, PgBinaries, quote_ident};
 pub use reachable::server_can_run;
 pub use replica::Replica;
 pub use shared::{InitResult, Template, TestDatabase, shared};
+pub use tls::TlsFiles;

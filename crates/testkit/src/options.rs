@@ -37,6 +37,7 @@ pub struct ClusterOptions {
     pub(crate) settings: Vec<(String, String)>,
     pub(crate) fsync: bool,
     pub(crate) require_passwords: bool,
+    pub(crate) tls: bool,
     pub(crate) base_dir: Option<PathBuf>,
     pub(crate) keep_in: Option<PathBuf>,
     pub(crate) port: Option<u16>,
@@ -51,6 +52,7 @@ impl Default for ClusterOptions {
             settings: Vec::new(),
             fsync: false,
             require_passwords: false,
+            tls: false,
             base_dir: None,
             keep_in: None,
             port: None,
@@ -93,6 +95,13 @@ impl ClusterOptions {
     /// exercise authentication; the superuser keeps trust authentication.
     pub fn require_passwords(mut self, on: bool) -> Self {
         self.require_passwords = on;
+        self
+    }
+
+    /// TLS on, and only TLS over TCP (`hostssl` lines; the unix socket stays open): a CA and
+    /// a server certificate for `localhost` are made for the cluster ([`Cluster::tls`]).
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
         self
     }
 
