@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
 use pgops_testkit::{Cluster, ClusterOptions};
 
 fn pgops(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -221,28 +223,14 @@ fn check_and_serve_work_over_verify_full_tls_and_a_wrong_ca_says_so() {
     assert!(said.contains("does not match host name"), "{said}");
 
     // The metrics endpoint scrapes over the same verified connections.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
-        .args(["health", "serve", "--listen", &listen])
-        .env("DATABASE_URL", &url)
-        .env("DATABASE_REPLICA_URLS", &replica_url)
-        .env_remove("PGOPS_METRICS_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let metrics = get(&listen, "/metrics");
-    let _ = child.kill();
-    let _ = child.wait();
+    let metrics = common::HealthServer::start(
+        &[],
+        &[
+            ("DATABASE_URL", &url),
+            ("DATABASE_REPLICA_URLS", &replica_url),
+        ],
+    )
+    .metrics();
     assert!(metrics.contains("\npg_up 1\n"), "{metrics}");
     assert!(metrics.contains("pgops_replica_up{"), "{metrics}");
 }

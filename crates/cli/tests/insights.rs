@@ -2,6 +2,8 @@
 //! before connecting, and EXPLAIN that changes nothing.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::{Command, Output};
 
 use diesel::connection::SimpleConnection;
@@ -293,46 +295,9 @@ fn passwords_in_query_text_never_leave_pgops() {
     assert!(!shown.contains(&marker), "{shown}");
 
     // The metrics of the top queries carry ids, never text.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_pgops"))
-        .args([
-            "health",
-            "serve",
-            "--listen",
-            &listen,
-            "--top-queries",
-            "100",
-        ])
-        .env("DATABASE_URL", db.url())
-        .env_remove("DATABASE_REPLICA_URLS")
-        .env_remove("PGOPS_METRICS_TOKEN")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert!(first.starts_with("serving"), "{first}: {:?}", {
-        let _ = server.kill();
-        server.wait_with_output().map(|o| text(&o.stderr))
-    });
-    let metrics = ureq::get(&format!("http://{listen}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    let metrics =
+        common::HealthServer::start(&["--top-queries", "100"], &[("DATABASE_URL", &db.url())])
+            .metrics();
     assert!(metrics.contains("pgops_query_calls_total{"), "{metrics}");
     assert!(!metrics.contains(&marker));
     conn.batch_execute(&format!("DROP ROLE {role}")).unwrap();

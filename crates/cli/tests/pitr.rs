@@ -343,36 +343,10 @@ fn a_drill_restores_into_a_throwaway_server_and_health_reports_it() {
     assert!(std::fs::read_dir(repo.join("drills")).unwrap().count() == 1);
 
     // The health endpoint reports the newest backup and drill of the repository.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = Command::new(pgops_bin())
-        .args(["health", "serve", "--listen", &listen])
-        .env("DATABASE_URL", &url)
-        .env("PGOPS_REPO", format!("file://{}", repo.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let mut stream = std::net::TcpStream::connect(&listen).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        format!("GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut metrics = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut metrics).unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    let repo_url = format!("file://{}", repo.display());
+    let metrics =
+        common::HealthServer::start(&[], &[("DATABASE_URL", &url), ("PGOPS_REPO", &repo_url)])
+            .metrics();
     for family in [
         "pgops_backup_last_success_timestamp_seconds{kind=\"physical\"",
         "pgops_backup_last_drill_timestamp_seconds{",
@@ -425,30 +399,12 @@ fn backups_restores_and_drills_work_over_verify_full_tls() {
         )
         .unwrap();
     archive_all(&primary, &repo);
-    let restored = Cluster::start_restored(ClusterOptions::default().tls(true), |data| {
-        let out = pgops(
-            &[
-                "backup",
-                "restore",
-                "--to-dir",
-                data.to_str().unwrap(),
-                "--latest",
-            ],
-            &repo,
-            &url,
-        );
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(common::both(&out).into())
-        }
-    })
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while q(&restored, "pg_is_in_recovery()::text") != "false" {
-        assert!(Instant::now() < deadline, "{}", restored.log_tail(20));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let restored = common::restored_with(
+        ClusterOptions::default().tls(true),
+        &repo,
+        &url,
+        &["--latest"],
+    );
     assert_eq!(common::batches_in(&restored), [1, 2]);
     drop(restored);
     let drill: serde_json::Value = serde_json::from_str(&ok(&pgops(

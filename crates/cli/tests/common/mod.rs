@@ -83,7 +83,12 @@ pub fn q(cluster: &Cluster, expression: &str) -> String {
 /// data directory and starts it; unless it is a standby, waits until recovery has ended and
 /// the server was promoted.
 pub fn restored(repo: &Path, url: &str, args: &[&str]) -> Cluster {
-    let cluster = Cluster::start_restored(ClusterOptions::default(), |data| {
+    restored_with(ClusterOptions::default(), repo, url, args)
+}
+
+/// [`restored`], with the restored cluster's own options (TLS on, say).
+pub fn restored_with(options: ClusterOptions, repo: &Path, url: &str, args: &[&str]) -> Cluster {
+    let cluster = Cluster::start_restored(options, |data| {
         let mut all = vec!["backup", "restore", "--to-dir", data.to_str().unwrap()];
         all.extend_from_slice(args);
         let out = pgops(&all, repo, url);
@@ -163,4 +168,69 @@ pub fn refused_restore(base: &Path, repo: &Path, url: &str, args: &[&str]) -> St
         "nothing laid out"
     );
     both(&out)
+}
+
+/// `pgops health serve` on a free loopback port, killed on drop.
+pub struct HealthServer {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub listen: String,
+}
+
+impl HealthServer {
+    /// Starts `pgops health serve ARGS` with `env` set (and no replicas or token from ours),
+    /// and waits until it says it is serving.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> HealthServer {
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
+            .args(["health", "serve", "--listen", &listen])
+            .args(args)
+            .env_remove("DATABASE_REPLICA_URLS")
+            .env_remove("PGOPS_METRICS_TOKEN")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if !first.starts_with("serving") {
+            let _ = child.kill();
+            let stderr = child
+                .wait_with_output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            panic!("health serve did not start: {first} {stderr:?}");
+        }
+        HealthServer { child, listen }
+    }
+
+    /// The body of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.listen).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.listen
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
