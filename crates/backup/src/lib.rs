@@ -14,6 +14,7 @@
 //! assert!(check.ok);
 //! ```
 
+pub mod crypto;
 pub mod drill;
 mod error;
 mod fetch;

@@ -1,0 +1,322 @@
+//! Client-side encryption of what a repository holds, in the age format
+//! (age-encryption.org/v1: X25519 recipients, ChaCha20-Poly1305 in 64 KiB chunks, every chunk
+//! authenticated). An operator can decrypt any object without pgops, with Debian's `age`:
+//! `age -d -i backup-keys.txt wal/000000010000000000000003.zst.age | zstd -d`.
+//!
+//! Writers need only the public keys (`PGOPS_REPO_RECIPIENTS`, or a file of them in
+//! `PGOPS_REPO_RECIPIENTS_FILE`), so a database host can archive without being able to read
+//! the repository; readers need the secret keys (`PGOPS_REPO_IDENTITIES_FILE`, one
+//! `AGE-SECRET-KEY-1...` per line, the current key and every older one still needed, or
+//! `PGOPS_REPO_IDENTITY`). Keys never come from the command line and are never printed; an
+//! object records the public keys it was written for, so a missing key is named.
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, Read, Write},
+    path::Path,
+    str::FromStr,
+};
+
+use age::x25519;
+
+use crate::{Error, Result, files::private_file};
+
+/// The keys pgops was given.
+#[derive(Clone, Default)]
+pub struct Keys {
+    recipients: Vec<x25519::Recipient>,
+    identities: Vec<x25519::Identity>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public keys only: a secret key is never printed.
+        f.debug_struct("Keys")
+            .field("recipients", &self.recipient_names())
+            .field("identities", &self.identities.len())
+            .finish()
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn read_key_file(var: &str, path: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::Invalid(format!(
+            "{var}={path}: cannot read it ({e}); point it at a readable file"
+        ))
+    })
+}
+
+/// Public keys from text: `age1...` separated by commas, spaces or lines; `#` comments.
+fn parse_recipients(var: &str, text: &str) -> Result<Vec<x25519::Recipient>> {
+    key_words(text)
+        .map(|word| {
+            x25519::Recipient::from_str(word).map_err(|e| {
+                Error::Invalid(format!(
+                    "{var}: `{word}` is not an age public key ({e}); generate a key pair with \
+                     `age-keygen` and give its `age1...` public key"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Secret keys from text, without ever echoing one.
+fn parse_identities(var: &str, text: &str) -> Result<Vec<x25519::Identity>> {
+    key_words(text)
+        .enumerate()
+        .map(|(n, word)| {
+            x25519::Identity::from_str(word).map_err(|_| {
+                Error::Invalid(format!(
+                    "{var}: key {} is not an age secret key (AGE-SECRET-KEY-1...); the file \
+                     `age-keygen` writes holds one per line",
+                    n + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+fn key_words(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.split([',', ' ', '\t']))
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+}
+
+impl Keys {
+    /// The keys from the environment; `None` when no key variable is set (plaintext).
+    pub fn from_env() -> Result<Option<Keys>> {
+        let mut keys = Keys::default();
+        if let Some(text) = env("PGOPS_REPO_RECIPIENTS") {
+            keys.recipients
+                .extend(parse_recipients("PGOPS_REPO_RECIPIENTS", &text)?);
+        }
+        if let Some(path) = env("PGOPS_REPO_RECIPIENTS_FILE") {
+            let text = read_key_file("PGOPS_REPO_RECIPIENTS_FILE", &path)?;
+            keys.recipients
+                .extend(parse_recipients("PGOPS_REPO_RECIPIENTS_FILE", &text)?);
+        }
+        if let Some(text) = env("PGOPS_REPO_IDENTITY") {
+            keys.identities
+                .extend(parse_identities("PGOPS_REPO_IDENTITY", &text)?);
+        }
+        if let Some(path) = env("PGOPS_REPO_IDENTITIES_FILE") {
+            let text = read_key_file("PGOPS_REPO_IDENTITIES_FILE", &path)?;
+            keys.identities
+                .extend(parse_identities("PGOPS_REPO_IDENTITIES_FILE", &text)?);
+        }
+        if keys.recipients.is_empty() && keys.identities.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(keys))
+    }
+
+    /// Keys from text, as the environment would give them (for tests and libraries).
+    pub fn new(recipients: &str, identities: &str) -> Result<Keys> {
+        Ok(Keys {
+            recipients: parse_recipients("recipients", recipients)?,
+            identities: parse_identities("identities", identities)?,
+        })
+    }
+
+    /// The public keys new objects are written for.
+    pub fn recipient_names(&self) -> Vec<String> {
+        self.recipients.iter().map(ToString::to_string).collect()
+    }
+
+    /// The public keys of the secret keys held (what can be read).
+    pub fn identity_names(&self) -> Vec<String> {
+        self.identities
+            .iter()
+            .map(|i| i.to_public().to_string())
+            .collect()
+    }
+
+    fn require_recipients(&self) -> Result<()> {
+        if self.recipients.is_empty() {
+            return Err(Error::Invalid(
+                "the repository is encrypted and no public key is set to write with; set \
+                 PGOPS_REPO_RECIPIENTS (age1...) or PGOPS_REPO_RECIPIENTS_FILE"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encrypts `src` into a new file `dst` (0600), streaming.
+    pub fn encrypt_file(&self, src: &Path, dst: &Path) -> Result<()> {
+        self.require_recipients()?;
+        let recipients = self.recipients.iter().map(|r| r as &dyn age::Recipient);
+        let encryptor = age::Encryptor::with_recipients(recipients)
+            .map_err(|e| Error::Invalid(format!("encrypting: {e}")))?;
+        let input = File::open(src).map_err(Error::io(format!("reading {}", src.display())))?;
+        let output = private_file(dst).map_err(Error::io(format!("creating {}", dst.display())))?;
+        let mut writer = encryptor
+            .wrap_output(BufWriter::new(output))
+            .map_err(Error::io("starting encryption"))?;
+        std::io::copy(&mut BufReader::new(input), &mut writer)
+            .map_err(Error::io(format!("encrypting {}", src.display())))?;
+        let out = writer.finish().map_err(Error::io("finishing encryption"))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("flushing the encrypted file")(e.into_error()))?;
+        file.sync_all()
+            .map_err(Error::io(format!("syncing {}", dst.display())))
+    }
+
+    /// Decrypts `src` (the stored object `key`, written for `written_for`) into a new file
+    /// `dst`, streaming; a wrong key or a changed byte is an error and `dst` is removed.
+    pub fn decrypt_file(
+        &self,
+        src: &Path,
+        dst: &Path,
+        key: &str,
+        written_for: &[String],
+    ) -> Result<()> {
+        if self.identities.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{key} is encrypted and no secret key is set to read it with; set \
+                 PGOPS_REPO_IDENTITIES_FILE to the file of age secret keys{}",
+                for_whom(written_for)
+            )));
+        }
+        let result = (|| {
+            let input =
+                File::open(src).map_err(Error::io(format!("reading {}", src.display())))?;
+            let decryptor = age::Decryptor::new(BufReader::new(input)).map_err(|e| {
+                Error::Corrupt {
+                    id: "repository".into(),
+                    file: key.to_owned(),
+                    detail: format!("not an age file ({e})"),
+                }
+            })?;
+            let identities = self.identities.iter().map(|i| i as &dyn age::Identity);
+            let mut reader = decryptor.decrypt(identities).map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => Error::Invalid(format!(
+                    "{key}: none of the secret keys given ({}) can read it{}; add the key it \
+                     was written with to PGOPS_REPO_IDENTITIES_FILE",
+                    self.identity_names().join(", "),
+                    for_whom(written_for)
+                )),
+                other => Error::Corrupt {
+                    id: "repository".into(),
+                    file: key.to_owned(),
+                    detail: format!("its encryption header does not check out ({other})"),
+                },
+            })?;
+            let output =
+                private_file(dst).map_err(Error::io(format!("creating {}", dst.display())))?;
+            let mut writer = BufWriter::new(output);
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let n = reader.read(&mut buffer).map_err(|e| Error::Corrupt {
+                    id: "repository".into(),
+                    file: key.to_owned(),
+                    detail: format!("it was changed after it was written ({e})"),
+                })?;
+                if n == 0 {
+                    break;
+                }
+                writer
+                    .write_all(&buffer[..n])
+                    .map_err(Error::io(format!("writing {}", dst.display())))?;
+            }
+            writer
+                .into_inner()
+                .map_err(|e| Error::io("flushing the decrypted file")(e.into_error()))?
+                .sync_all()
+                .map_err(Error::io(format!("syncing {}", dst.display())))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(dst);
+        }
+        result
+    }
+}
+
+fn for_whom(written_for: &[String]) -> String {
+    if written_for.is_empty() {
+        String::new()
+    } else {
+        format!(" (it was written for {})", written_for.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let identity = x25519::Identity::generate();
+        (
+            identity.to_public().to_string(),
+            secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_owned(),
+        )
+    }
+
+    #[test]
+    fn a_file_round_trips_and_a_wrong_key_or_a_changed_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, secret) = pair();
+        let keys = Keys::new(&public, &secret).unwrap();
+        let plain = dir.path().join("plain");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&plain, &data).unwrap();
+        let sealed = dir.path().join("sealed");
+        keys.encrypt_file(&plain, &sealed).unwrap();
+        let stored = std::fs::read(&sealed).unwrap();
+        assert!(stored.starts_with(b"age-encryption.org/v1\n"));
+        assert!(!stored.windows(64).any(|w| data.windows(64).next() == Some(w)));
+        let back = dir.path().join("back");
+        keys.decrypt_file(&sealed, &back, "obj", &[public.clone()]).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), data);
+
+        // Another key: named, nothing written.
+        let (other_public, other_secret) = pair();
+        let other = Keys::new(&other_public, &other_secret).unwrap();
+        let out = dir.path().join("out");
+        let err = other
+            .decrypt_file(&sealed, &out, "obj", &[public.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("none of the secret keys") && err.contains(&public), "{err}");
+        assert!(!err.contains("AGE-SECRET-KEY"), "{err}");
+        assert!(!out.exists());
+
+        // A flipped byte in the middle: refused, nothing left behind.
+        let mut flipped = stored.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 1;
+        std::fs::write(&sealed, &flipped).unwrap();
+        let err = keys
+            .decrypt_file(&sealed, &out, "obj", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("changed after it was written"), "{err}");
+        assert!(!out.exists());
+
+        // Key rotation: an object for the old key reads with both listed.
+        std::fs::write(&sealed, &stored).unwrap();
+        let both = Keys::new(&other_public, &format!("{other_secret}\n# old\n{secret}")).unwrap();
+        both.decrypt_file(&sealed, &out, "obj", &[]).unwrap();
+    }
+
+    #[test]
+    fn bad_keys_are_named_without_echoing_a_secret() {
+        let err = Keys::new("age1notakey", "").unwrap_err().to_string();
+        assert!(err.contains("not an age public key"), "{err}");
+        let err = Keys::new("", "AGE-SECRET-KEY-1NOPE")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key 1 is not an age secret key"), "{err}");
+        assert!(!err.contains("NOPE"), "{err}");
+        assert!(!format!("{:?}", Keys::new("", &pair().1).unwrap()).contains("AGE-SECRET"));
+    }
+}
