@@ -156,6 +156,12 @@ const REQUIREMENTS: &[Requirement] = &[
         packages: || vec!["etcd-server".into()],
     },
     Requirement {
+        what: "age (encrypted repositories: keys for the tests, decryption by hand)",
+        needed_by: &[Need::Ci, Need::Bench, Need::Matrix],
+        present: || on_path("age") && on_path("age-keygen"),
+        packages: || vec!["age".into()],
+    },
+    Requirement {
         what: "curl (the runbooks' steps)",
         needed_by: &[Need::Ci, Need::Matrix],
         present: || on_path("curl"),

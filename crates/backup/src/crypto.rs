@@ -19,13 +19,156 @@ use std::{
 
 use age::x25519;
 
-use crate::{Error, Result, files::private_file};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Error, Result,
+    files::{private_file, sha_of},
+    repo::{Access, Encrypted, Store},
+};
+
+/// Where a repository says whether it is encrypted.
+pub const MARKER_KEY: &str = "pgops-repository.json";
+
+/// What the marker holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// Its format.
+    pub format: u32,
+    /// `age` or `none`.
+    pub encryption: String,
+    /// The public keys the repository was created for (later keys may be added).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+/// Whether `store` is encrypted, settled against the keys given: the store to use (wrapped
+/// with the keys when it is encrypted). A new repository is marked as the keys say; an
+/// encrypted one without keys, or a plaintext one with keys, is refused, so encrypted and
+/// plaintext objects never mix.
+pub fn settle(store: Box<dyn Store>, keys: Option<Keys>, access: Access) -> Result<Box<dyn Store>> {
+    let marker: Option<Marker> = match store.get_bytes(MARKER_KEY)? {
+        Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            id: "repository".into(),
+            file: MARKER_KEY.into(),
+            detail: e.to_string(),
+        })?),
+        None => None,
+    };
+    let encrypted = match (&marker, &keys) {
+        (Some(m), _) => m.encryption == "age",
+        // No marker, no keys: plaintext, as every repository was before the marker.
+        (None, None) => false,
+        (None, Some(k)) => {
+            let empty = store.list("backups/")?.is_empty() && store.list("wal/")?.is_empty();
+            if !empty {
+                return Err(Error::Invalid(format!(
+                    "{} holds plaintext backups and WAL, and encryption keys are set:                      encrypted and plaintext objects would mix. Encrypt into a new repository                      (and keep this one until its backups expire), or unset                      PGOPS_REPO_RECIPIENTS and PGOPS_REPO_IDENTITIES_FILE",
+                    store.url()
+                )));
+            }
+            if access == Access::Create {
+                let marker = Marker {
+                    format: 1,
+                    encryption: "age".into(),
+                    recipients: k.recipient_names(),
+                };
+                let json = serde_json::to_vec_pretty(&marker)
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                if store.put_bytes_new(MARKER_KEY, &json)? {
+                    store.publish(MARKER_KEY)?;
+                }
+            }
+            true
+        }
+    };
+    match (encrypted, keys) {
+        (true, Some(keys)) => Ok(Box::new(Encrypted { inner: store, keys })),
+        (true, None) => Err(Error::Invalid(format!(
+            "{} is encrypted (age, for {}); set PGOPS_REPO_RECIPIENTS to write to it and              PGOPS_REPO_IDENTITIES_FILE to read from it",
+            store.url(),
+            marker.map(|m| m.recipients.join(", ")).unwrap_or_default()
+        ))),
+        (false, Some(_)) => Err(Error::Invalid(format!(
+            "{} is a plaintext repository, and encryption keys are set: encrypted and              plaintext objects would mix. Encrypt into a new repository, or unset              PGOPS_REPO_RECIPIENTS and PGOPS_REPO_IDENTITIES_FILE",
+            store.url()
+        ))),
+        (false, None) => {
+            if marker.is_none() && access == Access::Create {
+                let marker = Marker {
+                    format: 1,
+                    encryption: "none".into(),
+                    recipients: Vec::new(),
+                };
+                let json = serde_json::to_vec_pretty(&marker)
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                if store.put_bytes_new(MARKER_KEY, &json).unwrap_or(false) {
+                    let _ = store.publish(MARKER_KEY);
+                }
+            }
+            Ok(store)
+        }
+    }
+}
+
+/// Encrypts the local file `local` when the store is encrypted and stores it under `key`
+/// (`key.age` when encrypted). Returns the stored size and SHA-256, and for an encrypted
+/// object the public keys it was written for and the SHA-256 of what was encrypted.
+pub fn store_file(store: &dyn Store, key: &str, local: &Path) -> Result<Stored> {
+    match store.keys() {
+        None => {
+            let (bytes, sha256) = sha_of(local)?;
+            store.put_file(key, local)?;
+            Ok(Stored {
+                bytes,
+                sha256,
+                encrypted_for: Vec::new(),
+                plain_sha256: None,
+            })
+        }
+        Some(keys) => {
+            let (_, plain) = sha_of(local)?;
+            let sealed = local.with_extension(format!(
+                "{}age",
+                local
+                    .extension()
+                    .map(|e| format!("{}.", e.to_string_lossy()))
+                    .unwrap_or_default()
+            ));
+            keys.encrypt_file(local, &sealed)?;
+            let (bytes, sha256) = sha_of(&sealed)?;
+            store.put_file(&format!("{key}.age"), &sealed)?;
+            let _ = std::fs::remove_file(&sealed);
+            Ok(Stored {
+                bytes,
+                sha256,
+                encrypted_for: keys.recipient_names(),
+                plain_sha256: Some(plain),
+            })
+        }
+    }
+}
+
+/// What [`store_file`] stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Bytes stored.
+    pub bytes: u64,
+    /// SHA-256 of what is stored.
+    pub sha256: String,
+    /// The public keys it was encrypted for (empty: plaintext).
+    pub encrypted_for: Vec<String>,
+    /// SHA-256 of the plaintext file, for an encrypted object.
+    pub plain_sha256: Option<String>,
+}
 
 /// The keys pgops was given.
 #[derive(Clone, Default)]
 pub struct Keys {
     recipients: Vec<x25519::Recipient>,
     identities: Vec<x25519::Identity>,
+    /// Where the secret keys came from, for a restored server's `restore_command`.
+    identities_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -109,6 +252,7 @@ impl Keys {
             let text = read_key_file("PGOPS_REPO_IDENTITIES_FILE", &path)?;
             keys.identities
                 .extend(parse_identities("PGOPS_REPO_IDENTITIES_FILE", &text)?);
+            keys.identities_file = Some(std::path::PathBuf::from(path));
         }
         if keys.recipients.is_empty() && keys.identities.is_empty() {
             return Ok(None);
@@ -121,7 +265,19 @@ impl Keys {
         Ok(Keys {
             recipients: parse_recipients("recipients", recipients)?,
             identities: parse_identities("identities", identities)?,
+            identities_file: None,
         })
+    }
+
+    /// The file the secret keys were read from (`PGOPS_REPO_IDENTITIES_FILE`).
+    pub fn identities_file(&self) -> Option<&Path> {
+        self.identities_file.as_deref()
+    }
+
+    /// Whether an object written for `written_for` can be read with these keys.
+    pub fn can_read(&self, written_for: &[String]) -> bool {
+        let held = self.identity_names();
+        written_for.iter().any(|w| held.contains(w))
     }
 
     /// The public keys new objects are written for.
@@ -186,15 +342,13 @@ impl Keys {
             )));
         }
         let result = (|| {
-            let input =
-                File::open(src).map_err(Error::io(format!("reading {}", src.display())))?;
-            let decryptor = age::Decryptor::new(BufReader::new(input)).map_err(|e| {
-                Error::Corrupt {
+            let input = File::open(src).map_err(Error::io(format!("reading {}", src.display())))?;
+            let decryptor =
+                age::Decryptor::new(BufReader::new(input)).map_err(|e| Error::Corrupt {
                     id: "repository".into(),
                     file: key.to_owned(),
                     detail: format!("not an age file ({e})"),
-                }
-            })?;
+                })?;
             let identities = self.identities.iter().map(|i| i as &dyn age::Identity);
             let mut reader = decryptor.decrypt(identities).map_err(|e| match e {
                 age::DecryptError::NoMatchingKeys => Error::Invalid(format!(
@@ -273,9 +427,14 @@ mod tests {
         keys.encrypt_file(&plain, &sealed).unwrap();
         let stored = std::fs::read(&sealed).unwrap();
         assert!(stored.starts_with(b"age-encryption.org/v1\n"));
-        assert!(!stored.windows(64).any(|w| data.windows(64).next() == Some(w)));
+        assert!(
+            !stored
+                .windows(64)
+                .any(|w| data.windows(64).next() == Some(w))
+        );
         let back = dir.path().join("back");
-        keys.decrypt_file(&sealed, &back, "obj", &[public.clone()]).unwrap();
+        keys.decrypt_file(&sealed, &back, "obj", std::slice::from_ref(&public))
+            .unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), data);
 
         // Another key: named, nothing written.
@@ -283,10 +442,13 @@ mod tests {
         let other = Keys::new(&other_public, &other_secret).unwrap();
         let out = dir.path().join("out");
         let err = other
-            .decrypt_file(&sealed, &out, "obj", &[public.clone()])
+            .decrypt_file(&sealed, &out, "obj", std::slice::from_ref(&public))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("none of the secret keys") && err.contains(&public), "{err}");
+        assert!(
+            err.contains("none of the secret keys") && err.contains(&public),
+            "{err}"
+        );
         assert!(!err.contains("AGE-SECRET-KEY"), "{err}");
         assert!(!out.exists());
 

@@ -22,19 +22,47 @@ pub(crate) fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path)
                 .create(parent)
                 .map_err(Error::io(format!("creating {}", parent.display())))?;
         }
+        let stored = dir.join(file.stored_path());
         store.get_to_file(
-            &format!("{}{}", manifest::prefix(&manifest.id), file.path),
-            &local,
+            &format!("{}{}", manifest::prefix(&manifest.id), file.stored_path()),
+            &stored,
         )?;
-        let (bytes, sha) = sha_of(&local)?;
+        let (bytes, sha) = sha_of(&stored)?;
         if bytes != file.bytes || sha != file.sha256 {
             return Err(Error::Corrupt {
                 id: manifest.id.clone(),
-                file: file.path.clone(),
+                file: file.stored_path(),
                 detail: format!(
                     "expected {} bytes with SHA-256 {}, found {bytes} bytes with {sha}",
                     file.bytes, file.sha256
                 ),
+            });
+        }
+        if file.encrypted_for.is_empty() {
+            continue;
+        }
+        let keys = store.keys().ok_or_else(|| {
+            Error::Invalid(format!(
+                "backup {} is encrypted; set PGOPS_REPO_IDENTITIES_FILE to read it",
+                manifest.id
+            ))
+        })?;
+        keys.decrypt_file(&stored, &local, &file.stored_path(), &file.encrypted_for)
+            .map_err(|e| match e {
+                Error::Corrupt { file, detail, .. } => Error::Corrupt {
+                    id: manifest.id.clone(),
+                    file,
+                    detail,
+                },
+                other => other,
+            })?;
+        let _ = fs::remove_file(&stored);
+        let (_, plain) = sha_of(&local)?;
+        if file.plain_sha256.as_deref() != Some(plain.as_str()) {
+            return Err(Error::Corrupt {
+                id: manifest.id.clone(),
+                file: file.stored_path(),
+                detail: "it decrypts to other bytes than were backed up".into(),
             });
         }
     }

@@ -185,6 +185,7 @@ mod tests {
                 end_lsn: start_lsn.into(),
             }),
             from_standby: false,
+            tables_file: None,
         }
     }
 

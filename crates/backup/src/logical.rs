@@ -181,6 +181,8 @@ pub fn create(
                 bytes,
                 raw_bytes: raw,
                 sha256,
+                encrypted_for: Vec::new(),
+                plain_sha256: None,
             });
             DumpFormat::Custom
         }
@@ -221,6 +223,8 @@ pub fn create(
                     bytes,
                     raw_bytes: raw,
                     sha256,
+                    encrypted_for: Vec::new(),
+                    plain_sha256: None,
                 });
                 let _ = fs::remove_file(&source);
             }
@@ -231,12 +235,39 @@ pub fn create(
     let _ = conn.batch_execute("COMMIT");
 
     // Data first, the manifest last: until it is written the backup does not exist.
-    for file in &files {
-        store.put_file(
+    for file in &mut files {
+        let stored = crate::crypto::store_file(
+            store,
             &format!("{}{}", manifest::prefix(&id), file.path),
             &staging.path.join(&file.path),
         )?;
+        file.bytes = stored.bytes;
+        file.sha256 = stored.sha256;
+        file.encrypted_for = stored.encrypted_for;
+        file.plain_sha256 = stored.plain_sha256;
     }
+    // Row counts name the tables and say how much each holds: encrypted with the data.
+    let (tables, tables_file) = if store.keys().is_some() {
+        let local = staging.path.join("tables.json");
+        let json = serde_json::to_vec_pretty(&tables).map_err(|e| Error::Invalid(e.to_string()))?;
+        fs::write(&local, json).map_err(Error::io("writing the table counts"))?;
+        let stored = crate::crypto::store_file(
+            store,
+            &format!("{}tables.json", manifest::prefix(&id)),
+            &local,
+        )?;
+        let entry = FileEntry {
+            path: "tables.json".into(),
+            bytes: stored.bytes,
+            raw_bytes: 0,
+            sha256: stored.sha256,
+            encrypted_for: stored.encrypted_for,
+            plain_sha256: stored.plain_sha256,
+        };
+        (Vec::new(), Some(entry))
+    } else {
+        (tables, None)
+    };
     let manifest = Manifest {
         format: manifest::FORMAT,
         id: id.clone(),
@@ -253,6 +284,7 @@ pub fn create(
         tables,
         wal: None,
         from_standby: false,
+        tables_file,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
     store.put_bytes(&manifest::manifest_key(&id), &json)?;

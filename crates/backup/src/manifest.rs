@@ -53,6 +53,24 @@ pub struct FileEntry {
     pub raw_bytes: u64,
     /// SHA-256 of the stored bytes, hex.
     pub sha256: String,
+    /// The public keys the stored object was encrypted for (empty: plaintext); it is then
+    /// stored as `PATH.age`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypted_for: Vec<String>,
+    /// SHA-256 of the file that was encrypted, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_sha256: Option<String>,
+}
+
+impl FileEntry {
+    /// Its key under the backup's prefix.
+    pub fn stored_path(&self) -> String {
+        if self.encrypted_for.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{}.age", self.path)
+        }
+    }
 }
 
 /// Rows of one table at the backup's snapshot.
@@ -102,6 +120,10 @@ pub struct Manifest {
     /// Taken from a standby.
     #[serde(default)]
     pub from_standby: bool,
+    /// In an encrypted repository, the row counts (which describe the data) are not in the
+    /// manifest but in this encrypted file of the backup (`tables.json.age`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables_file: Option<FileEntry>,
 }
 
 impl Manifest {
@@ -172,6 +194,30 @@ pub struct GapReport {
     pub to_lsn: String,
     /// The missing files.
     pub segments: Vec<String>,
+}
+
+/// The row counts recorded at backup time: from the manifest, or decrypted from its
+/// encrypted tables file.
+pub fn tables(store: &dyn Store, manifest: &Manifest) -> Result<Vec<TableRows>> {
+    let Some(entry) = &manifest.tables_file else {
+        return Ok(manifest.tables.clone());
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("pgops-tables-")
+        .tempdir()
+        .map_err(Error::io("creating a work directory"))?;
+    let one = Manifest {
+        files: vec![entry.clone()],
+        ..manifest.clone()
+    };
+    crate::fetch::fetch_verified(store, &one, dir.path())?;
+    let bytes = std::fs::read(dir.path().join(&entry.path))
+        .map_err(Error::io("reading the backup's table counts"))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        id: manifest.id.clone(),
+        file: entry.stored_path(),
+        detail: e.to_string(),
+    })
 }
 
 /// Where a backup's objects live in the repository.

@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Error, Result,
     fetch::fetch_verified,
-    files::sha_of,
     manifest::{self, DumpFormat, FileEntry, Kind, Manifest, WalRange},
     programs,
     progress::Progress,
@@ -121,21 +120,26 @@ pub fn create(
     let mut stored_total = 0;
     for name in &names {
         let path = raw.join(name);
-        let (bytes, sha256) = sha_of(&path)?;
-        stored_total += bytes;
+        let plain_bytes = fs::metadata(&path)
+            .map_err(Error::io(format!("reading {}", path.display())))?
+            .len();
+        let key = format!("data/{name}");
+        let stored =
+            crate::crypto::store_file(store, &format!("{}{key}", manifest::prefix(&id)), &path)?;
+        stored_total += stored.bytes;
         progress.bytes(data_bytes, stored_total);
         let raw_bytes = if name.starts_with("base.tar") {
             data_bytes
         } else {
-            bytes
+            plain_bytes
         };
-        let key = format!("data/{name}");
-        store.put_file(&format!("{}{key}", manifest::prefix(&id)), &path)?;
         files.push(FileEntry {
             path: key,
-            bytes,
+            bytes: stored.bytes,
             raw_bytes,
-            sha256,
+            sha256: stored.sha256,
+            encrypted_for: stored.encrypted_for,
+            plain_sha256: stored.plain_sha256,
         });
     }
     let manifest = Manifest {
@@ -158,6 +162,7 @@ pub fn create(
             end_lsn: range.end.clone(),
         }),
         from_standby: head.in_recovery,
+        tables_file: None,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
     store.put_bytes(&manifest::manifest_key(&id), &json)?;
@@ -552,6 +557,24 @@ pub fn plan(
             first.from
         )));
     }
+    if let Some(keys) = store.keys() {
+        // Every segment recovery reads must be readable with the keys given: a restore that
+        // cannot read one would stop there and promote, short of the target.
+        for name in &plan.segments {
+            if let Some(sum) = crate::wal::sum(store, name)?
+                && !sum.encrypted_for.is_empty()
+                && !keys.can_read(&sum.encrypted_for)
+            {
+                return Err(Error::Invalid(format!(
+                    "WAL segment {name} was encrypted for {}, and none of the secret keys given \
+                     ({}) is that key; add it to PGOPS_REPO_IDENTITIES_FILE (rotation keeps the \
+                     old keys listed); nothing was written",
+                    sum.encrypted_for.join(", "),
+                    keys.identity_names().join(", ")
+                )));
+            }
+        }
+    }
     Ok((chosen, plan))
 }
 
@@ -730,8 +753,27 @@ pub fn restore_to_dir(
         unpack(wal_tar.path.trim_start_matches("data/"), &wal_dir)?;
     }
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    // An encrypted repository: the restored server reads WAL with the same key file (its
+    // path, never a key, on the command line; the server's user must be able to read it).
+    let key_file = match store.keys() {
+        Some(keys) => match keys.identities_file() {
+            Some(path) => format!(
+                "PGOPS_REPO_IDENTITIES_FILE='{}' ",
+                path.display().to_string().replace('\'', "'\\''")
+            ),
+            None => {
+                return Err(Error::Invalid(
+                    "the repository is encrypted: give the secret keys as a file \
+                     (PGOPS_REPO_IDENTITIES_FILE, readable by the server's OS user), which the \
+                     restored server's restore_command reads WAL with"
+                        .into(),
+                ));
+            }
+        },
+        None => String::new(),
+    };
     let restore_command = format!(
-        "{} wal fetch --repo {} %f %p",
+        "{key_file}{} wal fetch --repo {} %f %p",
         pgops.display(),
         quote(repo_url)
     );
@@ -913,6 +955,7 @@ mod tests {
                 end_lsn: end_lsn.into(),
             }),
             from_standby: false,
+            tables_file: None,
         }
     }
 

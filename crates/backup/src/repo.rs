@@ -35,6 +35,58 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn staging_root(&self) -> Option<PathBuf> {
         None
     }
+    /// Lets every user that shares the repository read `key` (a marker that holds nothing
+    /// secret; data stays 0600).
+    fn publish(&self, _key: &str) -> Result<()> {
+        Ok(())
+    }
+    /// The keys objects are encrypted with (an encrypted repository, see
+    /// [`crate::crypto::settle`]); `None` for a plaintext one.
+    fn keys(&self) -> Option<&crate::crypto::Keys> {
+        None
+    }
+}
+
+/// A store whose data objects are encrypted with `keys`: everything else is the inner store's.
+#[derive(Debug)]
+pub struct Encrypted {
+    pub(crate) inner: Box<dyn Store>,
+    pub(crate) keys: crate::crypto::Keys,
+}
+
+impl Store for Encrypted {
+    fn put_file(&self, key: &str, local: &Path) -> Result<()> {
+        self.inner.put_file(key, local)
+    }
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.inner.put_bytes(key, data)
+    }
+    fn put_bytes_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        self.inner.put_bytes_new(key, data)
+    }
+    fn get_to_file(&self, key: &str, local: &Path) -> Result<()> {
+        self.inner.get_to_file(key, local)
+    }
+    fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.get_bytes(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key)
+    }
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+    fn staging_root(&self) -> Option<PathBuf> {
+        // Plaintext is put together in the local temporary directory, never in the
+        // repository (which may be a file share).
+        None
+    }
+    fn keys(&self) -> Option<&crate::crypto::Keys> {
+        Some(&self.keys)
+    }
 }
 
 /// How a command uses the repository.
@@ -178,6 +230,13 @@ impl Store for LocalStore {
 
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
         self.write_with(key, |out| out.write_all(data))
+    }
+
+    fn publish(&self, key: &str) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path(key);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+            .map_err(Error::io(format!("letting others read {}", path.display())))
     }
 
     fn put_bytes_new(&self, key: &str, data: &[u8]) -> Result<bool> {

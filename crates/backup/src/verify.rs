@@ -80,7 +80,7 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
                 let mut conn = connect(&scratch_url)?;
                 let found = count_rows(&mut conn)?;
                 drop(conn);
-                for want in &manifest.tables {
+                for want in &manifest::tables(store, &manifest)? {
                     let got = found
                         .iter()
                         .find(|t| t.schema == want.schema && t.table == want.table);

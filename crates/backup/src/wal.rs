@@ -41,6 +41,24 @@ pub struct SegmentSum {
     /// When it was archived.
     #[serde(default)]
     pub archived_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The public keys the stored object was encrypted for (empty: plaintext); the object is
+    /// then `wal/NAME.zst.age`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypted_for: Vec<String>,
+    /// SHA-256 of the compressed segment that was encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_sha256: Option<String>,
+}
+
+impl SegmentSum {
+    /// Where its data object is.
+    fn data_key(&self) -> String {
+        if self.encrypted_for.is_empty() {
+            data_key(&self.name)
+        } else {
+            format!("{}.age", data_key(&self.name))
+        }
+    }
 }
 
 fn data_key(name: &str) -> String {
@@ -90,15 +108,16 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
         out.sync_all()
             .map_err(Error::io(format!("syncing {}", compressed.display())))?;
     }
-    let (bytes, sha256) = sha_of(&compressed)?;
-    store.put_file(&data_key(&name), &compressed)?;
+    let stored = crate::crypto::store_file(store, &data_key(&name), &compressed)?;
     let sum = SegmentSum {
         name: name.clone(),
         raw_bytes,
         raw_sha256,
-        bytes,
-        sha256,
+        bytes: stored.bytes,
+        sha256: stored.sha256,
         archived_at: Some(chrono::Utc::now()),
+        encrypted_for: stored.encrypted_for,
+        compressed_sha256: stored.plain_sha256,
     };
     let json = serde_json::to_vec(&sum).map_err(|e| Error::Invalid(e.to_string()))?;
     // The checksum object makes the file archived; written only if no other server's push
@@ -220,19 +239,40 @@ pub fn fetch(store: &dyn Store, name: &str, dest: &Path) -> Result<bool> {
             "creating a work directory in {}",
             dir.display()
         )))?;
-    let compressed = work.path().join("segment.zst");
-    store.get_to_file(&data_key(name), &compressed)?;
-    let (bytes, sha256) = sha_of(&compressed)?;
+    let stored = work.path().join("segment.stored");
+    store.get_to_file(&sum.data_key(), &stored)?;
+    let (bytes, sha256) = sha_of(&stored)?;
     if bytes != sum.bytes || sha256 != sum.sha256 {
         return Err(Error::Corrupt {
             id: "wal".into(),
-            file: data_key(name),
+            file: sum.data_key(),
             detail: format!(
                 "expected {} bytes with SHA-256 {}, found {bytes} with {sha256}",
                 sum.bytes, sum.sha256
             ),
         });
     }
+    let compressed = if sum.encrypted_for.is_empty() {
+        stored
+    } else {
+        let keys = store.keys().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} is encrypted; set PGOPS_REPO_IDENTITIES_FILE to read it",
+                sum.data_key()
+            ))
+        })?;
+        let plain = work.path().join("segment.zst");
+        keys.decrypt_file(&stored, &plain, &sum.data_key(), &sum.encrypted_for)?;
+        let (_, sha) = sha_of(&plain)?;
+        if sum.compressed_sha256.as_deref() != Some(sha.as_str()) {
+            return Err(Error::Corrupt {
+                id: "wal".into(),
+                file: sum.data_key(),
+                detail: "it decrypts to other bytes than were archived".into(),
+            });
+        }
+        plain
+    };
     let raw = work.path().join("segment");
     let (raw_bytes, raw_sha256) = decompress(&compressed, &raw)?;
     if raw_bytes != sum.raw_bytes || raw_sha256 != sum.raw_sha256 {
@@ -324,7 +364,8 @@ pub fn expendable(archived: &[String], oldest_needed: Segment) -> Vec<String> {
 /// Deletes an archived file (its checksum object first, so it stops counting as archived).
 pub fn delete(store: &dyn Store, name: &str) -> Result<()> {
     store.delete(&sum_key(name))?;
-    store.delete(&data_key(name))
+    store.delete(&data_key(name))?;
+    store.delete(&format!("{}.age", data_key(name)))
 }
 
 /// Gaps in a list of segment names, per timeline: the segments missing between the first

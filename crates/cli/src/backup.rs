@@ -252,7 +252,10 @@ pub(crate) fn repository(
             "no repository; pass --repo file:///var/backups/pgops (or s3://bucket/prefix) or set PGOPS_REPO"
         ))
     })?;
-    Ok((url, repo::open(url, access).map_err(fail)?))
+    let store = repo::open(url, access).map_err(fail)?;
+    let keys = pgops_backup::crypto::Keys::from_env().map_err(Failure::usage)?;
+    let store = pgops_backup::crypto::settle(store, keys, access).map_err(fail)?;
+    Ok((url, store))
 }
 
 /// Runs one `pgops backup` command: opens the repository the verb needs, then hands over to
@@ -848,6 +851,7 @@ mod tests {
             tables: Vec::new(),
             wal: None,
             from_standby: false,
+            tables_file: None,
         }
     }
 

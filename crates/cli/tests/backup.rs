@@ -657,6 +657,69 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
         "never overwritten"
     );
 
+    // An encrypted repository on S3: a backup and a segment stored as age objects, read back
+    // only with the secret key.
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("key.txt");
+    assert!(
+        Command::new("age-keygen")
+            .arg("-o")
+            .arg(&key_file)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let public = text(
+        &Command::new("age-keygen")
+            .arg("-y")
+            .arg(&key_file)
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let encrypted = |args: &[&str], secret: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops"));
+        cmd.args(args)
+            .env("PGOPS_REPO", "s3://backups/pgops/encrypted")
+            .env("AWS_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "pgops-test")
+            .env("AWS_SECRET_ACCESS_KEY", "pgops-test-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("DATABASE_URL", &url)
+            .env("PGOPS_REPO_RECIPIENTS", public.trim())
+            .env_remove("PGOPS_PG_BINDIR");
+        if secret {
+            cmd.env("PGOPS_REPO_IDENTITIES_FILE", &key_file);
+        }
+        cmd.output().unwrap()
+    };
+    let id = serde_json::from_str::<Value>(&ok(&encrypted(&["backup", "create", "--json"], false)))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&encrypted(
+        &["wal", "push", dirs[0].path().join(name).to_str().unwrap()],
+        false,
+    ));
+    let out = encrypted(&["backup", "restore", &id, "--database", "no_key"], false);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    ok(&encrypted(
+        &["backup", "restore", &id, "--database", "from_encrypted_s3"],
+        true,
+    ));
+    assert_eq!(
+        fingerprint(&cluster, "from_encrypted_s3"),
+        fingerprint(&cluster, "app")
+    );
+    let back = dirs[0].path().join("decrypted");
+    ok(&encrypted(
+        &["wal", "fetch", name, back.to_str().unwrap()],
+        true,
+    ));
+    assert_eq!(std::fs::read(&back).unwrap(), b"one server");
+
     // The store goes away: the backup fails, says why, and prints no secret.
     drop(s3);
     let out = pgops_s3(&["create"], "http://127.0.0.1:1", &url);
