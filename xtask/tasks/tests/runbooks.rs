@@ -252,6 +252,55 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         .map(|(k, v)| (k.to_owned(), v)),
     );
 
+    // An encrypted repository holding one backup under a first key, for the key rotation
+    // runbook (its own repository: the stack's stays plaintext).
+    let keys_repo = format!("file://{}", scratch.join("encrypted-repo").display());
+    let (key_file, recipients) = (
+        scratch.join("backup-keys.txt"),
+        scratch.join("recipients.txt"),
+    );
+    let keygen = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key_file)
+        .output()
+        .expect("age-keygen (Debian: age)");
+    assert!(keygen.status.success());
+    let public = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key_file)
+        .output()
+        .unwrap()
+        .stdout;
+    fs::write(&recipients, &public).unwrap();
+    let database_url = env
+        .iter()
+        .find(|(k, _)| k == "DATABASE_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let first = Command::new(dir.join("bin").join("pgops"))
+        .args(["backup", "create", "--repo", &keys_repo])
+        .env("DATABASE_URL", &database_url)
+        .env("PGOPS_REPO_RECIPIENTS_FILE", &recipients)
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    env.extend(
+        [
+            ("KEYS_REPO", keys_repo.clone()),
+            ("RECIPIENTS_FILE", recipients.display().to_string()),
+            ("IDENTITIES_FILE", key_file.display().to_string()),
+            (
+                "NEW_KEY_FILE",
+                scratch.join("backup-key-new.txt").display().to_string(),
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+
     let mut files: Vec<_> = fs::read_dir(runbook_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -271,6 +320,7 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         "restore-to-point-in-time.md",
         "verifying-backups.md",
         "rotating-credentials.md",
+        "rotating-backup-keys.md",
         "switchover-and-failover.md",
     ] {
         assert!(
@@ -300,6 +350,11 @@ fn every_runbook_step_runs_against_a_dev_stack() {
         assert!(wal.contains("back to postgres"), "the fix step ran:\n{wal}");
         assert!(wal.contains("archiving works"), "{wal}");
     }
+
+    // Rotating backup keys: a new key was made, both backups read with both keys, and the old
+    // key is kept while a kept backup needs it.
+    assert!(all.contains("new public key: age1"), "{all}");
+    assert!(all.contains("still need the old key"), "{all}");
 
     // What the runbooks promise, checked on the stack they ran against.
     // Rotating credentials: the new password works, and appears in no log or statistics.
