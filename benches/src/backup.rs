@@ -192,6 +192,50 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
     )?;
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     pgbackrest(&config, &["--stanza=bench", "stanza-create"])?;
+    // The same two with encryption: pgBackRest's repository cipher (AES-256-CBC, a passphrase
+    // in its configuration) and pgops's age keys (a key pair made for the run).
+    let cipher_config = dir.path().join("pgbackrest-cipher.conf");
+    std::fs::write(
+        &cipher_config,
+        std::fs::read_to_string(&config)?.replace(
+            &format!("repo1-path={}\n", repo_path.display()),
+            &format!(
+                "repo1-path={}-cipher\nrepo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=pgops-bench-{}\n",
+                repo_path.display(),
+                std::process::id()
+            ),
+        ),
+    )?;
+    std::fs::set_permissions(
+        &cipher_config,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    pgbackrest(&cipher_config, &["--stanza=bench", "stanza-create"])?;
+    let key_file = dir.path().join("age-key.txt");
+    let keygen = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key_file)
+        .output()
+        .context("running age-keygen (apt-get install age)")?;
+    ensure!(keygen.status.success(), "age-keygen failed");
+    let public = String::from_utf8(
+        Command::new("age-keygen")
+            .arg("-y")
+            .arg(&key_file)
+            .output()?
+            .stdout,
+    )?;
+    let keys =
+        pgops_backup::crypto::Keys::new(public.trim(), &std::fs::read_to_string(&key_file)?)?;
+    let encrypted_store = pgops_backup::crypto::settle(
+        repo::open(
+            &format!("file://{}/pgops-encrypted-repo", dir.path().display()),
+            repo::Access::Create,
+        )?,
+        Some(keys),
+        repo::Access::Create,
+    )?;
+    let (mut ours_e, mut anchor_e) = (Vec::new(), Vec::new());
     let store = repo::open(
         &format!("file://{}/pgops-repo", dir.path().display()),
         repo::Access::Create,
@@ -254,6 +298,25 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
                 )?;
             }
         }
+        for side in [pgops_first, !pgops_first] {
+            let t = Instant::now();
+            if side {
+                pgops_backup::physical::create(
+                    &*encrypted_store,
+                    &url,
+                    &mut pgops_backup::progress::Quiet,
+                )?;
+                ours_e.push(t.elapsed().as_secs_f64());
+                keep_newest(&*encrypted_store)?;
+            } else {
+                pgbackrest(&cipher_config, &["--stanza=bench", "--type=full", "backup"])?;
+                anchor_e.push(t.elapsed().as_secs_f64());
+                pgbackrest(
+                    &cipher_config,
+                    &["--stanza=bench", "--repo1-retention-full=1", "expire"],
+                )?;
+            }
+        }
         let floor_dir = dir.path().join("floor");
         let _ = std::fs::remove_dir_all(&floor_dir);
         let port = cluster.port().to_string();
@@ -281,13 +344,15 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
         );
         floor_b.push(t.elapsed().as_secs_f64());
         eprintln!(
-            "round {}: backup pgops {:.2} s, pgbackrest {:.2} s, pg_basebackup {:.2} s; restore pgops {:.2} s, pgbackrest {:.2} s",
+            "round {}: backup pgops {:.2} s, pgbackrest {:.2} s, pg_basebackup {:.2} s; restore pgops {:.2} s, pgbackrest {:.2} s; encrypted backup pgops {:.2} s, pgbackrest {:.2} s",
             round + 1,
             ours_b[round],
             anchor_b[round],
             floor_b[round],
             ours_r[round],
-            anchor_r[round]
+            anchor_r[round],
+            ours_e[round],
+            anchor_e[round]
         );
     }
     let backrest = format!(
@@ -313,6 +378,27 @@ pub fn physical(plan: Plan) -> anyhow::Result<Vec<Comparison>> {
             false,
         )
         .target(1.2),
+        Comparison::from_rounds(
+            "encrypted_physical_backup_seconds",
+            "seconds",
+            &ours_e,
+            &anchor_e,
+            &format!(
+                "pgbackrest --type=full backup with repo1-cipher-type=aes-256-cbc (otherwise as above; pgops: age, X25519 + ChaCha20-Poly1305; pgbench scale {})",
+                plan.scale
+            ),
+            false,
+        )
+        .target(1.5),
+        Comparison::from_rounds(
+            "encryption_overhead",
+            "seconds",
+            &ours_e,
+            &ours_b,
+            "pgops backup create --kind physical without encryption (same cluster, same rounds)",
+            false,
+        )
+        .target(0.9),
         Comparison::from_rounds(
             "physical_backup_vs_pg_basebackup",
             "seconds",
