@@ -127,18 +127,31 @@ pub fn store_file(store: &dyn Store, key: &str, local: &Path) -> Result<Stored> 
             })
         }
         Some(keys) => {
-            let (_, plain) = sha_of(local)?;
-            let sealed = local.with_extension(format!(
-                "{}age",
-                local
-                    .extension()
-                    .map(|e| format!("{}.", e.to_string_lossy()))
-                    .unwrap_or_default()
-            ));
-            keys.encrypt_file(local, &sealed)?;
-            let (bytes, sha256) = sha_of(&sealed)?;
+            // Encrypted straight into the repository's own staging area when it is local (so
+            // storing it is a rename), hashing what is read and what is written on the way.
+            // Beside the plaintext when the staging area belongs to another user (the server's
+            // user archiving into a repository the backup user created).
+            let beside = local.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let in_repository = store.sealed_staging_root().and_then(|root| {
+                std::fs::create_dir_all(&root).ok()?;
+                tempfile::Builder::new()
+                    .prefix(".sealed-")
+                    .tempfile_in(&root)
+                    .ok()
+            });
+            let sealed = match in_repository {
+                Some(file) => file,
+                None => tempfile::Builder::new()
+                    .prefix(".sealed-")
+                    .tempfile_in(&beside)
+                    .map_err(Error::io(format!(
+                        "creating a file in {}",
+                        beside.display()
+                    )))?,
+            }
+            .into_temp_path();
+            let (plain, bytes, sha256) = keys.encrypt_hashing(local, &sealed)?;
             store.put_file(&format!("{key}.age"), &sealed)?;
-            let _ = std::fs::remove_file(&sealed);
             Ok(Stored {
                 bytes,
                 sha256,
@@ -304,6 +317,45 @@ impl Keys {
         Ok(())
     }
 
+    /// Encrypts `src` into `dst` (0600) in one pass, returning the SHA-256 of what was read,
+    /// and the size and SHA-256 of what was written.
+    pub fn encrypt_hashing(&self, src: &Path, dst: &Path) -> Result<(String, u64, String)> {
+        self.require_recipients()?;
+        let recipients = self.recipients.iter().map(|r| r as &dyn age::Recipient);
+        let encryptor = age::Encryptor::with_recipients(recipients)
+            .map_err(|e| Error::Invalid(format!("encrypting: {e}")))?;
+        let input = File::open(src).map_err(Error::io(format!("reading {}", src.display())))?;
+        let mut reading = HashingReader::new(BufReader::with_capacity(1 << 20, input));
+        let output = private_file(dst).map_err(Error::io(format!("creating {}", dst.display())))?;
+        let mut writer = encryptor
+            .wrap_output(crate::files::Hashing::new(BufWriter::with_capacity(
+                1 << 20,
+                output,
+            )))
+            .map_err(Error::io("starting encryption"))?;
+        std::io::copy(&mut reading, &mut writer)
+            .map_err(Error::io(format!("encrypting {}", src.display())))?;
+        let mut hashing = writer.finish().map_err(Error::io("finishing encryption"))?;
+        hashing
+            .flush()
+            .map_err(Error::io(format!("writing {}", dst.display())))?;
+        let written = (
+            hashing.bytes,
+            hex::encode(sha2::Digest::finalize(hashing.hash)),
+        );
+        let file = hashing
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io("flushing the encrypted file")(e.into_error()))?;
+        file.sync_all()
+            .map_err(Error::io(format!("syncing {}", dst.display())))?;
+        Ok((
+            hex::encode(sha2::Digest::finalize(reading.hash)),
+            written.0,
+            written.1,
+        ))
+    }
+
     /// Encrypts `src` into a new file `dst` (0600), streaming.
     pub fn encrypt_file(&self, src: &Path, dst: &Path) -> Result<()> {
         self.require_recipients()?;
@@ -390,6 +442,29 @@ impl Keys {
             let _ = std::fs::remove_file(dst);
         }
         result
+    }
+}
+
+/// A reader that hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hash: sha2::Sha256,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hash: <sha2::Sha256 as sha2::Digest>::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hash, &buf[..n]);
+        Ok(n)
     }
 }
 

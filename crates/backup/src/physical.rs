@@ -541,7 +541,22 @@ pub fn plan(
         }
         Target::Latest | Target::Name(_) | Target::Xid(_) => Until::End,
     };
-    let plan = archive.plan(&path, start, until);
+    // The backup carries the WAL from its start to its end (pg_wal.tar): those segments need
+    // no archive, so a backup restores to its own end even where nothing was archived.
+    let mut with_backup = archive.clone();
+    if let Some((tli, end)) = chosen
+        .wal
+        .as_ref()
+        .and_then(|w| Some((w.timeline, w.end_lsn.parse::<Lsn>().ok()?)))
+    {
+        for number in start.segment(tli).number..=end.segment(tli).number {
+            with_backup.segments.insert(pgops_pg::Segment {
+                timeline: tli,
+                number,
+            });
+        }
+    }
+    let plan = with_backup.plan(&path, start, until);
     if !plan.gaps.is_empty() {
         let gaps: Vec<String> = plan.gaps.iter().map(ToString::to_string).collect();
         let first = &plan.gaps[0];

@@ -35,6 +35,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn staging_root(&self) -> Option<PathBuf> {
         None
     }
+    /// Where encrypted objects are put together before they are stored (a rename away from
+    /// their place in a local repository); plaintext never goes there.
+    fn sealed_staging_root(&self) -> Option<PathBuf> {
+        self.staging_root()
+    }
     /// Lets every user that shares the repository read `key` (a marker that holds nothing
     /// secret; data stays 0600).
     fn publish(&self, _key: &str) -> Result<()> {
@@ -83,6 +88,9 @@ impl Store for Encrypted {
         // Plaintext is put together in the local temporary directory, never in the
         // repository (which may be a file share).
         None
+    }
+    fn sealed_staging_root(&self) -> Option<PathBuf> {
+        self.inner.staging_root()
     }
     fn keys(&self) -> Option<&crate::crypto::Keys> {
         Some(&self.keys)
