@@ -892,3 +892,41 @@ fn a_multi_host_url_backs_up_the_member_with_the_role_asked_for() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_physical_backup_restores_to_its_own_end_with_nothing_archived() {
+    // pg_basebackup streams the WAL the backup needs into the backup itself: a repository
+    // without any archived WAL can still restore it to its end.
+    let cluster = seeded();
+    let repo = tempfile::tempdir().unwrap();
+    let url = cluster.url("app");
+    ok(&pgops(&["create", "--kind", "physical"], repo.path(), &url));
+    let restored = Cluster::start_restored(ClusterOptions::default(), |data| {
+        let out = pgops(
+            &["restore", "--to-dir", data.to_str().unwrap(), "--latest"],
+            repo.path(),
+            &url,
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text(&out.stderr).into())
+        }
+    })
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while restored
+        .query_text("postgres", "pg_is_in_recovery()::text")
+        .unwrap()
+        .as_deref()
+        != Some("false")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            restored.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fingerprint(&restored, "app"), fingerprint(&cluster, "app"));
+}
