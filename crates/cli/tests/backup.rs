@@ -601,6 +601,13 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
     let cluster = seeded();
     let s3 = s3_server();
     let url = cluster.url("app");
+    let marker = format!("PGOPS-S3-MARKER-{}", std::process::id());
+    cluster
+        .execute(
+            "app",
+            &format!("INSERT INTO notes (item, body) VALUES (1, '{marker}')"),
+        )
+        .unwrap();
     let manifest: Value =
         serde_json::from_str(&ok(&pgops_s3(&["create", "--json"], &s3.endpoint, &url))).unwrap();
     let id = manifest["id"].as_str().unwrap().to_owned();
@@ -719,6 +726,55 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
         true,
     ));
     assert_eq!(std::fs::read(&back).unwrap(), b"one server");
+
+    // The bucket: the marker is in the plaintext repository's objects (as stored or
+    // decompressed), and in none of the encrypted one's.
+    let in_bucket = |prefix: &str| -> Vec<String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let listing = agent
+            .get(&format!(
+                "{}/backups?list-type=2&prefix={prefix}",
+                s3.endpoint
+            ))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let keys: Vec<String> = listing
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_owned)
+            .collect();
+        assert!(!keys.is_empty(), "{listing}");
+        keys.into_iter()
+            .filter(|key| {
+                let bytes = agent
+                    .get(&format!("{}/backups/{key}", s3.endpoint))
+                    .call()
+                    .unwrap()
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 30)
+                    .read_to_vec()
+                    .unwrap();
+                let inside = |b: &[u8]| b.windows(marker.len()).any(|w| w == marker.as_bytes());
+                inside(&bytes)
+                    || (bytes.starts_with(&[0x28, 0xB5, 0x2F, 0xFD])
+                        && zstd::stream::decode_all(bytes.as_slice()).is_ok_and(|d| inside(&d)))
+            })
+            .collect()
+    };
+    assert!(
+        !in_bucket("pgops/app/").is_empty(),
+        "the search can find it"
+    );
+    let leaked = in_bucket("pgops/encrypted/");
+    assert!(leaked.is_empty(), "readable in {leaked:?}");
 
     // The store goes away: the backup fails, says why, and prints no secret.
     drop(s3);
@@ -902,11 +958,22 @@ fn a_physical_backup_restores_to_its_own_end_with_nothing_archived() {
     let url = cluster.url("app");
     ok(&pgops(&["create", "--kind", "physical"], repo.path(), &url));
     let restored = Cluster::start_restored(ClusterOptions::default(), |data| {
-        let out = pgops(
-            &["restore", "--to-dir", data.to_str().unwrap(), "--latest"],
-            repo.path(),
-            &url,
-        );
+        // The restored server runs the restore_command as its own OS user: the binary that
+        // lays the restore out must be one that user can run (not one under root's home).
+        let out = Command::new(
+            pgops_testkit::server_can_run(Path::new(env!("CARGO_BIN_EXE_pgops"))).unwrap(),
+        )
+        .args([
+            "backup",
+            "restore",
+            "--to-dir",
+            data.to_str().unwrap(),
+            "--latest",
+        ])
+        .env("PGOPS_REPO", format!("file://{}", repo.path().display()))
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
         if out.status.success() {
             Ok(())
         } else {
