@@ -356,27 +356,6 @@ impl Keys {
         ))
     }
 
-    /// Encrypts `src` into a new file `dst` (0600), streaming.
-    pub fn encrypt_file(&self, src: &Path, dst: &Path) -> Result<()> {
-        self.require_recipients()?;
-        let recipients = self.recipients.iter().map(|r| r as &dyn age::Recipient);
-        let encryptor = age::Encryptor::with_recipients(recipients)
-            .map_err(|e| Error::Invalid(format!("encrypting: {e}")))?;
-        let input = File::open(src).map_err(Error::io(format!("reading {}", src.display())))?;
-        let output = private_file(dst).map_err(Error::io(format!("creating {}", dst.display())))?;
-        let mut writer = encryptor
-            .wrap_output(BufWriter::new(output))
-            .map_err(Error::io("starting encryption"))?;
-        std::io::copy(&mut BufReader::new(input), &mut writer)
-            .map_err(Error::io(format!("encrypting {}", src.display())))?;
-        let out = writer.finish().map_err(Error::io("finishing encryption"))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io("flushing the encrypted file")(e.into_error()))?;
-        file.sync_all()
-            .map_err(Error::io(format!("syncing {}", dst.display())))
-    }
-
     /// Decrypts `src` (the stored object `key`, written for `written_for`) into a new file
     /// `dst`, streaming; a wrong key or a changed byte is an error and `dst` is removed.
     pub fn decrypt_file(
@@ -499,7 +478,7 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&plain, &data).unwrap();
         let sealed = dir.path().join("sealed");
-        keys.encrypt_file(&plain, &sealed).unwrap();
+        keys.encrypt_hashing(&plain, &sealed).unwrap();
         let stored = std::fs::read(&sealed).unwrap();
         assert!(stored.starts_with(b"age-encryption.org/v1\n"));
         assert!(

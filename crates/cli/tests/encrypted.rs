@@ -68,6 +68,31 @@ fn run(args: &[&str], repo: &Path, url: &str, keys: &[(&str, String)]) -> Output
     cmd.output().unwrap()
 }
 
+/// The batches of `notes` in a restore laid out with `args` and the key variables `keys`,
+/// started and recovered.
+fn recovered_batches(repo: &Path, url: &str, keys: &[(&str, String)], args: &[&str]) -> String {
+    let restored = Cluster::start_restored(ClusterOptions::default(), |data| {
+        let mut all = vec!["backup", "restore", "--to-dir", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = run(&all, repo, url, keys);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(both(&out).into())
+        }
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::q(&restored, "pg_is_in_recovery()::text") != "false" {
+        assert!(Instant::now() < deadline, "{}", restored.log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    common::q(
+        &restored,
+        "(SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM notes)",
+    )
+}
+
 /// Whether `marker` is in any file under `dir`, as stored or, for zstd files, decompressed.
 fn holds(dir: &Path, marker: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -222,40 +247,10 @@ fn nothing_readable_leaves_for_the_repository_and_it_all_restores_with_the_keys(
     ));
 
     // Point-in-time recovery from the encrypted repository: exactly batches 1 and 2.
-    let restored = Cluster::start_restored(ClusterOptions::default(), |data| {
-        let out = run(
-            &[
-                "backup",
-                "restore",
-                "--to-dir",
-                data.to_str().unwrap(),
-                "--target-lsn",
-                &lsn,
-            ],
-            &repo,
-            &url,
-            &read_a,
-        );
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(both(&out).into())
-        }
-    })
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while common::q(&restored, "pg_is_in_recovery()::text") != "false" {
-        assert!(Instant::now() < deadline, "{}", restored.log_tail(20));
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert_eq!(
-        common::q(
-            &restored,
-            "(SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM notes)"
-        ),
+        recovered_batches(&repo, &url, &read_a, &["--target-lsn", &lsn]),
         "1,2"
     );
-    drop(restored);
 
     // Wrong key, missing key: exit 2, what is missing named, nothing restored.
     let dir = base.0.join("refused");
@@ -423,39 +418,10 @@ fn nothing_readable_leaves_for_the_repository_and_it_all_restores_with_the_keys(
             both_keys.display().to_string(),
         ),
     ];
-    let restored = Cluster::start_restored(ClusterOptions::default(), |data| {
-        let out = run(
-            &[
-                "backup",
-                "restore",
-                "--to-dir",
-                data.to_str().unwrap(),
-                "--latest",
-            ],
-            &repo,
-            &url,
-            &rotated,
-        );
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(both(&out).into())
-        }
-    })
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while common::q(&restored, "pg_is_in_recovery()::text") != "false" {
-        assert!(Instant::now() < deadline, "{}", restored.log_tail(20));
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert_eq!(
-        common::q(
-            &restored,
-            "(SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM notes)"
-        ),
+        recovered_batches(&repo, &url, &rotated, &["--latest"]),
         "1,2,3,4"
     );
-    drop(restored);
 
     // A drill restores from it too (the restored server reads WAL with the key file).
     let drill: serde_json::Value = serde_json::from_str(&ok(&run(
