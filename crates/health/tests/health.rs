@@ -20,6 +20,55 @@ fn url(cluster: &Cluster) -> DatabaseUrl {
     DatabaseUrl::parse(&cluster.url("postgres")).unwrap()
 }
 
+/// The metric names the postgres_exporter mixin's `postgres-overview` dashboard reads
+/// (`postgres_mixin/dashboards/postgres-overview.json`).
+const MIXIN_DASHBOARD: &[&str] = &[
+    "pg_up",
+    "pg_stat_database_tup_fetched",
+    "pg_stat_database_tup_returned",
+    "pg_stat_database_tup_inserted",
+    "pg_stat_database_tup_updated",
+    "pg_stat_database_tup_deleted",
+    "pg_stat_database_xact_commit",
+    "pg_stat_database_xact_rollback",
+    "pg_stat_database_deadlocks",
+    "pg_stat_database_conflicts",
+    "pg_stat_database_blks_hit",
+    "pg_stat_database_blks_read",
+    "pg_stat_database_numbackends",
+    "pg_stat_bgwriter_buffers_alloc_total",
+    "pg_stat_bgwriter_buffers_backend_fsync_total",
+    "pg_stat_bgwriter_buffers_backend_total",
+    "pg_stat_bgwriter_buffers_clean_total",
+    "pg_stat_bgwriter_buffers_checkpoint_total",
+];
+
+/// The metric names the mixin's alert rules read (`postgres_mixin/alerts/postgres.libsonnet`).
+const MIXIN_ALERTS: &[&str] = &[
+    "pg_stat_activity_count",
+    "pg_settings_max_connections",
+    "pg_settings_superuser_reserved_connections",
+    "pg_up",
+    "pg_stat_activity_max_tx_duration",
+    "pg_stat_database_xact_commit",
+    "pg_stat_database_xact_rollback",
+    "pg_stat_database_blks_hit",
+    "pg_stat_database_blks_read",
+    "pg_stat_database_deadlocks",
+    "pg_locks_count",
+    "pg_settings_max_locks_per_transaction",
+    "pg_replication_lag",
+    "pg_replication_is_replica",
+    "pg_replication_slots_active",
+    "pg_exporter_last_scrape_error",
+    "pg_stat_user_tables_n_dead_tup",
+    "pg_stat_user_tables_n_live_tup",
+    "pg_settings_autovacuum_vacuum_scale_factor",
+    "pg_settings_autovacuum_vacuum_threshold",
+    "pg_stat_bgwriter_checkpoints_timed_total",
+    "pg_stat_bgwriter_checkpoints_req_total",
+];
+
 #[test]
 fn every_documented_family_from_a_primary_with_a_replica() {
     let primary = Cluster::start(ClusterOptions::default()).unwrap();
@@ -205,6 +254,35 @@ fn every_documented_family_from_a_primary_with_a_replica() {
             "the alert rules read {name}, which the scrape lacks"
         );
     }
+    // The postgres_exporter project's own mixin, unchanged, pointed at pgops: every name its
+    // `postgres-overview` dashboard and its alert rules read is served.
+    for name in MIXIN_DASHBOARD.iter().chain(MIXIN_ALERTS) {
+        assert!(
+            s.iter().any(|(n, _, _)| n == name),
+            "the postgres_exporter mixin reads {name}, which the scrape lacks"
+        );
+    }
+    // With the exporter's labels: per table, per slot.
+    let big = [
+        ("datname", "postgres"),
+        ("schemaname", "public"),
+        ("relname", "big"),
+        ("server", server.as_str()),
+    ];
+    assert!(value(&s, "pg_stat_user_tables_n_dead_tup", &big).is_some());
+    assert!(value(&s, "pg_stat_user_tables_n_live_tup", &big).is_some());
+    assert_eq!(
+        value(
+            &s,
+            "pg_replication_slots_active",
+            &[("slot_name", "forgotten"), ("server", server.as_str())]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&s, "pg_replication_lag", &[("server", &replica_server)]),
+        Some(lag)
+    );
     // Every collector that ran succeeded.
     let collectors: Vec<_> = s
         .iter()

@@ -21,7 +21,7 @@ use server::{database_size, locks, settings, stat_activity, static_info};
 use statistics::{
     stat_archiver, stat_bgwriter, stat_database, stat_database_conflicts, transactions,
 };
-use workload::{table_sizes, top_queries};
+use workload::{stat_user_tables, table_sizes, top_queries};
 
 /// A collector's connection: each query is prepared once per connection (`PREPARE`), so a
 /// scrape pays for execution only, not for parsing and planning the catalog views again.
@@ -163,6 +163,11 @@ pub const COLLECTORS: &[Collector] = &[
         name: "transactions",
         cached: false,
         run: transactions,
+    },
+    Collector {
+        name: "stat_user_tables",
+        cached: true,
+        run: stat_user_tables,
     },
     Collector {
         name: "table_sizes",

@@ -43,6 +43,15 @@ pub(super) fn replication(session: &mut Session<'_>, ctx: &Context) -> Result<Ve
             &server,
             me.lag,
         ));
+        // The same figure under the name the postgres_exporter mixin's lag alert reads (the
+        // 0.11 `pg_replication` query's).
+        fams.push(Family::single(
+            "pg_replication_lag",
+            "Replication lag behind master in seconds",
+            Kind::Gauge,
+            &server,
+            me.lag,
+        ));
         fams.push(Family::single(
             "pg_replication_is_replica",
             "Indicates if the server is a replica",
@@ -104,16 +113,17 @@ pub(super) fn replication(session: &mut Session<'_>, ctx: &Context) -> Result<Ve
     Ok(fams)
 }
 
-pub(super) fn replication_slots(session: &mut Session<'_>, _ctx: &Context) -> Result<Vec<Family>> {
+pub(super) fn replication_slots(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
     #[derive(Deserialize)]
     struct Slot {
         slot_name: String,
         slot_type: String,
+        database: String,
         active: bool,
         retained: Option<f64>,
     }
     let slots: Vec<Slot> = session.rows(
-        "SELECT slot_name::text AS slot_name, slot_type, active,
+        "SELECT slot_name::text AS slot_name, slot_type, coalesce(database::text, '') AS database, active,
                 pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
                                      ELSE pg_current_wal_lsn() END, restart_lsn)::float8 AS retained
          FROM pg_replication_slots ORDER BY 1",
@@ -129,6 +139,18 @@ pub(super) fn replication_slots(session: &mut Session<'_>, _ctx: &Context) -> Re
         "WAL the slot keeps on the primary's disk",
         Kind::Gauge,
     );
+    // postgres_exporter's names and labels (its `pg_replication_slots` query), which the
+    // community mixin's "unused replication slot" alert reads.
+    let mut exporter_active = Family::new(
+        "pg_replication_slots_active",
+        "Flag indicating if the slot is active",
+        Kind::Gauge,
+    );
+    let mut exporter_retained = Family::new(
+        "pg_replication_slots_pg_wal_lsn_diff",
+        "Replication lag in bytes",
+        Kind::Gauge,
+    );
     for slot in &slots {
         let labels = [
             ("slot_name", slot.slot_name.as_str()),
@@ -136,6 +158,13 @@ pub(super) fn replication_slots(session: &mut Session<'_>, _ctx: &Context) -> Re
         ];
         active.push(&labels, f64::from(u8::from(slot.active)));
         retained.push(&labels, slot.retained.unwrap_or(f64::NAN));
+        let labels = [
+            ("slot_name", slot.slot_name.as_str()),
+            ("database", &slot.database),
+            ("server", &ctx.server),
+        ];
+        exporter_active.push(&labels, f64::from(u8::from(slot.active)));
+        exporter_retained.push(&labels, slot.retained.unwrap_or(f64::NAN));
     }
     let inactive = slots.iter().filter(|s| !s.active).count() as f64;
     Ok(vec![
@@ -148,5 +177,7 @@ pub(super) fn replication_slots(session: &mut Session<'_>, _ctx: &Context) -> Re
         ),
         active,
         retained,
+        exporter_active,
+        exporter_retained,
     ])
 }

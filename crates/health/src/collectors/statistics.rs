@@ -122,10 +122,10 @@ pub(super) fn columns_as_families(
 }
 
 /// The background writer and checkpoints. PostgreSQL 17 moved the checkpoint counters to
-/// `pg_stat_checkpointer` (and dropped `buffers_backend*`, now in `pg_stat_io`): there each
+/// `pg_stat_checkpointer` (and dropped `buffers_backend*`, counted in `pg_stat_io`): there each
 /// view is read once, and the checkpoint counters are exported under both postgres_exporter's
 /// current `pg_stat_checkpointer_*` names and the 0.11 `pg_stat_bgwriter_*` names dashboards
-/// use.
+/// use (the mixin's "Buffers" panel included).
 pub(super) fn stat_bgwriter(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
     /// 0.11 `pg_stat_bgwriter` column, and the `pg_stat_checkpointer` column it became.
     const RENAMED: &[(&str, &str)] = &[
@@ -155,9 +155,16 @@ pub(super) fn stat_bgwriter(session: &mut Session<'_>, ctx: &Context) -> Result<
             counter,
         ));
     }
+    // What backends wrote and synced themselves (`buffers_backend*` before 17) is counted
+    // per backend type in pg_stat_io since 16: the writes and fsyncs of relation blocks by
+    // everything but the background writer and the checkpointer.
     let mut bgwriter: Vec<Map<String, Value>> = session.rows(
-        "SELECT buffers_clean, maxwritten_clean, buffers_alloc,
-                extract(epoch FROM stats_reset)::float8 AS stats_reset
+        "SELECT buffers_clean, maxwritten_clean,
+                (SELECT coalesce(sum(writes), 0) FROM pg_stat_io
+                 WHERE object = 'relation' AND backend_type NOT IN ('background writer', 'checkpointer')) AS buffers_backend,
+                (SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io
+                 WHERE object = 'relation' AND backend_type NOT IN ('background writer', 'checkpointer')) AS buffers_backend_fsync,
+                buffers_alloc, extract(epoch FROM stats_reset)::float8 AS stats_reset
          FROM pg_stat_bgwriter",
         "reading pg_stat_bgwriter",
     )?;
