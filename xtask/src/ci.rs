@@ -184,32 +184,72 @@ fn pgops_tasks(context: &Context, what: &str) -> anyhow::Result<String> {
     Ok(detail)
 }
 
-/// The documented alert rules through Prometheus's own checker.
+/// The documented alert rules through Prometheus's own checker, then their unit tests
+/// (`promtool test rules`), which must make every rule fire at least once.
 fn alert_rules(context: &Context) -> anyhow::Result<String> {
-    let rules = crate::workspace_root().join("docs/monitoring/alerts.yml");
-    let mut promtool = Command::new("promtool");
-    if let Some(path) = &context.path {
-        promtool.env("PATH", path);
-    }
-    let out = promtool
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-        .context("running promtool (Debian: apt-get install prometheus)")?;
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    print!("{report}");
-    ensure!(
-        out.status.success(),
-        "promtool rejected {}",
-        rules.display()
+    let dir = crate::workspace_root().join("docs/monitoring");
+    let (rules, tests) = (dir.join("alerts.yml"), dir.join("alerts.test.yml"));
+    let promtool = |args: &[&str], file: &std::path::Path| -> anyhow::Result<String> {
+        let mut promtool = Command::new("promtool");
+        if let Some(path) = &context.path {
+            promtool.env("PATH", path);
+        }
+        let out = promtool
+            .args(args)
+            .arg(file)
+            .output()
+            .context("running promtool (Debian: apt-get install prometheus)")?;
+        let report = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        print!("{report}");
+        ensure!(
+            out.status.success(),
+            "promtool {} failed on {}",
+            args.join(" "),
+            file.display()
+        );
+        Ok(report)
+    };
+    let report = promtool(&["check", "rules"], &rules)?;
+    let untested = untested_alerts(
+        &std::fs::read_to_string(&rules).with_context(|| format!("reading {}", rules.display()))?,
+        &std::fs::read_to_string(&tests).with_context(|| format!("reading {}", tests.display()))?,
     );
+    ensure!(
+        untested.is_empty(),
+        "no test in {} fires {}: add series that must fire each (and series that must not)",
+        tests.display(),
+        untested.join(", ")
+    );
+    promtool(&["test", "rules"], &tests)?;
     let found = report
         .lines()
         .find_map(|l| l.trim().strip_prefix("SUCCESS: "))
-        .unwrap_or("ok")
-        .to_owned();
-    Ok(found)
+        .unwrap_or("ok");
+    Ok(format!("{found}, each fired by its unit test"))
+}
+
+/// The alerts of a rules file that no unit test expects to fire (`exp_alerts` under its
+/// `alertname`).
+fn untested_alerts(rules: &str, tests: &str) -> Vec<String> {
+    let mut fired = BTreeSet::new();
+    let mut current = None;
+    for line in tests.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("alertname:")
+            .or_else(|| line.strip_prefix("- alertname:"))
+        {
+            current = Some(name.trim().to_owned());
+        } else if line.starts_with("exp_alerts:") {
+            fired.extend(current.clone());
+        }
+    }
+    rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !fired.contains(name))
+        .collect()
 }
 
 /// The suites that need only a server (health, insights, pool, router, migrations, seeding,
@@ -325,5 +365,24 @@ fn no_leftovers(before: &BTreeSet<String>) -> anyhow::Result<String> {
             bail!("left behind after the run:\n    {}", new.join("\n    "));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::untested_alerts;
+
+    #[test]
+    fn an_alert_no_test_fires_is_named() {
+        let rules = "groups:\n  - name: g\n    rules:\n      - alert: Fired\n        expr: up == 0\n      - alert: Silent\n        expr: up == 2\n      - alert: OnlyQuiet\n        expr: up == 3\n";
+        let tests = "tests:\n  - input_series: []\n    alert_rule_test:\n      - eval_time: 1m\n        alertname: Fired\n        exp_alerts:\n          - exp_labels: {}\n      - eval_time: 1m\n        alertname: OnlyQuiet\n";
+        assert_eq!(untested_alerts(rules, tests), ["Silent", "OnlyQuiet"]);
+        // The documented rules are all fired by their tests.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/monitoring");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        assert_eq!(
+            untested_alerts(&read("alerts.yml"), &read("alerts.test.yml")),
+            Vec::<String>::new()
+        );
     }
 }

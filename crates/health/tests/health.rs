@@ -236,9 +236,21 @@ fn every_documented_family_from_a_primary_with_a_replica() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/monitoring/alerts.yml"),
     )
     .unwrap();
-    let names: std::collections::BTreeSet<String> = rules
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("expr:"))
+    // Each rule's expression: its `expr:` line and the lines of a block that follow it.
+    let mut exprs = Vec::new();
+    let mut in_expr = false;
+    for line in rules.lines().map(str::trim) {
+        if let Some(expr) = line.strip_prefix("expr:") {
+            exprs.push(expr);
+            in_expr = true;
+        } else if in_expr && (line.starts_with("for:") || line.starts_with("labels:")) {
+            in_expr = false;
+        } else if in_expr {
+            exprs.push(line);
+        }
+    }
+    let names: std::collections::BTreeSet<String> = exprs
+        .into_iter()
         .flat_map(|expr| {
             expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .filter(|w| w.starts_with("pg_") || w.starts_with("pgops_"))

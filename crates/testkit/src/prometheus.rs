@@ -1,0 +1,187 @@
+//! A real Prometheus (Debian's `prometheus`) that scrapes given targets and evaluates given
+//! rule files every second, for tests that must see an alert as Prometheus itself sees it.
+//! Runs as the server user with copies of the rule files in its own directory (a checkout
+//! under root's home is not readable by that user); stopped and its directory removed when
+//! dropped, or by its watchdog when the owning process goes away, however it goes.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    Error, Result,
+    process::{self, RunAs, Watchdog},
+};
+
+/// A running Prometheus.
+#[derive(Debug)]
+pub struct Prometheus {
+    port: u16,
+    root: PathBuf,
+    child: Option<Child>,
+    watchdog: Option<Watchdog>,
+    agent: ureq::Agent,
+}
+
+/// An alert as Prometheus's `/api/v1/alerts` reports it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Alert {
+    /// Its labels (`alertname` included).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `pending` (its `for` has not passed yet) or `firing`.
+    pub state: String,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `/metrics` of each `host:port` in `targets` (job `pgops`)
+    /// every second, evaluating the rule files `rules` every second, and waits until it is
+    /// ready.
+    pub fn start(rules: &[&Path], targets: &[String]) -> Result<Prometheus> {
+        let program = process::find_tool("prometheus", "prometheus", "/usr/bin")?;
+        let run_as = RunAs::detect()?;
+        run_as.check_can_run(&program)?;
+        let root = tempfile::Builder::new()
+            .prefix("pgops-prometheus-")
+            .tempdir()
+            .map_err(|e| Error::io("creating a Prometheus directory", e))?
+            .keep();
+        run_as.own(&root)?;
+        let watchdog = Watchdog::daemon(&run_as, &root, "prometheus.pid")?;
+        let mut cfg = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n",
+        );
+        for (i, rule) in rules.iter().enumerate() {
+            let copy = root.join(format!("rules-{i}.yml"));
+            fs::copy(rule, &copy)
+                .map_err(|e| Error::io(format!("copying {}", rule.display()), e))?;
+            run_as.own(&copy)?;
+            let _ = writeln!(cfg, "  - {}", copy.display());
+        }
+        cfg.push_str(
+            "scrape_configs:\n  - job_name: pgops\n    static_configs:\n      - targets:\n",
+        );
+        for target in targets {
+            let _ = writeln!(cfg, "          - '{target}'");
+        }
+        let config = root.join("prometheus.yml");
+        fs::write(&config, cfg)
+            .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
+        run_as.own(&config)?;
+        let data = root.join("data");
+        fs::create_dir(&data).map_err(|e| Error::io(format!("creating {}", data.display()), e))?;
+        run_as.own(&data)?;
+        let port = pgops_pg::free_port()?;
+        let log = fs::File::create(root.join("prometheus.log"))
+            .map_err(|e| Error::io("creating Prometheus's log", e))?;
+        let mut cmd = run_as.command(&program, &root);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", program.display()), e))?;
+        let pid = root.join("prometheus.pid");
+        fs::write(&pid, child.id().to_string())
+            .map_err(|e| Error::io(format!("writing {}", pid.display()), e))?;
+        let prometheus = Prometheus {
+            port,
+            root,
+            child: Some(child),
+            watchdog: Some(watchdog),
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = prometheus
+                .agent
+                .get(format!("{}/-/ready", prometheus.url()))
+                .call()
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return Ok(prometheus);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "Prometheus to be ready; its log: {}",
+                        process::tail(&prometheus.root.join("prometheus.log"), 20)
+                    ),
+                    waited: Duration::from_secs(30),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The alerts it holds now, pending and firing.
+    pub fn alerts(&self) -> Result<Vec<Alert>> {
+        #[derive(serde::Deserialize)]
+        struct Data {
+            alerts: Vec<Alert>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            data: Data,
+        }
+        let url = format!("{}/api/v1/alerts", self.url());
+        let body = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| Error::io(format!("GET {url}"), std::io::Error::other(e)))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Error::io(format!("GET {url}"), std::io::Error::other(e)))?;
+        let answer: Answer = serde_json::from_str(&body)
+            .map_err(|e| Error::io(format!("reading {url}: {body}"), std::io::Error::other(e)))?;
+        Ok(answer.data.alerts)
+    }
+
+    /// Waits up to `timeout` for an alert named `name` in `state` (`pending` or `firing`).
+    pub fn wait_for_alert(&self, name: &str, state: &str, timeout: Duration) -> Result<Alert> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let alerts = self.alerts()?;
+            if let Some(alert) = alerts.iter().find(|a| {
+                a.state == state && a.labels.get("alertname").map(String::as_str) == Some(name)
+            }) {
+                return Ok(alert.clone());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("Prometheus to hold {name} {state} (it holds {alerts:?})"),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            watchdog.finish();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
