@@ -1,7 +1,7 @@
-//! The `health` suite: the time to answer `/metrics` for pgops-health against Debian's
-//! `prometheus-postgres-exporter` with its default collectors, on a database with 1,000
-//! tables, scraped alternately in the same rounds; and a check that every metric family the
-//! exporter produced is in ours too.
+//! The `health` suite: the time to answer `/metrics` for pgops-health (cached, and with the
+//! cache off) against Debian's `prometheus-postgres-exporter` with its default collectors, on
+//! a database with 100, 1,000 and 10,000 tables, scraped alternately in the same rounds; and a
+//! check at every size that every metric family the exporter produced is in ours too.
 
 use std::{
     collections::BTreeSet,
@@ -20,8 +20,8 @@ use crate::report::{Comparison, Report, median};
 /// How long and how much.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
-    /// Tables in the database.
-    pub tables: usize,
+    /// Tables in the database, one comparison each (tables are added between sizes).
+    pub table_counts: &'static [usize],
     /// Rounds (medians are reported).
     pub rounds: usize,
     /// Scrapes per exporter per round.
@@ -33,15 +33,15 @@ impl Plan {
     pub fn new(quick: bool) -> Self {
         if quick {
             Plan {
-                tables: 200,
+                table_counts: &[200],
                 rounds: 3,
                 scrapes: 10,
             }
         } else {
             Plan {
-                tables: 1000,
-                rounds: 7,
-                scrapes: 30,
+                table_counts: &[100, 1000, 10_000],
+                rounds: 5,
+                scrapes: 12,
             }
         }
     }
@@ -105,18 +105,6 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     })?;
     let cluster = Cluster::start(ClusterOptions::default()).context("starting a cluster")?;
     cluster.create_database("bench")?;
-    eprintln!("creating {} tables ...", plan.tables);
-    cluster.execute(
-        "bench",
-        &format!(
-            "DO $$ BEGIN FOR i IN 1..{} LOOP
-               EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i);
-               EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text) FROM generate_series(1, 20) g', i);
-             END LOOP; END $$; ANALYZE;",
-            plan.tables
-        ),
-    )?;
-
     let anchor_port = pgops_pg::free_port()?;
     let dsn = format!(
         "postgresql://{SUPERUSER}@127.0.0.1:{}/bench?sslmode=disable",
@@ -137,110 +125,155 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         .build()?;
     let facade = pgops_health::install_recorder()?;
     let url = DatabaseUrl::parse(&cluster.url("bench"))?;
-    let ours_port = serve(
-        &runtime,
-        Exporter::new(url.clone(), vec![], Options::default(), Some(facade))?,
-    )?;
-    let uncached_port = serve(
-        &runtime,
-        Exporter::new(
-            url,
-            vec![],
-            Options {
-                cache_for: Duration::ZERO,
-                ..Options::default()
-            },
-            None,
-        )?,
-    )?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
     let anchor_url = format!("http://127.0.0.1:{anchor_port}/metrics");
-    let ours_url = format!("http://127.0.0.1:{ours_port}/metrics");
-    let uncached_url = format!("http://127.0.0.1:{uncached_port}/metrics");
-    let started = Instant::now();
-    let anchor_text = loop {
-        match fetch(&agent, &anchor_url) {
-            Ok(text) if text.contains("pg_up 1") => break text,
-            _ if started.elapsed() > Duration::from_secs(20) => {
-                bail!("{POSTGRES_EXPORTER} did not report pg_up 1 within 20 s")
+    let mut comparisons = Vec::new();
+    let mut tables = 0;
+    for &count in plan.table_counts {
+        eprintln!("creating tables {} to {count} ...", tables + 1);
+        // A commit every 500 tables: one transaction's locks on 10,000 new tables would not
+        // fit in the lock table.
+        cluster.execute(
+            "bench",
+            &format!(
+                "DO $$ BEGIN FOR i IN {}..{count} LOOP
+                   EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i);
+                   EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text) FROM generate_series(1, 20) g', i);
+                   IF i % 500 = 0 THEN COMMIT; END IF;
+                 END LOOP; END $$",
+                tables + 1
+            ),
+        )?;
+        cluster.execute("bench", "ANALYZE")?;
+        tables = count;
+        // Fresh exporters per size, so no cache holds the smaller database.
+        let ours_port = serve(
+            &runtime,
+            Exporter::new(
+                url.clone(),
+                vec![],
+                Options::default(),
+                Some(facade.clone()),
+            )?,
+        )?;
+        let uncached_port = serve(
+            &runtime,
+            Exporter::new(
+                url.clone(),
+                vec![],
+                Options {
+                    cache_for: Duration::ZERO,
+                    ..Options::default()
+                },
+                None,
+            )?,
+        )?;
+        let ours_url = format!("http://127.0.0.1:{ours_port}/metrics");
+        let uncached_url = format!("http://127.0.0.1:{uncached_port}/metrics");
+        let started = Instant::now();
+        let anchor_text = loop {
+            match fetch(&agent, &anchor_url) {
+                Ok(text) if text.contains("pg_up 1") => break text,
+                _ if started.elapsed() > Duration::from_secs(20) => {
+                    bail!("{POSTGRES_EXPORTER} did not report pg_up 1 within 20 s")
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
             }
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    };
-    let ours_text = fetch(&agent, &ours_url)?;
-    // Coverage: every family the exporter produced for this server, except its own process
-    // and build metrics, is in ours.
-    let theirs = families(&anchor_text);
-    let ours = families(&ours_text);
-    let own = |name: &String| {
-        [
-            "go_",
-            "process_",
-            "promhttp_",
-            "postgres_exporter_",
-            "pg_scrape_collector_",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p))
-    };
-    let missing: Vec<&String> = theirs
-        .iter()
-        .filter(|n| !own(n) && !ours.contains(*n))
-        .collect();
-    eprintln!(
-        "{POSTGRES_EXPORTER}: {} families ({} its own); pgops: {} families; missing from pgops: {:?}",
-        theirs.len(),
-        theirs.iter().filter(|n| own(n)).count(),
-        ours.len(),
-        missing
-    );
-    ensure!(
-        missing.is_empty(),
-        "pgops-health lacks families postgres_exporter has: {missing:?}"
-    );
-
-    let time = |url: &str| -> anyhow::Result<f64> {
-        let t = Instant::now();
-        fetch(&agent, url)?;
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let (mut ours_rounds, mut anchor_rounds, mut uncached_rounds) =
-        (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..plan.rounds {
-        let (mut o, mut a, mut u) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..plan.scrapes {
-            // Alternate which side goes first.
-            if (round + i) % 2 == 0 {
-                o.push(time(&ours_url)?);
-                a.push(time(&anchor_url)?);
-            } else {
-                a.push(time(&anchor_url)?);
-                o.push(time(&ours_url)?);
-            }
-            u.push(time(&uncached_url)?);
-        }
-        ours_rounds.push(median(&o));
-        anchor_rounds.push(median(&a));
-        uncached_rounds.push(median(&u));
+        };
+        let ours_text = fetch(&agent, &ours_url)?;
+        // Coverage: every family the exporter produced for this server, except its own
+        // process and build metrics, is in ours.
+        let theirs = families(&anchor_text);
+        let ours = families(&ours_text);
+        let own = |name: &String| {
+            [
+                "go_",
+                "process_",
+                "promhttp_",
+                "postgres_exporter_",
+                "pg_scrape_collector_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+        };
+        let missing: Vec<&String> = theirs
+            .iter()
+            .filter(|n| !own(n) && !ours.contains(*n))
+            .collect();
         eprintln!(
-            "round {}: pgops {:.2} ms (uncached {:.2} ms), postgres_exporter {:.2} ms",
-            round + 1,
-            ours_rounds[round] * 1e3,
-            uncached_rounds[round] * 1e3,
-            anchor_rounds[round] * 1e3
+            "{count} tables: {POSTGRES_EXPORTER}: {} families ({} its own), {} KiB; pgops: {} families, {} KiB; missing from pgops: {:?}",
+            theirs.len(),
+            theirs.iter().filter(|n| own(n)).count(),
+            anchor_text.len() / 1024,
+            ours.len(),
+            ours_text.len() / 1024,
+            missing
         );
-    }
-    drop(anchor);
-    let anchor_tool = format!(
-        "{POSTGRES_EXPORTER} 0.11 (Debian), default collectors, GET /metrics ({} tables)",
-        plan.tables
-    );
-    Ok(Report {
-        suite: "health".into(),
-        comparisons: vec![
+        ensure!(
+            missing.is_empty(),
+            "pgops-health lacks families postgres_exporter has: {missing:?}"
+        );
+
+        let time = |url: &str| -> anyhow::Result<f64> {
+            let t = Instant::now();
+            fetch(&agent, url)?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        let (mut ours_rounds, mut anchor_rounds, mut uncached_rounds) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..plan.rounds {
+            let (mut o, mut a, mut u) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..plan.scrapes {
+                // Rotate which side goes first.
+                let mut sides = [0, 1, 2];
+                sides.rotate_left((round + i) % 3);
+                for side in sides {
+                    match side {
+                        0 => o.push(time(&ours_url)?),
+                        1 => a.push(time(&anchor_url)?),
+                        _ => u.push(time(&uncached_url)?),
+                    }
+                }
+            }
+            ours_rounds.push(median(&o));
+            anchor_rounds.push(median(&a));
+            uncached_rounds.push(median(&u));
+            eprintln!(
+                "{count} tables, round {}: pgops {:.2} ms (uncached {:.2} ms), postgres_exporter {:.2} ms",
+                round + 1,
+                ours_rounds[round] * 1e3,
+                uncached_rounds[round] * 1e3,
+                anchor_rounds[round] * 1e3
+            );
+        }
+        // Where the uncached scrape's time goes: each collector's own figure.
+        let uncached_text = fetch(&agent, &uncached_url)?;
+        let mut spent: Vec<(f64, &str)> = uncached_text
+            .lines()
+            .filter_map(|l| l.strip_prefix("pgops_collector_duration_seconds{collector=\""))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once('"')?;
+                Some((rest.rsplit(' ').next()?.parse().ok()?, name))
+            })
+            .collect();
+        spent.sort_by(|a, b| b.0.total_cmp(&a.0));
+        eprintln!(
+            "{count} tables, uncached collectors: {}",
+            spent
+                .iter()
+                .take(5)
+                .map(|(s, n)| format!("{n} {:.1} ms", s * 1e3))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let anchor_tool = format!(
+            "{POSTGRES_EXPORTER} 0.11 (Debian), default collectors, GET /metrics ({count} tables)"
+        );
+        let size = format!("{count} tables");
+        comparisons.push(
             Comparison::from_rounds(
                 "scrape_seconds",
                 "seconds",
@@ -249,7 +282,10 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 &anchor_tool,
                 false,
             )
-            .target(2.0),
+            .target(2.0)
+            .size(&size),
+        );
+        comparisons.push(
             Comparison::from_rounds(
                 "scrape_seconds_uncached",
                 "seconds",
@@ -257,8 +293,15 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 &anchor_rounds,
                 &format!("{anchor_tool}; pgops with --cache 0s"),
                 false,
-            ),
-        ],
+            )
+            .target(1.0)
+            .size(&size),
+        );
+    }
+    drop(anchor);
+    Ok(Report {
+        suite: "health".into(),
+        comparisons,
         measurements: Vec::new(),
         machine: None,
         quick: false,

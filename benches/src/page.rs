@@ -85,7 +85,228 @@ pub fn regenerate(reports: &[Report], doc: &Path, svg: &Path) -> anyhow::Result<
     let page = splice(&page, &section(reports, svg_name))
         .with_context(|| format!("updating {}", doc.display()))?;
     std::fs::write(svg, chart(reports)).with_context(|| format!("writing {}", svg.display()))?;
+    let curves_path = svg.with_file_name(curves_name(svg_name));
+    match curves(reports) {
+        Some(curves) => std::fs::write(&curves_path, curves)
+            .with_context(|| format!("writing {}", curves_path.display()))?,
+        None if curves_path.exists() => std::fs::remove_file(&curves_path)
+            .with_context(|| format!("removing {}", curves_path.display()))?,
+        None => {}
+    }
     std::fs::write(doc, page).with_context(|| format!("writing {}", doc.display()))
+}
+
+/// The curves' file beside the chart: `benchmarks.svg` -> `benchmarks-curves.svg`.
+fn curves_name(svg_name: &str) -> String {
+    match svg_name.strip_suffix(".svg") {
+        Some(stem) => format!("{stem}-curves.svg"),
+        None => format!("{svg_name}-curves.svg"),
+    }
+}
+
+/// The comparisons measured at several sizes: per suite and name, each size in the order
+/// measured.
+fn sized(reports: &[Report]) -> Vec<(&str, &str, Vec<&Comparison>)> {
+    let mut out: Vec<(&str, &str, Vec<&Comparison>)> = Vec::new();
+    for report in reports {
+        for c in report.comparisons.iter().filter(|c| c.size.is_some()) {
+            match out
+                .iter_mut()
+                .find(|(suite, name, _)| *suite == report.suite && *name == c.name)
+            {
+                Some((_, _, points)) => points.push(c),
+                None => out.push((&report.suite, &c.name, vec![c])),
+            }
+        }
+    }
+    out.retain(|(_, _, points)| points.len() > 1);
+    out
+}
+
+/// The curves: for every comparison measured at several sizes, a row of two plots against
+/// the size: the ratio with its target (dashed), and both sides' figures (pgops solid, the
+/// anchor dashed). `None` when no comparison has several sizes.
+pub fn curves(reports: &[Report]) -> Option<String> {
+    const PLOT_W: f64 = 300.0;
+    const PLOT_H: f64 = 110.0;
+    const ROW: f64 = 175.0;
+    const LEFT: f64 = 70.0;
+    const GAP: f64 = 110.0;
+    const TOP: f64 = 40.0;
+    let rows = sized(reports);
+    if rows.is_empty() {
+        return None;
+    }
+    let width = LEFT + 2.0 * PLOT_W + GAP + 40.0;
+    let height = TOP + ROW * rows.len() as f64 + 10.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">pgops against the existing tool as the size grows: ratio (left, target dashed) and each side (right)</text>\n"
+    );
+    for (row, (suite, name, points)) in rows.iter().enumerate() {
+        let top = TOP + ROW * row as f64 + 28.0;
+        let first = points[0];
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{:.1}\" font-size=\"12\" font-weight=\"bold\">{}</text>",
+            top - 10.0,
+            escape(&format!("{suite} / {name}"))
+        );
+        let sizes: Vec<&str> = points.iter().filter_map(|c| c.size.as_deref()).collect();
+        let ratios: Vec<f64> = points.iter().map(|c| c.ratio).collect();
+        let ratio_max = ratios
+            .iter()
+            .copied()
+            .chain(first.target)
+            .chain([1.0])
+            .fold(0.0, f64::max)
+            * 1.15;
+        let mut lines = vec![(ratios, "#2e8b57", false)];
+        let plot = Plot {
+            left: LEFT,
+            top,
+            width: PLOT_W,
+            height: PLOT_H,
+            max: ratio_max,
+        };
+        plot.axes(&mut svg, &sizes, "ratio");
+        if let Some(target) = first.target {
+            lines.push((vec![target; points.len()], "#000000", true));
+        }
+        for (values, colour, dashed) in &lines {
+            plot.line(&mut svg, values, colour, *dashed);
+        }
+        let ours: Vec<f64> = points.iter().map(|c| c.ours).collect();
+        let anchor: Vec<f64> = points.iter().map(|c| c.anchor).collect();
+        let value_max = ours.iter().chain(&anchor).copied().fold(0.0, f64::max) * 1.15;
+        let plot = Plot {
+            left: LEFT + PLOT_W + GAP,
+            max: value_max,
+            ..plot
+        };
+        plot.axes(&mut svg, &sizes, &first.unit);
+        plot.line(&mut svg, &ours, "#1f5fa8", false);
+        plot.line(&mut svg, &anchor, "#9e9e9e", true);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#1f5fa8\">pgops</text><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#777\">anchor</text>",
+            plot.left + PLOT_W - 90.0,
+            top - 10.0,
+            plot.left + PLOT_W - 45.0,
+            top - 10.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    Some(svg)
+}
+
+/// One plot of the curves: sizes spread evenly along x, 0 to `max` along y.
+#[derive(Debug, Clone, Copy)]
+struct Plot {
+    left: f64,
+    top: f64,
+    width: f64,
+    height: f64,
+    max: f64,
+}
+
+impl Plot {
+    fn x(&self, i: usize, n: usize) -> f64 {
+        if n <= 1 {
+            return self.left + self.width / 2.0;
+        }
+        self.left + 20.0 + (self.width - 40.0) * i as f64 / (n - 1) as f64
+    }
+
+    fn y(&self, value: f64) -> f64 {
+        let share = if self.max > 0.0 {
+            (value / self.max).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.top + self.height * (1.0 - share)
+    }
+
+    /// The frame, the sizes under it, and the top of the scale beside it.
+    fn axes(&self, svg: &mut String, sizes: &[&str], unit: &str) {
+        let bottom = self.top + self.height;
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"none\" stroke=\"#ccc\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{}</text>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">0</text>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{}</text>",
+            self.left,
+            self.top,
+            self.width,
+            self.height,
+            self.left - 4.0,
+            self.top + 10.0,
+            figure_short(self.max),
+            self.left - 4.0,
+            bottom,
+            self.left - 4.0,
+            self.top + self.height / 2.0,
+            escape(unit)
+        );
+        for (i, size) in sizes.iter().enumerate() {
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{}</text>",
+                self.x(i, sizes.len()),
+                bottom + 14.0,
+                escape(size)
+            );
+        }
+    }
+
+    /// A polyline through `values` with a dot and the figure at each point.
+    fn line(&self, svg: &mut String, values: &[f64], colour: &str, dashed: bool) {
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{:.1},{:.1}", self.x(i, values.len()), self.y(*v)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{}/>",
+            points.join(" "),
+            if dashed {
+                " stroke-dasharray=\"5,4\""
+            } else {
+                ""
+            }
+        );
+        if dashed {
+            return;
+        }
+        for (i, v) in values.iter().enumerate() {
+            let (x, y) = (self.x(i, values.len()), self.y(*v));
+            let _ = writeln!(
+                svg,
+                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{colour}\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{colour}\">{}</text>",
+                y - 6.0,
+                figure_short(*v)
+            );
+        }
+    }
+}
+
+/// A figure in three significant digits, with k and M for large ones.
+fn figure_short(value: f64) -> String {
+    let a = value.abs();
+    if a >= 1e6 {
+        format!("{:.3}M", value / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", value / 1e3)
+    } else if a >= 100.0 {
+        format!("{value:.0}")
+    } else if a >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
 }
 
 /// Replaces what lies between [`BEGIN`] and [`END`] in `page` with `section`.
@@ -151,7 +372,7 @@ pub fn section(reports: &[Report], svg_name: &str) -> String {
                 "; missed: {}",
                 missed
                     .iter()
-                    .map(|c| format!("`{}`", c.name))
+                    .map(|c| format!("`{}`", c.label()))
                     .collect::<Vec<_>>()
                     .join(", ")
             )
@@ -161,6 +382,13 @@ pub fn section(reports: &[Report], svg_name: &str) -> String {
         out,
         "![Each comparison's ratio (bar; above 1 pgops is better) against its target (mark)]({svg_name})\n"
     );
+    if !sized(reports).is_empty() {
+        let _ = writeln!(
+            out,
+            "![Each comparison measured at several sizes: its ratio and target, and both sides' figures, against the size]({})\n",
+            curves_name(svg_name)
+        );
+    }
     for report in reports {
         let _ = writeln!(out, "### {}\n", report.suite);
         let _ = writeln!(out, "`cargo xtask bench {}`", report.suite);
@@ -191,7 +419,7 @@ pub fn section(reports: &[Report], svg_name: &str) -> String {
             let _ = writeln!(
                 out,
                 "| `{}` | {} | {} | {} | {} | {:.2} | {} |",
-                c.name,
+                c.label(),
                 c.unit,
                 readable(c.ours),
                 readable(c.anchor),
@@ -269,7 +497,7 @@ pub fn chart(reports: &[Report]) -> String {
              <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#333\">{:.2}</text>",
             LABEL - 8.0,
             y + 13.0,
-            escape(&format!("{suite} / {}", c.name)),
+            escape(&format!("{suite} / {}", c.label())),
             from.min(to),
             (to - from).abs().max(1.0),
             ROW - 10.0,
@@ -451,6 +679,53 @@ mod tests {
         assert_eq!(svg.matches("stroke=\"black\"").count(), 2, "two targets");
         assert!(svg.contains("backup / physical"));
         assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn comparisons_at_several_sizes_get_a_curve_each() {
+        assert_eq!(curves(&reports()), None, "no sizes, no curves");
+        let at = |clients: u32, ours: f64, anchor: f64| {
+            Comparison::from_rounds(
+                "pk_lookup_qps",
+                "queries/s",
+                &[ours],
+                &[anchor],
+                "pgbench",
+                true,
+            )
+            .target(0.9)
+            .size(format!("{clients} clients"))
+        };
+        let mut sized = reports();
+        sized.push(report(
+            "pool",
+            vec![
+                at(8, 60_000.0, 66_000.0),
+                at(32, 58_000.0, 60_000.0),
+                at(128, 50_000.0, 45_000.0),
+                Comparison::from_rounds("alone", "s", &[1.0], &[1.0], "x", false).size("8 clients"),
+            ],
+        ));
+        let svg = curves(&sized).unwrap();
+        assert!(svg.contains("pool / pk_lookup_qps"), "{svg}");
+        assert!(!svg.contains("pool / alone"), "one size is not a curve");
+        for size in ["8 clients", "32 clients", "128 clients"] {
+            assert_eq!(
+                svg.matches(&format!(">{size}<")).count(),
+                2,
+                "both plots: {size}"
+            );
+        }
+        // The ratio, the target, pgops and the anchor.
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains(">1.11<"), "the ratio at 128 clients: {svg}");
+        let text = section(&sized, "benchmarks.svg");
+        assert!(text.contains("](benchmarks-curves.svg)"), "{text}");
+        assert!(
+            text.contains("| `pk_lookup_qps @ 32 clients` | queries/s | 58,000 | 60,000 |"),
+            "{text}"
+        );
+        assert!(!section(&reports(), "benchmarks.svg").contains("curves"));
     }
 
     #[test]

@@ -78,8 +78,18 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                     )?;
                     anchor.push(pgbench_tps(&output)?);
                 }
-                "pgops" => ours.push(pk_lookups_via_pool(&through, plan, accounts)?),
-                _ => straight.push(pk_lookups_via_pool(&direct, plan, accounts)?),
+                "pgops" => ours.push(pk_lookups_via_pool(
+                    &through,
+                    plan.clients,
+                    plan.seconds,
+                    accounts,
+                )?),
+                _ => straight.push(pk_lookups_via_pool(
+                    &direct,
+                    plan.clients,
+                    plan.seconds,
+                    accounts,
+                )?),
             }
         }
         eprintln!(

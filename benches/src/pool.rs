@@ -1,6 +1,9 @@
 //! The `pool` suite: primary-key lookups on a `pgbench -i` database through the pgops pool
-//! and diesel, against `pgbench -S -M prepared` with the same client count; and checking out
-//! per query against holding one connection per client.
+//! and diesel, checked out per query from a pool of 16, at 8, 32 and 128 client threads;
+//! against `pgbench -S -M prepared` with the same client count and one thread per client
+//! (`-j` = `-c`, as the harness runs one OS thread per client, as a service does), and
+//! `-j 2` for context; and checking out per query against holding one connection per
+//! client.
 
 use anyhow::Context as _;
 use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings};
@@ -15,90 +18,116 @@ use crate::{
 /// Runs the suite on a fresh cluster.
 pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
     let cluster = lookup_cluster(plan)?;
-
     let accounts = plan.accounts()?;
-    let settings = PoolSettings {
-        max_size: plan.clients,
-        min_idle: plan.clients,
+    let url = DatabaseUrl::parse(&cluster.url("postgres"))?;
+    let sized = |size: u32| PoolSettings {
+        max_size: size,
+        min_idle: size,
         ..Environment::Production.profile()
     };
-    let pool = Pool::open(
-        "bench",
-        DatabaseUrl::parse(&cluster.url("postgres"))?,
-        settings,
-    )?;
-
-    let anchor_tool = format!(
-        "pgbench -n -S -M prepared -c {c} -j 2 -T {t} -h 127.0.0.1 -p <port> -U postgres postgres",
-        c = plan.clients,
-        t = plan.seconds
-    );
-    let (mut ours, mut held, mut anchor) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..plan.rounds {
-        // Alternate which side goes first so neither always runs on a warmer cache.
-        let mut steps: Vec<&str> = vec!["pgbench", "checkout", "held"];
-        steps.rotate_left(round % 3);
-        for step in steps {
-            match step {
-                "pgbench" => {
-                    let clients = plan.clients.to_string();
-                    let seconds = plan.seconds.to_string();
-                    let args = [
-                        "-n", "-S", "-M", "prepared", "-c", &clients, "-j", "2", "-T", &seconds,
-                    ];
-                    anchor.push(pgbench_tps(&pgbench(&cluster, "postgres", &args)?)?);
-                }
-                "checkout" => ours.push(pk_lookups_via_pool(&pool, plan, accounts)?),
-                _ => {
-                    let pool = pool.clone();
-                    held.push(pk_lookups(
-                        plan.clients,
-                        plan.seconds,
-                        accounts,
-                        move || {
-                            let mut conn = pool.get()?;
+    let pool = Pool::open("bench", url.clone(), sized(plan.pool_size))?;
+    let mut comparisons = Vec::new();
+    for &clients in plan.client_counts {
+        // One connection held per client: as many connections as clients.
+        let holding = Pool::open("bench-held", url.clone(), sized(clients))?;
+        let size = format!("{clients} clients");
+        let (c, t) = (clients.to_string(), plan.seconds.to_string());
+        let pgbench_tool = |threads: &str| {
+            format!(
+                "pgbench -n -S -M prepared -c {c} -j {threads} -T {t} -h 127.0.0.1 -p <port> -U postgres postgres"
+            )
+        };
+        let (mut ours, mut held, mut anchor, mut two_threads) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..plan.rounds {
+            // Rotate which side goes first so none always runs on a warmer cache.
+            let mut steps = ["pgbench", "checkout", "held", "pgbench-j2"];
+            let n = steps.len();
+            steps.rotate_left(round % n);
+            for step in steps {
+                match step {
+                    "pgbench" | "pgbench-j2" => {
+                        let threads = if step == "pgbench" { c.as_str() } else { "2" };
+                        let args = [
+                            "-n", "-S", "-M", "prepared", "-c", &c, "-j", threads, "-T", &t,
+                        ];
+                        let tps = pgbench_tps(&pgbench(&cluster, "postgres", &args)?)?;
+                        if step == "pgbench" {
+                            anchor.push(tps);
+                        } else {
+                            two_threads.push(tps);
+                        }
+                    }
+                    "checkout" => {
+                        ours.push(pk_lookups_via_pool(&pool, clients, plan.seconds, accounts)?)
+                    }
+                    _ => {
+                        let holding = holding.clone();
+                        held.push(pk_lookups(clients, plan.seconds, accounts, move || {
+                            let mut conn = holding.get()?;
                             Ok(Box::new(move |key| {
                                 balance(&mut conn, key)?;
                                 Ok(())
                             }) as Lookup)
-                        },
-                    )?)
+                        })?);
+                    }
                 }
             }
+            eprintln!(
+                "{clients} clients, round {}: pgbench -j {clients} {:.0}, -j 2 {:.0}, pgops checkout per query (pool of {}) {:.0}, pgops held {:.0} queries/s",
+                round + 1,
+                anchor[round],
+                two_threads[round],
+                plan.pool_size,
+                ours[round],
+                held[round]
+            );
         }
-        eprintln!(
-            "round {}: pgbench {:.0}, pgops checkout per query {:.0}, pgops held {:.0} queries/s",
-            round + 1,
-            anchor[round],
-            ours[round],
-            held[round]
-        );
-    }
-    Ok(Report {
-        suite: "pool".into(),
-        comparisons: vec![
+        comparisons.push(
             Comparison::from_rounds(
                 "pk_lookup_qps",
                 "queries/s",
                 &ours,
                 &anchor,
-                &anchor_tool,
+                &pgbench_tool(&c),
                 true,
             )
-        .target(0.9),
+            .target(0.9)
+            .size(&size),
+        );
+        comparisons.push(
+            Comparison::from_rounds(
+                "pk_lookup_qps_vs_pgbench_j2",
+                "queries/s",
+                &ours,
+                &two_threads,
+                &format!(
+                    "{} (client threads multiplexed on 2; context)",
+                    pgbench_tool("2")
+                ),
+                true,
+            )
+            .size(&size),
+        );
+        comparisons.push(
             Comparison::from_rounds(
                 "checkout_overhead",
                 "queries/s",
                 &ours,
                 &held,
                 &format!(
-                    "the same lookups through pgops and diesel on one connection held per client ({} clients, {} s)",
-                    plan.clients, plan.seconds
+                    "the same lookups through pgops and diesel on one connection held per client ({clients} clients, {} s)",
+                    plan.seconds
                 ),
                 true,
             )
-        .target(0.95),
-        ],
+            .target(0.95)
+            .size(&size),
+        );
+    }
+    Ok(Report {
+        suite: "pool".into(),
+        comparisons,
         measurements: Vec::new(),
         machine: None,
         quick: false,

@@ -77,6 +77,10 @@ pub struct Comparison {
     /// The ratio pgops aims for; absent for figures given as context only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<f64>,
+    /// The size measured (`"32 clients"`, `"scale 200"`) when the suite measures this
+    /// comparison at several sizes; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
 }
 
 impl Comparison {
@@ -105,6 +109,21 @@ impl Comparison {
             higher_is_better,
             ratio,
             target: None,
+            size: None,
+        }
+    }
+
+    /// Names the size measured.
+    pub fn size(mut self, size: impl Into<String>) -> Self {
+        self.size = Some(size.into());
+        self
+    }
+
+    /// The name with the size, as tables and messages show it (`pk_lookup_qps @ 32 clients`).
+    pub fn label(&self) -> String {
+        match &self.size {
+            Some(size) => format!("{} @ {size}", self.name),
+            None => self.name.clone(),
         }
     }
 
@@ -135,7 +154,11 @@ impl Report {
     pub fn regressions(&self, baseline: &Report, threshold: f64) -> Vec<String> {
         let mut out = Vec::new();
         for now in &self.comparisons {
-            let Some(then) = baseline.comparisons.iter().find(|c| c.name == now.name) else {
+            let Some(then) = baseline
+                .comparisons
+                .iter()
+                .find(|c| c.name == now.name && c.size == now.size)
+            else {
                 continue;
             };
             let worse = if now.higher_is_better {
@@ -146,7 +169,10 @@ impl Report {
             if worse {
                 out.push(format!(
                     "{}: {:.2} {} now, {:.2} in the baseline",
-                    now.name, now.ours, now.unit, then.ours
+                    now.label(),
+                    now.ours,
+                    now.unit,
+                    then.ours
                 ));
             }
         }
@@ -184,7 +210,7 @@ impl Report {
         let mut out = format!("suite {}\n", self.suite);
         let _ = writeln!(
             out,
-            "  {:<20} {:>14} {:>14} {:>7} {:>8}  anchor",
+            "  {:<34} {:>14} {:>14} {:>7} {:>8}  anchor",
             "name", "ours", "anchor", "ratio", "target"
         );
         for c in &self.comparisons {
@@ -195,8 +221,8 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "  {:<20} {:>14} {:>14} {:>7.3} {:>8}  {} [{}]",
-                c.name,
+                "  {:<34} {:>14} {:>14} {:>7.3} {:>8}  {} [{}]",
+                c.label(),
                 figure(c.ours),
                 figure(c.anchor),
                 c.ratio,

@@ -1,5 +1,6 @@
 //! The `router` suite: primary-key reads through the router (no token, so a replica serves)
-//! against the same reads on a pool connected straight to that replica.
+//! against the same reads on a pool connected straight to that replica, both pools of 16
+//! connections, at 8, 32 and 128 client threads.
 
 use std::time::Duration;
 
@@ -26,8 +27,8 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
     replica.execute("postgres", "SELECT count(*) FROM pgbench_accounts")?;
 
     let settings = PoolSettings {
-        max_size: plan.clients,
-        min_idle: plan.clients,
+        max_size: plan.pool_size,
+        min_idle: plan.pool_size,
         ..Environment::Production.profile()
     };
     let replica_url = DatabaseUrl::parse(&replica.url("postgres"))?;
@@ -52,20 +53,18 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
     );
 
     let accounts = plan.accounts()?;
-    let (mut ours, mut anchor) = (Vec::new(), Vec::new());
-    for round in 0..plan.rounds {
-        for via_router in if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        } {
-            if via_router {
-                let router = router.clone();
-                ours.push(pk_lookups(
-                    plan.clients,
-                    plan.seconds,
-                    accounts,
-                    move || {
+    let mut comparisons = Vec::new();
+    for &clients in plan.client_counts {
+        let (mut ours, mut anchor) = (Vec::new(), Vec::new());
+        for round in 0..plan.rounds {
+            for via_router in if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            } {
+                if via_router {
+                    let router = router.clone();
+                    ours.push(pk_lookups(clients, plan.seconds, accounts, move || {
                         let router = router.clone();
                         Ok(Box::new(move |key| {
                             router.read(None, |conn| -> Result<i32, pgops_router::Error> {
@@ -73,17 +72,37 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                             })?;
                             Ok(())
                         }) as Lookup)
-                    },
-                )?);
-            } else {
-                anchor.push(pk_lookups_via_pool(&direct, plan, accounts)?);
+                    })?);
+                } else {
+                    anchor.push(pk_lookups_via_pool(
+                        &direct,
+                        clients,
+                        plan.seconds,
+                        accounts,
+                    )?);
+                }
             }
+            eprintln!(
+                "{clients} clients, round {}: router {:.0}, replica pool {:.0} reads/s",
+                round + 1,
+                ours[round],
+                anchor[round]
+            );
         }
-        eprintln!(
-            "round {}: router {:.0}, replica pool {:.0} reads/s",
-            round + 1,
-            ours[round],
-            anchor[round]
+        comparisons.push(
+            Comparison::from_rounds(
+                "read_qps_via_router",
+                "reads/s",
+                &ours,
+                &anchor,
+                &format!(
+                    "the same lookups on a pgops pool of {} connected straight to the replica ({clients} clients, {} s)",
+                    plan.pool_size, plan.seconds
+                ),
+                true,
+            )
+            .target(0.95)
+            .size(format!("{clients} clients")),
         );
     }
     ensure!(
@@ -92,18 +111,7 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
     );
     Ok(Report {
         suite: "router".into(),
-        comparisons: vec![Comparison::from_rounds(
-            "read_qps_via_router",
-            "reads/s",
-            &ours,
-            &anchor,
-            &format!(
-                "the same lookups on a pgops pool connected straight to the replica ({} clients, {} s)",
-                plan.clients, plan.seconds
-            ),
-            true,
-        )
-        .target(0.95)],
+        comparisons,
         measurements: Vec::new(),
         machine: None,
         quick: false,

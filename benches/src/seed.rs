@@ -1,7 +1,9 @@
-//! The `seed` suite: bulk-loading `audit_logs` the way the staging seed does (generation and
-//! binary `COPY FREEZE` in one transaction) against `psql \copy` of the identical rows from a
-//! CSV file into the same, emptied table; and `pgbench -i` rows/s on the same cluster, for
-//! context.
+//! The `seed` suite, at staging scales 0.1, 1 and 5: bulk-loading `audit_logs` the way the
+//! staging seed does (generation and binary `COPY FREEZE` in one transaction, keys built
+//! after) against the limit of loading the same rows (a server-side binary `COPY .. FREEZE`
+//! of them from a file written beforehand, with the same key and index builds), and against
+//! `psql \copy` of the identical rows from a CSV file into the same, emptied table; and
+//! `pgbench -i` rows/s on the same cluster, for context.
 
 use std::{process::Command, time::Instant};
 
@@ -11,16 +13,16 @@ use pgops_seed::{Dataset, NoProgress, SeedOptions};
 use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
 
 use crate::{
-    report::{Comparison, Report},
+    report::{Comparison, Report, median},
     workload::pgbench,
 };
 
 /// How big and how long.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
-    /// Staging scale (1.0: 1M audit_logs rows).
-    pub scale: f64,
-    /// Rounds per side.
+    /// Staging scales (1.0: 1M audit_logs rows), one comparison each.
+    pub scales: &'static [f64],
+    /// Rounds per side (at scale 5 and above, three).
     pub rounds: usize,
     /// `pgbench -i` scale for the context figure.
     pub pgbench_scale: u32,
@@ -31,13 +33,13 @@ impl Plan {
     pub fn new(quick: bool) -> Self {
         if quick {
             Plan {
-                scale: 0.25,
+                scales: &[0.25],
                 rounds: 3,
                 pgbench_scale: 3,
             }
         } else {
             Plan {
-                scale: 1.0,
+                scales: &[0.1, 1.0, 5.0],
                 rounds: 5,
                 pgbench_scale: 10,
             }
@@ -48,83 +50,148 @@ impl Plan {
 /// Runs the suite on a fresh cluster.
 pub fn run(plan: Plan) -> anyhow::Result<Report> {
     let cluster = Cluster::start(ClusterOptions::default()).context("starting a cluster")?;
-    cluster.create_database("bench")?;
-    let mut conn = cluster.connect("bench")?;
-    pgops_schema::migrate(&mut conn)?;
-    let options = SeedOptions {
-        dataset: Dataset::Staging,
-        seed: 1,
-        scale: plan.scale,
-        reset: false,
-    };
-    eprintln!("seeding staging at scale {} ...", plan.scale);
-    pgops_seed::seed(&mut conn, &options, &mut NoProgress)?;
-
-    // The anchor loads the very rows the seed wrote, exported once (not timed).
     let dir = tempfile_dir()?;
-    let csv = dir.join("audit_logs.csv");
-    let psql = cluster.binaries().program("psql");
-    let run_psql = |command: String| -> anyhow::Result<()> {
-        let out = Command::new(&psql)
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &cluster.port().to_string(),
-            ])
-            .args(["-U", SUPERUSER, "-d", "bench", "-c", &command])
-            .output()
-            .with_context(|| format!("running {}", psql.display()))?;
-        ensure!(
-            out.status.success(),
-            "psql -c {command:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    run_psql(format!("\\copy audit_logs TO '{}' CSV", csv.display()))?;
-    let rows = std::fs::read_to_string(&csv)?.lines().count() as f64;
-    ensure!(
-        plan.scale < 1.0 || rows >= 1_000_000.0,
-        "the full run loads at least 1M rows, not {rows}"
-    );
-
-    let anchor_tool = "psql -c \"\\copy audit_logs FROM 'audit_logs.csv' CSV\" (the same rows, into the same emptied table)";
-    let (mut ours, mut anchor) = (Vec::new(), Vec::new());
-    for round in 0..plan.rounds {
-        let order: [bool; 2] = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
+    let mut comparisons = Vec::new();
+    // pgops at the scale nearest to 1, for the context row.
+    let mut near_one: Option<(f64, Vec<f64>)> = None;
+    for (i, &scale) in plan.scales.iter().enumerate() {
+        let db = format!("bench{i}");
+        cluster.create_database(&db)?;
+        let mut conn = cluster.connect(&db)?;
+        pgops_schema::migrate(&mut conn)?;
+        let options = SeedOptions {
+            dataset: Dataset::Staging,
+            seed: 1,
+            scale,
+            reset: false,
         };
-        for pgops in order {
-            if pgops {
-                let report = pgops_seed::reload_table(&mut conn, &options, "audit_logs")?;
-                ours.push(report.rows as f64 / report.elapsed.as_secs_f64());
-            } else {
-                conn.batch_execute("TRUNCATE audit_logs")?;
-                let started = Instant::now();
-                run_psql(format!("\\copy audit_logs FROM '{}' CSV", csv.display()))?;
-                anchor.push(rows / started.elapsed().as_secs_f64());
-            }
-        }
-        eprintln!(
-            "round {}: pgops {:.0} rows/s, psql \\copy {:.0} rows/s",
-            round + 1,
-            ours[round],
-            anchor[round]
+        eprintln!("seeding staging at scale {scale} ...");
+        pgops_seed::seed(&mut conn, &options, &mut NoProgress)?;
+
+        // Both anchors load the very rows the seed wrote, exported once (not timed): a CSV
+        // file for psql, a binary COPY file the server reads for the limit.
+        let csv = dir.join("audit_logs.csv");
+        let psql = cluster.binaries().program("psql");
+        let run_psql = |command: String| -> anyhow::Result<()> {
+            let out = Command::new(&psql)
+                .args([
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &cluster.port().to_string(),
+                ])
+                .args(["-U", SUPERUSER, "-d", &db, "-c", &command])
+                .output()
+                .with_context(|| format!("running {}", psql.display()))?;
+            ensure!(
+                out.status.success(),
+                "psql -c {command:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        run_psql(format!("\\copy audit_logs TO '{}' CSV", csv.display()))?;
+        let rows = std::fs::read_to_string(&csv)?.lines().count() as f64;
+        ensure!(
+            rows > 0.0,
+            "staging at scale {scale} wrote no audit_logs rows"
         );
+        let binary = cluster.root().join("audit_logs.bin");
+        let binary = binary
+            .to_str()
+            .context("the cluster's directory is not UTF-8")?;
+        conn.batch_execute(&format!(
+            "COPY audit_logs TO {} WITH (FORMAT binary)",
+            pgops_pg::quote_literal(binary)
+        ))?;
+
+        let rounds = if scale >= 5.0 { 3 } else { plan.rounds };
+        let (mut ours, mut anchor, mut limit) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let mut sides = ["pgops", "limit", "psql"];
+            sides.rotate_left(round % 3);
+            for side in sides {
+                match side {
+                    "pgops" => {
+                        let report = pgops_seed::reload_table(&mut conn, &options, "audit_logs")?;
+                        ours.push(report.rows as f64 / report.elapsed.as_secs_f64());
+                    }
+                    "limit" => {
+                        let report = pgops_seed::reload_table_from_server_file(
+                            &mut conn,
+                            "audit_logs",
+                            binary,
+                        )?;
+                        ensure!(
+                            report.rows as f64 == rows,
+                            "the limit loaded {} rows",
+                            report.rows
+                        );
+                        limit.push(report.rows as f64 / report.elapsed.as_secs_f64());
+                    }
+                    _ => {
+                        conn.batch_execute("TRUNCATE audit_logs")?;
+                        let started = Instant::now();
+                        run_psql(format!("\\copy audit_logs FROM '{}' CSV", csv.display()))?;
+                        anchor.push(rows / started.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            eprintln!(
+                "scale {scale}, round {}: pgops {:.0} rows/s, limit {:.0} rows/s, psql \\copy {:.0} rows/s",
+                round + 1,
+                ours[round],
+                limit[round],
+                anchor[round]
+            );
+        }
+        let size = format!("scale {scale}");
+        comparisons.push(
+            Comparison::from_rounds(
+                "bulk_load_rows_per_s",
+                "rows/s",
+                &ours,
+                &limit,
+                &format!(
+                    "COPY audit_logs FROM '<file>' WITH (FORMAT binary, FREEZE) of the same {rows} rows written beforehand, same transaction, TRUNCATE and key and index builds (the limit: no generation)"
+                ),
+                true,
+            )
+            .target(0.9)
+            .size(&size),
+        );
+        comparisons.push(
+            Comparison::from_rounds(
+                "bulk_load_vs_psql_copy",
+                "rows/s",
+                &ours,
+                &anchor,
+                "psql -c \"\\copy audit_logs FROM 'audit_logs.csv' CSV\" (the same rows, into the same emptied table with its index and foreign key; context)",
+                true,
+            )
+            .size(&size),
+        );
+        if near_one
+            .as_ref()
+            .is_none_or(|(s, _)| (scale - 1.0).abs() < (s - 1.0).abs())
+        {
+            near_one = Some((scale, ours));
+        }
+        drop(conn);
+        cluster.execute("postgres", &format!("DROP DATABASE {db}"))?;
+        let _ = std::fs::remove_file(&csv);
     }
 
     // Context: what pgbench's own client-side generator reaches on this cluster.
+    cluster.create_database("pgbench")?;
     let started = Instant::now();
     pgbench(
         &cluster,
-        "bench",
+        "pgbench",
         &[
             "-i",
             "-q",
@@ -136,31 +203,22 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
     )?;
     let pgbench_rows = f64::from(plan.pgbench_scale) * 100_000.0 / started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
+    let (scale, ours) = near_one.context("no scale to measure")?;
+    comparisons.push(Comparison::from_rounds(
+        "context_pgbench_init",
+        "rows/s",
+        &[median(&ours)],
+        &[pgbench_rows],
+        &format!(
+            "pgbench -i -I dtg -s {} (pgbench_accounts: no foreign keys, no jsonb; context only; pgops at scale {scale})",
+            plan.pgbench_scale
+        ),
+        true,
+    ));
 
     Ok(Report {
         suite: "seed".into(),
-        comparisons: vec![
-            Comparison::from_rounds(
-                "bulk_load_rows_per_s",
-                "rows/s",
-                &ours,
-                &anchor,
-                anchor_tool,
-                true,
-            )
-            .target(1.2),
-            Comparison::from_rounds(
-                "context_pgbench_init",
-                "rows/s",
-                &ours,
-                &[pgbench_rows],
-                &format!(
-                    "pgbench -i -I dtg -s {} (pgbench_accounts: no foreign keys, no jsonb; context only)",
-                    plan.pgbench_scale
-                ),
-                true,
-            ),
-        ],
+        comparisons,
         measurements: Vec::new(),
         machine: None,
         quick: false,

@@ -29,8 +29,13 @@ diesel::table! {
 pub struct LookupPlan {
     /// `pgbench -i -s` scale (100,000 accounts each).
     pub scale: u32,
-    /// Concurrent clients on both sides.
+    /// Concurrent clients on both sides (suites measured at one client count).
     pub clients: u32,
+    /// The client counts of the suites measured at several (pool, router), each on a pool
+    /// of [`LookupPlan::pool_size`] connections.
+    pub client_counts: &'static [u32],
+    /// The pool's size in the suites measured at several client counts.
+    pub pool_size: u32,
     /// Seconds per measurement.
     pub seconds: u64,
     /// Rounds per side (medians are reported).
@@ -44,6 +49,8 @@ impl LookupPlan {
             LookupPlan {
                 scale: 2,
                 clients: 8,
+                client_counts: &[8],
+                pool_size: 16,
                 seconds: 2,
                 rounds: 3,
             }
@@ -51,8 +58,10 @@ impl LookupPlan {
             LookupPlan {
                 scale: 10,
                 clients: 8,
-                seconds: 5,
-                rounds: 7,
+                client_counts: &[8, 32, 128],
+                pool_size: 16,
+                seconds: 3,
+                rounds: 5,
             }
         }
     }
@@ -169,14 +178,16 @@ pub fn pk_lookups(
     Ok(total as f64 / longest.as_secs_f64())
 }
 
-/// [`pk_lookups`] checking a connection out of `pool` for every lookup, as a service does.
+/// [`pk_lookups`] from `clients` threads checking a connection out of `pool` for every
+/// lookup, as a service does.
 pub fn pk_lookups_via_pool(
     pool: &pgops_pool::Pool,
-    plan: LookupPlan,
+    clients: u32,
+    seconds: u64,
     accounts: i32,
 ) -> anyhow::Result<f64> {
     let pool = pool.clone();
-    pk_lookups(plan.clients, plan.seconds, accounts, move || {
+    pk_lookups(clients, seconds, accounts, move || {
         let pool = pool.clone();
         Ok(Box::new(move |key| {
             balance(&mut *pool.get()?, key)?;

@@ -184,6 +184,45 @@ fn seeding_leaves_the_schema_exactly_as_it_was() {
 }
 
 #[test]
+fn a_table_reloads_from_a_server_file_with_its_keys_built_again() {
+    let db = pgops_schema::testing::database().unwrap();
+    let mut conn = db.connect().unwrap();
+    let options = options(Dataset::Development, 7, 0.05);
+    seed(&mut conn, &options, &mut NoProgress).unwrap();
+    let before = pgops_migrate::snapshot(&mut conn).unwrap();
+    let rows = table_checksums(&mut conn);
+    let file = db
+        .cluster()
+        .root()
+        .join(format!("{}-audit_logs.bin", db.name()));
+    let file = file.to_str().unwrap();
+    conn.batch_execute(&format!("COPY audit_logs TO '{file}' WITH (FORMAT binary)"))
+        .unwrap();
+    let report = pgops_seed::reload_table_from_server_file(&mut conn, "audit_logs", file).unwrap();
+    assert_eq!(
+        report.rows as i64,
+        scalar(&mut conn, "SELECT count(*) FROM audit_logs")
+    );
+    assert!(report.rows > 0);
+    // The same rows, the same keys, indexes and foreign keys.
+    assert_eq!(table_checksums(&mut conn), rows);
+    assert_eq!(
+        before.diff(&pgops_migrate::snapshot(&mut conn).unwrap()),
+        ""
+    );
+    // A file that is not there leaves the table as it was.
+    let err =
+        pgops_seed::reload_table_from_server_file(&mut conn, "audit_logs", "/nonexistent/x.bin")
+            .unwrap_err();
+    assert!(
+        pgops_pg::report(&err).contains("/nonexistent/x.bin"),
+        "{}",
+        pgops_pg::report(&err)
+    );
+    assert_eq!(table_checksums(&mut conn), rows);
+}
+
+#[test]
 fn same_seed_same_data_other_seed_other_data() {
     let dbs: Vec<_> = (0..3)
         .map(|_| pgops_schema::testing::database().unwrap())

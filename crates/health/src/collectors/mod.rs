@@ -96,8 +96,11 @@ pub struct Context {
 pub struct Collector {
     /// Its name, the `collector` label of `pgops_collector_*`.
     pub name: &'static str,
-    /// Expensive: its result is reused for the cache interval.
-    pub cached: bool,
+    /// The connection it runs on: 0 for the cheap collectors, run on every scrape one after
+    /// another; 1 or 2 for the expensive ones, whose results are reused for the cache
+    /// interval. The two expensive lanes run side by side, so the slowest (`database`, which
+    /// sizes every file) does not wait for the per-table ones.
+    pub lane: usize,
     /// Runs it.
     pub run: fn(&mut Session<'_>, &Context) -> Result<Vec<Family>>,
 }
@@ -106,80 +109,87 @@ pub struct Collector {
 pub const COLLECTORS: &[Collector] = &[
     Collector {
         name: "static",
-        cached: true,
+        lane: 1,
         run: static_info,
     },
     Collector {
         name: "database",
-        cached: true,
+        lane: 2,
         run: database_size,
     },
     Collector {
         name: "locks",
-        cached: false,
+        lane: 0,
         run: locks,
     },
     Collector {
         name: "stat_activity",
-        cached: false,
+        lane: 0,
         run: stat_activity,
     },
     Collector {
         name: "stat_archiver",
-        cached: false,
+        lane: 0,
         run: stat_archiver,
     },
     Collector {
         name: "stat_bgwriter",
-        cached: false,
+        lane: 0,
         run: stat_bgwriter,
     },
     Collector {
         name: "stat_database",
-        cached: false,
+        lane: 0,
         run: stat_database,
     },
     Collector {
         name: "stat_database_conflicts",
-        cached: false,
+        lane: 0,
         run: stat_database_conflicts,
     },
     Collector {
         name: "settings",
-        cached: true,
+        lane: 1,
         run: settings,
     },
     Collector {
         name: "replication",
-        cached: false,
+        lane: 0,
         run: replication,
     },
     Collector {
         name: "replication_slots",
-        cached: false,
+        lane: 0,
         run: replication_slots,
     },
     Collector {
         name: "transactions",
-        cached: false,
+        lane: 0,
         run: transactions,
     },
     Collector {
         name: "stat_user_tables",
-        cached: true,
+        lane: 1,
         run: stat_user_tables,
     },
     Collector {
         name: "table_sizes",
-        cached: true,
+        lane: 1,
         run: table_sizes,
     },
     Collector {
         name: "top_queries",
-        cached: true,
+        lane: 2,
         run: top_queries,
     },
 ];
+
+impl Collector {
+    /// Expensive: its result is reused for the cache interval.
+    pub const fn cached(&self) -> bool {
+        self.lane > 0
+    }
+}
 
 /// The collectors that also run against replicas (everything else describes the primary).
 pub const REPLICA_COLLECTORS: &[&str] = &["replication"];

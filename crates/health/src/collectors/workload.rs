@@ -40,30 +40,38 @@ pub(super) fn table_sizes(session: &mut Session<'_>, _ctx: &Context) -> Result<V
     Ok(vec![fam])
 }
 
-/// Every user table's live and dead tuples and last autovacuum, under postgres_exporter's
-/// `stat_user_tables` names and labels: the community mixin's "table not vacuumed" alert
-/// compares the two tuple counts with the autovacuum settings. One row per table, so the
-/// collector is cached: at 10,000 tables it is the scrape's largest part.
+/// Every user table's live and dead tuples, under postgres_exporter's `stat_user_tables`
+/// names and labels: the community mixin's "table not vacuumed" alert compares the two with
+/// the autovacuum settings. One series per table and family, so the collector is cached, keeps
+/// to the two families the mixin reads, and calls the two statistics functions itself instead
+/// of reading `pg_stat_user_tables`, which computes twenty per table (a third of the time at
+/// 10,000 tables).
 pub(super) fn stat_user_tables(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
     #[derive(Deserialize)]
     struct T {
-        datname: String,
         schemaname: String,
         relname: String,
-        n_live_tup: f64,
-        n_dead_tup: f64,
-        n_mod_since_analyze: f64,
-        last_autovacuum: Option<f64>,
-        autovacuum_count: f64,
+        live: f64,
+        dead: f64,
     }
+    #[derive(Deserialize)]
+    struct Db {
+        datname: String,
+    }
+    let db: Vec<Db> = session.rows(
+        "SELECT current_database()::text AS datname",
+        "reading the database's name",
+    )?;
+    let datname = db.first().map_or("", |d| d.datname.as_str());
+    // The tables pg_stat_user_tables lists.
     let found: Vec<T> = session.rows(
-        "SELECT current_database()::text AS datname, schemaname::text AS schemaname,
-                relname::text AS relname, n_live_tup::float8 AS n_live_tup,
-                n_dead_tup::float8 AS n_dead_tup, n_mod_since_analyze::float8 AS n_mod_since_analyze,
-                extract(epoch FROM last_autovacuum)::float8 AS last_autovacuum,
-                autovacuum_count::float8 AS autovacuum_count
-         FROM pg_stat_user_tables ORDER BY 2, 3",
-        "reading pg_stat_user_tables",
+        "SELECT n.nspname::text AS schemaname, c.relname::text AS relname,
+                pg_stat_get_live_tuples(c.oid)::float8 AS live,
+                pg_stat_get_dead_tuples(c.oid)::float8 AS dead
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 't', 'm', 'p')
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'",
+        "reading the user tables' tuple counts",
     )?;
     let mut live = Family::new(
         "pg_stat_user_tables_n_live_tup",
@@ -75,35 +83,17 @@ pub(super) fn stat_user_tables(session: &mut Session<'_>, ctx: &Context) -> Resu
         "Estimated number of dead rows",
         Kind::Gauge,
     );
-    let mut modified = Family::new(
-        "pg_stat_user_tables_n_mod_since_analyze",
-        "Estimated number of rows changed since last analyze",
-        Kind::Gauge,
-    );
-    let mut vacuumed = Family::new(
-        "pg_stat_user_tables_last_autovacuum",
-        "Last time at which this table was vacuumed by the autovacuum daemon (epoch seconds; 0: never)",
-        Kind::Gauge,
-    );
-    let mut vacuums = Family::new(
-        "pg_stat_user_tables_autovacuum_count",
-        "Number of times this table has been vacuumed by the autovacuum daemon",
-        Kind::Counter,
-    );
     for t in &found {
         let labels = [
-            ("datname", t.datname.as_str()),
+            ("datname", datname),
             ("schemaname", &t.schemaname),
             ("relname", &t.relname),
             ("server", &ctx.server),
         ];
-        live.push(&labels, t.n_live_tup);
-        dead.push(&labels, t.n_dead_tup);
-        modified.push(&labels, t.n_mod_since_analyze);
-        vacuumed.push(&labels, t.last_autovacuum.unwrap_or(0.0));
-        vacuums.push(&labels, t.autovacuum_count);
+        live.push(&labels, t.live);
+        dead.push(&labels, t.dead);
     }
-    Ok(vec![live, dead, modified, vacuumed, vacuums])
+    Ok(vec![live, dead])
 }
 
 pub(super) fn top_queries(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {

@@ -198,7 +198,7 @@ impl Exporter {
                 url,
                 primary,
                 member,
-                lanes: [Mutex::new(None), Mutex::new(None)],
+                lanes: [Mutex::new(None), Mutex::new(None), Mutex::new(None)],
                 session_sql: session_sql.clone(),
                 connect_timeout: options.connect_timeout,
             })
@@ -487,28 +487,28 @@ async fn collect_target(
         top_queries: options.top_queries,
     };
     // Cheap collectors run one after another on one connection (a round trip each; on a
-    // busy server parallel queries only compete); expensive ones that are due run on a second
-    // connection so they never delay the cheap ones. Each query has the session's
+    // busy server parallel queries only compete); expensive ones that are due run on two more
+    // connections so they never delay the cheap ones, nor the per-table ones the one that
+    // sizes every file. Each query has the session's
     // statement_timeout and lock_timeout; the deadline bounds the whole.
-    let mut cheap = Vec::new();
-    let mut expensive = Vec::new();
+    let mut by_lane: [Vec<crate::collectors::Collector>; 3] = Default::default();
     for collector in COLLECTORS
         .iter()
         .filter(|c| target.primary || REPLICA_COLLECTORS.contains(&c.name))
     {
-        if !collector.cached {
-            cheap.push(*collector);
-        } else if let Some(text) = cached.remove(collector.name) {
+        if collector.cached()
+            && let Some(text) = cached.remove(collector.name)
+        {
             outcome.rendered.push(text);
         } else {
-            expensive.push(*collector);
+            by_lane[collector.lane].push(*collector);
         }
     }
-    let expected: Vec<&'static str> = cheap.iter().chain(&expensive).map(|c| c.name).collect();
+    let expected: Vec<&'static str> = by_lane.iter().flatten().map(|c| c.name).collect();
     let progress = Arc::new(Mutex::new(Progress::default()));
     let started = Instant::now();
     let mut lanes = Vec::new();
-    for (lane, collectors) in [cheap, expensive].into_iter().enumerate() {
+    for (lane, collectors) in by_lane.into_iter().enumerate() {
         if collectors.is_empty() {
             continue;
         }
@@ -577,7 +577,7 @@ async fn collect_target(
         finished.push(name);
         let ok = match result {
             Ok(fams) => {
-                if COLLECTORS.iter().any(|c| c.name == name && c.cached) {
+                if COLLECTORS.iter().any(|c| c.name == name && c.cached()) {
                     let mut text = String::new();
                     text::render(&fams, &mut text);
                     let text: Arc<str> = Arc::from(text);

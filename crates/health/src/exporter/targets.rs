@@ -24,8 +24,9 @@ pub(super) struct Target {
     /// healthy.
     pub(super) member: bool,
     /// The collectors' own connections: cheap collectors on the first, expensive ones on the
-    /// second; each keeps its prepared statements.
-    pub(super) lanes: [Mutex<Option<LaneConn>>; 2],
+    /// second and third (see [`crate::collectors::Collector::lane`]); each keeps its prepared
+    /// statements.
+    pub(super) lanes: [Mutex<Option<LaneConn>>; 3],
     /// `SET` statements for a new lane connection (timeouts, application_name).
     pub(super) session_sql: String,
     pub(super) connect_timeout: Duration,
