@@ -8,6 +8,7 @@ pub mod backup;
 pub mod failover;
 pub mod health;
 pub mod page;
+pub mod peers;
 pub mod pgbouncer;
 pub mod pool;
 pub mod queries;

@@ -3,12 +3,14 @@
 //! against `pgbench -S -M prepared` with the same client count and one thread per client
 //! (`-j` = `-c`, as the harness runs one OS thread per client, as a service does), and
 //! `-j 2` for context; and checking out per query against holding one connection per
-//! client.
+//! client; and against the pools a Rust service would pick instead (sqlx's `PgPool`,
+//! `deadpool-postgres`), with the same pool size and client count.
 
 use anyhow::Context as _;
 use pgops_pool::{DatabaseUrl, Environment, Pool, PoolSettings};
 
 use crate::{
+    peers::Peers,
     report::{Comparison, Report},
     workload::{
         Lookup, LookupPlan, balance, lookup_cluster, pgbench, pk_lookups, pk_lookups_via_pool,
@@ -26,6 +28,7 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
         ..Environment::Production.profile()
     };
     let pool = Pool::open("bench", url.clone(), sized(plan.pool_size))?;
+    let peers = Peers::open(&cluster.url("postgres"), plan.pool_size)?;
     let mut comparisons = Vec::new();
     for &clients in plan.client_counts {
         // One connection held per client: as many connections as clients.
@@ -39,9 +42,17 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
         };
         let (mut ours, mut held, mut anchor, mut two_threads) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut sqlx, mut deadpool) = (Vec::new(), Vec::new());
         for round in 0..plan.rounds {
             // Rotate which side goes first so none always runs on a warmer cache.
-            let mut steps = ["pgbench", "checkout", "held", "pgbench-j2"];
+            let mut steps = [
+                "pgbench",
+                "checkout",
+                "sqlx",
+                "held",
+                "deadpool",
+                "pgbench-j2",
+            ];
             let n = steps.len();
             steps.rotate_left(round % n);
             for step in steps {
@@ -58,6 +69,8 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                             two_threads.push(tps);
                         }
                     }
+                    "sqlx" => sqlx.push(peers.sqlx(clients, plan.seconds, accounts)?),
+                    "deadpool" => deadpool.push(peers.deadpool(clients, plan.seconds, accounts)?),
                     "checkout" => {
                         ours.push(pk_lookups_via_pool(&pool, clients, plan.seconds, accounts)?)
                     }
@@ -74,13 +87,15 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                 }
             }
             eprintln!(
-                "{clients} clients, round {}: pgbench -j {clients} {:.0}, -j 2 {:.0}, pgops checkout per query (pool of {}) {:.0}, pgops held {:.0} queries/s",
+                "{clients} clients, round {}: pgbench -j {clients} {:.0}, -j 2 {:.0}, pgops checkout per query (pool of {}) {:.0}, pgops held {:.0}, sqlx {:.0}, deadpool-postgres {:.0} queries/s",
                 round + 1,
                 anchor[round],
                 two_threads[round],
                 plan.pool_size,
                 ours[round],
-                held[round]
+                held[round],
+                sqlx[round],
+                deadpool[round]
             );
         }
         comparisons.push(
@@ -107,6 +122,36 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
                 ),
                 true,
             )
+            .size(&size),
+        );
+        comparisons.push(
+            Comparison::from_rounds(
+                "pk_lookup_qps_vs_sqlx",
+                "queries/s",
+                &ours,
+                &sqlx,
+                &format!(
+                    "sqlx 0.8 PgPool (max_connections = min_connections = {}; query_scalar with bind, statements prepared and cached per connection), {clients} tokio tasks on 2 worker threads, {} s",
+                    plan.pool_size, plan.seconds
+                ),
+                true,
+            )
+            .target(1.0)
+            .size(&size),
+        );
+        comparisons.push(
+            Comparison::from_rounds(
+                "pk_lookup_qps_vs_deadpool",
+                "queries/s",
+                &ours,
+                &deadpool,
+                &format!(
+                    "deadpool-postgres 0.14 over tokio-postgres 0.7 (pool of {}, RecyclingMethod::Fast, prepare_cached), {clients} tokio tasks on 2 worker threads, {} s",
+                    plan.pool_size, plan.seconds
+                ),
+                true,
+            )
+            .target(1.0)
             .size(&size),
         );
         comparisons.push(

@@ -149,9 +149,7 @@ pub fn pk_lookups(
         .map(|client| {
             let (make, barrier) = (make.clone(), barrier.clone());
             std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
-                let mut rng = XorShift(
-                    0x9E37_79B9_7F4A_7C15 ^ ((u64::from(client) + 1) * 0x2545_F491_4F6C_DD1D),
-                );
+                let mut rng = XorShift::for_client(client);
                 let made = make();
                 barrier.wait();
                 let mut lookup = made?;
@@ -197,10 +195,15 @@ pub fn pk_lookups_via_pool(
 }
 
 /// A tiny deterministic generator for keys (the same sequence in every run).
-struct XorShift(u64);
+pub(crate) struct XorShift(pub(crate) u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    /// The generator of client number `client`: each client its own sequence.
+    pub(crate) fn for_client(client: u32) -> Self {
+        XorShift(0x9E37_79B9_7F4A_7C15 ^ ((u64::from(client) + 1) * 0x2545_F491_4F6C_DD1D))
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
