@@ -72,10 +72,11 @@ impl LookupPlan {
     }
 }
 
-/// A fresh cluster (`max_connections` 200) with `pgbench -i -s <scale>`, vacuumed and analyzed:
+/// A fresh cluster (`max_connections` 400: 128 pgbench clients beside every pool the suite
+/// keeps open) with `pgbench -i -s <scale>`, vacuumed and analyzed:
 /// what the lookup suites measure on.
 pub fn lookup_cluster(plan: LookupPlan) -> anyhow::Result<Cluster> {
-    let cluster = Cluster::start(ClusterOptions::default().setting("max_connections", "200"))
+    let cluster = Cluster::start(ClusterOptions::default().setting("max_connections", "400"))
         .context("starting a cluster")?;
     eprintln!("pgbench -i -s {} ...", plan.scale);
     pgbench(
