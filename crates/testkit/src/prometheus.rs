@@ -153,6 +153,44 @@ impl Prometheus {
         Ok(answer.data.alerts)
     }
 
+    /// The series an instant PromQL query returns now: each one's labels and value.
+    pub fn query(
+        &self,
+        promql: &str,
+    ) -> Result<Vec<(std::collections::BTreeMap<String, String>, f64)>> {
+        #[derive(serde::Deserialize)]
+        struct Sample {
+            metric: std::collections::BTreeMap<String, String>,
+            value: (f64, String),
+        }
+        #[derive(serde::Deserialize)]
+        struct Data {
+            result: Vec<Sample>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            data: Data,
+        }
+        let url = format!("{}/api/v1/query", self.url());
+        let body = self
+            .agent
+            .get(&url)
+            .query("query", promql)
+            .call()
+            .map_err(|e| Error::io(format!("GET {url}"), std::io::Error::other(e)))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Error::io(format!("GET {url}"), std::io::Error::other(e)))?;
+        let answer: Answer = serde_json::from_str(&body)
+            .map_err(|e| Error::io(format!("reading {url}: {body}"), std::io::Error::other(e)))?;
+        Ok(answer
+            .data
+            .result
+            .into_iter()
+            .map(|s| (s.metric, s.value.1.parse().unwrap_or(f64::NAN)))
+            .collect())
+    }
+
     /// Waits up to `timeout` for an alert named `name` in `state` (`pending` or `firing`).
     pub fn wait_for_alert(&self, name: &str, state: &str, timeout: Duration) -> Result<Alert> {
         let deadline = Instant::now() + timeout;
