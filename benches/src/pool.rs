@@ -124,36 +124,33 @@ pub fn run(plan: LookupPlan) -> anyhow::Result<Report> {
             )
             .size(&size),
         );
-        comparisons.push(
-            Comparison::from_rounds(
+        let tasks = format!(
+            "{clients} tokio tasks on 2 worker threads, {} s",
+            plan.seconds
+        );
+        let pool_size = plan.pool_size;
+        for (name, figures, tool) in [
+            (
                 "pk_lookup_qps_vs_sqlx",
-                "queries/s",
-                &ours,
                 &sqlx,
-                &format!(
-                    "sqlx 0.8 PgPool (max_connections = min_connections = {}; query_scalar with bind, statements prepared and cached per connection), {clients} tokio tasks on 2 worker threads, {} s",
-                    plan.pool_size, plan.seconds
+                format!(
+                    "sqlx 0.8 PgPool (max_connections = min_connections = {pool_size}; query_scalar with bind, statements prepared and cached per connection), {tasks}"
                 ),
-                true,
-            )
-            .target(1.0)
-            .size(&size),
-        );
-        comparisons.push(
-            Comparison::from_rounds(
+            ),
+            (
                 "pk_lookup_qps_vs_deadpool",
-                "queries/s",
-                &ours,
                 &deadpool,
-                &format!(
-                    "deadpool-postgres 0.14 over tokio-postgres 0.7 (pool of {}, RecyclingMethod::Fast, prepare_cached), {clients} tokio tasks on 2 worker threads, {} s",
-                    plan.pool_size, plan.seconds
+                format!(
+                    "deadpool-postgres 0.14 over tokio-postgres 0.7 (pool of {pool_size}, RecyclingMethod::Fast, prepare_cached), {tasks}"
                 ),
-                true,
-            )
-            .target(1.0)
-            .size(&size),
-        );
+            ),
+        ] {
+            comparisons.push(
+                Comparison::from_rounds(name, "queries/s", &ours, figures, &tool, true)
+                    .target(1.0)
+                    .size(&size),
+            );
+        }
         comparisons.push(
             Comparison::from_rounds(
                 "checkout_overhead",

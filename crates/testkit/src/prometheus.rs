@@ -5,6 +5,7 @@
 //! dropped, or by its watchdog when the owning process goes away, however it goes.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
@@ -31,7 +32,7 @@ pub struct Prometheus {
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Alert {
     /// Its labels (`alertname` included).
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     /// `pending` (its `for` has not passed yet) or `firing`.
     pub state: String,
 }
@@ -135,60 +136,53 @@ impl Prometheus {
         struct Data {
             alerts: Vec<Alert>,
         }
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            data: Data,
-        }
-        let url = format!("{}/api/v1/alerts", self.url());
-        let body = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| Error::io(format!("GET {url}"), std::io::Error::other(e)))?
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| Error::io(format!("GET {url}"), std::io::Error::other(e)))?;
-        let answer: Answer = serde_json::from_str(&body)
-            .map_err(|e| Error::io(format!("reading {url}: {body}"), std::io::Error::other(e)))?;
-        Ok(answer.data.alerts)
+        Ok(self.api::<Data>("alerts", &[])?.alerts)
     }
 
     /// The series an instant PromQL query returns now: each one's labels and value.
-    pub fn query(
-        &self,
-        promql: &str,
-    ) -> Result<Vec<(std::collections::BTreeMap<String, String>, f64)>> {
+    pub fn query(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>> {
         #[derive(serde::Deserialize)]
         struct Sample {
-            metric: std::collections::BTreeMap<String, String>,
+            metric: BTreeMap<String, String>,
             value: (f64, String),
         }
         #[derive(serde::Deserialize)]
         struct Data {
             result: Vec<Sample>,
         }
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            data: Data,
-        }
-        let url = format!("{}/api/v1/query", self.url());
-        let body = self
-            .agent
-            .get(&url)
-            .query("query", promql)
-            .call()
-            .map_err(|e| Error::io(format!("GET {url}"), std::io::Error::other(e)))?
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| Error::io(format!("GET {url}"), std::io::Error::other(e)))?;
-        let answer: Answer = serde_json::from_str(&body)
-            .map_err(|e| Error::io(format!("reading {url}: {body}"), std::io::Error::other(e)))?;
-        Ok(answer
-            .data
+        Ok(self
+            .api::<Data>("query", &[("query", promql)])?
             .result
             .into_iter()
             .map(|s| (s.metric, s.value.1.parse().unwrap_or(f64::NAN)))
             .collect())
+    }
+
+    /// `GET /api/v1/<endpoint>?<params>`: the answer's `data`.
+    fn api<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        params: &[(&str, &str)],
+    ) -> Result<T> {
+        #[derive(serde::Deserialize)]
+        struct Answer<T> {
+            data: T,
+        }
+        let url = format!("{}/api/v1/{endpoint}", self.url());
+        let failed = |e: ureq::Error| Error::io(format!("GET {url}"), std::io::Error::other(e));
+        let mut request = self.agent.get(&url);
+        for (name, value) in params {
+            request = request.query(*name, *value);
+        }
+        let body = request
+            .call()
+            .map_err(failed)?
+            .body_mut()
+            .read_to_string()
+            .map_err(failed)?;
+        let answer: Answer<T> = serde_json::from_str(&body)
+            .map_err(|e| Error::io(format!("reading {url}: {body}"), std::io::Error::other(e)))?;
+        Ok(answer.data)
     }
 
     /// Waits up to `timeout` for an alert named `name` in `state` (`pending` or `firing`).
