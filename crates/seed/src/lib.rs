@@ -340,18 +340,8 @@ pub fn reload_table(
         let mut sink = CopyWriter::new(std::io::sink())?;
         world.write(earlier, &mut sink, &mut |_| {})?;
     }
-    conn.transaction(|conn| {
-        let started = Instant::now();
-        conn.batch_execute(&format!("TRUNCATE {table}"))
-            .map_err(Error::db(format!("emptying {table}")))?;
-        let ((rows, _), _) = without_keys(conn, &[table], |conn| {
-            copy_table(conn, &mut world, table, &mut NoProgress)
-        })?;
-        Ok(TableReport {
-            table: table.to_owned(),
-            rows,
-            elapsed: started.elapsed(),
-        })
+    reload(conn, table, |conn| {
+        copy_table(conn, &mut world, table, &mut NoProgress).map(|(rows, _)| rows)
     })
 }
 
@@ -366,21 +356,33 @@ pub fn reload_table_from_server_file(
     table: &str,
     server_file: &str,
 ) -> Result<TableReport> {
+    reload(conn, table, |conn| {
+        diesel::sql_query(format!(
+            "COPY {table} FROM {} WITH (FORMAT binary, FREEZE)",
+            pgops_pg::quote_literal(server_file)
+        ))
+        .execute(conn)
+        .map(|rows| rows as u64)
+        .map_err(Error::db(format!("loading {table} from {server_file}")))
+    })
+}
+
+/// One transaction that empties `table`, runs `load` (which returns the rows it loaded)
+/// with the table's keys and indexes dropped, and builds them again: what both reloads
+/// share, timed from the `TRUNCATE`.
+fn reload(
+    conn: &mut PgConnection,
+    table: &str,
+    load: impl FnOnce(&mut PgConnection) -> Result<u64>,
+) -> Result<TableReport> {
     conn.transaction(|conn| {
         let started = Instant::now();
         conn.batch_execute(&format!("TRUNCATE {table}"))
             .map_err(Error::db(format!("emptying {table}")))?;
-        let (rows, _) = without_keys(conn, &[table], |conn| {
-            diesel::sql_query(format!(
-                "COPY {table} FROM {} WITH (FORMAT binary, FREEZE)",
-                pgops_pg::quote_literal(server_file)
-            ))
-            .execute(conn)
-            .map_err(Error::db(format!("loading {table} from {server_file}")))
-        })?;
+        let (rows, _) = without_keys(conn, &[table], load)?;
         Ok(TableReport {
             table: table.to_owned(),
-            rows: rows as u64,
+            rows,
             elapsed: started.elapsed(),
         })
     })
