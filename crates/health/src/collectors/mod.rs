@@ -184,6 +184,9 @@ pub const COLLECTORS: &[Collector] = &[
     },
 ];
 
+/// The connections a server's collectors run on (see [`Collector::lane`]).
+pub const LANES: usize = 3;
+
 impl Collector {
     /// Expensive: its result is reused for the cache interval.
     pub const fn cached(&self) -> bool {
@@ -217,6 +220,21 @@ fn s(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_collector_has_a_lane_and_the_expensive_ones_share_two() {
+        assert!(COLLECTORS.iter().all(|c| c.lane < LANES));
+        for lane in 1..LANES {
+            assert!(
+                COLLECTORS.iter().any(|c| c.lane == lane),
+                "lane {lane} is empty"
+            );
+        }
+        // `database` sizes every file: nothing per-table waits behind it.
+        let lane_of = |name: &str| COLLECTORS.iter().find(|c| c.name == name).unwrap().lane;
+        assert_ne!(lane_of("database"), lane_of("stat_user_tables"));
+        assert_ne!(lane_of("database"), lane_of("table_sizes"));
+    }
 
     #[test]
     fn timestamps_become_epoch_seconds() {

@@ -159,13 +159,14 @@ pub(super) fn stat_bgwriter(session: &mut Session<'_>, ctx: &Context) -> Result<
     // per backend type in pg_stat_io since 16: the writes and fsyncs of relation blocks by
     // everything but the background writer and the checkpointer.
     let mut bgwriter: Vec<Map<String, Value>> = session.rows(
-        "SELECT buffers_clean, maxwritten_clean,
-                (SELECT coalesce(sum(writes), 0) FROM pg_stat_io
-                 WHERE object = 'relation' AND backend_type NOT IN ('background writer', 'checkpointer')) AS buffers_backend,
-                (SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io
-                 WHERE object = 'relation' AND backend_type NOT IN ('background writer', 'checkpointer')) AS buffers_backend_fsync,
-                buffers_alloc, extract(epoch FROM stats_reset)::float8 AS stats_reset
-         FROM pg_stat_bgwriter",
+        "SELECT b.buffers_clean, b.maxwritten_clean, io.buffers_backend, io.buffers_backend_fsync,
+                b.buffers_alloc, extract(epoch FROM b.stats_reset)::float8 AS stats_reset
+         FROM pg_stat_bgwriter b,
+              (SELECT coalesce(sum(writes), 0) AS buffers_backend,
+                      coalesce(sum(fsyncs), 0) AS buffers_backend_fsync
+               FROM pg_stat_io
+               WHERE object = 'relation'
+                 AND backend_type NOT IN ('background writer', 'checkpointer')) io",
         "reading pg_stat_bgwriter",
     )?;
     let checkpointer: Vec<Map<String, Value>> = session.rows(

@@ -19,7 +19,7 @@ use tokio::time::timeout_at;
 
 use crate::{
     Error, Result,
-    collectors::{COLLECTORS, Context, REPLICA_COLLECTORS, Session},
+    collectors::{COLLECTORS, Context, LANES, REPLICA_COLLECTORS, Session},
     text::{self, Family, Kind},
 };
 
@@ -198,7 +198,7 @@ impl Exporter {
                 url,
                 primary,
                 member,
-                lanes: [Mutex::new(None), Mutex::new(None), Mutex::new(None)],
+                lanes: std::array::from_fn(|_| Mutex::new(None)),
                 session_sql: session_sql.clone(),
                 connect_timeout: options.connect_timeout,
             })
@@ -491,7 +491,7 @@ async fn collect_target(
     // connections so they never delay the cheap ones, nor the per-table ones the one that
     // sizes every file. Each query has the session's
     // statement_timeout and lock_timeout; the deadline bounds the whole.
-    let mut by_lane: [Vec<crate::collectors::Collector>; 3] = Default::default();
+    let mut by_lane: [Vec<crate::collectors::Collector>; LANES] = Default::default();
     for collector in COLLECTORS
         .iter()
         .filter(|c| target.primary || REPLICA_COLLECTORS.contains(&c.name))

@@ -26,7 +26,7 @@ pub(super) struct Target {
     /// The collectors' own connections: cheap collectors on the first, expensive ones on the
     /// second and third (see [`crate::collectors::Collector::lane`]); each keeps its prepared
     /// statements.
-    pub(super) lanes: [Mutex<Option<LaneConn>>; 3],
+    pub(super) lanes: [Mutex<Option<LaneConn>>; crate::collectors::LANES],
     /// `SET` statements for a new lane connection (timeouts, application_name).
     pub(super) session_sql: String,
     pub(super) connect_timeout: Duration,
