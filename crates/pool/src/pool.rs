@@ -257,12 +257,12 @@ impl Pool {
         location: &'static Location<'static>,
         timeout: Duration,
     ) -> Result<PooledConnection> {
-        // The wait histogram is recorded by the event handler from r2d2's own timing (checkout
-        // and timeout events), so the fast path reads no clock here.
         // A free connection is taken at once; when none is, yield the CPU a few times first
         // (a thread returning one usually runs next) before parking on r2d2's condition
         // variable, whose wake-up leaves the returned connection idle until the woken thread
-        // is scheduled.
+        // is scheduled. The fast path reads no clock: a connection found at once or after a
+        // few yields (microseconds) counts as no wait; a parked wait is recorded by the event
+        // handler from r2d2's own timing (checkout and timeout events).
         for _ in 0..SPINS {
             if let Some(conn) = self.inner.pool.try_get() {
                 self.inner.metrics.wait.record(0.0);
