@@ -547,11 +547,7 @@ fn moto_server() -> std::path::PathBuf {
 }
 
 fn s3_server() -> S3Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pgops_pg::free_port().unwrap();
     let child = Command::new(moto_server())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
@@ -793,7 +789,7 @@ fn health_serve_reports_an_s3_repository_and_stops_cleanly_on_sigterm() {
     let s3 = s3_server();
     let url = cluster.url("app");
     ok(&pgops_s3(&["create"], &s3.endpoint, &url));
-    let listen = format!("127.0.0.1:{}", pgops_pg_free_port());
+    let listen = format!("127.0.0.1:{}", pgops_pg::free_port().unwrap());
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
         .args([
             "health",
@@ -850,14 +846,6 @@ fn health_serve_reports_an_s3_repository_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn pgops_pg_free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -921,7 +909,7 @@ fn backups_given_a_pgbouncer_url_say_they_need_a_direct_connection() {
 fn a_multi_host_url_backs_up_the_member_with_the_role_asked_for() {
     let cluster = Cluster::start(ClusterOptions::default()).unwrap();
     let repo = tempfile::tempdir().unwrap();
-    let dead = pgops_pg_free_port();
+    let dead = pgops_pg::free_port().unwrap();
     // A member that is down, then the primary: the backup goes to the primary and names it.
     let url = format!(
         "postgresql://postgres@127.0.0.1:{dead},127.0.0.1:{}/postgres",

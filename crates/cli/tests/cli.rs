@@ -107,11 +107,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn connection_errors_exit_2_without_the_password() {
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pgops_pg::free_port().unwrap();
     let url = format!("postgres://app:hunter2@127.0.0.1:{port}/app");
     let out = pgops(&["migrate", "status", "--sample-schema"], Some(&url));
     assert_eq!(out.status.code(), Some(2));

@@ -112,11 +112,7 @@ fn get(addr: &str, path: &str) -> String {
 #[test]
 fn serve_answers_refuses_a_busy_port_and_stops_on_sigterm() {
     let cluster = Cluster::start(ClusterOptions::default()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pgops_pg::free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
         .args(["health", "serve", "--listen", &listen])

@@ -154,10 +154,71 @@ impl ServerUser {
     }
 }
 
-/// A TCP port on 127.0.0.1 that nobody listens on right now.
+/// A TCP port on 127.0.0.1 that nobody listens on right now, for a server started next.
+///
+/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where the
+/// outgoing connections of every client on the machine get their local ports: a port from
+/// inside that range can be handed to a client socket between our probe and the server's
+/// bind. Falls back to a kernel-chosen port when the range leaves no room below it.
 pub fn free_port() -> Result<u16> {
+    const LOWEST: u16 = 16_384;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOWEST + 1_000 {
+        let span = u32::from(ephemeral_low - LOWEST);
+        let mut next = port_seed() % span;
+        for _ in 0..200 {
+            // An odd step coprime with most spans walks the range without repeating soon.
+            next = (next + 7_919) % span;
+            let port = LOWEST + u16::try_from(next).expect("span fits in u16");
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .map_err(Error::io("finding a free port on 127.0.0.1"))
+}
+
+/// Differs between processes and between calls, so that test processes started together do
+/// not probe the same ports in the same order.
+fn port_seed() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mixed = nanos
+        ^ std::process::id().wrapping_mul(2_654_435_761)
+        ^ CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503);
+    mixed.wrapping_mul(2_246_822_519).rotate_left(13)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_bindable() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
+        for port in &ports {
+            assert!(*port < low, "port {port} is inside the ephemeral range");
+            std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
+        }
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() > 15, "ports repeat: {ports:?}");
+    }
 }

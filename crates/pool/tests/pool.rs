@@ -295,11 +295,7 @@ fn recovers_from_a_database_restart_under_load() {
 #[test]
 fn unreachable_server_fails_within_the_connection_timeout_without_the_password() {
     observe();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pgops_pg::free_port().unwrap();
     let url = DatabaseUrl::parse(&format!(
         "postgres://app:hunter2-secret@127.0.0.1:{port}/app"
     ))

@@ -579,7 +579,7 @@ impl Cluster {
                 Err(e)
                     if self.options.port.is_none()
                         && attempts < 5
-                        && self.log_tail(20).contains("could not bind") =>
+                        && port_taken(&self.log_tail(20)) =>
                 {
                     tracing::debug!(port = self.port, error = %pgops_pg::report(&e), "port taken, trying another");
                     attempts += 1;
@@ -763,4 +763,30 @@ fn stop_if_running(bins: &PgBinaries, run_as: &RunAs, data: &Path) -> Result<boo
         "pg_ctl stop -m fast",
     )?;
     Ok(true)
+}
+
+/// Whether a server log says the listen port was taken: `bind` fails when another socket
+/// listens already, `listen` when another one bound the port a moment before.
+fn port_taken(log: &str) -> bool {
+    log.contains("Address already in use")
+        || log.contains("could not bind")
+        || log.contains("could not listen on")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_taken;
+
+    #[test]
+    fn both_ways_of_losing_the_port_are_recognised() {
+        assert!(port_taken(
+            "LOG:  could not listen on IPv4 address \"127.0.0.1\": Address already in use"
+        ));
+        assert!(port_taken(
+            "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use"
+        ));
+        assert!(!port_taken(
+            "FATAL:  data directory \"/tmp/x\" has invalid permissions"
+        ));
+    }
 }

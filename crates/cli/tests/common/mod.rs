@@ -182,11 +182,7 @@ impl HealthServer {
     /// and waits until it says it is serving.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> HealthServer {
         use std::io::BufRead;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = pgops_pg::free_port().unwrap();
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
             .args(["health", "serve", "--listen", &listen])
