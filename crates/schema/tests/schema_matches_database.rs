@@ -331,7 +331,7 @@ fn performance_indexes_exist_and_are_valid() {
 }
 
 #[test]
-fn slow_queries_view_reports_slow_statements() {
+fn slow_queries_view_has_the_specified_columns_and_threshold() {
     let db = pgops_schema::testing::database().unwrap();
     let cluster = db.cluster();
     if !cluster.binaries().has_library("pg_stat_statements") {
@@ -344,11 +344,46 @@ fn slow_queries_view_reports_slow_statements() {
         );
         return;
     }
+    // The columns dashboards written against the specification read, first and in order.
+    let columns = cluster
+        .query_text(
+            db.name(),
+            "(SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute \
+              WHERE attrelid = 'slow_queries'::regclass AND attnum > 0)",
+        )
+        .unwrap()
+        .unwrap();
+    assert!(
+        columns.starts_with(
+            "query,calls,total_exec_time,mean_exec_time,max_exec_time,stddev_exec_time,rows,"
+        ),
+        "{columns}"
+    );
     cluster
         .execute(db.name(), "SELECT pg_sleep(0.15) /* pgops-slow-probe */")
         .unwrap();
-    let found = cluster
-        .query_text(db.name(), "(SELECT count(*) FROM slow_queries WHERE query LIKE '%pgops-slow-probe%' AND mean_ms > 100)")
+    cluster
+        .execute(
+            db.name(),
+            "SELECT 1, pg_sleep(1.05) /* pgops-very-slow-probe */",
+        )
         .unwrap();
-    assert_eq!(found.as_deref(), Some("1"));
+    let count = |from: &str, probe: &str| {
+        cluster
+            .query_text(
+                db.name(),
+                &format!(
+                    "(SELECT count(*) FROM {from} WHERE query LIKE '%{probe}%' \
+                      AND mean_exec_time > 100 AND stddev_exec_time >= 0)"
+                ),
+            )
+            .unwrap()
+            .unwrap()
+    };
+    // Two shapes, so pg_stat_statements keeps them apart. The view: averages over one second.
+    assert_eq!(count("slow_queries", "pgops-very-slow-probe"), "1");
+    assert_eq!(count("slow_queries", "pgops-slow-probe"), "0");
+    // Another threshold is an argument.
+    assert_eq!(count("slow_queries(100)", "pgops-slow-probe"), "1");
+    assert_eq!(count("slow_queries(2000)", "pgops-very-slow-probe"), "0");
 }

@@ -31,7 +31,7 @@ fn dev_stack_comes_up_stops_cleanly_and_finds_its_data_again() {
         format!("postgres://postgres@127.0.0.1:{}/pgops_dev", ports.primary),
         format!("postgres://postgres@127.0.0.1:{replica_port}/pgops_dev"),
         format!("http://127.0.0.1:{}/metrics", ports.metrics),
-        "12 migration(s) applied".to_owned(),
+        "13 migration(s) applied".to_owned(),
         "seeded postgres://".to_owned(),
         "taking the first physical backup".to_owned(),
         "insights top".to_owned(),
@@ -189,7 +189,7 @@ fn dev_stack_comes_up_stops_cleanly_and_finds_its_data_again() {
     let stack = Stack::start_fresh(&dir, &ports);
     assert!(stack.output.contains("(--fresh)"), "{}", stack.output);
     assert!(
-        stack.output.contains("12 migration(s) applied"),
+        stack.output.contains("13 migration(s) applied"),
         "{}",
         stack.output
     );
