@@ -77,11 +77,34 @@ pub enum Verb {
         /// Include queries of every database, not only the one connected to.
         #[arg(long)]
         all_databases: bool,
+        /// Only the statement with this queryid (the first column).
+        #[arg(long, allow_negative_numbers = true)]
+        queryid: Option<i64>,
+        /// Print each query's whole text, as pg_stat_statements keeps it, under its row
+        /// (the list cuts it to one line of 100 characters).
+        #[arg(long)]
+        full: bool,
     },
     /// EXPLAIN one statement in a transaction that is always rolled back.
+    ///
+    /// Text from `insights top` has `$1`, `$2`, ... where constants were: give a value for
+    /// each with --param (the server casts it to the type it infers), or ask for the generic
+    /// plan with --generic (PostgreSQL 16+). --queryid takes the text from pg_stat_statements.
     Explain {
         /// The statement (`-` reads it from stdin).
-        sql: String,
+        #[arg(required_unless_present = "queryid", conflicts_with = "queryid")]
+        sql: Option<String>,
+        /// Explain the statement pg_stat_statements keeps under this queryid (from
+        /// `insights top`).
+        #[arg(long, allow_negative_numbers = true)]
+        queryid: Option<i64>,
+        /// A value for the next parameter: the first --param is $1 (repeatable).
+        #[arg(long = "param", value_name = "VALUE", allow_hyphen_values = true)]
+        params: Vec<String>,
+        /// The generic plan, with parameters left unknown (EXPLAIN (GENERIC_PLAN),
+        /// PostgreSQL 16+).
+        #[arg(long, conflicts_with_all = ["analyze", "params"])]
+        generic: bool,
         /// Run it (EXPLAIN ANALYZE); its effects are rolled back.
         #[arg(long)]
         analyze: bool,
@@ -193,7 +216,7 @@ fn json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), Failure> {
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     // Parse and validate everything before connecting.
     let sql = match &args.verb {
-        Verb::Explain { sql, .. } | Verb::WhatIf { sql, .. } => {
+        Verb::Explain { sql: Some(sql), .. } | Verb::WhatIf { sql, .. } => {
             let sql = read_sql(sql)?;
             pgops_insights::sql::check_explainable(&sql).map_err(fail)?;
             Some(sql)
@@ -202,6 +225,15 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
     };
     let url = database_url(args.database_url.as_deref())?;
     let mut conn = connect(&url)?;
+    let sql = match (&args.verb, sql) {
+        (
+            Verb::Explain {
+                queryid: Some(id), ..
+            },
+            None,
+        ) => Some(pgops_insights::query_text(&mut conn, *id).map_err(fail)?),
+        (_, sql) => sql,
+    };
     match &args.verb {
         Verb::SlowLog {
             min_duration,
@@ -275,6 +307,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             limit,
             since,
             all_databases,
+            queryid,
+            full,
         } => {
             let options = TopOptions {
                 order: match by {
@@ -287,16 +321,19 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 limit: *limit as usize,
                 since: *since,
                 all_databases: *all_databases,
+                queryid: *queryid,
             };
             let top = statements::top(&mut conn, &options).map_err(fail)?;
             if args.json {
                 json(out, &top)?;
             } else {
-                emit(out, &render_top(&top))?;
+                emit(out, &render_top(&top, *full))?;
             }
             Ok(Exit::Ok)
         }
         Verb::Explain {
+            params,
+            generic,
             analyze,
             buffers,
             timeout,
@@ -306,6 +343,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 analyze: *analyze,
                 buffers: *buffers,
                 statement_timeout: *timeout,
+                params: params.clone(),
+                generic_plan: *generic,
                 ..ExplainOptions::default()
             };
             let explained =
@@ -313,7 +352,19 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             if args.json {
                 json(out, &explained)?;
             } else {
-                let mut text = explain::render(&explained.plan);
+                let mut text = String::new();
+                if explained.generic_plan {
+                    text.push_str("generic plan: parameters unknown\n");
+                }
+                for p in &explained.parameters {
+                    text.push_str(&format!(
+                        "${} {} = {}\n",
+                        p.position,
+                        p.type_name,
+                        pgops_pg::quote_literal(&p.value)
+                    ));
+                }
+                text.push_str(&explain::render(&explained.plan));
                 text.push_str(&format!("total cost {:.2}", explained.total_cost));
                 if let (Some(p), Some(e)) = (explained.planning_ms, explained.execution_ms) {
                     text.push_str(&format!(", planning {p:.3} ms, execution {e:.3} ms"));
@@ -511,7 +562,7 @@ fn describe(finding: &pgops_insights::Finding) -> String {
     }
 }
 
-fn render_top(top: &pgops_insights::Top) -> String {
+fn render_top(top: &pgops_insights::Top, full: bool) -> String {
     let mut text = match (top.since, top.seconds) {
         (Some(since), Some(seconds)) => format!(
             "window: since {} ({}){}\n",
@@ -531,14 +582,15 @@ fn render_top(top: &pgops_insights::Top) -> String {
         ));
     }
     text.push_str(&format!(
-        "{:>12} {:>10} {:>10} {:>10} {:>7}  query\n",
-        "total ms", "calls", "mean ms", "rows", "hit %"
+        "{:>20} {:>12} {:>10} {:>10} {:>10} {:>7}  query\n",
+        "queryid", "total ms", "calls", "mean ms", "rows", "hit %"
     ));
     for q in &top.queries {
         let query: String = q.query.split_whitespace().collect::<Vec<_>>().join(" ");
         let query: String = query.chars().take(100).collect();
         text.push_str(&format!(
-            "{:>12.1} {:>10} {:>10.3} {:>10} {:>7}  {query}\n",
+            "{:>20} {:>12.1} {:>10} {:>10.3} {:>10} {:>7}  {query}\n",
+            q.queryid,
             q.total_ms,
             q.calls,
             q.mean_ms,
@@ -547,6 +599,10 @@ fn render_top(top: &pgops_insights::Top) -> String {
                 .map(|r| format!("{:.1}", r * 100.0))
                 .unwrap_or_else(|| "-".into()),
         ));
+        if full {
+            text.push_str(q.query.trim_end());
+            text.push_str("\n\n");
+        }
     }
     text
 }

@@ -73,6 +73,110 @@ fn top_lists_queries_and_since_needs_a_snapshot() {
 }
 
 #[test]
+fn top_gives_the_queryid_that_explain_takes_with_its_parameter_values() {
+    let db = pgops_schema::testing::database().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(
+        "INSERT INTO organizations (name, slug) SELECT 'org ' || g, 'org-' || g FROM generate_series(1, 50) g;
+         SELECT * FROM organizations WHERE slug = 'org-3' AND id > 1;
+         SELECT * FROM organizations WHERE slug = 'org-4' AND id > 2;",
+    )
+    .unwrap();
+    let out = pgops(&["top", "--by", "calls", "--json"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let top: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lookup = top["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["query"] == "SELECT * FROM organizations WHERE slug = $1 AND id > $2")
+        .unwrap_or_else(|| panic!("{top:#}"));
+    let queryid = lookup["queryid"].as_i64().unwrap().to_string();
+
+    // The text list shows the queryid, and --full the whole text under the row.
+    let out = pgops(&["top", "--queryid", &queryid, "--full"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let rows: Vec<&str> = shown.lines().filter(|l| l.contains(&queryid)).collect();
+    assert_eq!(rows.len(), 1, "{shown}");
+    assert!(
+        shown.contains("\nSELECT * FROM organizations WHERE slug = $1 AND id > $2\n"),
+        "{shown}"
+    );
+
+    // Without values the text cannot be planned: the error says how to give them.
+    let out = pgops(&["explain", "--queryid", &queryid], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr)
+            .contains("has 2 parameter(s) ($1..$2); give a value for each with --param"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = pgops(
+        &["explain", "--queryid", &queryid, "--param", "org-3"],
+        Some(&db.url()),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("takes 2 parameter(s) ($1 text, $2 bigint)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // With them, typed as the server infers, it runs and finds the row.
+    let out = pgops(
+        &[
+            "explain",
+            "--queryid",
+            &queryid,
+            "--param",
+            "org-3",
+            "--param",
+            "1",
+            "--analyze",
+        ],
+        Some(&db.url()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.starts_with("$1 text = 'org-3'\n$2 bigint = '1'\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("organizations_slug_key"), "{shown}");
+
+    // The generic plan needs no values, on PostgreSQL 16 and later.
+    let out = pgops(
+        &["explain", "--queryid", &queryid, "--generic"],
+        Some(&db.url()),
+    );
+    let version: u32 = db
+        .cluster()
+        .query_text(db.name(), "current_setting('server_version_num')")
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    if version >= 160_000 {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).starts_with("generic plan: parameters unknown\n"));
+    } else {
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains("needs PostgreSQL 16 or later"));
+    }
+    // A generic plan cannot run, and an unknown queryid is named.
+    let out = pgops(
+        &["explain", "--queryid", &queryid, "--generic", "--analyze"],
+        Some(&db.url()),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = pgops(&["explain", "--queryid", "42"], Some(&db.url()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no statement with queryid 42"));
+}
+
+#[test]
 fn explain_analyze_rolls_back_and_shows_findings() {
     let db = pgops_schema::testing::database().unwrap();
     let mut conn = db.connect().unwrap();

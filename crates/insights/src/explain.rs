@@ -3,13 +3,21 @@
 
 use std::time::Duration;
 
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use pgops_pg::{quote_literal, rows::rows};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Error, Result, sql::check_explainable};
+use pgops_pg::{
+    quote_literal,
+    rows::{row, rows},
+};
+
+use crate::{
+    Error, Result,
+    sql::{check_explainable, server_version, shape},
+};
 
 /// How to explain.
 #[derive(Debug, Clone)]
@@ -22,6 +30,13 @@ pub struct ExplainOptions {
     pub statement_timeout: Duration,
     /// A table with at least this many rows is "large" for the sequential-scan finding.
     pub large_table_rows: f64,
+    /// Values for `$1`, `$2`, ... in order, as text: the server casts each to the type it
+    /// infers for that parameter (what `PREPARE` without types does).
+    pub params: Vec<String>,
+    /// Plan with the parameters left unknown (`EXPLAIN (GENERIC_PLAN)`, PostgreSQL 16+):
+    /// the plan a prepared statement falls back to, for text straight from
+    /// `pg_stat_statements`. Excludes `analyze` and `params`.
+    pub generic_plan: bool,
 }
 
 impl Default for ExplainOptions {
@@ -31,6 +46,8 @@ impl Default for ExplainOptions {
             buffers: false,
             statement_timeout: Duration::from_secs(30),
             large_table_rows: 10_000.0,
+            params: Vec::new(),
+            generic_plan: false,
         }
     }
 }
@@ -118,20 +135,188 @@ pub struct Explained {
     pub execution_ms: Option<f64>,
     /// What deserves a look.
     pub findings: Vec<Finding>,
+    /// The parameters the statement was explained with, typed as the server inferred them.
+    pub parameters: Vec<Parameter>,
+    /// Whether this is the generic plan (parameters unknown).
+    pub generic_plan: bool,
     /// The server's JSON plan, unchanged.
     pub raw: Value,
 }
 
+/// One `$n` and the value it was given.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Parameter {
+    /// 1 for `$1`.
+    pub position: usize,
+    /// The type the server inferred (`bigint`, `text`, ...).
+    pub type_name: String,
+    /// The value given, as text.
+    pub value: String,
+}
+
 /// Explains `sql` safely: one explainable statement only, in a transaction that is rolled
 /// back whatever happens, with `statement_timeout` and `lock_timeout` set locally.
+///
+/// Text with `$1`, `$2`, ... (as `pg_stat_statements` records it) needs a value for each in
+/// `options.params`, or `options.generic_plan` on PostgreSQL 16 and later.
 pub fn explain(conn: &mut PgConnection, sql: &str, options: &ExplainOptions) -> Result<Explained> {
     check_explainable(sql)?;
-    let raw = in_rolled_back_transaction(conn, options.statement_timeout, |conn| {
-        explain_json(conn, sql, options.analyze, options.buffers)
-    })?;
+    let wanted = shape(sql).parameters;
+    let statement = sql.trim().trim_end_matches(';');
+    let (raw, parameters) = if options.generic_plan {
+        check_generic_plan(conn, options)?;
+        let raw = in_rolled_back_transaction(conn, options.statement_timeout, |conn| {
+            explain_generic_json(conn, statement)
+        })?;
+        (raw, Vec::new())
+    } else if wanted > 0 || !options.params.is_empty() {
+        if options.params.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the statement has {wanted} parameter(s) ($1{}); give a value for each with \
+                 --param, in order, or explain its generic plan with --generic (PostgreSQL 16+)",
+                if wanted > 1 {
+                    format!("..${wanted}")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        explain_prepared(conn, statement, options)?
+    } else {
+        let raw = in_rolled_back_transaction(conn, options.statement_timeout, |conn| {
+            explain_json(conn, statement, &analyze_options(options))
+        })?;
+        (raw, Vec::new())
+    };
     let mut explained = parse(&raw)?;
+    explained.parameters = parameters;
+    explained.generic_plan = options.generic_plan;
     let sizes = relation_sizes(conn, &explained.plan)?;
     explained.findings = findings(&explained.plan, &sizes, options.large_table_rows);
+    Ok(explained)
+}
+
+/// The EXPLAIN options `analyze` and `buffers` ask for. Options are only named when on:
+/// HypoPG treats any `ANALYZE` option, even `false`, as EXPLAIN ANALYZE and hides its
+/// hypothetical indexes.
+fn analyze_options(options: &ExplainOptions) -> Vec<&'static str> {
+    let mut named = Vec::new();
+    if options.analyze {
+        named.push("ANALYZE");
+    }
+    if options.buffers {
+        named.push("BUFFERS");
+    }
+    named
+}
+
+fn check_generic_plan(conn: &mut PgConnection, options: &ExplainOptions) -> Result<()> {
+    if options.analyze || !options.params.is_empty() {
+        return Err(Error::Invalid(
+            "a generic plan is planned without values and cannot run: drop --analyze and \
+             --param, or drop --generic and give the values"
+                .into(),
+        ));
+    }
+    let version = server_version(conn)?;
+    if version < 160_000 {
+        return Err(Error::Invalid(format!(
+            "EXPLAIN (GENERIC_PLAN) needs PostgreSQL 16 or later and this server is {}.{}; \
+             give a value for each parameter with --param instead",
+            version / 10_000,
+            version % 10_000
+        )));
+    }
+    Ok(())
+}
+
+/// Counts the prepared statements this process names, so that two explains on one pooled
+/// connection never collide.
+static PREPARED: AtomicU64 = AtomicU64::new(0);
+
+/// `PREPARE` lets the server infer each parameter's type; the plan is then explained with
+/// `EXECUTE` and the values as literals of unknown type, cast to those types. The prepared
+/// statement is always deallocated: it outlives transactions, and the connection may go
+/// back to a pool.
+fn explain_prepared(
+    conn: &mut PgConnection,
+    statement: &str,
+    options: &ExplainOptions,
+) -> Result<(Value, Vec<Parameter>)> {
+    let name = format!(
+        "pgops_explain_{}_{}",
+        std::process::id(),
+        PREPARED.fetch_add(1, Ordering::Relaxed)
+    );
+    diesel::sql_query(format!("PREPARE {name} AS {statement}"))
+        .execute(conn)
+        .map_err(|source| Error::Database {
+            context: "preparing the statement to learn its parameter types".into(),
+            source,
+        })?;
+    let result = (|| {
+        #[derive(Deserialize)]
+        struct Types {
+            types: Vec<String>,
+        }
+        let types: Types = row(
+            conn,
+            &format!(
+                "SELECT parameter_types::text[] AS types FROM pg_prepared_statements \
+                 WHERE name = {}",
+                quote_literal(&name)
+            ),
+            "reading the parameter types",
+        )?;
+        if types.types.len() != options.params.len() {
+            return Err(Error::Invalid(format!(
+                "the statement takes {} parameter(s) ({}) and {} --param value(s) were given; \
+                 give one for each, in order",
+                types.types.len(),
+                types
+                    .types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("${} {t}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                options.params.len()
+            )));
+        }
+        let values = options
+            .params
+            .iter()
+            .map(|v| quote_literal(v))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let raw = in_rolled_back_transaction(conn, options.statement_timeout, |conn| {
+            explain_json(
+                conn,
+                &format!("EXECUTE {name}({values})"),
+                &analyze_options(options),
+            )
+        })?;
+        let parameters = types
+            .types
+            .into_iter()
+            .zip(&options.params)
+            .enumerate()
+            .map(|(i, (type_name, value))| Parameter {
+                position: i + 1,
+                type_name,
+                value: value.clone(),
+            })
+            .collect();
+        Ok((raw, parameters))
+    })();
+    let deallocated = diesel::sql_query(format!("DEALLOCATE {name}"))
+        .execute(conn)
+        .map_err(|source| Error::Database {
+            context: "deallocating the prepared statement".into(),
+            source,
+        });
+    let explained = result?;
+    deallocated?;
     Ok(explained)
 }
 
@@ -179,23 +364,14 @@ pub(crate) fn in_rolled_back_transaction<T>(
     }
 }
 
-/// `EXPLAIN (FORMAT JSON, VERBOSE ...)` of `sql` on `conn`, as the server returns it.
-pub(crate) fn explain_json(
-    conn: &mut PgConnection,
-    sql: &str,
-    analyze: bool,
-    buffers: bool,
-) -> Result<Value> {
-    // Options are only named when on: HypoPG treats any `ANALYZE` option, even `false`, as
-    // EXPLAIN ANALYZE and hides its hypothetical indexes.
+/// `EXPLAIN (FORMAT JSON, VERBOSE, <extra>)` of `sql` on `conn`, as the server returns it.
+pub(crate) fn explain_json(conn: &mut PgConnection, sql: &str, extra: &[&str]) -> Result<Value> {
     let mut options = String::from("FORMAT JSON, VERBOSE");
-    if analyze {
-        options.push_str(", ANALYZE");
+    for option in extra {
+        options.push_str(", ");
+        options.push_str(option);
     }
-    if buffers {
-        options.push_str(", BUFFERS");
-    }
-    let statement = format!("EXPLAIN ({options}) {}", sql.trim().trim_end_matches(';'));
+    let statement = format!("EXPLAIN ({options}) {sql}");
     // Not through `rows()`: EXPLAIN cannot be a subquery.
     #[derive(diesel::QueryableByName)]
     struct Line {
@@ -216,6 +392,42 @@ pub(crate) fn explain_json(
     })
 }
 
+/// `EXPLAIN (GENERIC_PLAN, FORMAT JSON, VERBOSE)` of text with `$n` in it. The extended
+/// protocol would declare the `$n` and then demand values for them, so the EXPLAIN runs
+/// through the simple protocol, in a `DO` block that leaves the plan in a transaction-local
+/// setting for the next query to read.
+fn explain_generic_json(conn: &mut PgConnection, sql: &str) -> Result<Value> {
+    let explain = quote_literal(&format!(
+        "EXPLAIN (GENERIC_PLAN, FORMAT JSON, VERBOSE) {sql}"
+    ));
+    let mut tag = String::from("$pgops$");
+    while explain.contains(&tag) {
+        tag.insert(tag.len() - 1, '_');
+    }
+    let block = format!(
+        "DO {tag} DECLARE plan text; BEGIN EXECUTE {explain} INTO plan; \
+         PERFORM set_config('pgops.generic_plan', plan, true); END {tag}"
+    );
+    conn.batch_execute(&block)
+        .map_err(|source| Error::Database {
+            context: "EXPLAIN (GENERIC_PLAN)".into(),
+            source,
+        })?;
+    #[derive(Deserialize)]
+    struct Plan {
+        plan: String,
+    }
+    let plan: Plan = row(
+        conn,
+        "SELECT current_setting('pgops.generic_plan') AS plan",
+        "reading the generic plan",
+    )?;
+    serde_json::from_str(&plan.plan).map_err(|source| Error::Decode {
+        context: "reading EXPLAIN output".into(),
+        source,
+    })
+}
+
 /// Reads the server's `FORMAT JSON` output into a plan tree (findings are left empty).
 pub fn parse(raw: &Value) -> Result<Explained> {
     let top = raw
@@ -231,6 +443,8 @@ pub fn parse(raw: &Value) -> Result<Explained> {
         planning_ms: top.get("Planning Time").and_then(Value::as_f64),
         execution_ms: top.get("Execution Time").and_then(Value::as_f64),
         findings: Vec::new(),
+        parameters: Vec::new(),
+        generic_plan: false,
         raw: raw.clone(),
     })
 }

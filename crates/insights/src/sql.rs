@@ -12,6 +12,9 @@ pub struct Shape {
     pub words: Vec<String>,
     /// How many statements the text holds (empty ones between `;;` are not counted).
     pub statements: usize,
+    /// The highest positional parameter (`$3` makes 3) outside quotes and comments: what
+    /// `pg_stat_statements` leaves where constants were.
+    pub parameters: usize,
 }
 
 /// Reads the shape of `sql`: its statements and its leading keywords.
@@ -22,6 +25,7 @@ pub fn shape(sql: &str) -> Shape {
     let bytes = sql.as_bytes();
     let mut words = Vec::new();
     let mut statements = 0;
+    let mut parameters = 0;
     let mut current_has_content = false;
     let mut i = 0;
     while i < bytes.len() {
@@ -102,7 +106,18 @@ pub fn shape(sql: &str) -> Shape {
                     let body = i + tag.len();
                     i = find(bytes, body, tag).map_or(bytes.len(), |end| end + tag.len());
                 }
-                None => i += 1,
+                None => {
+                    // `$1` is a parameter unless it continues an identifier (`a$1`).
+                    let digits = bytes[i + 1..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .count();
+                    if digits > 0 && (i == 0 || !is_ident_byte(bytes[i - 1])) {
+                        let number = sql[i + 1..i + 1 + digits].parse().unwrap_or(usize::MAX);
+                        parameters = parameters.max(number);
+                    }
+                    i += 1 + digits;
+                }
             },
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let start = i;
@@ -119,7 +134,11 @@ pub fn shape(sql: &str) -> Shape {
     if current_has_content {
         statements += 1;
     }
-    Shape { words, statements }
+    Shape {
+        words,
+        statements,
+        parameters,
+    }
 }
 
 /// The statements EXPLAIN accepts, by first keyword.
@@ -235,6 +254,20 @@ mod tests {
             3
         );
         assert_eq!(shape("SELECT e'\\'; still one'").statements, 1);
+    }
+
+    #[test]
+    fn parameters_are_counted_outside_quotes_and_comments() {
+        assert_eq!(
+            shape("SELECT * FROM t WHERE a = $1 AND b IN ($3, $2)").parameters,
+            3
+        );
+        assert_eq!(
+            shape("SELECT '$4', \"$5\", $x$ $6 $x$ -- $7\n").parameters,
+            0
+        );
+        assert_eq!(shape("SELECT a$1 FROM t /* $2 */").parameters, 0);
+        assert_eq!(shape("SELECT $12::int").parameters, 12);
     }
 
     #[test]

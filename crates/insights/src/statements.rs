@@ -263,6 +263,8 @@ pub struct TopOptions {
     pub since: Option<Duration>,
     /// Include other databases than the one we are connected to.
     pub all_databases: bool,
+    /// Only this statement (its `queryid`, as `top` shows it).
+    pub queryid: Option<i64>,
 }
 
 /// Checks that `pg_stat_statements` is loaded and created here; the error says what to change.
@@ -479,6 +481,9 @@ pub fn top(conn: &mut PgConnection, options: &TopOptions) -> Result<Top> {
         )?;
         deltas.retain(|d| d.key.dbid == db.oid);
     }
+    if let Some(queryid) = options.queryid {
+        deltas.retain(|d| d.key.queryid == queryid);
+    }
     sort(&mut deltas, options.order);
     deltas.truncate(options.limit);
     let queries = describe(conn, &deltas)?;
@@ -489,6 +494,32 @@ pub fn top(conn: &mut PgConnection, options: &TopOptions) -> Result<Top> {
         evictions: window.evictions,
         order: options.order,
         queries,
+    })
+}
+
+/// The text `pg_stat_statements` keeps for `queryid` in the database we are connected to,
+/// with `$1`, `$2`, ... where constants were: what `explain` takes with its parameters.
+pub fn query_text(conn: &mut PgConnection, queryid: i64) -> Result<String> {
+    check_available(conn)?;
+    #[derive(Deserialize)]
+    struct Text {
+        query: Option<String>,
+    }
+    let found: Vec<Text> = rows(
+        conn,
+        &format!(
+            "SELECT query FROM pg_stat_statements \
+             WHERE queryid = {queryid} AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND query IS NOT NULL LIMIT 1"
+        ),
+        "reading the query text",
+    )?;
+    found.into_iter().find_map(|t| t.query).ok_or_else(|| {
+        Error::Invalid(format!(
+            "pg_stat_statements has no statement with queryid {queryid} in this database \
+             (or this role may not read its text: grant pg_read_all_stats); \
+             `pgops insights top` lists the queryids"
+        ))
     })
 }
 

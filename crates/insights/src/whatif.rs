@@ -58,6 +58,7 @@ pub fn suggest(
         buffers: false,
         statement_timeout,
         large_table_rows,
+        ..explain::ExplainOptions::default()
     };
     let explained = explain::explain(conn, sql, &options)?;
     let mut out = Vec::new();
@@ -278,7 +279,7 @@ pub fn what_if(
                     },
                 })?;
         }
-        let before = explain::parse(&explain_json(conn, sql, false, false)?)?;
+        let before = explain::parse(&explain_json(conn, sql.trim().trim_end_matches(';'), &[])?)?;
         #[derive(Deserialize)]
         struct Hypothetical {
             name: String,
@@ -297,7 +298,7 @@ pub fn what_if(
             )?;
             made.push((definition.clone(), h));
         }
-        let after = explain::parse(&explain_json(conn, sql, false, false)?);
+        let after = explain::parse(&explain_json(conn, sql.trim().trim_end_matches(';'), &[])?);
         // Hypothetical indexes live in this backend's memory, not in the transaction.
         diesel::sql_query("SELECT hypopg_reset()")
             .execute(conn)

@@ -34,6 +34,7 @@ fn top_options(since: Option<Duration>) -> TopOptions {
         limit: 50,
         since,
         all_databases: false,
+        queryid: None,
     }
 }
 
@@ -388,6 +389,100 @@ fn explain_analyze_of_a_delete_leaves_every_row_in_place() {
         pgops_pg::report(&err)
     );
     assert_eq!(text(&mut conn, "1"), "1");
+}
+
+#[test]
+fn text_with_parameters_is_explained_with_values_or_as_the_generic_plan() {
+    let db = TestDatabase::empty().unwrap();
+    let mut conn = db.connect().unwrap();
+    conn.batch_execute(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL, at date);
+         INSERT INTO items SELECT g, 'item ' || g, date '2026-01-01' + g % 300 \
+           FROM generate_series(1, 5000) g;
+         ANALYZE items;",
+    )
+    .unwrap();
+    // Text as pg_stat_statements keeps it: each value is cast to the type the server infers.
+    let sql = "DELETE FROM items WHERE id > $1 AND at < $2 AND label <> $3";
+    let explained = explain(
+        &mut conn,
+        sql,
+        &ExplainOptions {
+            analyze: true,
+            params: vec!["4000".into(), "2026-06-01".into(), "it's".into()],
+            ..ExplainOptions::default()
+        },
+    )
+    .unwrap();
+    let types: Vec<&str> = explained
+        .parameters
+        .iter()
+        .map(|p| p.type_name.as_str())
+        .collect();
+    assert_eq!(types, ["bigint", "date", "text"]);
+    let scan = &explained.plan.children[0];
+    assert_eq!(scan.index.as_deref(), Some("items_pkey"), "{scan:?}");
+    assert!(scan.actual_rows.unwrap() > 0.0 && scan.actual_rows.unwrap() < 1000.0);
+    assert_eq!(text(&mut conn, "(SELECT count(*) FROM items)"), "5000");
+    // The prepared statement does not outlive the call: the connection may go back to a pool.
+    assert_eq!(
+        text(&mut conn, "(SELECT count(*) FROM pg_prepared_statements)"),
+        "0"
+    );
+
+    // Too few values, none at all, or a value the type refuses: each says what to give.
+    let err = explain(
+        &mut conn,
+        sql,
+        &ExplainOptions {
+            params: vec!["1".into()],
+            ..ExplainOptions::default()
+        },
+    )
+    .unwrap_err();
+    let report = pgops_pg::report(&err);
+    assert!(matches!(err, Error::Invalid(_)), "{report}");
+    assert!(report.contains("$1 bigint, $2 date, $3 text"), "{report}");
+    let err = explain(&mut conn, sql, &ExplainOptions::default()).unwrap_err();
+    assert!(pgops_pg::report(&err).contains("--param"), "{err}");
+    let err = explain(
+        &mut conn,
+        sql,
+        &ExplainOptions {
+            params: vec!["many".into(), "2026-06-01".into(), "x".into()],
+            ..ExplainOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        pgops_pg::report(&err).contains("invalid input syntax for type bigint"),
+        "{}",
+        pgops_pg::report(&err)
+    );
+    assert_eq!(
+        text(&mut conn, "(SELECT count(*) FROM pg_prepared_statements)"),
+        "0"
+    );
+
+    // The generic plan needs no values, on PostgreSQL 16 and later.
+    let generic = ExplainOptions {
+        generic_plan: true,
+        ..ExplainOptions::default()
+    };
+    let version: u32 = text(&mut conn, "current_setting('server_version_num')")
+        .parse()
+        .unwrap();
+    match explain(&mut conn, sql, &generic) {
+        Ok(explained) if version >= 160_000 => {
+            assert!(explained.generic_plan);
+            assert_eq!(explained.plan.node_type, "ModifyTable");
+            assert!(explained.execution_ms.is_none());
+        }
+        Err(Error::Invalid(why)) if version < 160_000 => {
+            assert!(why.contains("needs PostgreSQL 16"), "{why}");
+        }
+        other => panic!("server {version}: {other:?}"),
+    }
 }
 
 #[test]
