@@ -37,10 +37,19 @@ pub struct Args {
 }
 
 /// The verbs of `pgops health`.
+/// What `health serve --help` says about the token, which is read from the environment only
+/// so that it never shows in `ps`.
+pub const METRICS_TOKEN_HELP: &str = "Environment:
+  PGOPS_METRICS_TOKEN  When set, /metrics and /ready answer only requests with
+                       `Authorization: Bearer <token>` (401 otherwise); /health stays open.
+                       Read from the environment only, never from the command line. Set it
+                       whenever --listen is beyond loopback.";
+
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Verb {
     /// Serve /metrics (Prometheus), /health (liveness) and /ready (503 unless the primary
     /// answers as a primary) until Ctrl-C or SIGTERM.
+    #[command(after_help = METRICS_TOKEN_HELP)]
     Serve {
         /// Address to listen on; loopback unless you say otherwise.
         #[arg(long, default_value = "127.0.0.1:9187")]

@@ -81,7 +81,7 @@ pub enum Verb {
         /// Migrations directories, single migration directories or .sql files
         /// [default: --dir, or the sample schema with --sample-schema].
         paths: Vec<PathBuf>,
-        /// Output format.
+        /// Output format (`--json` is the same as `--format json`).
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
         format: String,
         /// The tool that runs the migrations: `pgops` sets lock_timeout for transactional
@@ -158,7 +158,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             disable,
             database_url: args.database_url.as_deref(),
         })?;
-        return crate::lint::run(source, &options, format == "json", out);
+        return crate::lint::run(source, &options, args.json || format == "json", out);
     }
     let set = match (&args.dir, args.sample_schema) {
         (Some(dir), _) => MigrationSet::from_dir(dir),

@@ -278,6 +278,14 @@ fn lint_exit_codes_clean_findings_and_parse_errors() {
         "require-concurrent-index-creation"
     );
     assert_eq!(report["findings"][0]["line"], 1);
+    // `--json`, as every other command takes it, means the same.
+    let out = pgops(
+        &["migrate", "lint", dir.path().to_str().unwrap(), "--json"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let same: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(same, report);
 
     let broken = dir.path().join("broken.sql");
     std::fs::write(

@@ -110,6 +110,15 @@ fn get(addr: &str, path: &str) -> String {
 }
 
 #[test]
+fn serve_help_names_the_token_variable() {
+    let out = pgops(&["serve", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.contains("PGOPS_METRICS_TOKEN"), "{help}");
+    assert!(help.contains("Authorization: Bearer <token>"), "{help}");
+}
+
+#[test]
 fn serve_answers_refuses_a_busy_port_and_stops_on_sigterm() {
     let cluster = Cluster::start(ClusterOptions::default()).unwrap();
     let port = pgops_pg::free_port().unwrap();
