@@ -182,8 +182,17 @@ fn exhaustion_times_out_cleanly_and_returns_every_connection() {
         let (asked, result) = thread.join().expect("no panic under exhaustion");
         match result {
             Ok(()) => ok += 1,
-            Err(Error::Timeout { max, .. }) => {
+            Err(e @ Error::Timeout { max, .. }) => {
                 assert_eq!(max, 3);
+                // What the pool-exhaustion runbook tells operators to look for in their logs.
+                let runbook = std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../docs/runbooks/pool-exhaustion.md"
+                ))
+                .unwrap();
+                let said = e.to_string();
+                let quoted = said.split(" `").next().unwrap();
+                assert!(runbook.contains(quoted), "the runbook does not quote: {said}");
                 // A timeout comes only after the full connection timeout (500 ms), not early.
                 let waited = asked.elapsed();
                 assert!(
