@@ -192,7 +192,10 @@ fn exhaustion_times_out_cleanly_and_returns_every_connection() {
                 .unwrap();
                 let said = e.to_string();
                 let quoted = said.split(" `").next().unwrap();
-                assert!(runbook.contains(quoted), "the runbook does not quote: {said}");
+                assert!(
+                    runbook.contains(quoted),
+                    "the runbook does not quote: {said}"
+                );
                 // A timeout comes only after the full connection timeout (500 ms), not early.
                 let waited = asked.elapsed();
                 assert!(
