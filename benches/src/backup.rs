@@ -458,6 +458,6 @@ fn keep_newest(store: &dyn repo::Store) -> anyhow::Result<()> {
         keep_last: 1,
         ..Default::default()
     };
-    pgops_backup::prune(store, policy, false)?;
+    pgops_backup::prune(store, policy, None, false)?;
     Ok(())
 }

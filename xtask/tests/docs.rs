@@ -154,12 +154,11 @@ fn links_between_pages_lead_to_a_file_and_heading_that_exist() {
                 broken.push(format!("{name}: {target}: no such file"));
                 continue;
             }
-            if let Some(anchor) = anchor {
-                if path.extension().is_some_and(|e| e == "md")
-                    && !anchors(&std::fs::read_to_string(&path).unwrap()).contains(anchor)
-                {
-                    broken.push(format!("{name}: {target}: no such heading"));
-                }
+            if let Some(anchor) = anchor
+                && path.extension().is_some_and(|e| e == "md")
+                && !anchors(&std::fs::read_to_string(&path).unwrap()).contains(anchor)
+            {
+                broken.push(format!("{name}: {target}: no such heading"));
             }
         }
     }

@@ -71,14 +71,16 @@ pub fn series(manifest: &Manifest) -> String {
     }
 }
 
-/// Applies `policy` to each series (physical backups; logical backups per database):
-/// decides, and unless `dry_run`, deletes the expired backups (manifest first, so a
+/// Applies `policy` to each series (physical backups; logical backups per database), or
+/// with `kind` to that kind's series only, the others left as they are (a policy per kind:
+/// one run per kind): decides, and unless `dry_run`, deletes the expired backups (manifest first, so a
 /// half-deleted backup is never listed as complete), then the WAL that only deleted backups
 /// needed. Everything is decided before anything is deleted: a manifest whose WAL start
 /// cannot be read is an error that deletes nothing.
 pub fn prune(
     store: &dyn Store,
     policy: retention::Policy,
+    kind: Option<manifest::Kind>,
     dry_run: bool,
 ) -> Result<Vec<retention::Decision>> {
     if policy.is_empty() {
@@ -89,6 +91,7 @@ pub fn prune(
     let backups = list(store)?;
     let candidates: Vec<retention::Candidate> = backups
         .iter()
+        .filter(|(m, _)| kind.is_none_or(|k| m.kind == k))
         .map(|(m, _)| retention::Candidate {
             id: m.id.clone(),
             finished_at: m.finished_at,
@@ -99,7 +102,11 @@ pub fn prune(
     // WAL older than the oldest kept physical backup's start can only serve deleted backups.
     let mut floor: Option<pgops_pg::Segment> = None;
     for (m, _) in &backups {
-        let kept = decisions.iter().any(|d| d.keep && d.id == m.id);
+        // A backup of another kind than the one pruned has no decision: it stays.
+        let kept = decisions
+            .iter()
+            .find(|d| d.id == m.id)
+            .is_none_or(|d| d.keep);
         if let (true, Some(w)) = (kept, &m.wal) {
             let start = physical::parse_lsn(&w.start_lsn).map_err(|_| {
                 Error::Invalid(format!(
@@ -211,7 +218,7 @@ mod tests {
             keep_last: 1,
             ..Default::default()
         };
-        let err = prune(&*store, policy, false).unwrap_err().to_string();
+        let err = prune(&*store, policy, None, false).unwrap_err().to_string();
         assert!(
             err.contains("backup new") && err.contains("nothing was deleted"),
             "{err}"

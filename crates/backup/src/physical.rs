@@ -7,7 +7,7 @@ use std::{
     fs::{self, File},
     io::Read,
     os::unix::fs::DirBuilderExt,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use chrono::{DateTime, Utc};
@@ -386,6 +386,10 @@ pub struct Recovery {
     /// For a standby, where it streams from (no password: the server's user reads it from its
     /// passfile); without it the standby follows the archive alone.
     pub primary_conninfo: Option<String>,
+    /// A file of `VAR=value` lines `restore_command` reads before fetching (S3 credentials,
+    /// the key file's variable): a server started by systemd or `pg_ctl` has none of the
+    /// caller's environment. Its path goes into the configuration, never its contents.
+    pub env_file: Option<PathBuf>,
 }
 
 impl Recovery {
@@ -398,6 +402,7 @@ impl Recovery {
             backup: None,
             standby: false,
             primary_conninfo: None,
+            env_file: None,
         }
     }
 
@@ -691,6 +696,13 @@ pub fn restore_to_dir(
     dir: &Path,
 ) -> Result<Restored> {
     let target = &recovery.target;
+    if let Some(path) = recovery.env_file.as_deref().filter(|p| !p.is_absolute()) {
+        return Err(Error::Invalid(format!(
+            "--env-file {}: give an absolute path; the server runs restore_command in its data \
+             directory",
+            path.display()
+        )));
+    }
     if recovery.standby && *target != Target::Latest {
         return Err(Error::Invalid(
             "a standby follows the primary and takes no recovery target; leave out --target-*"
@@ -787,8 +799,16 @@ pub fn restore_to_dir(
         },
         None => String::new(),
     };
+    // restore_command runs through `sh -c`: `set -a` exports what the file sets.
+    let env_file = match &recovery.env_file {
+        Some(path) => format!(
+            "set -a && . '{}' && set +a && ",
+            path.display().to_string().replace('\'', "'\\''")
+        ),
+        None => String::new(),
+    };
     let restore_command = format!(
-        "{key_file}{} wal fetch --repo {} %f %p",
+        "{env_file}{key_file}{} wal fetch --repo {} %f %p",
         pgops.display(),
         quote(repo_url)
     );

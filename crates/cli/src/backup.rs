@@ -3,7 +3,7 @@
 
 use std::{io::Write, time::Duration};
 
-use pgops_backup::{logical, repo, retention};
+use pgops_backup::{logical, manifest::Kind, repo, retention};
 use pgops_pg::DatabaseUrl;
 
 use crate::{
@@ -108,6 +108,11 @@ pub enum Verb {
         /// target_session_attrs=read-write follows the primary across failovers.
         #[arg(long, requires = "standby")]
         primary_conninfo: Option<String>,
+        /// With --to-dir: a file of VAR=value lines (AWS_* for an s3:// repository, ...) the
+        /// restored server's restore_command reads first, since a server started by systemd or
+        /// pg_ctl has none of this shell's environment. Readable by the server's OS user.
+        #[arg(long, requires = "to_dir", value_name = "PATH")]
+        env_file: Option<std::path::PathBuf>,
         /// Parallel pg_restore jobs.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
         jobs: Option<u32>,
@@ -146,6 +151,10 @@ pub enum Verb {
         /// Keep the newest backup of each of the last W weeks.
         #[arg(long, default_value_t = 0)]
         keep_weekly: usize,
+        /// Prune only backups of this kind, leaving the other's as they are: a policy per
+        /// kind is one run per kind [default: both, each series on its own].
+        #[arg(long, value_parser = ["logical", "physical"])]
+        kind: Option<String>,
         /// List what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
@@ -209,7 +218,6 @@ pub const LATEST_ALIASES: &[&str] = &["latest", "latest-logical", "latest-physic
 /// `backups` (oldest first, as `pgops_backup::list` gives them); any other id is returned
 /// as it is.
 pub fn pick_id(backups: &[pgops_backup::manifest::Manifest], id: &str) -> Result<String, String> {
-    use pgops_backup::manifest::Kind;
     let kind = match id {
         "latest" => None,
         "latest-logical" => Some(Kind::Logical),
@@ -294,6 +302,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             target_timeline,
             standby,
             primary_conninfo,
+            env_file,
             ..
         } => restore_to_dir(
             ctx,
@@ -308,6 +317,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 target_timeline: target_timeline.as_deref(),
                 standby: *standby,
                 primary_conninfo: primary_conninfo.as_deref(),
+                env_file: env_file.as_deref(),
             },
         ),
         Verb::Create {
@@ -336,8 +346,23 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             keep_last,
             keep_daily,
             keep_weekly,
+            kind,
             dry_run,
-        } => prune(ctx, *keep_last, *keep_daily, *keep_weekly, *dry_run),
+        } => {
+            let policy = retention::Policy {
+                keep_last: *keep_last,
+                keep_daily: *keep_daily,
+                keep_weekly: *keep_weekly,
+            };
+            let kind = kind.as_deref().map(|k| {
+                if k == "physical" {
+                    Kind::Physical
+                } else {
+                    Kind::Logical
+                }
+            });
+            prune(ctx, policy, kind, *dry_run)
+        }
     }
 }
 
@@ -470,6 +495,7 @@ struct PitrArgs<'a> {
     target_timeline: Option<&'a str>,
     standby: bool,
     primary_conninfo: Option<&'a str>,
+    env_file: Option<&'a std::path::Path>,
 }
 
 /// `--target-timeline`: a positive number or `latest` (`None`). Pure.
@@ -544,6 +570,7 @@ fn restore_to_dir(
         Recovery::to(target)
     };
     recovery.promote = given.target_action == "promote";
+    recovery.env_file = given.env_file.map(std::path::Path::to_path_buf);
     recovery.timeline = timeline;
     recovery.backup = backup;
     let exe = pgops_exe()?;
@@ -648,8 +675,8 @@ fn list(ctx: Ctx<'_>) -> Result<Exit, Failure> {
                 "{:<40} {:<8} {:<16} {:<20} {:>10} {:>10}  {}\n",
                 m.id,
                 match m.kind {
-                    pgops_backup::manifest::Kind::Logical => "logical",
-                    pgops_backup::manifest::Kind::Physical => "physical",
+                    Kind::Logical => "logical",
+                    Kind::Physical => "physical",
                 },
                 match &m.wal {
                     // A physical backup: the whole cluster, and the timeline it began on.
@@ -779,20 +806,14 @@ fn restore(
 /// `prune`: the retention policy, per series.
 fn prune(
     ctx: Ctx<'_>,
-    keep_last: usize,
-    keep_daily: usize,
-    keep_weekly: usize,
+    policy: retention::Policy,
+    kind: Option<Kind>,
     dry_run: bool,
 ) -> Result<Exit, Failure> {
     let Ctx {
         args, store, out, ..
     } = ctx;
-    let policy = retention::Policy {
-        keep_last,
-        keep_daily,
-        keep_weekly,
-    };
-    let decisions = pgops_backup::prune(store, policy, dry_run).map_err(fail)?;
+    let decisions = pgops_backup::prune(store, policy, kind, dry_run).map_err(fail)?;
     if args.json {
         json(out, &decisions)?;
     } else {

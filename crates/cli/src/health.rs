@@ -36,7 +36,6 @@ pub struct Args {
     pub connect_timeout: Duration,
 }
 
-/// The verbs of `pgops health`.
 /// What `health serve --help` says about the token, which is read from the environment only
 /// so that it never shows in `ps`.
 pub const METRICS_TOKEN_HELP: &str = "Environment:
@@ -45,6 +44,7 @@ pub const METRICS_TOKEN_HELP: &str = "Environment:
                        Read from the environment only, never from the command line. Set it
                        whenever --listen is beyond loopback.";
 
+/// The verbs of `pgops health`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Verb {
     /// Serve /metrics (Prometheus), /health (liveness) and /ready (503 unless the primary

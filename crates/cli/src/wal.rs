@@ -49,6 +49,16 @@ pub enum Verb {
         /// Apply them.
         #[arg(long)]
         apply: bool,
+        /// Switch to a new segment at least this often when there is WAL to archive
+        /// (archive_timeout), so a quiet database still reaches the archive within it: the
+        /// most a restore can lose. 1m to 5m is usual; each switch stores a segment.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        archive_timeout: Option<std::time::Duration>,
+        /// A file of VAR=value lines (AWS_*, PGOPS_REPO_RECIPIENTS_FILE, ...) that
+        /// archive_command and restore_command read first: the server's environment does
+        /// not have them. It must be readable by the server's OS user.
+        #[arg(long, value_name = "PATH")]
+        env_file: Option<PathBuf>,
     },
     /// List archived files and name any gap in the sequence (exit 1 on gaps).
     Check,
@@ -196,21 +206,53 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                 Exit::Problem
             })
         }
-        Verb::Setup { apply } => {
+        Verb::Setup {
+            apply,
+            archive_timeout,
+            env_file,
+        } => {
             let exe = std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "pgops".into());
-            let command = format!("{exe} wal push --repo {} %p", shell_quote(repo_url));
-            let restore = format!("{exe} wal fetch --repo {} %f %p", shell_quote(repo_url));
-            let statements = [
+            // archive_command runs through `sh -c`: `set -a` exports what the file sets.
+            let prefix = match env_file {
+                Some(path) if !path.is_absolute() => {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "--env-file {}: give an absolute path; the server runs archive_command \
+                         in its data directory",
+                        path.display()
+                    )));
+                }
+                Some(path) => format!(
+                    "set -a && . {} && set +a && exec ",
+                    shell_quote(&path.display().to_string())
+                ),
+                None => String::new(),
+            };
+            let command = format!("{prefix}{exe} wal push --repo {} %p", shell_quote(repo_url));
+            let restore = format!(
+                "{prefix}{exe} wal fetch --repo {} %f %p",
+                shell_quote(repo_url)
+            );
+            let mut statements = vec![
                 "ALTER SYSTEM SET wal_level = 'replica'".to_owned(),
                 "ALTER SYSTEM SET archive_mode = 'on'".to_owned(),
                 format!(
                     "ALTER SYSTEM SET archive_command = {}",
                     pgops_pg::quote_literal(&command)
                 ),
-                "SELECT pg_reload_conf()".to_owned(),
             ];
+            if let Some(timeout) = archive_timeout {
+                let seconds = timeout.as_secs();
+                if seconds == 0 || seconds > i32::MAX as u64 {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "--archive-timeout {}: give at least one second (1m to 5m is usual)",
+                        humantime::format_duration(*timeout)
+                    )));
+                }
+                statements.push(format!("ALTER SYSTEM SET archive_timeout = '{seconds}s'"));
+            }
+            statements.push("SELECT pg_reload_conf()".to_owned());
             if !*apply {
                 let _ = writeln!(out, "{};", statements.join(";\n"));
                 let _ = writeln!(out, "-- restore_command for recovery: {restore}");

@@ -349,6 +349,32 @@ fn prune_keeps_the_newest_and_dry_run_deletes_nothing() {
     assert!(!repo.path().join("backups").join(&ids[0]).exists());
     let out = pgops(&["prune"], repo.path(), &url);
     assert_eq!(out.status.code(), Some(2));
+
+    // A policy per kind: each run prunes its own kind and leaves the other's alone.
+    let physical: Vec<String> = (0..2)
+        .map(|_| create(repo.path(), &url, &["--kind", "physical"]))
+        .collect();
+    create(repo.path(), &url, &[]);
+    let out = ok(&pgops(
+        &["prune", "--kind", "physical", "--keep-last", "1"],
+        repo.path(),
+        &url,
+    ));
+    assert!(out.contains("physical: keeps 1, deletes 1"), "{out}");
+    assert!(!out.contains("logical"), "{out}");
+    let ids: Vec<String> = list(repo.path(), &url)
+        .iter()
+        .map(|b| b["manifest"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3, "two logical and the newest physical: {ids:?}");
+    assert!(ids.contains(&physical[1]) && !ids.contains(&physical[0]));
+    let out = ok(&pgops(
+        &["prune", "--kind", "logical", "--keep-last", "1"],
+        repo.path(),
+        &url,
+    ));
+    assert!(out.contains("logical app: keeps 1, deletes 1"), "{out}");
+    assert_eq!(list(repo.path(), &url).len(), 2);
 }
 
 #[test]

@@ -218,6 +218,42 @@ fn setup_prints_the_settings_and_bad_names_are_refused() {
     );
     assert!(sql.contains("wal push --repo ''file://"), "{sql}");
     assert!(sql.contains("restart"), "{sql}");
+    assert!(!sql.contains("archive_timeout"), "{sql}");
+
+    // The archive's credentials from a file the server's shell reads, and a bound on how old
+    // the newest archived WAL may get on a quiet database.
+    let out = pgops(
+        &[
+            "setup",
+            "--env-file",
+            "/etc/pgops/archive.env",
+            "--archive-timeout",
+            "5m",
+        ],
+        repo.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let sql = text(&out.stdout);
+    assert!(
+        sql.contains("'set -a && . ''/etc/pgops/archive.env'' && set +a && exec /"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("ALTER SYSTEM SET archive_timeout = '300s';"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("restore_command for recovery: set -a && . '/etc/pgops/archive.env'"),
+        "{sql}"
+    );
+    for (flag, value, says) in [
+        ("--env-file", "archive.env", "give an absolute path"),
+        ("--archive-timeout", "0s", "at least one second"),
+    ] {
+        let out = pgops(&["setup", flag, value], repo.path());
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
 
     // Bad names are usage errors with the form to use, never a panic (exit 101): a name with
     // multi-byte characters once panicked slicing at byte 24.
