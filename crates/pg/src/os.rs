@@ -156,21 +156,24 @@ impl ServerUser {
 
 /// A TCP port on 127.0.0.1 that nobody listens on right now, for a server started next.
 ///
-/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where the
-/// outgoing connections of every client on the machine get their local ports: a port from
-/// inside that range can be handed to a client socket between our probe and the server's
-/// bind. Falls back to a kernel-chosen port when the range leaves no room below it.
+/// Taken from 10000 to 19999: below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768 and up by default), where the outgoing connections
+/// of every client on the machine get their local ports, so no client socket can take it
+/// between our probe and the server's bind; and below 20000, where `cargo xtask dev` stacks
+/// under test keep their ports across restarts. Falls back to a kernel-chosen port when the
+/// ephemeral range reaches down into it.
 pub fn free_port() -> Result<u16> {
-    const LOWEST: u16 = 16_384;
+    const LOWEST: u16 = 10_000;
+    const HIGHEST: u16 = 19_999;
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
-    if ephemeral_low > LOWEST + 1_000 {
-        let span = u32::from(ephemeral_low - LOWEST);
+    if ephemeral_low > HIGHEST {
+        let span = u32::from(HIGHEST - LOWEST + 1);
         let mut next = port_seed() % span;
         for _ in 0..200 {
-            // An odd step coprime with most spans walks the range without repeating soon.
+            // A prime step walks the range without repeating soon.
             next = (next + 7_919) % span;
             let port = LOWEST + u16::try_from(next).expect("span fits in u16");
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -214,6 +217,7 @@ mod tests {
         let ports: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
         for port in &ports {
             assert!(*port < low, "port {port} is inside the ephemeral range");
+            assert!(*port < 20_000, "port {port} is where dev stacks under test live");
             std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
         }
         let mut distinct = ports.clone();

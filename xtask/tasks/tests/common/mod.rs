@@ -140,9 +140,9 @@ pub struct Ports {
 
 impl Ports {
     /// Three free ports (the primary's, the one after it for the replica, and the metrics
-    /// port) below the kernel's ephemeral range. The stacks keep their ports across
-    /// restarts, and the clusters other tests start meanwhile take ephemeral ports (bind to
-    /// port 0), so they can never take these.
+    /// port) from 20000 to 31999, below the kernel's ephemeral range. The stacks keep their
+    /// ports across restarts, and the clusters other tests start meanwhile take ports from
+    /// 10000 to 19999 (`pgops_pg::free_port`), so they can never take these.
     pub fn free() -> Ports {
         use std::sync::atomic::{AtomicU16, Ordering};
         // Spread over the range by process and clock, then step through it.
