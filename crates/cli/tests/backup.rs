@@ -546,57 +546,8 @@ fn bad_input_exits_2_and_never_prints_the_password() {
 }
 
 /// moto's S3 server on a free loopback port, killed on drop.
-struct S3Server {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// moto's server: where `cargo xtask install` puts it (target/pgops-tools/venv), else PATH.
-fn moto_server() -> std::path::PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        std::path::PathBuf::from,
-    );
-    let venv = target.join("pgops-tools/venv/bin/moto_server");
-    if venv.is_file() {
-        venv
-    } else {
-        "moto_server".into()
-    }
-}
-
-fn s3_server() -> S3Server {
-    let port = pgops_pg::free_port().unwrap();
-    let child = Command::new(moto_server())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("moto_server is needed for the S3 tests: `cargo xtask install` puts it in target/pgops-tools/venv");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let server = S3Server { child, endpoint };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    for _ in 0..100 {
-        if agent
-            .put(&format!("{}/backups", server.endpoint))
-            .send_empty()
-            .is_ok_and(|r| r.status().as_u16() == 200)
-        {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("moto_server did not come up on {}", server.endpoint);
+fn s3_server() -> pgops_testkit::S3Server {
+    pgops_testkit::S3Server::start().unwrap()
 }
 
 fn pgops_s3(args: &[&str], endpoint: &str, url: &str) -> Output {
@@ -631,15 +582,22 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
         )
         .unwrap();
     let manifest: Value =
-        serde_json::from_str(&ok(&pgops_s3(&["create", "--json"], &s3.endpoint, &url))).unwrap();
+        serde_json::from_str(&ok(&pgops_s3(&["create", "--json"], s3.endpoint(), &url))).unwrap();
     let id = manifest["id"].as_str().unwrap().to_owned();
     let listed: Value =
-        serde_json::from_str(&ok(&pgops_s3(&["list", "--json"], &s3.endpoint, &url))).unwrap();
+        serde_json::from_str(&ok(&pgops_s3(&["list", "--json"], s3.endpoint(), &url))).unwrap();
     assert_eq!(listed[0]["manifest"]["id"], id.as_str());
-    assert!(ok(&pgops_s3(&["verify", &id, "--restore"], &s3.endpoint, &url)).contains("ok"));
+    assert!(
+        ok(&pgops_s3(
+            &["verify", &id, "--restore"],
+            s3.endpoint(),
+            &url
+        ))
+        .contains("ok")
+    );
     ok(&pgops_s3(
         &["restore", &id, "--database", "from_s3"],
-        &s3.endpoint,
+        s3.endpoint(),
         &url,
     ));
     assert_eq!(
@@ -656,7 +614,12 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
     }
     let push = |dir: &tempfile::TempDir| {
         let path = dir.path().join(name);
-        pgops_s3_in("wal", &["push", path.to_str().unwrap()], &s3.endpoint, &url)
+        pgops_s3_in(
+            "wal",
+            &["push", path.to_str().unwrap()],
+            s3.endpoint(),
+            &url,
+        )
     };
     ok(&push(&dirs[0]));
     ok(&push(&dirs[0]));
@@ -667,7 +630,7 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
         "{}",
         text(&out.stderr)
     );
-    let checked = pgops_s3_in("wal", &["check"], &s3.endpoint, &url);
+    let checked = pgops_s3_in("wal", &["check"], s3.endpoint(), &url);
     assert!(
         text(&checked.stdout).contains(&format!("refused {name}")),
         "{}",
@@ -677,7 +640,7 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
     ok(&pgops_s3_in(
         "wal",
         &["fetch", name, fetched.to_str().unwrap()],
-        &s3.endpoint,
+        s3.endpoint(),
         &url,
     ));
     assert_eq!(
@@ -711,7 +674,7 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops"));
         cmd.args(args)
             .env("PGOPS_REPO", "s3://backups/pgops/encrypted")
-            .env("AWS_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ENDPOINT_URL", s3.endpoint())
             .env("AWS_ACCESS_KEY_ID", "pgops-test")
             .env("AWS_SECRET_ACCESS_KEY", "pgops-test-secret")
             .env("AWS_REGION", "us-east-1")
@@ -759,7 +722,7 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
         let listing = agent
             .get(&format!(
                 "{}/backups?list-type=2&prefix={prefix}",
-                s3.endpoint
+                s3.endpoint()
             ))
             .call()
             .unwrap()
@@ -776,7 +739,7 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
         keys.into_iter()
             .filter(|key| {
                 let bytes = agent
-                    .get(&format!("{}/backups/{key}", s3.endpoint))
+                    .get(&format!("{}/backups/{key}", s3.endpoint()))
                     .call()
                     .unwrap()
                     .body_mut()
@@ -814,7 +777,7 @@ fn health_serve_reports_an_s3_repository_and_stops_cleanly_on_sigterm() {
     let cluster = seeded();
     let s3 = s3_server();
     let url = cluster.url("app");
-    ok(&pgops_s3(&["create"], &s3.endpoint, &url));
+    ok(&pgops_s3(&["create"], s3.endpoint(), &url));
     let listen = format!("127.0.0.1:{}", pgops_pg::free_port().unwrap());
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgops"))
         .args([
@@ -825,7 +788,7 @@ fn health_serve_reports_an_s3_repository_and_stops_cleanly_on_sigterm() {
             "--repo",
             "s3://backups/pgops/app",
         ])
-        .env("AWS_ENDPOINT_URL", &s3.endpoint)
+        .env("AWS_ENDPOINT_URL", s3.endpoint())
         .env("AWS_ACCESS_KEY_ID", "pgops-test")
         .env("AWS_SECRET_ACCESS_KEY", "pgops-test-secret")
         .env("AWS_REGION", "us-east-1")

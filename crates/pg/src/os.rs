@@ -217,7 +217,10 @@ mod tests {
         let ports: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
         for port in &ports {
             assert!(*port < low, "port {port} is inside the ephemeral range");
-            assert!(*port < 20_000, "port {port} is where dev stacks under test live");
+            assert!(
+                *port < 20_000,
+                "port {port} is where dev stacks under test live"
+            );
             std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
         }
         let mut distinct = ports.clone();

@@ -25,6 +25,7 @@ mod process;
 mod prometheus;
 mod reachable;
 mod replica;
+mod s3;
 mod shared;
 mod tls;
 
@@ -38,5 +39,6 @@ pub use pgops_pg::{Lsn, PgBinaries, quote_ident};
 pub use prometheus::{Alert, Prometheus};
 pub use reachable::server_can_run;
 pub use replica::Replica;
+pub use s3::S3Server;
 pub use shared::{InitResult, Template, TestDatabase, shared};
 pub use tls::TlsFiles;
