@@ -42,6 +42,33 @@ impl Prometheus {
     /// every second, evaluating the rule files `rules` every second, and waits until it is
     /// ready.
     pub fn start(rules: &[&Path], targets: &[String]) -> Result<Prometheus> {
+        let mut cfg = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n",
+        );
+        let mut files = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let name = format!("rules-{i}.yml");
+            let _ = writeln!(cfg, "  - {{dir}}/{name}");
+            files.push((name, rule.to_path_buf()));
+        }
+        cfg.push_str(
+            "scrape_configs:\n  - job_name: pgops\n    static_configs:\n      - targets:\n",
+        );
+        for target in targets {
+            let _ = writeln!(cfg, "          - '{target}'");
+        }
+        let files: Vec<(&str, &Path)> = files
+            .iter()
+            .map(|(name, path)| (name.as_str(), path.as_path()))
+            .collect();
+        Prometheus::start_with_config(&cfg, &files)
+    }
+
+    /// Starts Prometheus with the configuration `config` as given, `{dir}` in it standing for
+    /// its own directory, into which each of `files` is copied under its name (rule files,
+    /// credentials files), readable by the server user that runs it; waits until it is
+    /// ready.
+    pub fn start_with_config(config: &str, files: &[(&str, &Path)]) -> Result<Prometheus> {
         let program = process::find_tool("prometheus", "prometheus", "/usr/bin")?;
         let run_as = RunAs::detect()?;
         run_as.check_can_run(&program)?;
@@ -52,22 +79,13 @@ impl Prometheus {
             .keep();
         run_as.own(&root)?;
         let watchdog = Watchdog::daemon(&run_as, &root, "prometheus.pid")?;
-        let mut cfg = String::from(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files:\n",
-        );
-        for (i, rule) in rules.iter().enumerate() {
-            let copy = root.join(format!("rules-{i}.yml"));
-            fs::copy(rule, &copy)
-                .map_err(|e| Error::io(format!("copying {}", rule.display()), e))?;
+        for (name, source) in files {
+            let copy = root.join(name);
+            fs::copy(source, &copy)
+                .map_err(|e| Error::io(format!("copying {}", source.display()), e))?;
             run_as.own(&copy)?;
-            let _ = writeln!(cfg, "  - {}", copy.display());
         }
-        cfg.push_str(
-            "scrape_configs:\n  - job_name: pgops\n    static_configs:\n      - targets:\n",
-        );
-        for target in targets {
-            let _ = writeln!(cfg, "          - '{target}'");
-        }
+        let cfg = config.replace("{dir}", &root.display().to_string());
         let config = root.join("prometheus.yml");
         fs::write(&config, cfg)
             .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
@@ -137,6 +155,28 @@ impl Prometheus {
             alerts: Vec<Alert>,
         }
         Ok(self.api::<Data>("alerts", &[])?.alerts)
+    }
+
+    /// The names of the alerting and recording rules it loaded, group by group.
+    pub fn rule_names(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Rule {
+            name: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Group {
+            rules: Vec<Rule>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Data {
+            groups: Vec<Group>,
+        }
+        Ok(self
+            .api::<Data>("rules", &[])?
+            .groups
+            .into_iter()
+            .flat_map(|g| g.rules.into_iter().map(|r| r.name))
+            .collect())
     }
 
     /// The series an instant PromQL query returns now: each one's labels and value.
