@@ -683,6 +683,57 @@ fn abandoned_only(
     }))
 }
 
+/// Whether the primary `url` archives its WAL, and then waits up to `timeout` until the
+/// segment holding the backup's end is archived (`pg_stat_archiver`): until then the backup
+/// is whole (its WAL is inside it), but nothing after it can be recovered, and `wal check`
+/// or `backup verify` would find the archive short. pg_basebackup streams the WAL it needs
+/// and does not wait for the archive itself. `Ok(None)`: nothing to wait for (a standby, or
+/// no archiving); `Ok(Some(false))`: not archived in time.
+pub fn wait_until_archived(
+    url: &DatabaseUrl,
+    manifest: &Manifest,
+    timeout: std::time::Duration,
+) -> Result<Option<bool>> {
+    let Some(range) = &manifest.wal else {
+        return Ok(None);
+    };
+    let end = parse_lsn(&range.end_lsn)?;
+    let needed = Lsn(end.0.saturating_sub(1)).segment(range.timeline);
+    let mut conn = connect(url)?;
+    #[derive(Deserialize)]
+    struct Archiving {
+        archives: bool,
+        last: Option<String>,
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now: Archiving = pgops_pg::rows::row(
+            &mut conn,
+            "SELECT current_setting('archive_mode') IN ('on', 'always') AND NOT pg_is_in_recovery() AS archives,
+                    (SELECT last_archived_wal FROM pg_stat_archiver) AS last",
+            "reading pg_stat_archiver",
+        )?;
+        if !now.archives {
+            return Ok(None);
+        }
+        let archived = now
+            .last
+            .as_deref()
+            .and_then(|name| name.parse::<pgops_pg::Segment>().ok())
+            .is_some_and(|last| {
+                last.timeline > needed.timeline
+                    || (last.timeline == needed.timeline && last.number >= needed.number)
+            });
+        if archived {
+            return Ok(Some(true));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(Some(false));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Lays out the base backup that leads to the recovery target in `dir` (which must be empty
 /// or absent), with `restore_command` fetching from `repo_url`, the target and the timeline to
 /// follow; start PostgreSQL on `dir` to recover. The timeline history is followed and every

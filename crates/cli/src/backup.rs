@@ -408,6 +408,18 @@ fn create_physical(
     let url = member_url(args, role)?;
     let manifest = pgops_backup::physical::create(store, &url, &mut pgops_backup::progress::Quiet)
         .map_err(fail)?;
+    // Point-in-time recovery from this backup starts once the WAL up to its end is in the
+    // archive, as pgBackRest's archive-check waits for.
+    let wait = Duration::from_secs(60);
+    if let Ok(Some(false)) = pgops_backup::physical::wait_until_archived(&url, &manifest, wait) {
+        tracing::warn!(
+            backup = %manifest.id,
+            "the backup is stored and whole, but the WAL up to its end was not archived within {}s: \
+             nothing after it can be recovered until it is; check archiving \
+             (pg_stat_archiver, `pgops wal check`)",
+            wait.as_secs()
+        );
+    }
     if args.json {
         json(out, &manifest)?;
     } else {
