@@ -676,9 +676,17 @@ fn last_hours_costliest_query_and_an_index_for_it() {
         },
         &[
             ("DATABASE_URL", database_url.clone()),
+            (
+                "MONITOR_URL",
+                format!(
+                    "postgresql://pgops_monitor:{MONITOR_PASSWORD}@127.0.0.1:{}/pgops_dev",
+                    ports.primary
+                ),
+            ),
             ("WINDOW", "1s".to_owned()),
         ],
     );
+    println!("{all}");
     // The costliest statement was the lookup; its plan read the table, what-if found the
     // index, and after building it the plan uses it.
     assert!(
