@@ -686,7 +686,6 @@ fn last_hours_costliest_query_and_an_index_for_it() {
             ("WINDOW", "1s".to_owned()),
         ],
     );
-    println!("{all}");
     // The costliest statement was the lookup; its plan read the table, what-if found the
     // index, and after building it the plan uses it.
     assert!(
