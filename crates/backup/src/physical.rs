@@ -716,10 +716,13 @@ pub fn wait_until_archived(
         if !now.archives {
             return Ok(None);
         }
+        // The last file may be a segment, or the backup's own history file
+        // (`...07.00000028.backup`, archived after the segment it names).
         let archived = now
             .last
             .as_deref()
-            .and_then(|name| name.parse::<pgops_pg::Segment>().ok())
+            .and_then(|name| name.parse::<WalFile>().ok())
+            .and_then(WalFile::segment)
             .is_some_and(|last| {
                 last.timeline > needed.timeline
                     || (last.timeline == needed.timeline && last.number >= needed.number)

@@ -342,6 +342,12 @@ fn run_service(host: &Host, name: &str, unit: &str) -> String {
             text(&out.stdout),
             text(&out.stderr)
         );
+        // A physical backup warns when its WAL did not reach the archive in time.
+        assert!(
+            !text(&out.stderr).contains("WARN"),
+            "{name}: {command}:\n{}",
+            text(&out.stderr)
+        );
         shown.push_str(&text(&out.stdout));
     }
     shown
@@ -358,8 +364,24 @@ fn stack_env(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The roles of `docs/database/privileges.md`, created on the stack as its SQL says.
-fn create_roles(port: u16) {
+/// The roles of `docs/database/privileges.md`, created on the stack as its SQL says, with
+/// its `pg_hba.conf` lines (for 127.0.0.1 instead of the page's network).
+fn create_roles(port: u16, stack_dir: &Path) {
+    let hba = blocks("docs/database/privileges.md")
+        .into_iter()
+        .find(|b| b.info == "text pg_hba")
+        .expect("privileges.md shows its pg_hba.conf lines");
+    let lines: String = hba
+        .text
+        .lines()
+        .filter(|l| l.starts_with("host"))
+        .map(|l| format!("{}\n", l.replace("10.0.0.0/24", "127.0.0.1/32")))
+        .collect();
+    assert!(lines.contains("replication  pgops_backup"), "{lines}");
+    let conf = stack_dir.join("primary").join("data").join("pg_hba.conf");
+    let mut text = fs::read_to_string(&conf).unwrap();
+    text.push_str(&lines);
+    fs::write(&conf, text).unwrap();
     use diesel::{Connection, connection::SimpleConnection};
     let mut admin =
         diesel::PgConnection::establish(&format!("postgres://postgres@127.0.0.1:{port}/pgops_dev"))
@@ -369,6 +391,7 @@ fn create_roles(port: u16) {
         .filter(|b| b.info == "sql privileges")
         .collect();
     assert!(sql.len() >= 3, "privileges.md shows its SQL");
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
     for block in sql {
         admin
             .batch_execute(&block.text.replace("DATABASE app", "DATABASE pgops_dev"))
@@ -402,7 +425,7 @@ fn nightly_s3_backups_with_wal_archiving_then_a_restore_to_ten_minutes_ago() {
     let stack = Stack::start(&dir, &ports);
     let host = Host::new(&tmp.path().join("etc"), &dir);
     let s3 = pgops_testkit::S3Server::start().unwrap();
-    create_roles(ports.primary);
+    create_roles(ports.primary, &dir);
 
     // 1. The environment file, with the keys the page lists and this S3 server's endpoint.
     let env_block = block_with(PAGE, "cat > /etc/pgops/pgops.env");
@@ -617,7 +640,7 @@ fn last_hours_costliest_query_and_an_index_for_it() {
     let ports = Ports::free();
     let stack = Stack::start(&dir, &ports);
     let host = Host::new(&tmp.path().join("etc"), &dir);
-    create_roles(ports.primary);
+    create_roles(ports.primary, &dir);
     let env = stack_env(&dir);
     let database_url = env["DATABASE_URL"].clone();
 
@@ -711,7 +734,7 @@ fn the_endpoint_wired_into_prometheus_with_every_alert_rule() {
     let ports = Ports::free();
     let stack = Stack::start(&dir, &ports);
     let host = Host::new(&tmp.path().join("etc"), &dir);
-    create_roles(ports.primary);
+    create_roles(ports.primary, &dir);
 
     // The endpoint's environment file and unit, as the monitoring role, with a token.
     let env_block = block_with(PAGE, "cat > /etc/pgops/health.env");
