@@ -41,6 +41,9 @@ enum Task {
     /// and after a full run of every suite, docs/benchmarks.md with its chart.
     #[command(disable_help_flag = true)]
     Bench(Passthrough),
+    /// Writes docs/reference.md (every environment variable and pgops.toml key) from the code.
+    #[command(disable_help_flag = true)]
+    Reference(Passthrough),
     /// Only install what the tasks need (`--for ci`, the default, or `dev`, `bench`, `matrix`).
     Install(install::Args),
 }
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Task::Migrate(p) => tasks::exec(install::Need::Build, "migrate", &p.args),
         Task::Seed(p) => tasks::exec(install::Need::Dev, "seed", &p.args),
         Task::Bench(p) => tasks::exec(install::Need::Bench, "bench", &p.args),
+        Task::Reference(p) => tasks::exec(install::Need::Build, "reference", &p.args),
     };
     match outcome {
         Ok(code) => code,

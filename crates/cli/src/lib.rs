@@ -10,6 +10,7 @@ pub mod lint;
 pub mod migrate;
 pub mod migrate_check;
 pub mod pool;
+pub mod reference;
 pub mod repository_metrics;
 pub mod wal;
 

@@ -101,6 +101,23 @@ pub enum Runner {
     Other,
 }
 
+/// The keys of `pgops.toml`'s `[lint]` table and what each sets, for the configuration
+/// reference; a test holds it to the table's fields.
+pub const CONFIG_KEYS: [(&str, &str); 3] = [
+    (
+        "runner",
+        "The tool that runs the migrations: `pgops` (sets lock_timeout itself) or `other` (default `pgops`; flag `--runner`).",
+    ),
+    (
+        "pg_version",
+        "The oldest PostgreSQL major the migrations must run on, 13 to 18 (default: any; flag `--pg-version`).",
+    ),
+    (
+        "disabled",
+        "Rule names not to report, as a list (flag `--disable`, which adds to it).",
+    ),
+];
+
 /// The `[lint]` table of `pgops.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

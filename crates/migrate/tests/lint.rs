@@ -8,7 +8,7 @@ use std::path::Path;
 
 use pgops_migrate::{
     MigrationSet, SqlMigration,
-    lint::{Options, Report, Rule, Runner, lint_migration, lint_set},
+    lint::{CONFIG_KEYS, Options, Report, Rule, Runner, lint_migration, lint_set},
 };
 
 /// (rule, unsafe up.sql, safe up.sql, whether the migration runs in a transaction)
@@ -415,4 +415,20 @@ fn configuration_disables_rules_and_is_validated() {
         let err = Options::from_config(text).unwrap_err().to_string();
         assert!(err.contains(says), "{text}: {err}");
     }
+}
+
+#[test]
+fn the_documented_lint_keys_are_the_tables_keys() {
+    let mut text = String::from("[lint]\n");
+    for (key, _) in CONFIG_KEYS {
+        text.push_str(match key {
+            "runner" => "runner = \"other\"\n",
+            "pg_version" => "pg_version = 14\n",
+            "disabled" => "disabled = []\n",
+            other => panic!("{other} is not a [lint] key"),
+        });
+    }
+    let options = Options::from_config(&text).unwrap();
+    assert_eq!(options.runner, Runner::Other);
+    assert!(Options::from_config("[lint]\nrunnr = \"other\"\n").is_err());
 }

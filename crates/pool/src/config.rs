@@ -183,7 +183,54 @@ pub const KEYS: &[&str] = &[
     "pooler",
 ];
 
+/// What each `[pool]` and `[router]` key sets, in a sentence: the configuration reference
+/// (`docs/reference.md`) is generated from this and [`KEYS`] / [`ROUTER_KEYS`].
+pub fn describe(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "max_size" => "Most connections the pool opens.",
+        "min_idle" => "Idle connections kept open.",
+        "idle_timeout" => "Close a connection idle longer than this (`off`: never).",
+        "connection_timeout" => "How long a checkout waits for a connection before failing.",
+        "max_lifetime" => "Close a connection older than this (`off`: never).",
+        "statement_timeout" => "Server-side `statement_timeout` of every session (`off`: none).",
+        "lock_timeout" => "Server-side `lock_timeout` of every session (`off`: none).",
+        "idle_in_transaction_session_timeout" => {
+            "Server-side `idle_in_transaction_session_timeout` of every session (`off`: none)."
+        }
+        "application_name" => {
+            "`application_name` of every session, as `pg_stat_activity` shows it."
+        }
+        "leak_threshold" => {
+            "Report a connection held longer than this, with where it was checked out (`off`: never)."
+        }
+        "validate_after_idle" => {
+            "A connection idle longer than this is checked with a round trip before it is handed out (`0s`: every checkout)."
+        }
+        "pooler" => {
+            "What sits in front of the server: `none`, `session` or `transaction` (PgBouncer's pool mode)."
+        }
+        "replica_max_size" => "Most connections of each replica's pool.",
+        "replica_min_idle" => "Idle connections kept in each replica's pool.",
+        "replica_idle_timeout" => {
+            "Close a replica connection idle longer than this (`off`: never)."
+        }
+        "max_lag" => "Reads without a token avoid replicas further behind than this in time.",
+        "max_lag_bytes" => "... or more than this many bytes of WAL behind.",
+        "token_wait" => {
+            "How long a read after a write waits for a replica to replay it before using the primary (`0s`: the primary at once)."
+        }
+        "monitor_interval" => {
+            "How often the router checks every replica (and, in an HA cluster, which member is the primary)."
+        }
+        "patroni_urls" => {
+            "Patroni REST API base URLs (comma-separated in the environment): the cluster's members and Patroni's view of them."
+        }
+        _ => return None,
+    })
+}
+
 impl Environment {
+    /// Every environment, in order of strictness.impl Environment {
     /// Every environment, in order of strictness.
     pub const ALL: [Environment; 4] = [
         Environment::Development,
@@ -764,6 +811,15 @@ mod opt_duration {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_key_is_described_for_the_reference() {
+        for key in KEYS.iter().chain(ROUTER_KEYS.iter()) {
+            assert!(describe(key).is_some(), "{key} has no description");
+        }
+        assert_eq!(describe("max_sise"), None);
+    }
+
     use std::collections::HashMap;
 
     use super::*;

@@ -25,6 +25,7 @@ mod pool;
 
 pub use config::{
     Config, Environment, KEYS, PoolSettings, Pooler, ROUTER_KEYS, RouterSettings, Source,
+    describe as describe_key,
 };
 pub use error::{Error, Result};
 pub use manager::session_sql;

@@ -32,6 +32,8 @@ enum Task {
     /// Benchmarks side by side with the existing tools; writes target/pgops-bench/<suite>.json,
     /// and after every suite, docs/benchmarks.md with its chart.
     Bench(bench::Args),
+    /// Writes docs/reference.md (every environment variable and pgops.toml key) from the code.
+    Reference,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,19 @@ fn main() -> ExitCode {
         Task::Migrate(args) => migrate::run(args),
         Task::Bench(args) => bench::run(&args),
         Task::Seed(args) => seed::run(&args),
+        Task::Reference => {
+            let path = workspace_root().join("docs").join("reference.md");
+            match std::fs::write(&path, pgops::reference::markdown()) {
+                Ok(()) => {
+                    println!("wrote {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: writing {}: {e}", path.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
