@@ -655,18 +655,21 @@ fn last_hours_costliest_query_and_an_index_for_it() {
             ),
         )],
     );
-    let cron = blocks(PAGE)
+    let crons: Vec<Block> = blocks(PAGE)
         .into_iter()
-        .find(|b| b.info == "cron" && b.text.contains("insights snapshot"))
-        .unwrap();
-    host.run_cron(PAGE, &cron);
+        .filter(|b| b.info == "cron")
+        .collect();
+    assert!(!crons.is_empty());
+    for cron in &crons {
+        host.run_cron(PAGE, cron);
+    }
     assert_eq!(
         psql_value(
             ports.primary,
             "(SELECT count(*) FROM pgops_monitor.pgops_stat_snapshots)"
         ),
-        "1",
-        "the snapshot is in the monitoring role's schema"
+        crons.len().to_string(),
+        "the snapshots are in the monitoring role's schema"
     );
 
     // The last "hour": lookups by entity, each a sequential scan of 50,000 rows.
@@ -1019,4 +1022,44 @@ fn a_services_ci_lints_and_round_trips_its_migrations() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert_eq!(stack.stop(Signal::SIGTERM), Some(0));
+}
+
+/// The pages whose units, cron lines and scrape configurations the tests above run.
+const RUN_HERE: [&str; 3] = [
+    "docs/database/operations.md",
+    "docs/database/query-optimization.md",
+    "docs/database/monitoring.md",
+];
+
+#[test]
+fn every_unit_cron_line_and_scrape_config_in_the_docs_is_on_a_page_run_here() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    let mut pages = vec![root().join("README.md")];
+    walk(&root().join("docs"), &mut pages);
+    let mut elsewhere = Vec::new();
+    for page in pages {
+        let name = page.strip_prefix(root()).unwrap().display().to_string();
+        for block in blocks(&name) {
+            let scheduled = block.info == "cron"
+                || block.text.contains("[Unit]")
+                || block.text.contains("[Timer]")
+                || block.text.contains("scrape_configs:");
+            if scheduled && !RUN_HERE.contains(&name.as_str()) {
+                elsewhere.push(format!("{name}:{}", block.line));
+            }
+        }
+    }
+    assert!(
+        elsewhere.is_empty(),
+        "units, cron lines and scrape configurations go on a page these tests run: {elsewhere:?}"
+    );
 }
