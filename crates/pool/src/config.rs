@@ -230,7 +230,6 @@ pub fn describe(key: &str) -> Option<&'static str> {
 }
 
 impl Environment {
-    /// Every environment, in order of strictness.impl Environment {
     /// Every environment, in order of strictness.
     pub const ALL: [Environment; 4] = [
         Environment::Development,
@@ -811,6 +810,9 @@ mod opt_duration {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
 
     #[test]
     fn every_key_is_described_for_the_reference() {
@@ -819,10 +821,6 @@ mod tests {
         }
         assert_eq!(describe("max_sise"), None);
     }
-
-    use std::collections::HashMap;
-
-    use super::*;
 
     fn load(env: &[(&str, &str)], file: Option<&str>) -> Result<Config> {
         let env: HashMap<String, String> = env
