@@ -750,13 +750,10 @@ pub fn restore_to_dir(
     dir: &Path,
 ) -> Result<Restored> {
     let target = &recovery.target;
-    if let Some(path) = recovery.env_file.as_deref().filter(|p| !p.is_absolute()) {
-        return Err(Error::Invalid(format!(
-            "--env-file {}: give an absolute path; the server runs restore_command in its data \
-             directory",
-            path.display()
-        )));
-    }
+    let env_file = match &recovery.env_file {
+        Some(path) => crate::wal::env_file_prefix(path)?,
+        None => String::new(),
+    };
     if recovery.standby && *target != Target::Latest {
         return Err(Error::Invalid(
             "a standby follows the primary and takes no recovery target; leave out --target-*"
@@ -839,8 +836,8 @@ pub fn restore_to_dir(
     let key_file = match store.keys() {
         Some(keys) => match keys.identities_file() {
             Some(path) => format!(
-                "PGOPS_REPO_IDENTITIES_FILE='{}' ",
-                path.display().to_string().replace('\'', "'\\''")
+                "PGOPS_REPO_IDENTITIES_FILE={} ",
+                crate::wal::shell_quote(&path.display().to_string())
             ),
             None => {
                 return Err(Error::Invalid(
@@ -851,14 +848,6 @@ pub fn restore_to_dir(
                 ));
             }
         },
-        None => String::new(),
-    };
-    // restore_command runs through `sh -c`: `set -a` exports what the file sets.
-    let env_file = match &recovery.env_file {
-        Some(path) => format!(
-            "set -a && . '{}' && set +a && ",
-            path.display().to_string().replace('\'', "'\\''")
-        ),
         None => String::new(),
     };
     let restore_command = format!(

@@ -69,6 +69,30 @@ fn sum_key(name: &str) -> String {
     format!("wal/{name}.sha256.json")
 }
 
+/// `s` as one word for `sh`, which runs `archive_command` and `restore_command`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// What `archive_command` or `restore_command` runs first to load `env_file`, a file of
+/// `VAR=value` lines (S3 credentials, key files) the server's own environment lacks:
+/// `set -a && . 'FILE' && set +a && ` (`set -a` exports what the file sets). Its path goes
+/// into the server's configuration, never its contents; it must be absolute, because the
+/// server runs the command in its data directory.
+pub fn env_file_prefix(env_file: &Path) -> Result<String> {
+    if !env_file.is_absolute() {
+        return Err(Error::Invalid(format!(
+            "--env-file {}: give an absolute path; the server runs archive_command and \
+             restore_command in its data directory",
+            env_file.display()
+        )));
+    }
+    Ok(format!(
+        "set -a && . {} && set +a && ",
+        shell_quote(&env_file.display().to_string())
+    ))
+}
+
 /// Checks that `name` is a WAL file name PostgreSQL archives (segment, history, backup
 /// label, partial), so a typo cannot write or read elsewhere in the repository.
 pub fn check_name(name: &str) -> Result<WalFile> {

@@ -411,14 +411,20 @@ fn create_physical(
     // Point-in-time recovery from this backup starts once the WAL up to its end is in the
     // archive, as pgBackRest's archive-check waits for.
     let wait = Duration::from_secs(60);
-    if let Ok(Some(false)) = pgops_backup::physical::wait_until_archived(&url, &manifest, wait) {
-        tracing::warn!(
+    match pgops_backup::physical::wait_until_archived(&url, &manifest, wait) {
+        Ok(Some(true) | None) => {}
+        Ok(Some(false)) => tracing::warn!(
             backup = %manifest.id,
             "the backup is stored and whole, but the WAL up to its end was not archived within {}s: \
              nothing after it can be recovered until it is; check archiving \
              (pg_stat_archiver, `pgops wal check`)",
             wait.as_secs()
-        );
+        ),
+        Err(e) => tracing::warn!(
+            backup = %manifest.id,
+            error = %pgops_pg::report(&e),
+            "the backup is stored and whole, but whether its WAL reached the archive could not be read"
+        ),
     }
     if args.json {
         json(out, &manifest)?;

@@ -64,11 +64,6 @@ pub enum Verb {
     Check,
 }
 
-/// `s` as one word for `sh`, which runs archive_command and restore_command.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// What is missing from the archive, one line per run: along the newest timeline's history
 /// (what a restore follows) from the oldest physical backup's start, or from the first
 /// archived segment without one; and holes inside any other timeline. Also one line that
@@ -214,25 +209,20 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
             let exe = std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "pgops".into());
-            // archive_command runs through `sh -c`: `set -a` exports what the file sets.
             let prefix = match env_file {
-                Some(path) if !path.is_absolute() => {
-                    return Err(Failure::usage(anyhow::anyhow!(
-                        "--env-file {}: give an absolute path; the server runs archive_command \
-                         in its data directory",
-                        path.display()
-                    )));
-                }
                 Some(path) => format!(
-                    "set -a && . {} && set +a && exec ",
-                    shell_quote(&path.display().to_string())
+                    "{}exec ",
+                    wal::env_file_prefix(path).map_err(Failure::usage)?
                 ),
                 None => String::new(),
             };
-            let command = format!("{prefix}{exe} wal push --repo {} %p", shell_quote(repo_url));
+            let command = format!(
+                "{prefix}{exe} wal push --repo {} %p",
+                wal::shell_quote(repo_url)
+            );
             let restore = format!(
                 "{prefix}{exe} wal fetch --repo {} %f %p",
-                shell_quote(repo_url)
+                wal::shell_quote(repo_url)
             );
             let mut statements = vec![
                 "ALTER SYSTEM SET wal_level = 'replica'".to_owned(),
