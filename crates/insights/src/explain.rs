@@ -1,13 +1,14 @@
 //! Safe EXPLAIN: the statement runs in a transaction that is always rolled back, under a
 //! statement timeout; the JSON plan becomes a tree and a summary of what deserves a look.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgops_pg::{
     quote_literal,
@@ -16,7 +17,7 @@ use pgops_pg::{
 
 use crate::{
     Error, Result,
-    sql::{check_explainable, server_version, shape},
+    sql::{check_explainable, server_version},
 };
 
 /// How to explain.
@@ -160,8 +161,7 @@ pub struct Parameter {
 /// Text with `$1`, `$2`, ... (as `pg_stat_statements` records it) needs a value for each in
 /// `options.params`, or `options.generic_plan` on PostgreSQL 16 and later.
 pub fn explain(conn: &mut PgConnection, sql: &str, options: &ExplainOptions) -> Result<Explained> {
-    check_explainable(sql)?;
-    let wanted = shape(sql).parameters;
+    let wanted = check_explainable(sql)?.parameters;
     let statement = sql.trim().trim_end_matches(';');
     let (raw, parameters) = if options.generic_plan {
         check_generic_plan(conn, options)?;

@@ -147,8 +147,8 @@ const EXPLAINABLE: &[&str] = &[
 ];
 
 /// Checks that `sql` is exactly one statement EXPLAIN can run, and not transaction control
-/// or an EXPLAIN of its own; the error says what was found.
-pub fn check_explainable(sql: &str) -> Result<()> {
+/// or an EXPLAIN of its own, and returns its shape; the error says what was found.
+pub fn check_explainable(sql: &str) -> Result<Shape> {
     let shape = shape(sql);
     if shape.statements == 0 {
         return Err(Error::Refused("the statement is empty".into()));
@@ -187,7 +187,7 @@ pub fn check_explainable(sql: &str) -> Result<()> {
             "EXPLAIN cannot run a {first} statement; give a SELECT, WITH, VALUES, TABLE, INSERT, UPDATE, DELETE or MERGE"
         )));
     }
-    Ok(())
+    Ok(shape)
 }
 
 /// A byte that continues an identifier (ASCII letters, digits, `_`, `$`, or part of a
