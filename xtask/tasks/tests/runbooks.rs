@@ -29,33 +29,17 @@ struct Step {
 
 /// The blocks of one Markdown file marked `tag` (`runbook`, `runbook-ha`), in order.
 fn steps(markdown: &str, tag: &str) -> Vec<Step> {
-    let mut steps = Vec::new();
-    let mut current: Option<Step> = None;
-    for (index, line) in markdown.lines().enumerate() {
-        let trimmed = line.trim();
-        match &mut current {
-            None => {
-                if let Some(info) = trimmed.strip_prefix("```") {
-                    let words: Vec<_> = info.split_whitespace().collect();
-                    if words.len() >= 2 && matches!(words[0], "sh" | "bash") && words[1] == tag {
-                        current = Some(Step {
-                            line: index + 1,
-                            script: String::new(),
-                        });
-                    }
-                }
-            }
-            Some(step) => {
-                if trimmed == "```" {
-                    steps.extend(current.take());
-                } else {
-                    step.script.push_str(line);
-                    step.script.push('\n');
-                }
-            }
-        }
-    }
-    steps
+    common::blocks(markdown)
+        .into_iter()
+        .filter(|block| {
+            let words: Vec<_> = block.info.split_whitespace().collect();
+            words.len() >= 2 && matches!(words[0], "sh" | "bash") && words[1] == tag
+        })
+        .map(|block| Step {
+            line: block.line,
+            script: block.text,
+        })
+        .collect()
 }
 
 fn runbook_dir() -> PathBuf {
@@ -201,13 +185,7 @@ fn every_runbook_step_runs_against_a_dev_stack() {
     )
     .unwrap();
 
-    let mut env: Vec<(String, String)> = fs::read_to_string(dir.join("env"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect();
+    let mut env = common::stack_env(&dir);
     let bindir = pgops_testkit::PgBinaries::discover()
         .unwrap()
         .bindir()

@@ -256,3 +256,51 @@ pub fn watchdogs_of(dir: &Path) -> Vec<Pid> {
     }
     pids
 }
+
+/// One fenced block of a Markdown page: its info string (`sh runbook`), the line of its
+/// opening fence, its text.
+#[derive(Debug, PartialEq)]
+pub struct Block {
+    pub info: String,
+    pub line: usize,
+    pub text: String,
+}
+
+/// Every fenced block of `markdown`, in order.
+pub fn blocks(markdown: &str) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut current: Option<Block> = None;
+    for (index, line) in markdown.lines().enumerate() {
+        match &mut current {
+            None => {
+                if let Some(info) = line.trim_start().strip_prefix("```") {
+                    current = Some(Block {
+                        info: info.trim().to_owned(),
+                        line: index + 1,
+                        text: String::new(),
+                    });
+                }
+            }
+            Some(block) => {
+                if line.trim() == "```" {
+                    out.extend(current.take());
+                } else {
+                    block.text.push_str(line);
+                    block.text.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The variables of the stack's env file (`target/pgops-dev/env`), in order.
+pub fn stack_env(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
