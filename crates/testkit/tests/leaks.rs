@@ -52,6 +52,9 @@ fn child(mode: &str) {
         );
     }
     println!("READY");
+    // Hold everything up until the parent has seen it running: it closes our stdin then.
+    let mut go = String::new();
+    let _ = std::io::stdin().read_line(&mut go);
     match mode {
         "return" => {}
         "exit" => std::process::exit(0),
@@ -86,6 +89,7 @@ fn parent() {
 fn check(me: &Path, mode: &str) -> Result<(), String> {
     let mut child = Command::new(me)
         .env("PGOPS_TESTKIT_LEAK_CHILD", mode)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -117,9 +121,12 @@ fn check(me: &Path, mode: &str) -> Result<(), String> {
             ));
         }
     }
+    // Only now may the child go on to return, exit, panic or be killed: before, a child
+    // that returns at once raced this check and could be found already cleaned up.
     if mode == "sigkill" {
         child.kill().map_err(|e| e.to_string())?;
     }
+    drop(child.stdin.take());
     child.wait().map_err(|e| e.to_string())?;
 
     // The watchdogs clean up asynchronously; give them time, then insist.
