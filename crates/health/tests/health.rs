@@ -189,6 +189,52 @@ fn every_documented_family_from_a_primary_with_a_replica() {
             value(&s, "pg_stat_checkpointer_buffers_written_total", &srv)
         );
     }
+    // WAL generation from 14 on; on 18 its writes and syncs come from pg_stat_io.
+    let wal_records = value(&s, "pg_stat_wal_wal_records_total", &srv);
+    assert_eq!(wal_records.is_some(), version >= 140_000, "{wal_records:?}");
+    if version >= 140_000 {
+        assert!(wal_records.unwrap() > 0.0);
+        assert!(value(&s, "pg_stat_wal_wal_bytes_total", &srv).unwrap() > 1e6);
+        assert!(value(&s, "pg_stat_wal_wal_write_total", &srv).unwrap() > 0.0);
+        assert!(value(&s, "pg_stat_wal_wal_sync_time_total", &srv).is_some());
+    }
+    // I/O per backend type, object and context from 16 on, without NaN for what cannot happen.
+    let client_reads = value(
+        &s,
+        "pg_stat_io_hits_total",
+        &[
+            ("backend_type", "client backend"),
+            ("object", "relation"),
+            ("context", "normal"),
+            ("server", server.as_str()),
+        ],
+    );
+    assert_eq!(
+        client_reads.is_some(),
+        version >= 160_000,
+        "{client_reads:?}"
+    );
+    if version >= 160_000 {
+        assert!(client_reads.unwrap() > 0.0);
+        let io: Vec<_> = s
+            .iter()
+            .filter(|(n, _, _)| n.starts_with("pg_stat_io_"))
+            .collect();
+        assert!(io.iter().all(|(_, _, v)| !v.is_nan()), "{io:?}");
+        // A checkpointer never reads: the view's NULL is no series at all.
+        assert!(
+            value(
+                &s,
+                "pg_stat_io_reads_total",
+                &[
+                    ("backend_type", "checkpointer"),
+                    ("object", "relation"),
+                    ("context", "normal")
+                ]
+            )
+            .is_none()
+        );
+    }
     assert!(value(&s, "pg_stat_archiver_archived_count", &srv).is_some());
     assert_eq!(value(&s, "pg_replication_is_replica", &srv), Some(0.0));
     assert_eq!(

@@ -19,7 +19,8 @@ use replication::{replication, replication_slots};
 pub use server::setting_metric;
 use server::{database_size, locks, settings, stat_activity, static_info};
 use statistics::{
-    stat_archiver, stat_bgwriter, stat_database, stat_database_conflicts, transactions,
+    stat_archiver, stat_bgwriter, stat_database, stat_database_conflicts, stat_io, stat_wal,
+    transactions,
 };
 use workload::{stat_user_tables, table_sizes, top_queries};
 
@@ -136,6 +137,16 @@ pub const COLLECTORS: &[Collector] = &[
         name: "stat_bgwriter",
         lane: 0,
         run: stat_bgwriter,
+    },
+    Collector {
+        name: "stat_wal",
+        lane: 0,
+        run: stat_wal,
+    },
+    Collector {
+        name: "stat_io",
+        lane: 0,
+        run: stat_io,
     },
     Collector {
         name: "stat_database",

@@ -205,6 +205,100 @@ pub(super) fn stat_bgwriter(session: &mut Session<'_>, ctx: &Context) -> Result<
     Ok(families)
 }
 
+/// WAL generation (`pg_stat_wal`, PostgreSQL 14 and later): records, full-page images, bytes,
+/// and how often full WAL buffers forced a write, as `pg_stat_wal_<column>_total`. PostgreSQL
+/// 18 moved the write and sync counters and times to `pg_stat_io` (object `wal`, context
+/// `normal`); there they are read from it under the same names, so a dashboard's panel does not
+/// go dark on upgrade. Times are in milliseconds, as the server counts them (`track_wal_io_timing`).
+pub(super) fn stat_wal(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
+    let query = match session.version {
+        ..140_000 => return Ok(Vec::new()),
+        140_000..180_000 => {
+            "SELECT wal_records, wal_fpi, wal_bytes::float8 AS wal_bytes, wal_buffers_full,
+                    wal_write, wal_sync, wal_write_time, wal_sync_time,
+                    extract(epoch FROM stats_reset)::float8 AS stats_reset
+             FROM pg_stat_wal"
+        }
+        _ => {
+            "SELECT w.wal_records, w.wal_fpi, w.wal_bytes::float8 AS wal_bytes,
+                    w.wal_buffers_full, io.wal_write, io.wal_sync, io.wal_write_time,
+                    io.wal_sync_time, extract(epoch FROM w.stats_reset)::float8 AS stats_reset
+             FROM pg_stat_wal w,
+                  (SELECT coalesce(sum(writes), 0) AS wal_write,
+                          coalesce(sum(fsyncs), 0) AS wal_sync,
+                          coalesce(sum(write_time), 0) AS wal_write_time,
+                          coalesce(sum(fsync_time), 0) AS wal_sync_time
+                   FROM pg_stat_io WHERE object = 'wal' AND context = 'normal') io"
+        }
+    };
+    let found: Vec<Map<String, Value>> = session.rows(query, "reading pg_stat_wal")?;
+    Ok(columns_as_families(
+        &found,
+        "pg_stat_wal",
+        "pg_stat_wal_",
+        "_total",
+        &[],
+        ctx,
+        |_| Kind::Counter,
+    ))
+}
+
+/// I/O by backend type, object and context (`pg_stat_io`, PostgreSQL 16 and later), as
+/// `pg_stat_io_<column>_total`: reads, writes, writebacks, extends, hits, evictions, reuses,
+/// fsyncs, their times in milliseconds (with `track_io_timing`), and on 18 the bytes read,
+/// written and extended. The view leaves a column NULL where the operation cannot happen (a
+/// checkpointer does not read); those series are left out rather than exported as NaN.
+pub(super) fn stat_io(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
+    let query = match session.version {
+        ..160_000 => return Ok(Vec::new()),
+        160_000..180_000 => {
+            "SELECT backend_type, object, context, reads, read_time, writes, write_time,
+                    writebacks, writeback_time, extends, extend_time, hits, evictions, reuses,
+                    fsyncs, fsync_time
+             FROM pg_stat_io ORDER BY 1, 2, 3"
+        }
+        _ => {
+            "SELECT backend_type, object, context, reads, read_bytes::float8 AS read_bytes,
+                    read_time, writes, write_bytes::float8 AS write_bytes, write_time,
+                    writebacks, writeback_time, extends, extend_bytes::float8 AS extend_bytes,
+                    extend_time, hits, evictions, reuses, fsyncs, fsync_time
+             FROM pg_stat_io ORDER BY 1, 2, 3"
+        }
+    };
+    const LABELS: [&str; 3] = ["backend_type", "object", "context"];
+    let found: Vec<Map<String, Value>> = session.rows(query, "reading pg_stat_io")?;
+    let Some(first) = found.first() else {
+        return Ok(Vec::new());
+    };
+    let mut families = Vec::new();
+    for column in first.keys().filter(|k| !LABELS.contains(&k.as_str())) {
+        let mut family = Family::new(
+            format!("pg_stat_io_{}_total", sanitize(column)),
+            format!("{column} from pg_stat_io"),
+            Kind::Counter,
+        );
+        for row in &found {
+            let Some(value) = row.get(column).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let labels = LABELS.map(|l| row.get(l).map(s).unwrap_or_default());
+            family.push(
+                &[
+                    (LABELS[0], labels[0].as_str()),
+                    (LABELS[1], labels[1].as_str()),
+                    (LABELS[2], labels[2].as_str()),
+                    ("server", ctx.server.as_str()),
+                ],
+                f(value),
+            );
+        }
+        if !family.samples.is_empty() {
+            families.push(family);
+        }
+    }
+    Ok(families)
+}
+
 pub(super) fn stat_database(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
     // Every numeric column the server has (they differ between versions), timestamps as
     // epoch seconds.
