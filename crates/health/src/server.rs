@@ -1,6 +1,7 @@
 //! The HTTP endpoint (axum on tokio): `/metrics` in the Prometheus text format, `/health`
 //! (liveness), `/ready` (503 unless the primary answers as a primary). With a token, `/metrics`
-//! and `/ready` want `Authorization: Bearer <token>`; `/health` stays open for liveness probes.
+//! and `/ready` want `Authorization: Bearer <token>` (or HTTP Basic with the token as the
+//! password, which is what a browser can send); `/health` stays open for liveness probes.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -65,7 +66,17 @@ pub async fn serve_on(
     token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(exporter, token))
+    serve_with(listener, router(exporter, token), shutdown).await
+}
+
+/// Serves `app` (the [`router`], with whatever routes a caller merged into it) on a bound
+/// listener until `shutdown` completes.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|source| Error::Io {
@@ -80,23 +91,50 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let token = state.token.as_ref()?;
+    refuse_without_token(state.token.as_deref(), headers)
+}
+
+/// The token rule of every route but `/health`: with a token set, a request must carry it as
+/// `Authorization: Bearer <token>`, or as the password of HTTP Basic (any user name), which is
+/// what a browser sends after asking. `Some(401 response)` refuses the request; the response
+/// challenges both ways, so a browser asks for the token. Routes merged into the [`router`]
+/// (an operator page) use this to refuse exactly where `/metrics` refuses.
+pub fn refuse_without_token(token: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    use base64::Engine as _;
+    let token = token.filter(|t| !t.is_empty())?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if same(given.as_bytes(), token.as_bytes()) {
+    let presented = if let Some(bearer) = given.strip_prefix("Bearer ") {
+        bearer.as_bytes().to_vec()
+    } else if let Some(basic) = given.strip_prefix("Basic ") {
+        base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .ok()
+            .and_then(|pair| {
+                let colon = pair.iter().position(|b| *b == b':')?;
+                Some(pair[colon + 1..].to_vec())
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if same(&presented, token.as_bytes()) {
         return None;
     }
     let mut response = (
         StatusCode::UNAUTHORIZED,
-        "a bearer token is required: Authorization: Bearer <PGOPS_METRICS_TOKEN>\n",
+        "a bearer token is required: Authorization: Bearer <PGOPS_METRICS_TOKEN> \
+         (or HTTP Basic with the token as the password)\n",
     )
         .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let challenges = response.headers_mut();
+    challenges.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    challenges.append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"pgops\", charset=\"UTF-8\""),
+    );
     Some(response)
 }
 
@@ -143,6 +181,43 @@ async fn ready(State(state): State<AppState>, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::same;
+
+    #[test]
+    fn the_token_as_bearer_or_as_the_basic_password() {
+        use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        let refused = |headers: &HeaderMap| super::refuse_without_token(Some("s3cret"), headers);
+        assert!(refused(&with("Bearer s3cret")).is_none());
+        // "anyone:s3cret" and ":s3cret"
+        assert!(refused(&with("Basic YW55b25lOnMzY3JldA==")).is_none());
+        assert!(refused(&with("Basic OnMzY3JldA==")).is_none());
+        for wrong in [
+            "Bearer s3creT",
+            "Basic czNjcmV0",
+            "Basic !!!",
+            "s3cret",
+            "Basic YW55b25lOnMzY3JldDI=",
+        ] {
+            let denied = refused(&with(wrong)).expect(wrong);
+            assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+            let challenges: Vec<_> = denied
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(challenges.len(), 2, "{challenges:?}");
+            assert!(challenges[1].starts_with("Basic realm="));
+        }
+        assert!(refused(&HeaderMap::new()).is_some());
+        // No token: open.
+        assert!(super::refuse_without_token(None, &HeaderMap::new()).is_none());
+        assert!(super::refuse_without_token(Some(""), &HeaderMap::new()).is_none());
+    }
 
     #[test]
     fn token_comparison() {
