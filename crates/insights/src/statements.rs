@@ -15,8 +15,13 @@ use pgops_pg::{
 
 use crate::{Error, Result, sql::server_version};
 
-/// The tables that hold our snapshots, in the database we connect to.
-pub const SNAPSHOT_TABLES: [&str; 2] = ["pgops_stat_snapshots", "pgops_stat_snapshot_entries"];
+/// The tables that hold our snapshots, in the database we connect to: the headers, the
+/// statements' counters, and the sizes of the largest tables at each snapshot.
+pub const SNAPSHOT_TABLES: [&str; 3] = [
+    "pgops_stat_snapshots",
+    "pgops_stat_snapshot_entries",
+    "pgops_stat_snapshot_tables",
+];
 
 /// How to order the top list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,6 +392,9 @@ pub fn record_snapshot(conn: &mut PgConnection, keep: Duration) -> Result<Snapsh
                     p.shared_blks_hit, p.shared_blks_read,
                     p.shared_blks_read + p.local_blks_read + p.temp_blks_read + p.temp_blks_written
              FROM s, pg_stat_statements p WHERE p.queryid IS NOT NULL
+         ), t AS (
+             INSERT INTO pgops_stat_snapshot_tables
+             SELECT s.id, l.schema, l.table, l.bytes FROM s, ({LARGEST_TABLES}) l
          )
          SELECT row_to_json(s)::text AS rows FROM s"
     );
@@ -400,6 +408,20 @@ pub fn record_snapshot(conn: &mut PgConnection, keep: Duration) -> Result<Snapsh
     .map_err(Error::db("deleting old snapshots"))?;
     Ok(snapshot)
 }
+
+/// The database's 100 largest tables (with indexes and TOAST), recorded with each snapshot for
+/// their growth: exact sizes of the candidates
+/// `pg_class.relpages` (kept by VACUUM and ANALYZE) ranks first, not a `stat()` of every file of
+/// every table.
+const LARGEST_TABLES: &str = "SELECT schema, \"table\", bytes FROM (
+       SELECT n.nspname::text AS schema, c.relname::text AS table,
+              pg_total_relation_size(c.oid) AS bytes
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.relkind IN ('r', 'm', 'p')
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+         AND n.nspname NOT LIKE 'pg\\_toast%'
+       ORDER BY c.relpages DESC LIMIT 200) candidates
+     ORDER BY bytes DESC, schema, \"table\" LIMIT 100";
 
 /// Snapshot headers, oldest first.
 pub fn snapshots(conn: &mut PgConnection) -> Result<Vec<SnapshotInfo>> {
@@ -523,6 +545,213 @@ pub fn query_text(conn: &mut PgConnection, queryid: i64) -> Result<String> {
     })
 }
 
+/// One interval between two snapshots (or the newest snapshot and now) of one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Interval {
+    /// Its start.
+    pub start: DateTime<Utc>,
+    /// Its end.
+    pub end: DateTime<Utc>,
+    /// Calls in it.
+    pub calls: i64,
+    /// Execution time in it, in milliseconds.
+    pub total_ms: f64,
+}
+
+/// One statement's cumulative counters at one point in time (`None`: not in the view then).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `pg_stat_statements_info.stats_reset` then (14+).
+    pub stats_reset: Option<DateTime<Utc>>,
+    /// Calls and total milliseconds so far.
+    pub counters: Option<(i64, f64)>,
+}
+
+/// Intervals between consecutive points, by [`diff`]'s rules: after a reset, or when the
+/// counters went down (evicted and re-added), the later counters are the interval's (a lower
+/// bound); a statement absent before counts in full; absent after, nothing.
+pub fn intervals(points: &[Point]) -> Vec<Interval> {
+    points
+        .windows(2)
+        .map(|pair| {
+            let (before, after) = (&pair[0], &pair[1]);
+            let reset = match (before.stats_reset, after.stats_reset) {
+                (Some(then), Some(now)) => now > then,
+                (None, Some(now)) => now > before.at,
+                _ => false,
+            };
+            let (calls, total_ms) = match (before.counters, after.counters) {
+                (_, None) => (0, 0.0),
+                (None, Some(now)) => now,
+                (Some(then), Some(now)) if reset || now.0 < then.0 || now.1 < then.1 => now,
+                (Some(then), Some(now)) => (now.0 - then.0, now.1 - then.1),
+            };
+            Interval {
+                start: before.at,
+                end: after.at,
+                calls,
+                total_ms,
+            }
+        })
+        .collect()
+}
+
+/// Each statement's intervals over the last `window`, from the snapshots taken in it and the
+/// view now, in the database we are connected to (summed over roles and nesting levels).
+/// Statements are those of `queryids`; one read of the snapshots for all of them.
+pub fn history(
+    conn: &mut PgConnection,
+    window: Duration,
+    queryids: &[i64],
+) -> Result<HashMap<i64, Vec<Interval>>> {
+    if queryids.is_empty() || !tables_exist(conn)? {
+        return Ok(HashMap::new());
+    }
+    let secs = window.as_secs().max(1);
+    #[derive(Deserialize)]
+    struct Row {
+        id: i64,
+        taken_at: DateTime<Utc>,
+        stats_reset: Option<DateTime<Utc>>,
+        queryid: Option<i64>,
+        calls: Option<i64>,
+        total_ms: Option<f64>,
+    }
+    let ids = queryids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let found: Vec<Row> = rows(
+        conn,
+        &format!(
+            "SELECT s.id, s.taken_at, s.stats_reset, e.queryid, e.calls::int8 AS calls, e.total_ms
+             FROM pgops_stat_snapshots s
+             LEFT JOIN (SELECT snapshot_id, queryid, sum(calls) AS calls, sum(total_ms) AS total_ms
+                        FROM pgops_stat_snapshot_entries
+                        WHERE queryid IN ({ids})
+                          AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                        GROUP BY 1, 2) e ON e.snapshot_id = s.id
+             WHERE s.taken_at > now() - interval '{secs} seconds'
+             ORDER BY s.taken_at, s.id"
+        ),
+        "reading the snapshots' history",
+    )?;
+    let now = current(conn)?;
+    let dbid: u32 = {
+        #[derive(Deserialize)]
+        struct Db {
+            oid: u32,
+        }
+        row::<Db>(
+            conn,
+            "SELECT oid::int8 AS oid FROM pg_database WHERE datname = current_database()",
+            "reading the current database",
+        )?
+        .oid
+    };
+    // The snapshots in order, each with the counters of the statements it held.
+    struct Held {
+        at: DateTime<Utc>,
+        stats_reset: Option<DateTime<Utc>>,
+        counters: HashMap<i64, (i64, f64)>,
+    }
+    let mut snapshots: Vec<Held> = Vec::new();
+    let mut last_id = None;
+    for r in found {
+        if last_id != Some(r.id) {
+            snapshots.push(Held {
+                at: r.taken_at,
+                stats_reset: r.stats_reset,
+                counters: HashMap::new(),
+            });
+            last_id = Some(r.id);
+        }
+        if let (Some(q), Some(calls), Some(ms), Some(last)) =
+            (r.queryid, r.calls, r.total_ms, snapshots.last_mut())
+        {
+            last.counters.insert(q, (calls, ms));
+        }
+    }
+    let mut current_counters: HashMap<i64, (i64, f64)> = HashMap::new();
+    for e in now.entries.iter().filter(|e| e.key.dbid == dbid) {
+        let c = current_counters.entry(e.key.queryid).or_default();
+        c.0 += e.counters.calls;
+        c.1 += e.counters.total_ms;
+    }
+    let taken_now = Utc::now();
+    Ok(queryids
+        .iter()
+        .map(|q| {
+            let mut points: Vec<Point> = snapshots
+                .iter()
+                .map(|held| Point {
+                    at: held.at,
+                    stats_reset: held.stats_reset,
+                    counters: held.counters.get(q).copied(),
+                })
+                .collect();
+            points.push(Point {
+                at: taken_now,
+                stats_reset: now.stats_reset,
+                counters: current_counters.get(q).copied(),
+            });
+            (*q, intervals(&points))
+        })
+        .collect())
+}
+
+/// The largest tables' sizes (bytes by schema and table) recorded with one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedSizes {
+    /// When the snapshot was taken.
+    pub taken_at: DateTime<Utc>,
+    /// Bytes, with indexes and TOAST, by (schema, table).
+    pub sizes: HashMap<(String, String), i64>,
+}
+
+/// The sizes of the largest tables at the newest snapshot taken at least `age` ago (or the
+/// oldest snapshot, if none is that old); `None` without snapshots.
+pub fn table_sizes_at(conn: &mut PgConnection, age: Duration) -> Result<Option<RecordedSizes>> {
+    // Snapshots recorded before sizes were kept have none.
+    if !table_exists(conn, SNAPSHOT_TABLES[2])? {
+        return Ok(None);
+    }
+    let all = snapshots(conn)?;
+    let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    let Some(chosen) = all
+        .iter()
+        .rev()
+        .find(|s| s.taken_at <= cutoff)
+        .or(all.first())
+    else {
+        return Ok(None);
+    };
+    #[derive(Deserialize)]
+    struct Size {
+        schema: String,
+        table: String,
+        bytes: i64,
+    }
+    let sizes: Vec<Size> = rows(
+        conn,
+        &format!(
+            "SELECT schema, \"table\", bytes FROM pgops_stat_snapshot_tables WHERE snapshot_id = {}",
+            chosen.id
+        ),
+        "reading the recorded table sizes",
+    )?;
+    Ok(Some(RecordedSizes {
+        taken_at: chosen.taken_at,
+        sizes: sizes
+            .into_iter()
+            .map(|s| ((s.schema, s.table), s.bytes))
+            .collect(),
+    }))
+}
+
 /// The newest snapshot taken at least `age` ago; the error says what exists and what to run.
 fn snapshot_at_least(conn: &mut PgConnection, age: Duration) -> Result<SnapshotInfo> {
     let all = snapshots(conn)?;
@@ -611,6 +840,10 @@ fn describe(conn: &mut PgConnection, deltas: &[Delta]) -> Result<Vec<TopQuery>> 
 }
 
 fn tables_exist(conn: &mut PgConnection) -> Result<bool> {
+    table_exists(conn, SNAPSHOT_TABLES[0])
+}
+
+fn table_exists(conn: &mut PgConnection, name: &str) -> Result<bool> {
     #[derive(Deserialize)]
     struct E {
         e: bool,
@@ -619,9 +852,9 @@ fn tables_exist(conn: &mut PgConnection) -> Result<bool> {
         conn,
         &format!(
             "SELECT to_regclass({}) IS NOT NULL AS e",
-            quote_literal(SNAPSHOT_TABLES[0])
+            quote_literal(name)
         ),
-        "looking for the snapshot table",
+        "looking for the snapshot tables",
     )?;
     Ok(e.e)
 }
@@ -648,6 +881,13 @@ fn ensure_tables(conn: &mut PgConnection) -> Result<()> {
              read bigint NOT NULL,
              io bigint NOT NULL,
              PRIMARY KEY (snapshot_id, userid, dbid, queryid, toplevel)
+         );
+         CREATE TABLE IF NOT EXISTS pgops_stat_snapshot_tables (
+             snapshot_id bigint NOT NULL REFERENCES pgops_stat_snapshots ON DELETE CASCADE,
+             schema text NOT NULL,
+             \"table\" text NOT NULL,
+             bytes bigint NOT NULL,
+             PRIMARY KEY (snapshot_id, schema, \"table\")
          );",
     )
     .map_err(Error::db(
@@ -747,6 +987,34 @@ mod tests {
         assert_eq!(w.deltas[0].origin, Origin::Readded);
         assert_eq!(w.deltas[0].counters.calls, 3);
         assert_eq!(w.evictions, Some(7));
+    }
+
+    #[test]
+    fn intervals_follow_the_diff_rules() {
+        let point = |secs, reset, counters| Point {
+            at: at(secs),
+            stats_reset: reset,
+            counters,
+        };
+        let reset = Some(at(-1000));
+        let points = [
+            point(0, reset, None),
+            point(300, reset, Some((10, 100.0))),
+            point(600, reset, Some((25, 160.0))),
+            // Evicted and re-added: the newer counters are a lower bound, never negative.
+            point(900, reset, Some((4, 9.0))),
+            // Reset after the previous point: everything since the reset.
+            point(1200, Some(at(1000)), Some((7, 70.0))),
+            point(1500, Some(at(1000)), None),
+        ];
+        let got: Vec<(i64, i64)> = intervals(&points)
+            .iter()
+            .map(|i| ((i.end - i.start).num_seconds(), i.calls))
+            .collect();
+        assert_eq!(got, [(300, 10), (300, 15), (300, 4), (300, 7), (300, 0)]);
+        let ms: Vec<f64> = intervals(&points).iter().map(|i| i.total_ms).collect();
+        assert_eq!(ms, [100.0, 60.0, 9.0, 70.0, 0.0]);
+        assert!(intervals(&points[..1]).is_empty());
     }
 
     #[test]

@@ -261,6 +261,83 @@ fn since_diffs_against_an_old_snapshot_and_names_what_is_missing() {
 }
 
 #[test]
+fn history_per_interval_and_table_sizes_from_the_snapshots() {
+    let (_db, mut conn) = schema_db();
+    conn.batch_execute(
+        "CREATE TABLE history_probe (id int PRIMARY KEY, pad text);
+         INSERT INTO history_probe SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g;",
+    )
+    .unwrap();
+    let probe = |conn: &mut PgConnection, n: i32| {
+        for id in 0..n {
+            conn.batch_execute(&format!("SELECT pad FROM history_probe WHERE id = {id}"))
+                .unwrap();
+        }
+    };
+    let backdate = |conn: &mut PgConnection, id: i64, minutes: i32| {
+        conn.batch_execute(&format!(
+            "UPDATE pgops_stat_snapshots SET taken_at = taken_at - interval '{minutes} minutes' WHERE id = {id}"
+        ))
+        .unwrap();
+    };
+    // Before any snapshot: no sizes, no history.
+    assert!(
+        statements::table_sizes_at(&mut conn, Duration::from_secs(3600))
+            .unwrap()
+            .is_none()
+    );
+    let first = statements::record_snapshot(&mut conn, Duration::from_secs(86_400)).unwrap();
+    backdate(&mut conn, first.id, 50);
+    probe(&mut conn, 4);
+    let second = statements::record_snapshot(&mut conn, Duration::from_secs(86_400)).unwrap();
+    backdate(&mut conn, second.id, 20);
+    probe(&mut conn, 6);
+    let queryid: i64 = text(
+        &mut conn,
+        "(SELECT queryid FROM pg_stat_statements WHERE query = 'SELECT pad FROM history_probe WHERE id = $1')",
+    )
+    .parse()
+    .unwrap();
+    let history = statements::history(&mut conn, Duration::from_secs(3600), &[queryid]).unwrap();
+    let calls: Vec<i64> = history[&queryid].iter().map(|i| i.calls).collect();
+    // Before the first snapshot the statement was not in the view at all (it ran first after
+    // it): the first interval holds its 4 calls, the one to now the 6 after.
+    assert_eq!(calls, [4, 6], "{history:?}");
+    let minutes: Vec<i64> = history[&queryid]
+        .iter()
+        .map(|i| (i.end - i.start).num_minutes())
+        .collect();
+    assert_eq!(minutes, [30, 20]);
+    // A window that holds only the newer snapshot.
+    let recent = statements::history(&mut conn, Duration::from_secs(1500), &[queryid]).unwrap();
+    assert_eq!(
+        recent[&queryid].iter().map(|i| i.calls).collect::<Vec<_>>(),
+        [6]
+    );
+
+    // Each snapshot recorded the largest tables' sizes; the one at least 40 minutes old is
+    // the first.
+    conn.batch_execute(
+        "INSERT INTO history_probe SELECT g, repeat('y', 200) FROM generate_series(5001, 10000) g",
+    )
+    .unwrap();
+    let recorded = statements::table_sizes_at(&mut conn, Duration::from_secs(2400))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        recorded.taken_at,
+        first.taken_at - chrono::Duration::minutes(50)
+    );
+    let sizes = recorded.sizes;
+    let then = sizes[&("public".to_owned(), "history_probe".to_owned())];
+    let now: i64 = text(&mut conn, "pg_total_relation_size('history_probe')")
+        .parse()
+        .unwrap();
+    assert!(then > 1_000_000 && now > then, "{then} {now}");
+    assert!(sizes.len() <= 100);
+}
+
+#[test]
 fn since_survives_a_reset_and_an_eviction_between_snapshots() {
     let cluster = Cluster::start(ClusterOptions::default().preload("pg_stat_statements")).unwrap();
     cluster

@@ -31,11 +31,12 @@ pub struct Difference {
 }
 
 /// Tables pgops creates for itself in an application's database.
-pub const PGOPS_TABLES: [&str; 4] = [
+pub const PGOPS_TABLES: [&str; 5] = [
     DIESEL_TABLE,
     LEDGER_TABLE,
     "pgops_stat_snapshots",
     "pgops_stat_snapshot_entries",
+    "pgops_stat_snapshot_tables",
 ];
 
 #[derive(QueryableByName)]
