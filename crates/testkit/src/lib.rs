@@ -14,6 +14,7 @@
 //! ```
 
 mod basebackup;
+mod browser;
 mod cluster;
 mod config;
 mod error;
@@ -29,6 +30,7 @@ mod s3;
 mod shared;
 mod tls;
 
+pub use browser::{Browser, ConsoleEntry};
 pub use cluster::{Cluster, SUPERUSER};
 pub use error::{Error, Result};
 pub use haproxy::{HAPROXY_CHECKS, HaProxy};
