@@ -39,16 +39,18 @@ pub struct Args {
 /// What `health serve --help` says about the token, which is read from the environment only
 /// so that it never shows in `ps`.
 pub const METRICS_TOKEN_HELP: &str = "Environment:
-  PGOPS_METRICS_TOKEN  When set, /metrics and /ready answer only requests with
-                       `Authorization: Bearer <token>` (401 otherwise); /health stays open.
+  PGOPS_METRICS_TOKEN  When set, /, /metrics and /ready answer only requests with
+                       `Authorization: Bearer <token>`, or HTTP Basic with the token as
+                       the password, as a browser sends it (401 otherwise); /health
+                       stays open.
                        Read from the environment only, never from the command line. Set it
                        whenever --listen is beyond loopback.";
 
 /// The verbs of `pgops health`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Verb {
-    /// Serve /metrics (Prometheus), /health (liveness) and /ready (503 unless the primary
-    /// answers as a primary) until Ctrl-C or SIGTERM.
+    /// Serve the operator page at / (HTML), /metrics (Prometheus), /health (liveness) and
+    /// /ready (503 unless the primary answers as a primary) until Ctrl-C or SIGTERM.
     #[command(after_help = METRICS_TOKEN_HELP)]
     Serve {
         /// Address to listen on; loopback unless you say otherwise.
@@ -157,18 +159,32 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                         .with_collector(pgops_health::pgbouncer::PgBouncerCollector::new(url));
                 }
                 let exporter = Arc::new(exporter);
+                let page = Arc::new(crate::page::Page::new(
+                    exporter.clone(),
+                    primary.clone(),
+                    crate::page::Options {
+                        cache_for: *cache,
+                        statement_timeout: *collector_timeout,
+                        connect_timeout: args.connect_timeout,
+                        refresh: Duration::from_secs(30),
+                        repository: repo.clone(),
+                        max_replica_lag: args.max_replica_lag,
+                    },
+                ));
+                let app = pgops_health::server::router(exporter, token.clone())
+                    .merge(page.router(token.clone()));
                 let listener = pgops_health::server::bind(*listen).await.map_err(Failure::usage)?;
                 let shutdown = shutdown_signal()?;
                 let _ = writeln!(
                     out,
-                    "serving http://{listen}/metrics, /health and /ready for {primary}{}",
+                    "serving http://{listen}/metrics, /health, /ready and the operator page at / for {primary}{}",
                     if token.is_some() { " (bearer token required)" } else { "" }
                 );
                 let _ = out.flush();
                 if !listen.ip().is_loopback() && token.is_none() {
                     tracing::warn!(%listen, "listening beyond loopback without PGOPS_METRICS_TOKEN: anyone who can reach the port can read the metrics");
                 }
-                pgops_health::server::serve_on(listener, exporter, token, shutdown)
+                pgops_health::server::serve_with(listener, app, shutdown)
                     .await
                     .map_err(Failure::problem)
             })?;

@@ -9,6 +9,7 @@ pub mod insights;
 pub mod lint;
 pub mod migrate;
 pub mod migrate_check;
+pub mod page;
 pub mod pool;
 pub mod reference;
 pub mod repository_metrics;

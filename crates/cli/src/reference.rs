@@ -38,7 +38,7 @@ pub const OTHER: &[(&str, &str, &str)] = &[
     (
         "PGOPS_METRICS_TOKEN",
         "`pgops health serve`, `pgops_health::server::router`",
-        "When set, `/metrics` and `/ready` want `Authorization: Bearer <token>`; never on the command line.",
+        "When set, `/` (the operator page), `/metrics` and `/ready` want `Authorization: Bearer <token>` or HTTP Basic with the token as the password; never on the command line.",
     ),
     (
         "PGOPS_MIGRATE_DATABASE_URL",
