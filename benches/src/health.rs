@@ -1,7 +1,10 @@
 //! The `health` suite: the time to answer `/metrics` for pgops-health (cached, and with the
 //! cache off) against Debian's `prometheus-postgres-exporter` with its default collectors, on
 //! a database with 100, 1,000 and 10,000 tables, scraped alternately in the same rounds; and a
-//! check at every size that every metric family the exporter produced is in ours too.
+//! check at every size that every metric family the exporter produced is in ours too. Beside
+//! them, the time to answer the operator page (`/` of `pgops health serve`), cached and with
+//! the cache off, against the same exporter scrape: the page must stay as cheap as a scrape
+//! when the table count grows.
 
 use std::{
     collections::BTreeSet,
@@ -87,6 +90,41 @@ pub(crate) fn serve(runtime: &tokio::runtime::Runtime, exporter: Exporter) -> an
     Ok(port)
 }
 
+/// Serves `/metrics` and the operator page at `/` as `pgops health serve` does, both reading
+/// one exporter whose expensive parts are reused for `cache_for`; the port.
+fn serve_page(
+    runtime: &tokio::runtime::Runtime,
+    url: &DatabaseUrl,
+    cache_for: Duration,
+) -> anyhow::Result<u16> {
+    let options = Options {
+        cache_for,
+        ..Options::default()
+    };
+    let exporter = Arc::new(Exporter::new(url.clone(), vec![], options.clone(), None)?);
+    let page = Arc::new(pgops::page::Page::new(
+        exporter.clone(),
+        url.clone(),
+        pgops::page::Options {
+            cache_for,
+            statement_timeout: options.collector_timeout,
+            connect_timeout: options.connect_timeout,
+            refresh: Duration::from_secs(30),
+            repository: None,
+            max_replica_lag: options.max_replica_lag,
+        },
+    ));
+    let app = pgops_health::server::router(exporter, None).merge(page.router(None));
+    let listener = runtime.block_on(pgops_health::server::bind("127.0.0.1:0".parse()?))?;
+    let port = listener.local_addr()?.port();
+    runtime.spawn(pgops_health::server::serve_with(
+        listener,
+        app,
+        std::future::pending(),
+    ));
+    Ok(port)
+}
+
 /// Metric family names in an exposition text.
 fn families(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -103,8 +141,12 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
             "{POSTGRES_EXPORTER} is not installed; apt-get install prometheus-postgres-exporter"
         )
     })?;
-    let cluster = Cluster::start(ClusterOptions::default()).context("starting a cluster")?;
+    // pg_stat_statements with recorded snapshots, as the page reads them (the exporter's
+    // default collectors do not read it).
+    let cluster = Cluster::start(ClusterOptions::default().preload("pg_stat_statements"))
+        .context("starting a cluster")?;
     cluster.create_database("bench")?;
+    cluster.execute("bench", "CREATE EXTENSION pg_stat_statements")?;
     let anchor_port = pgops_pg::free_port()?;
     let dsn = format!(
         "postgresql://{SUPERUSER}@127.0.0.1:{}/bench?sslmode=disable",
@@ -149,6 +191,10 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         )?;
         cluster.execute("bench", "ANALYZE")?;
         tables = count;
+        {
+            let mut conn = diesel::Connection::establish(url.expose())?;
+            pgops_insights::record_snapshot(&mut conn, Duration::from_secs(86_400))?;
+        }
         // Fresh exporters per size, so no cache holds the smaller database.
         let ours_port = serve(
             &runtime,
@@ -173,6 +219,28 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         )?;
         let ours_url = format!("http://127.0.0.1:{ours_port}/metrics");
         let uncached_url = format!("http://127.0.0.1:{uncached_port}/metrics");
+        let page_url = format!(
+            "http://127.0.0.1:{}/",
+            serve_page(&runtime, &url, Options::default().cache_for)?
+        );
+        let page_uncached_url = format!(
+            "http://127.0.0.1:{}/",
+            serve_page(&runtime, &url, Duration::ZERO)?
+        );
+        // The page shows every section (an unavailable one would make it cheap for the wrong
+        // reason).
+        let page_text = fetch(&agent, &page_url)?;
+        ensure!(
+            !page_text.contains("Unavailable:"),
+            "the operator page has an unavailable section: {}",
+            page_text
+                .split("Unavailable:")
+                .nth(1)
+                .unwrap_or_default()
+                .split('<')
+                .next()
+                .unwrap_or_default()
+        );
         let started = Instant::now();
         let anchor_text = loop {
             match fetch(&agent, &anchor_url) {
@@ -224,29 +292,37 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
         };
         let (mut ours_rounds, mut anchor_rounds, mut uncached_rounds) =
             (Vec::new(), Vec::new(), Vec::new());
+        let (mut page_rounds, mut page_uncached_rounds) = (Vec::new(), Vec::new());
         for round in 0..plan.rounds {
             let (mut o, mut a, mut u) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut p, mut pu) = (Vec::new(), Vec::new());
             for i in 0..plan.scrapes {
                 // Rotate which side goes first.
-                let mut sides = [0, 1, 2];
-                sides.rotate_left((round + i) % 3);
+                let mut sides = [0, 1, 2, 3, 4];
+                sides.rotate_left((round + i) % 5);
                 for side in sides {
                     match side {
                         0 => o.push(time(&ours_url)?),
                         1 => a.push(time(&anchor_url)?),
-                        _ => u.push(time(&uncached_url)?),
+                        2 => u.push(time(&uncached_url)?),
+                        3 => p.push(time(&page_url)?),
+                        _ => pu.push(time(&page_uncached_url)?),
                     }
                 }
             }
             ours_rounds.push(median(&o));
             anchor_rounds.push(median(&a));
             uncached_rounds.push(median(&u));
+            page_rounds.push(median(&p));
+            page_uncached_rounds.push(median(&pu));
             eprintln!(
-                "{count} tables, round {}: pgops {:.2} ms (uncached {:.2} ms), postgres_exporter {:.2} ms",
+                "{count} tables, round {}: pgops {:.2} ms (uncached {:.2} ms), postgres_exporter {:.2} ms; page {:.2} ms (uncached {:.2} ms)",
                 round + 1,
                 ours_rounds[round] * 1e3,
                 uncached_rounds[round] * 1e3,
-                anchor_rounds[round] * 1e3
+                anchor_rounds[round] * 1e3,
+                page_rounds[round] * 1e3,
+                page_uncached_rounds[round] * 1e3
             );
         }
         // Where the uncached scrape's time goes: each collector's own figure.
@@ -295,6 +371,31 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
                 false,
             )
             .target(1.0)
+            .size(&size),
+        );
+        comparisons.push(
+            Comparison::from_rounds(
+                "page_seconds",
+                "seconds",
+                &page_rounds,
+                &anchor_rounds,
+                &format!("{anchor_tool}; pgops: GET / (the operator page)"),
+                false,
+            )
+            .target(1.0)
+            .size(&size),
+        );
+        comparisons.push(
+            Comparison::from_rounds(
+                "page_seconds_uncached",
+                "seconds",
+                &page_uncached_rounds,
+                &anchor_rounds,
+                &format!(
+                    "{anchor_tool}; pgops: GET / with --cache 0s (checks, top queries, index advice read on every request)"
+                ),
+                false,
+            )
             .size(&size),
         );
     }
