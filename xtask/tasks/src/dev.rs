@@ -269,6 +269,7 @@ fn up(args: &Args, stop: &StopSignal) -> anyhow::Result<Exit> {
          The pgops dev stack is running:\n\
          \x20 primary     {url}\n\
          \x20 replica     {replica_url}\n\
+         \x20 page        {metrics}/   (the operator page, in a browser)\n\
          \x20 metrics     {metrics}/metrics   (also /health and /ready)\n\
          \x20 repository  {repo}   (WAL archive and backups)\n\
          \x20 data        {}   (kept between runs; --fresh starts over)\n\
