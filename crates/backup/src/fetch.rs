@@ -23,11 +23,10 @@ pub(crate) fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path)
                 .map_err(Error::io(format!("creating {}", parent.display())))?;
         }
         let stored = dir.join(file.stored_path());
-        store.get_to_file(
+        let (bytes, sha) = store.get_to_file_hashed(
             &format!("{}{}", manifest::prefix(&manifest.id), file.stored_path()),
             &stored,
         )?;
-        let (bytes, sha) = sha_of(&stored)?;
         if bytes != file.bytes || sha != file.sha256 {
             return Err(Error::Corrupt {
                 id: manifest.id.clone(),

@@ -1,11 +1,12 @@
-//! File helpers every backup path shares: private (0600) files, the SHA-256 of a file, and
-//! zstd decompression that hashes what it writes.
+//! File helpers every backup path shares: private (0600) files, the SHA-256 of a file, zstd
+//! decompression that hashes what it writes, and reading ahead on a thread of its own.
 
 use std::{
     fs::{File, OpenOptions},
-    io::Write,
+    io::{Read, Write},
     os::unix::fs::OpenOptionsExt,
     path::Path,
+    sync::mpsc::{Receiver, sync_channel},
 };
 
 use sha2::{Digest, Sha256};
@@ -51,6 +52,89 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// A reader run on a thread of its own, up to four 1 MiB chunks ahead of whoever reads from
+/// this: a restore decompresses on one core while the other writes the files the archive
+/// holds. The end of the input is an explicit marker, so a reader thread that dies reads as
+/// an error, never as a short archive.
+pub(crate) struct ReadAhead {
+    chunks: Receiver<std::io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+impl ReadAhead {
+    /// Starts reading `reader` on a new thread.
+    pub(crate) fn spawn(mut reader: impl Read + Send + 'static) -> Self {
+        const CHUNK: usize = 1 << 20;
+        let (send, chunks) = sync_channel(4);
+        std::thread::spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let mut filled = 0;
+                let outcome = loop {
+                    match reader.read(&mut chunk[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == CHUNK {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                chunk.truncate(filled);
+                let end = filled == 0;
+                let message = match outcome {
+                    Err(e) => Err(e),
+                    // An empty chunk is the end marker.
+                    Ok(()) => Ok(chunk),
+                };
+                let failed = message.is_err();
+                // The reader went away (it stopped on an error of its own): stop too.
+                if send.send(message).is_err() || end || failed {
+                    return;
+                }
+            }
+        });
+        ReadAhead {
+            chunks,
+            current: Vec::new(),
+            at: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(std::io::Error::other(
+                        "the thread reading ahead stopped before the end of the input",
+                    ));
+                }
+            }
+        }
+        let n = out.len().min(self.current.len() - self.at);
+        out[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Size and SHA-256 (hex) of a file.
 pub(crate) fn sha_of(path: &Path) -> Result<(u64, String)> {
     let mut input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
@@ -73,4 +157,55 @@ pub(crate) fn decompress(from: &Path, to: &Path) -> Result<(u64, String)> {
         .and_then(|()| hashing.inner.sync_all())
         .map_err(Error::io(format!("decompressing {}", from.display())))?;
     Ok((hashing.bytes, hex::encode(hashing.hash.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_ahead_gives_every_byte_in_order_and_passes_errors_on() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+        let mut got = Vec::new();
+        ReadAhead::spawn(std::io::Cursor::new(data.clone()))
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, data);
+        let mut empty = Vec::new();
+        ReadAhead::spawn(std::io::empty())
+            .read_to_end(&mut empty)
+            .unwrap();
+        assert!(empty.is_empty());
+
+        /// Two chunks, then a failure.
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("disk on fire"));
+                }
+                self.0 -= 1;
+                buf.fill(7);
+                Ok(buf.len())
+            }
+        }
+        let mut sink = Vec::new();
+        let err = ReadAhead::spawn(Failing(2))
+            .read_to_end(&mut sink)
+            .unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert_eq!(sink.len(), 2 << 20);
+
+        /// A reader that panics: an error, not a short read.
+        struct Panicking;
+        impl Read for Panicking {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                panic!("the reader thread dies")
+            }
+        }
+        let err = ReadAhead::spawn(Panicking)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("stopped before the end"), "{err}");
+    }
 }

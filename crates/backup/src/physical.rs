@@ -796,7 +796,10 @@ pub fn restore_to_dir(
         }
         let file = File::open(&path).map_err(Error::io(format!("reading {}", path.display())))?;
         let reader: Box<dyn Read> = if name.ends_with(".zst") {
-            Box::new(zstd::stream::read::Decoder::new(file).map_err(Error::io("starting zstd"))?)
+            // Decompression on one core, unpacking into files on the other.
+            Box::new(crate::files::ReadAhead::spawn(
+                zstd::stream::read::Decoder::new(file).map_err(Error::io("starting zstd"))?,
+            ))
         } else {
             Box::new(file)
         };

@@ -22,6 +22,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_bytes_new(&self, key: &str, data: &[u8]) -> Result<bool>;
     /// Copies the object into a local file.
     fn get_to_file(&self, key: &str, local: &Path) -> Result<()>;
+    /// Copies the object into a local file (0600) and returns the size and SHA-256 of what
+    /// was written there; a store that can hashes while it copies instead of reading the
+    /// copy again.
+    fn get_to_file_hashed(&self, key: &str, local: &Path) -> Result<(u64, String)> {
+        self.get_to_file(key, local)?;
+        crate::files::sha_of(local)
+    }
     /// Reads a small object; `None` when it does not exist.
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Keys under `prefix`.
@@ -71,6 +78,9 @@ impl Store for Encrypted {
     }
     fn get_to_file(&self, key: &str, local: &Path) -> Result<()> {
         self.inner.get_to_file(key, local)
+    }
+    fn get_to_file_hashed(&self, key: &str, local: &Path) -> Result<(u64, String)> {
+        self.inner.get_to_file_hashed(key, local)
     }
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.inner.get_bytes(key)
@@ -281,6 +291,25 @@ impl Store for LocalStore {
         std::io::copy(&mut input, &mut out)
             .map(|_| ())
             .map_err(Error::io(format!("copying {}", source.display())))
+    }
+
+    fn get_to_file_hashed(&self, key: &str, local: &Path) -> Result<(u64, String)> {
+        let source = self.path(key);
+        let mut input =
+            File::open(&source).map_err(Error::io(format!("opening {}", source.display())))?;
+        let out = crate::files::private_file(local)
+            .map_err(Error::io(format!("creating {}", local.display())))?;
+        let mut hashing =
+            crate::files::Hashing::new(std::io::BufWriter::with_capacity(1 << 20, out));
+        std::io::copy(&mut input, &mut hashing)
+            .map_err(Error::io(format!("copying {}", source.display())))?;
+        hashing
+            .flush()
+            .map_err(Error::io(format!("writing {}", local.display())))?;
+        Ok((
+            hashing.bytes,
+            hex::encode(sha2::Digest::finalize(hashing.hash)),
+        ))
     }
 
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
