@@ -110,7 +110,7 @@ fn serve_page(
             statement_timeout: options.collector_timeout,
             connect_timeout: options.connect_timeout,
             refresh: Duration::from_secs(30),
-            repository: None,
+            repository: false,
             max_replica_lag: options.max_replica_lag,
         },
     ));

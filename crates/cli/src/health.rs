@@ -167,7 +167,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Exit, Failure> {
                         statement_timeout: *collector_timeout,
                         connect_timeout: args.connect_timeout,
                         refresh: Duration::from_secs(30),
-                        repository: repo.clone(),
+                        repository: repo.is_some(),
                         max_replica_lag: args.max_replica_lag,
                     },
                 ));

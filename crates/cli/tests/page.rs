@@ -363,4 +363,12 @@ fn the_page_in_a_browser_shows_each_section_and_what_is_wrong() {
     holder.batch_execute("COMMIT").unwrap();
     waiter.join().unwrap().unwrap();
     replica.resume_replay().unwrap();
+
+    // The primary stopped: the page still answers, and says so.
+    drop(holder);
+    primary.stop().unwrap();
+    let (code, html) = get(&addr, "/", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(code, 200, "{html}");
+    assert!(html.contains("The primary does not answer."), "{html}");
+    assert!(html.contains("class=\"server down\""), "{html}");
 }

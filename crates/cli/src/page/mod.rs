@@ -56,7 +56,7 @@ pub struct Options {
     /// The browser reloads the page this often.
     pub refresh: Duration,
     /// Whether a backup repository reports through the exporter (`--repo`).
-    pub repository: Option<String>,
+    pub repository: bool,
     /// A replica further behind than this is lagging.
     pub max_replica_lag: Duration,
 }
@@ -163,11 +163,19 @@ impl Page {
         let (scrape, readiness) = tokio::join!(self.exporter.scrape(), self.exporter.readiness());
         let metrics = Samples::parse(&scrape.body);
         let pools = Samples::parse(&self.exporter.facade_text());
-        let slow = self.slow().await;
-        let page = self.clone();
-        let waiting = tokio::task::spawn_blocking(move || page.with_conn(waiting))
-            .await
-            .unwrap_or_else(|e| Err(format!("the page's worker failed: {e}")));
+        // With the primary down (the probe just said so), the page answers at once with what
+        // the scrape and the probe know, rather than wait for more connection attempts.
+        let (slow, waiting) = if readiness.primary.up {
+            let slow = self.slow().await;
+            let page = self.clone();
+            let waiting = tokio::task::spawn_blocking(move || page.with_conn(waiting))
+                .await
+                .unwrap_or_else(|e| Err(format!("the page's worker failed: {e}")));
+            (slow, waiting)
+        } else {
+            let why = "the primary does not answer (see Is it up)";
+            (Arc::new(Slow::failed(why)), Err(why.to_owned()))
+        };
         render::page(&View {
             now: Utc::now(),
             primary: self.primary.server(),
@@ -190,17 +198,25 @@ impl Page {
             return slow.clone();
         }
         let page = self.clone();
-        let slow = Arc::new(
-            tokio::task::spawn_blocking(move || page.read_slow())
-                .await
-                .unwrap_or_else(|e| Slow::failed(&format!("the page's worker failed: {e}"))),
-        );
-        *cached = Some((Instant::now(), slow.clone()));
-        slow
+        match tokio::task::spawn_blocking(move || page.read_slow())
+            .await
+            .unwrap_or_else(|e| Err(format!("the page's worker failed: {e}")))
+        {
+            Ok(slow) => {
+                let slow = Arc::new(slow);
+                *cached = Some((Instant::now(), slow.clone()));
+                slow
+            }
+            // Not kept: the next request tries again.
+            Err(e) => Arc::new(Slow::failed(&e)),
+        }
     }
 
-    fn read_slow(&self) -> Slow {
+    /// The expensive sections; an error when the primary cannot be reached (one attempt,
+    /// not one per section).
+    fn read_slow(&self) -> Result<Slow, String> {
         let taken = Utc::now();
+        self.with_conn(|_| Ok(()))?;
         let checks = self.with_conn(|c| {
             pgops_insights::checks::run(c, &CheckThresholds::default()).map_err(report)
         });
@@ -216,13 +232,13 @@ impl Page {
         let sizes_before = self.with_conn(|c| {
             statements::table_sizes_at(c, Duration::from_secs(86_400)).map_err(report)
         });
-        Slow {
+        Ok(Slow {
             taken,
             checks,
             windows,
             advice,
             sizes_before,
-        }
+        })
     }
 
     /// Runs `f` on the page's connection, opened (read-only, with the statement timeout) when

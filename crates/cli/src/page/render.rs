@@ -524,7 +524,7 @@ fn backups(out: &mut String, v: &View) {
             secs(a)
         ))
     );
-    if v.options.repository.is_none() {
+    if !v.options.repository {
         out.push_str(
             "<p class=\"muted\">No backup repository reports here: start <code>pgops health \
              serve --repo URL</code> (or set <code>PGOPS_REPO</code>) to see its backups and \
