@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
 use pgops_testkit::{Cluster, ClusterOptions};
 use serde_json::Value;
 
@@ -773,7 +775,7 @@ fn an_s3_repository_stores_lists_verifies_and_restores() {
 fn health_serve_reports_an_s3_repository_and_stops_cleanly_on_sigterm() {
     // The S3 store once owned a runtime that panicked when dropped inside the server's async
     // shutdown: SIGTERM ended `pgops health serve --repo s3://..` with exit 101.
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::io::{BufRead as _, BufReader, Read as _};
     let cluster = seeded();
     let s3 = s3_server();
     let url = cluster.url("app");
@@ -804,14 +806,7 @@ fn health_serve_reports_an_s3_repository_and_stops_cleanly_on_sigterm() {
         .read_line(&mut first)
         .unwrap();
     assert!(first.starts_with("serving"), "{first}");
-    let mut stream = std::net::TcpStream::connect(&listen).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut metrics = String::new();
-    stream.read_to_string(&mut metrics).unwrap();
+    let metrics = common::http_get(&listen, "/metrics", None);
     assert!(
         metrics.contains("pgops_backup_count{repository=\"s3://backups/pgops/app\"} 1"),
         "{metrics}"

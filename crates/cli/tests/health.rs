@@ -4,8 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::{BufRead, BufReader},
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -98,15 +97,7 @@ fn check_exits_0_healthy_1_unhealthy_2_unreachable() {
 }
 
 fn get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    common::http_get(addr, path, None)
 }
 
 #[test]

@@ -6,8 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -21,17 +19,9 @@ use pgops_testkit::{Archive, Browser, Cluster, ClusterOptions};
 const MARKUP: &str = "<script>alert(1)</script>";
 const TOKEN: &str = "page-token-7f3a";
 
-/// `GET path` with an optional `Authorization` header: the status code and the body.
+/// `GET path` with an optional `Authorization` header: the status code and the response.
 fn get(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = common::http_get(addr, path, authorization);
     let code = response
         .split_whitespace()
         .nth(1)

@@ -170,6 +170,22 @@ pub fn refused_restore(base: &Path, repo: &Path, url: &str, args: &[&str]) -> St
     both(&out)
 }
 
+/// `GET path` from `addr` over HTTP/1.1, with an `Authorization` header when given: the whole
+/// response, status line and headers included.
+pub fn http_get(addr: &str, path: &str, authorization: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// `pgops health serve` on a free loopback port, killed on drop.
 pub struct HealthServer {
     child: std::process::Child,
@@ -208,19 +224,9 @@ impl HealthServer {
         HealthServer { child, listen }
     }
 
-    /// The body of `GET /metrics`.
+    /// The response to `GET /metrics`.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.listen).unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.listen
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
+        http_get(&self.listen, "/metrics", None)
     }
 }
 
