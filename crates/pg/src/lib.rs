@@ -15,6 +15,7 @@
 //! assert_eq!(WalFile::Segment(lsn.segment(1)).to_string(), "000000010000000000000003");
 //! ```
 
+pub mod catalog;
 mod config_file;
 mod conninfo;
 mod error;

@@ -17,16 +17,7 @@ pub(super) fn table_sizes(session: &mut Session<'_>, _ctx: &Context) -> Result<V
         bytes: f64,
     }
     let found: Vec<T> = session.rows(
-        // Exact sizes for the 50 largest by pg_class.relpages (kept by VACUUM and ANALYZE),
-        // not a stat() of every file of every table.
-        "SELECT schema, \"table\", bytes FROM (
-           SELECT n.nspname::text AS schema, c.relname::text AS table,
-                  pg_total_relation_size(c.oid)::float8 AS bytes
-           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.relkind IN ('r', 'm', 'p')
-             AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
-           ORDER BY c.relpages DESC LIMIT 50) candidates
-         ORDER BY 3 DESC, 1, 2 LIMIT 10",
+        &pgops_pg::catalog::largest_tables(10, 50),
         "reading table sizes",
     )?;
     let mut fam = Family::new(
