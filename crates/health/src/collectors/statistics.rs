@@ -265,37 +265,21 @@ pub(super) fn stat_io(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Fa
              FROM pg_stat_io ORDER BY 1, 2, 3"
         }
     };
-    const LABELS: [&str; 3] = ["backend_type", "object", "context"];
     let found: Vec<Map<String, Value>> = session.rows(query, "reading pg_stat_io")?;
-    let Some(first) = found.first() else {
-        return Ok(Vec::new());
-    };
-    let mut families = Vec::new();
-    for column in first.keys().filter(|k| !LABELS.contains(&k.as_str())) {
-        let mut family = Family::new(
-            format!("pg_stat_io_{}_total", sanitize(column)),
-            format!("{column} from pg_stat_io"),
-            Kind::Counter,
-        );
-        for row in &found {
-            let Some(value) = row.get(column).filter(|v| !v.is_null()) else {
-                continue;
-            };
-            let labels = LABELS.map(|l| row.get(l).map(s).unwrap_or_default());
-            family.push(
-                &[
-                    (LABELS[0], labels[0].as_str()),
-                    (LABELS[1], labels[1].as_str()),
-                    (LABELS[2], labels[2].as_str()),
-                    ("server", ctx.server.as_str()),
-                ],
-                f(value),
-            );
-        }
-        if !family.samples.is_empty() {
-            families.push(family);
-        }
+    let mut families = columns_as_families(
+        &found,
+        "pg_stat_io",
+        "pg_stat_io_",
+        "_total",
+        &["backend_type", "object", "context"],
+        ctx,
+        |_| Kind::Counter,
+    );
+    // NULL (the operation cannot happen there) is no series, not NaN.
+    for family in &mut families {
+        family.samples.retain(|s| !s.value.is_nan());
     }
+    families.retain(|f| !f.samples.is_empty());
     Ok(families)
 }
 
