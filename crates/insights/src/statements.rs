@@ -394,9 +394,11 @@ pub fn record_snapshot(conn: &mut PgConnection, keep: Duration) -> Result<Snapsh
              FROM s, pg_stat_statements p WHERE p.queryid IS NOT NULL
          ), t AS (
              INSERT INTO pgops_stat_snapshot_tables
-             SELECT s.id, l.schema, l.table, l.bytes FROM s, ({LARGEST_TABLES}) l
+             SELECT s.id, l.schema, l.table, l.bytes FROM s, ({largest}) l
          )
-         SELECT row_to_json(s)::text AS rows FROM s"
+         SELECT row_to_json(s)::text AS rows FROM s",
+        // The 100 largest tables' sizes, for their growth.
+        largest = pgops_pg::catalog::largest_tables(100, 200)
     );
     let snapshot: SnapshotInfo =
         pgops_pg::rows::json_document(conn, &statement, "recording a pg_stat_statements snapshot")?;
@@ -408,20 +410,6 @@ pub fn record_snapshot(conn: &mut PgConnection, keep: Duration) -> Result<Snapsh
     .map_err(Error::db("deleting old snapshots"))?;
     Ok(snapshot)
 }
-
-/// The database's 100 largest tables (with indexes and TOAST), recorded with each snapshot for
-/// their growth: exact sizes of the candidates
-/// `pg_class.relpages` (kept by VACUUM and ANALYZE) ranks first, not a `stat()` of every file of
-/// every table.
-const LARGEST_TABLES: &str = "SELECT schema, \"table\", bytes FROM (
-       SELECT n.nspname::text AS schema, c.relname::text AS table,
-              pg_total_relation_size(c.oid) AS bytes
-       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE c.relkind IN ('r', 'm', 'p')
-         AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-         AND n.nspname NOT LIKE 'pg\\_toast%'
-       ORDER BY c.relpages DESC LIMIT 200) candidates
-     ORDER BY bytes DESC, schema, \"table\" LIMIT 100";
 
 /// Snapshot headers, oldest first.
 pub fn snapshots(conn: &mut PgConnection) -> Result<Vec<SnapshotInfo>> {
@@ -437,6 +425,13 @@ pub fn snapshots(conn: &mut PgConnection) -> Result<Vec<SnapshotInfo>> {
 
 /// The top queries, over a window when `options.since` is set.
 pub fn top(conn: &mut PgConnection, options: &TopOptions) -> Result<Top> {
+    let now = current(conn)?;
+    top_of(conn, options, now)
+}
+
+/// [`top`] against the view as `now` holds it (read once with [`current`] for several
+/// windows).
+pub fn top_of(conn: &mut PgConnection, options: &TopOptions, now: Current) -> Result<Top> {
     if options.limit == 0 {
         return Err(Error::Invalid("--limit must be at least 1".into()));
     }
@@ -444,7 +439,7 @@ pub fn top(conn: &mut PgConnection, options: &TopOptions) -> Result<Top> {
         stats_reset: now_reset,
         dealloc: now_dealloc,
         entries: now_entries,
-    } = current(conn)?;
+    } = now;
     let (window, since, seconds) = match options.since {
         None => (
             Window {
@@ -599,12 +594,14 @@ pub fn intervals(points: &[Point]) -> Vec<Interval> {
 }
 
 /// Each statement's intervals over the last `window`, from the snapshots taken in it and the
-/// view now, in the database we are connected to (summed over roles and nesting levels).
-/// Statements are those of `queryids`; one read of the snapshots for all of them.
+/// view `now` (as [`current`] read it), in the database we are connected to (summed over
+/// roles and nesting levels). Statements are those of `queryids`; one read of the snapshots
+/// for all of them.
 pub fn history(
     conn: &mut PgConnection,
     window: Duration,
     queryids: &[i64],
+    now: &Current,
 ) -> Result<HashMap<i64, Vec<Interval>>> {
     if queryids.is_empty() || !tables_exist(conn)? {
         return Ok(HashMap::new());
@@ -639,7 +636,6 @@ pub fn history(
         ),
         "reading the snapshots' history",
     )?;
-    let now = current(conn)?;
     let dbid: u32 = {
         #[derive(Deserialize)]
         struct Db {

@@ -298,7 +298,9 @@ fn history_per_interval_and_table_sizes_from_the_snapshots() {
     )
     .parse()
     .unwrap();
-    let history = statements::history(&mut conn, Duration::from_secs(3600), &[queryid]).unwrap();
+    let now = statements::current(&mut conn).unwrap();
+    let history =
+        statements::history(&mut conn, Duration::from_secs(3600), &[queryid], &now).unwrap();
     let calls: Vec<i64> = history[&queryid].iter().map(|i| i.calls).collect();
     // Before the first snapshot the statement was not in the view at all (it ran first after
     // it): the first interval holds its 4 calls, the one to now the 6 after.
@@ -309,7 +311,8 @@ fn history_per_interval_and_table_sizes_from_the_snapshots() {
         .collect();
     assert_eq!(minutes, [30, 20]);
     // A window that holds only the newer snapshot.
-    let recent = statements::history(&mut conn, Duration::from_secs(1500), &[queryid]).unwrap();
+    let recent =
+        statements::history(&mut conn, Duration::from_secs(1500), &[queryid], &now).unwrap();
     assert_eq!(
         recent[&queryid].iter().map(|i| i.calls).collect::<Vec<_>>(),
         [6]

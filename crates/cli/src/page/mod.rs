@@ -220,11 +220,16 @@ impl Page {
         let checks = self.with_conn(|c| {
             pgops_insights::checks::run(c, &CheckThresholds::default()).map_err(report)
         });
+        // pg_stat_statements is read once for both windows and their histories.
+        let now = self.with_conn(|c| statements::current(c).map_err(report));
         let windows = [("last hour", 3600), ("last day", 86_400)]
             .into_iter()
             .map(|(label, secs)| WindowView {
                 label,
-                top: self.with_conn(|c| top_over(c, Duration::from_secs(secs))),
+                top: match &now {
+                    Ok(now) => self.with_conn(|c| top_over(c, Duration::from_secs(secs), now)),
+                    Err(e) => Err(e.clone()),
+                },
             })
             .collect();
         let advice =
@@ -297,7 +302,11 @@ fn report(e: pgops_insights::Error) -> String {
 
 /// The top queries by total time over `window`, from the newest snapshot at least that old,
 /// or from the oldest one when none is (the page says so).
-fn top_over(conn: &mut PgConnection, window: Duration) -> Result<TopView, String> {
+fn top_over(
+    conn: &mut PgConnection,
+    window: Duration,
+    now: &statements::Current,
+) -> Result<TopView, String> {
     let snapshots = statements::snapshots(conn).map_err(report)?;
     let Some(oldest) = snapshots.first() else {
         return Err(
@@ -318,7 +327,7 @@ fn top_over(conn: &mut PgConnection, window: Duration) -> Result<TopView, String
             )),
         )
     };
-    let top = statements::top(
+    let top = statements::top_of(
         conn,
         &TopOptions {
             order: Order::Total,
@@ -327,6 +336,7 @@ fn top_over(conn: &mut PgConnection, window: Duration) -> Result<TopView, String
             all_databases: false,
             queryid: None,
         },
+        now.clone(),
     )
     .map_err(report)?;
     let ids: Vec<i64> = top.queries.iter().map(|q| q.queryid).collect();
@@ -335,7 +345,7 @@ fn top_over(conn: &mut PgConnection, window: Duration) -> Result<TopView, String
     let covered = top.since.map_or(window, |since| {
         (Utc::now() - since).to_std().unwrap_or_default() + Duration::from_secs(1)
     });
-    let history = statements::history(conn, covered, &ids).map_err(report)?;
+    let history = statements::history(conn, covered, &ids, now).map_err(report)?;
     Ok(TopView {
         since: top.since,
         note: note.or_else(|| {
@@ -350,38 +360,23 @@ fn top_over(conn: &mut PgConnection, window: Duration) -> Result<TopView, String
 /// Sessions waiting for a lock, or holding one another session waits for, with the normalized
 /// text of their statement when pg_stat_statements has it.
 fn waiting(conn: &mut PgConnection) -> Result<Vec<Waiting>, String> {
-    #[derive(Deserialize)]
-    struct V {
-        v: i32,
-    }
-    let version: V = pgops_pg::rows::row(
-        conn,
-        "SELECT current_setting('server_version_num')::int AS v",
-        "reading the server version",
-    )
-    .map_err(|e| pgops_pg::report(&e))?;
-    let query_id = if version.v >= 140_000 {
-        "a.query_id"
-    } else {
-        "NULL::int8"
-    };
     let mut found: Vec<Waiting> = pgops_pg::rows::rows(
         conn,
-        &format!(
-            "WITH blocking AS (
+        "WITH blocking AS (
                  SELECT DISTINCT unnest(pg_blocking_pids(pid)) AS pid FROM pg_stat_activity
              )
              SELECT a.pid, a.usename::text AS user, a.datname::text AS database, a.state,
                     a.wait_event_type, a.wait_event,
                     extract(epoch FROM now() - coalesce(a.state_change, a.query_start))::float8
                         AS seconds,
-                    pg_blocking_pids(a.pid) AS blocked_by, {query_id} AS query_id
+                    pg_blocking_pids(a.pid) AS blocked_by,
+                    -- query_id is 14+: read by name, NULL on 13.
+                    (to_jsonb(a) ->> 'query_id')::int8 AS query_id
              FROM pg_stat_activity a
              WHERE a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
                AND (a.wait_event_type = 'Lock' OR a.pid IN (SELECT pid FROM blocking))
              ORDER BY cardinality(pg_blocking_pids(a.pid)) = 0 DESC, seconds DESC
-             LIMIT 50"
-        ),
+             LIMIT 50",
         "reading waiting and blocking sessions",
     )
     .map_err(|e| pgops_pg::report(&e))?;
