@@ -36,11 +36,6 @@ impl Samples {
         Samples(text.lines().filter_map(sample).collect())
     }
 
-    /// Adds the samples of another exposition.
-    pub fn extend(&mut self, other: Samples) {
-        self.0.extend(other.0);
-    }
-
     /// The first sample of `name` with (at least) these labels.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.all(name).find(|s| s.matches(labels)).map(|s| s.value)

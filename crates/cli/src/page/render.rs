@@ -93,11 +93,11 @@ fn up(out: &mut String, v: &View) {
     let limit = v.options.max_replica_lag.as_secs_f64();
     let rows = std::iter::once((true, &r.primary)).chain(r.replicas.iter().map(|s| (false, s)));
     for (is_primary, s) in rows {
-        let role = match (is_primary, s.in_recovery) {
-            (_, Some(false)) => "primary",
-            (_, Some(true)) => "replica",
-            (true, None) => "primary",
-            (false, None) => "replica",
+        // An HA member's role is what it answered; one that did not, the role configured.
+        let role = if s.in_recovery.map_or(is_primary, |r| !r) {
+            "primary"
+        } else {
+            "replica"
         };
         let lagging = s.up && s.lag_seconds.is_some_and(|l| l > limit);
         let (class, state) = if !s.up {
