@@ -3,15 +3,21 @@
 //! and `/ready` want `Authorization: Bearer <token>` (or HTTP Basic with the token as the
 //! password, which is what a browser can send); `/health` stays open for liveness probes.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    collections::VecDeque, future::Future, net::SocketAddr, pin::Pin, sync::Arc, task::Poll,
+    time::Instant,
+};
 
 use axum::{
     Json, Router,
+    body::Body,
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use serde_json::json;
 
 use crate::{Error, Exporter, Result};
@@ -143,17 +149,55 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         return denied;
     }
     let scrape = state.exporter.scrape().await;
-    let mut body = String::with_capacity(scrape.body.len() + 4096);
-    body.push_str(&scrape.body);
-    body.push_str(&state.exporter.facade_text());
+    // The scrape (megabytes with a few thousand tables) is sent from where it lies, shared
+    // with concurrent requests and the cache; the process's own metrics follow it.
+    let mut chunks: VecDeque<Bytes> = scrape
+        .chunks
+        .iter()
+        .map(|chunk| Bytes::from_owner(Text(chunk.clone())))
+        .collect();
+    chunks.push_back(Bytes::from(state.exporter.facade_text()));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        Body::new(Chunks(chunks)),
     )
         .into_response()
+}
+
+/// A piece of a scrape's text as bytes of a response, without a copy.
+struct Text(Arc<str>);
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// A response body of a few chunks whose length is known, so it goes out with a
+/// `Content-Length` rather than chunked.
+struct Chunks(VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.get_mut().0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+    }
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -34,6 +34,8 @@ pub struct Family {
     pub kind: Kind,
     /// Its samples.
     pub samples: Vec<Sample>,
+    /// Samples added with [`Family::push_text`], already in the text format.
+    text: String,
 }
 
 impl Family {
@@ -44,7 +46,21 @@ impl Family {
             help: help.into(),
             kind,
             samples: Vec::new(),
+            text: String::new(),
         }
+    }
+
+    /// Adds a sample written out at once instead of kept as a [`Sample`]: for the families
+    /// with a sample per table (20,000 at 10,000 tables), where a string per label and value
+    /// costs more than the query that read them. Rendered after the kept samples; not in
+    /// `samples`.
+    pub fn push_text(&mut self, labels: &[(&str, &str)], value: f64) {
+        write_sample(
+            &self.name,
+            labels.iter().map(|(k, v)| (*k, *v)),
+            value,
+            &mut self.text,
+        );
     }
 
     /// Adds a sample with `labels`.
@@ -82,6 +98,7 @@ pub fn merge(families: Vec<Family>) -> Vec<Family> {
             Some(&i) => {
                 let existing: &mut Family = &mut out[i];
                 existing.samples.extend(family.samples);
+                existing.text.push_str(&family.text);
             }
             None => {
                 index.insert(family.name.clone(), out.len());
@@ -94,6 +111,30 @@ pub fn merge(families: Vec<Family>) -> Vec<Family> {
 
 /// Renders families in the text format.
 pub fn render(families: &[Family], out: &mut String) {
+    // Room for all of it at once: a per-table family is megabytes, and growing by doubling
+    // would copy it again and again.
+    out.reserve(
+        families
+            .iter()
+            .map(|f| {
+                f.text.len()
+                    + f.samples
+                        .iter()
+                        .map(|s| {
+                            f.name.len()
+                                + 32
+                                + s.labels
+                                    .iter()
+                                    .map(|(k, v)| k.len() + v.len() + 4)
+                                    .sum::<usize>()
+                        })
+                        .sum::<usize>()
+                    + 2 * f.name.len()
+                    + f.help.len()
+                    + 32
+            })
+            .sum(),
+    );
     for family in families {
         let kind = match family.kind {
             Kind::Gauge => "gauge",
@@ -103,42 +144,77 @@ pub fn render(families: &[Family], out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", family.name, escape_help(&family.help));
         let _ = writeln!(out, "# TYPE {} {kind}", family.name);
         for sample in &family.samples {
-            out.push_str(&family.name);
-            if !sample.labels.is_empty() {
-                out.push('{');
-                for (i, (key, value)) in sample.labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let _ = write!(out, "{key}=\"{}\"", escape_label(value));
-                }
-                out.push('}');
-            }
-            out.push(' ');
-            out.push_str(&number(sample.value));
-            out.push('\n');
+            write_sample(
+                &family.name,
+                sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                sample.value,
+                out,
+            );
         }
+        out.push_str(&family.text);
     }
+}
+
+/// Appends one sample line.
+fn write_sample<'a>(
+    name: &str,
+    labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    value: f64,
+    out: &mut String,
+) {
+    out.push_str(name);
+    if labels.len() > 0 {
+        out.push('{');
+        for (i, (key, value)) in labels.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(key);
+            out.push_str("=\"");
+            escape_label_into(value, out);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    write_number(value, out);
+    out.push('\n');
 }
 
 /// A value as the format writes it.
 pub fn number(value: f64) -> String {
+    let mut out = String::new();
+    write_number(value, &mut out);
+    out
+}
+
+/// Appends a value as the format writes it (a scrape writes tens of thousands: no allocation
+/// each).
+fn write_number(value: f64, out: &mut String) {
     if value.is_nan() {
-        "NaN".to_owned()
+        out.push_str("NaN");
     } else if value == f64::INFINITY {
-        "+Inf".to_owned()
+        out.push_str("+Inf");
     } else if value == f64::NEG_INFINITY {
-        "-Inf".to_owned()
+        out.push_str("-Inf");
     } else {
-        format!("{value}")
+        let _ = write!(out, "{value}");
     }
 }
 
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends a label value with `\`, `"` and newlines escaped.
+fn escape_label_into(value: &str, out: &mut String) {
+    let mut rest = value;
+    while let Some(at) = rest.find(['\\', '"', '\n']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
 }
 
 fn escape_help(value: &str) -> String {
@@ -172,6 +248,34 @@ mod tests {
         assert_eq!(
             sanitize("auto_explain.log_min_duration"),
             "auto_explain_log_min_duration"
+        );
+    }
+
+    #[test]
+    fn a_sample_written_at_once_renders_as_a_kept_one() {
+        let labels = [("relname", "t\"1"), ("server", "h:1")];
+        let mut kept = Family::new("pg_x", "x", Kind::Gauge);
+        kept.push(&labels, 3.0);
+        kept.push(&labels, f64::NAN);
+        let mut written = Family::new("pg_x", "x", Kind::Gauge);
+        written.push_text(&labels, 3.0);
+        written.push_text(&labels, f64::NAN);
+        let (mut a, mut b) = (String::new(), String::new());
+        render(&[kept], &mut a);
+        render(&[written.clone()], &mut b);
+        assert_eq!(a, b);
+        // Merged families keep both kinds, kept samples first.
+        let mut other = Family::new("pg_x", "x", Kind::Gauge);
+        other.push(&[("server", "h:2")], 1.0);
+        let mut merged = String::new();
+        render(&merge(vec![other, written]), &mut merged);
+        assert_eq!(
+            merged.lines().filter(|l| l.starts_with("pg_x")).count(),
+            3,
+            "{merged}"
+        );
+        assert!(
+            merged.contains("# TYPE pg_x gauge\npg_x{server=\"h:2\"} 1\npg_x{relname=\"t\\\"1\"")
         );
     }
 

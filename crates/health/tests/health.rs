@@ -106,7 +106,7 @@ fn every_documented_family_from_a_primary_with_a_replica() {
     let rt = runtime();
     let scrape = rt.block_on(exporter.scrape());
     assert!(scrape.up);
-    let s = parse(&scrape.body);
+    let s = parse(&scrape.text());
     let server = format!("127.0.0.1:{}", primary.port());
     let replica_server = format!("127.0.0.1:{}", replica.port());
     let srv = [("server", server.as_str())];
@@ -367,7 +367,7 @@ fn every_documented_family_from_a_primary_with_a_replica() {
             .stdin
             .take()
             .unwrap()
-            .write_all(scrape.body.as_bytes())
+            .write_all(scrape.text().as_bytes())
             .unwrap();
     }
     let out = child.wait_with_output().unwrap();
@@ -426,7 +426,7 @@ fn a_collector_blocked_on_a_lock_fails_alone_and_concurrent_scrapes_share_one() 
         scrapes.iter().all(|s| Arc::ptr_eq(s, &scrapes[0])),
         "four requests, one scrape"
     );
-    let s = parse(&scrapes[0].body);
+    let s = parse(&scrapes[0].text());
     assert_eq!(value(&s, "pg_up", &[]), Some(1.0));
     assert_eq!(
         value(
@@ -466,7 +466,24 @@ fn with_the_database_stopped_metrics_answer_promptly_and_ready_is_503() {
     let agent = agent();
     let (status, body) = get(&agent, &format!("http://{addr}/metrics"), None);
     assert_eq!(status, 200);
-    assert_eq!(value(&parse(&body), "pg_up", &[]), Some(1.0));
+    let s = parse(&body);
+    assert_eq!(value(&s, "pg_up", &[]), Some(1.0));
+    // The expensive collectors' pieces follow the scrape's own families.
+    assert!(value(&s, "pg_database_size_bytes", &[("datname", "postgres")]).is_some());
+    // The pieces go out with their length known, not chunked.
+    let mut response = agent
+        .get(&format!("http://{addr}/metrics"))
+        .call()
+        .unwrap();
+    let length: usize = response
+        .headers()
+        .get("content-length")
+        .expect("a Content-Length")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(response.body_mut().read_to_vec().unwrap().len(), length);
 
     cluster.stop().unwrap();
     let started = Instant::now();

@@ -31,9 +31,10 @@ impl Sample {
 pub struct Samples(Vec<Sample>);
 
 impl Samples {
-    /// Reads the text format (comments skipped; a line that does not parse is skipped too).
-    pub fn parse(text: &str) -> Self {
-        Samples(text.lines().filter_map(sample).collect())
+    /// Reads the text format, line by line (comments skipped; a line that does not parse is
+    /// skipped too).
+    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Self {
+        Samples(lines.into_iter().filter_map(sample).collect())
     }
 
     /// The first sample of `name` with (at least) these labels.
@@ -109,7 +110,8 @@ mod tests {
         let s = Samples::parse(
             "# HELP pg_up up\n# TYPE pg_up gauge\npg_up 1\n\
              pgops_table_size_bytes{schema=\"public\",table=\"a\\\"b\\\\c\\nd\"} 8192\n\
-             x{a=\"1\",} NaN\ny{} +Inf\nbroken{a=1} 3\nz -2.5e3 1700000000\n",
+             x{a=\"1\",} NaN\ny{} +Inf\nbroken{a=1} 3\nz -2.5e3 1700000000\n"
+                .lines(),
         );
         assert_eq!(s.get("pg_up", &[]), Some(1.0));
         let t = s.all("pgops_table_size_bytes").next().unwrap();
@@ -130,7 +132,7 @@ mod tests {
         family.push(&[("table", "plain")], f64::NAN);
         let mut text = String::new();
         pgops_health::text::render(&[family], &mut text);
-        let s = Samples::parse(&text);
+        let s = Samples::parse(text.lines());
         assert_eq!(s.get("pgops_x", &[("table", "<script>\"x\"\n")]), Some(2.0));
         assert!(s.get("pgops_x", &[("table", "plain")]).unwrap().is_nan());
     }

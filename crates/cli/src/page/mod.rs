@@ -161,8 +161,8 @@ impl Page {
     /// Renders the page now.
     pub async fn html(self: &Arc<Self>) -> String {
         let (scrape, readiness) = tokio::join!(self.exporter.scrape(), self.exporter.readiness());
-        let metrics = Samples::parse(&scrape.body);
-        let pools = Samples::parse(&self.exporter.facade_text());
+        let metrics = Samples::parse(scrape.lines());
+        let pools = Samples::parse(self.exporter.facade_text().lines());
         // With the primary down (the probe just said so), the page answers at once with what
         // the scrape and the probe know, rather than wait for more connection attempts.
         let (slow, waiting) = if readiness.primary.up {

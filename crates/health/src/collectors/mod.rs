@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use diesel::{PgConnection, QueryableByName, RunQueryDsl, connection::SimpleConnection as _};
+use diesel::{
+    PgConnection, QueryableByName, RunQueryDsl, connection::SimpleConnection as _, pg::Pg,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -51,8 +53,31 @@ struct JsonRows {
 }
 
 impl Session<'_> {
-    /// Runs `query` (prepared on first use) and decodes its rows into `T`s.
+    /// Runs `query` (prepared on first use) and decodes its rows into `T`s. The rows travel
+    /// as one JSON array, so a collector reads any columns without declaring their SQL types;
+    /// for queries with a row per table, [`Session::table`] avoids building it.
     pub fn rows<T: DeserializeOwned>(&mut self, query: &str, context: &str) -> Result<Vec<T>> {
+        let got: Vec<JsonRows> = self.table(
+            &format!("SELECT coalesce(json_agg(q), '[]'::json)::text AS rows FROM ({query}) AS q"),
+            context,
+        )?;
+        let rows = got.first().map_or("[]", |r| r.rows.as_str());
+        serde_json::from_str(rows).map_err(|source| {
+            Error::Query(pgops_pg::Error::Decode {
+                context: context.to_owned(),
+                source,
+            })
+        })
+    }
+
+    /// Runs `query` (prepared on first use) and loads its rows as they come, in binary: for
+    /// the queries with a row per table, where building the JSON array on the server and
+    /// parsing it here would cost as much as the query itself.
+    pub fn table<T: QueryableByName<Pg> + 'static>(
+        &mut self,
+        query: &str,
+        context: &str,
+    ) -> Result<Vec<T>> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         query.hash(&mut hasher);
@@ -65,21 +90,13 @@ impl Session<'_> {
         };
         if !self.prepared.contains(&name) {
             self.conn
-                .batch_execute(&format!(
-                    "PREPARE {name} AS SELECT coalesce(json_agg(q), '[]'::json)::text AS rows FROM ({query}) AS q"
-                ))
+                .batch_execute(&format!("PREPARE {name} AS {query}"))
                 .map_err(db)?;
             self.prepared.insert(name.clone());
         }
-        let got = diesel::sql_query(format!("EXECUTE {name}"))
-            .get_result::<JsonRows>(self.conn)
-            .map_err(db)?;
-        serde_json::from_str(&got.rows).map_err(|source| {
-            Error::Query(pgops_pg::Error::Decode {
-                context: context.to_owned(),
-                source,
-            })
-        })
+        diesel::sql_query(format!("EXECUTE {name}"))
+            .load::<T>(self.conn)
+            .map_err(db)
     }
 }
 

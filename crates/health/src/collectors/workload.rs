@@ -38,11 +38,15 @@ pub(super) fn table_sizes(session: &mut Session<'_>, _ctx: &Context) -> Result<V
 /// of reading `pg_stat_user_tables`, which computes twenty per table (a third of the time at
 /// 10,000 tables).
 pub(super) fn stat_user_tables(session: &mut Session<'_>, ctx: &Context) -> Result<Vec<Family>> {
-    #[derive(Deserialize)]
+    #[derive(diesel::QueryableByName)]
     struct T {
+        #[diesel(sql_type = diesel::sql_types::Text)]
         schemaname: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
         relname: String,
+        #[diesel(sql_type = diesel::sql_types::Double)]
         live: f64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
         dead: f64,
     }
     #[derive(Deserialize)]
@@ -55,7 +59,7 @@ pub(super) fn stat_user_tables(session: &mut Session<'_>, ctx: &Context) -> Resu
     )?;
     let datname = db.first().map_or("", |d| d.datname.as_str());
     // The tables pg_stat_user_tables lists.
-    let found: Vec<T> = session.rows(
+    let found: Vec<T> = session.table(
         "SELECT n.nspname::text AS schemaname, c.relname::text AS relname,
                 pg_stat_get_live_tuples(c.oid)::float8 AS live,
                 pg_stat_get_dead_tuples(c.oid)::float8 AS dead
@@ -81,8 +85,8 @@ pub(super) fn stat_user_tables(session: &mut Session<'_>, ctx: &Context) -> Resu
             ("relname", &t.relname),
             ("server", &ctx.server),
         ];
-        live.push(&labels, t.live);
-        dead.push(&labels, t.dead);
+        live.push_text(&labels, t.live);
+        dead.push_text(&labels, t.dead);
     }
     Ok(vec![live, dead])
 }

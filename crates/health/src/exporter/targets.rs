@@ -69,6 +69,13 @@ impl Target {
             conn.batch_execute(&self.session_sql)
                 .map_err(|e| Error::Invalid(format!("setting up the session: {e}")))?;
             let version = pgops_pg::rows::server_version_num(&mut conn)?;
+            // 15+ keeps every statistics entry a query reads in a per-transaction cache by
+            // default; the collectors read each table's once, so the copy is pure cost (a
+            // sixth of the tuple counts' time at 10,000 tables).
+            if version >= 150_000 {
+                conn.batch_execute("SET stats_fetch_consistency = none")
+                    .map_err(|e| Error::Invalid(format!("setting up the session: {e}")))?;
+            }
             *guard = Some(LaneConn {
                 conn,
                 prepared: HashSet::new(),
