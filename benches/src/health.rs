@@ -63,7 +63,9 @@ impl Drop for Killed {
     }
 }
 
-/// `GET url`, which must answer 200; the body.
+/// `GET url`, which must answer 200; the body. Read as bytes and checked as UTF-8 once:
+/// ureq's `read_to_string` took 16 ms for a 2.3 MB scrape that curl reads in 4.4 ms, a cost
+/// of the client that grew with the answer's size and was counted against the larger one.
 pub(crate) fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
     let mut response = agent
         .get(url)
@@ -74,7 +76,12 @@ pub(crate) fn fetch(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
         "GET {url}: {}",
         response.status()
     );
-    Ok(response.body_mut().read_to_string()?)
+    let bytes = response
+        .body_mut()
+        .with_config()
+        .limit(256 << 20)
+        .read_to_vec()?;
+    String::from_utf8(bytes).with_context(|| format!("GET {url}: not UTF-8"))
 }
 
 /// Serves `exporter`'s `/metrics` on a free loopback port on `runtime`; the port.
