@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, Result,
-    files::{private_file, sha_of},
+    files::private_file,
     repo::{Access, Encrypted, Store},
 };
 
@@ -115,15 +115,31 @@ pub fn settle(store: Box<dyn Store>, keys: Option<Keys>, access: Access) -> Resu
 /// (`key.age` when encrypted). Returns the stored size and SHA-256, and for an encrypted
 /// object the public keys it was written for and the SHA-256 of what was encrypted.
 pub fn store_file(store: &dyn Store, key: &str, local: &Path) -> Result<Stored> {
+    let input = File::open(local).map_err(Error::io(format!("reading {}", local.display())))?;
+    seal(store, local, input)?.put(store, key)
+}
+
+/// Reads `input`, the content of the local file `local` (or of what is still being written
+/// to it), and prepares it for [`Sealed::put`]: hashed, and encrypted when the store is.
+/// Splitting the reading from the storing lets a file be hashed and encrypted while the
+/// program that writes it is still running.
+pub fn seal(store: &dyn Store, local: &Path, input: impl Read) -> Result<Sealed> {
     match store.keys() {
         None => {
-            let (bytes, sha256) = sha_of(local)?;
-            store.put_file(key, local)?;
-            Ok(Stored {
-                bytes,
-                sha256,
-                encrypted_for: Vec::new(),
-                plain_sha256: None,
+            let mut hashing = crate::files::Hashing::new(std::io::sink());
+            let mut input = input;
+            std::io::copy(&mut input, &mut hashing)
+                .map_err(Error::io(format!("reading {}", local.display())))?;
+            Ok(Sealed {
+                plain_bytes: hashing.bytes,
+                stored: Stored {
+                    bytes: hashing.bytes,
+                    sha256: hex::encode(sha2::Digest::finalize(hashing.hash)),
+                    encrypted_for: Vec::new(),
+                    plain_sha256: None,
+                },
+                local: local.to_path_buf(),
+                encrypted: None,
             })
         }
         Some(keys) => {
@@ -150,15 +166,46 @@ pub fn store_file(store: &dyn Store, key: &str, local: &Path) -> Result<Stored> 
                     )))?,
             }
             .into_temp_path();
-            let (plain, bytes, sha256) = keys.encrypt_hashing(local, &sealed)?;
-            store.put_file(&format!("{key}.age"), &sealed)?;
-            Ok(Stored {
-                bytes,
-                sha256,
-                encrypted_for: keys.recipient_names(),
-                plain_sha256: Some(plain),
+            let (plain, plain_bytes, bytes, sha256) =
+                keys.encrypt_reader(input, &local.display().to_string(), &sealed)?;
+            Ok(Sealed {
+                plain_bytes,
+                stored: Stored {
+                    bytes,
+                    sha256,
+                    encrypted_for: keys.recipient_names(),
+                    plain_sha256: Some(plain),
+                },
+                local: local.to_path_buf(),
+                encrypted: Some(sealed),
             })
         }
+    }
+}
+
+/// A file read by [`seal`], ready to be stored; dropped unstored, its encrypted copy is
+/// removed.
+#[derive(Debug)]
+pub struct Sealed {
+    plain_bytes: u64,
+    stored: Stored,
+    local: std::path::PathBuf,
+    encrypted: Option<tempfile::TempPath>,
+}
+
+impl Sealed {
+    /// How many bytes of the plaintext were read.
+    pub fn plain_bytes(&self) -> u64 {
+        self.plain_bytes
+    }
+
+    /// Stores it under `key` (`key.age` when encrypted).
+    pub fn put(self, store: &dyn Store, key: &str) -> Result<Stored> {
+        match &self.encrypted {
+            None => store.put_file(key, &self.local)?,
+            Some(sealed) => store.put_file(&format!("{key}.age"), sealed)?,
+        }
+        Ok(self.stored)
     }
 }
 
@@ -320,11 +367,24 @@ impl Keys {
     /// Encrypts `src` into `dst` (0600) in one pass, returning the SHA-256 of what was read,
     /// and the size and SHA-256 of what was written.
     pub fn encrypt_hashing(&self, src: &Path, dst: &Path) -> Result<(String, u64, String)> {
+        let input = File::open(src).map_err(Error::io(format!("reading {}", src.display())))?;
+        let (plain, _, bytes, sha256) =
+            self.encrypt_reader(input, &src.display().to_string(), dst)?;
+        Ok((plain, bytes, sha256))
+    }
+
+    /// [`Keys::encrypt_hashing`] of what `input` reads (`what` names it in errors): the
+    /// SHA-256 and size of what was read, then of what was written.
+    fn encrypt_reader(
+        &self,
+        input: impl Read,
+        what: &str,
+        dst: &Path,
+    ) -> Result<(String, u64, u64, String)> {
         self.require_recipients()?;
         let recipients = self.recipients.iter().map(|r| r as &dyn age::Recipient);
         let encryptor = age::Encryptor::with_recipients(recipients)
             .map_err(|e| Error::Invalid(format!("encrypting: {e}")))?;
-        let input = File::open(src).map_err(Error::io(format!("reading {}", src.display())))?;
         let mut reading = HashingReader::new(BufReader::with_capacity(1 << 20, input));
         let output = private_file(dst).map_err(Error::io(format!("creating {}", dst.display())))?;
         let mut writer = encryptor
@@ -333,8 +393,7 @@ impl Keys {
                 output,
             )))
             .map_err(Error::io("starting encryption"))?;
-        std::io::copy(&mut reading, &mut writer)
-            .map_err(Error::io(format!("encrypting {}", src.display())))?;
+        std::io::copy(&mut reading, &mut writer).map_err(Error::io(format!("encrypting {what}")))?;
         let mut hashing = writer.finish().map_err(Error::io("finishing encryption"))?;
         hashing
             .flush()
@@ -351,6 +410,7 @@ impl Keys {
             .map_err(Error::io(format!("syncing {}", dst.display())))?;
         Ok((
             hex::encode(sha2::Digest::finalize(reading.hash)),
+            reading.bytes,
             written.0,
             written.1,
         ))
@@ -428,6 +488,7 @@ impl Keys {
 struct HashingReader<R> {
     inner: R,
     hash: sha2::Sha256,
+    bytes: u64,
 }
 
 impl<R> HashingReader<R> {
@@ -435,6 +496,7 @@ impl<R> HashingReader<R> {
         HashingReader {
             inner,
             hash: <sha2::Sha256 as sha2::Digest>::new(),
+            bytes: 0,
         }
     }
 }
@@ -443,6 +505,7 @@ impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         sha2::Digest::update(&mut self.hash, &buf[..n]);
+        self.bytes += n as u64;
         Ok(n)
     }
 }

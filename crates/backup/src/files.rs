@@ -1,12 +1,18 @@
 //! File helpers every backup path shares: private (0600) files, the SHA-256 of a file, zstd
-//! decompression that hashes what it writes, and reading ahead on a thread of its own.
+//! decompression that hashes what it writes, reading ahead on a thread of its own, and
+//! reading a file while another program still appends to it.
 
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Write},
     os::unix::fs::OpenOptionsExt,
     path::Path,
-    sync::mpsc::{Receiver, sync_channel},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, sync_channel},
+    },
+    time::Duration,
 };
 
 use sha2::{Digest, Sha256};
@@ -135,6 +141,35 @@ impl Read for ReadAhead {
     }
 }
 
+/// Reads a file that another program is still appending to: at its current end it waits
+/// for more until `finished` is set (the writer has exited), then reads what is left and
+/// ends. Only for files their writer never rewrites (pg_basebackup's base archive).
+pub(crate) struct Follow {
+    file: File,
+    finished: Arc<AtomicBool>,
+}
+
+impl Follow {
+    pub(crate) fn new(file: File, finished: Arc<AtomicBool>) -> Self {
+        Follow { file, finished }
+    }
+}
+
+impl Read for Follow {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            // Read after looking: bytes written before the writer finished are read before
+            // an end is believed.
+            let finished = self.finished.load(Ordering::Acquire);
+            let n = self.file.read(buf)?;
+            if n > 0 || finished || buf.is_empty() {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 /// Size and SHA-256 (hex) of a file.
 pub(crate) fn sha_of(path: &Path) -> Result<(u64, String)> {
     let mut input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
@@ -162,6 +197,35 @@ pub(crate) fn decompress(from: &Path, to: &Path) -> Result<(u64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn following_a_file_reads_what_is_appended_until_the_writer_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("growing");
+        let mut writer = File::create(&path).unwrap();
+        let finished = Arc::new(AtomicBool::new(false));
+        let mut follow = Follow::new(File::open(&path).unwrap(), finished.clone());
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            follow.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut expected = Vec::new();
+        for i in 0..50u8 {
+            let chunk = vec![i; 1000 + usize::from(i)];
+            writer.write_all(&chunk).unwrap();
+            expected.extend_from_slice(&chunk);
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // The last bytes land just before the writer is called finished.
+        writer.write_all(b"end").unwrap();
+        expected.extend_from_slice(b"end");
+        drop(writer);
+        finished.store(true, Ordering::Release);
+        assert_eq!(reader.join().unwrap(), expected);
+    }
 
     #[test]
     fn reading_ahead_gives_every_byte_in_order_and_passes_errors_on() {

@@ -8,6 +8,11 @@ use std::{
     io::Read,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use chrono::{DateTime, Utc};
@@ -60,7 +65,7 @@ pub fn create(
     } else {
         "none"
     };
-    let output = programs::command(&pg_basebackup, url)
+    let child = programs::command(&pg_basebackup, url)
         .args([
             "--format=tar",
             "--wal-method=stream",
@@ -70,9 +75,36 @@ pub fn create(
         .arg(format!("--compress={compress}"))
         .arg("--pgdata")
         .arg(&raw)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(Error::io(format!("running {}", pg_basebackup.display())))?;
+    // The base archive (nearly all of the backup) is hashed, and encrypted for an encrypted
+    // repository, as pg_basebackup writes it, on this machine's other core, rather than
+    // read again once it is complete.
+    let finished = Arc::new(AtomicBool::new(false));
+    let (output, base) = std::thread::scope(|scope| {
+        let follower = scope.spawn(|| seal_base_while_written(store, &raw, &finished));
+        let output = child.wait_with_output();
+        finished.store(true, Ordering::Release);
+        (output, follower.join())
+    });
+    let output = output.map_err(Error::io(format!("running {}", pg_basebackup.display())))?;
     programs::check("pg_basebackup", url, &output)?;
+    let mut base = base.map_err(|_| Error::Invalid("reading the base archive panicked".into()))??;
+    if let Some((name, sealed)) = &base {
+        let path = raw.join(name);
+        let written = fs::metadata(&path)
+            .map_err(Error::io(format!("reading {}", path.display())))?
+            .len();
+        if written != sealed.plain_bytes() {
+            return Err(Error::Invalid(format!(
+                "pg_basebackup's {name} changed while it was read ({} bytes read, {written} \
+                 written); the backup was not stored",
+                sealed.plain_bytes()
+            )));
+        }
+    }
     let version = std::process::Command::new(&pg_basebackup)
         .arg("--version")
         .output()
@@ -124,8 +156,11 @@ pub fn create(
             .map_err(Error::io(format!("reading {}", path.display())))?
             .len();
         let key = format!("data/{name}");
-        let stored =
-            crate::crypto::store_file(store, &format!("{}{key}", manifest::prefix(&id)), &path)?;
+        let stored_key = format!("{}{key}", manifest::prefix(&id));
+        let stored = match base.take_if(|(followed, _)| followed == name) {
+            Some((_, sealed)) => sealed.put(store, &stored_key)?,
+            None => crate::crypto::store_file(store, &stored_key, &path)?,
+        };
         stored_total += stored.bytes;
         progress.bytes(data_bytes, stored_total);
         let raw_bytes = if name.starts_with("base.tar") {
@@ -168,6 +203,38 @@ pub fn create(
     store.put_bytes(&manifest::manifest_key(&id), &json)?;
     staging.finish();
     Ok(manifest)
+}
+
+/// Waits for pg_basebackup's base archive (`base.tar`, `base.tar.zst`) to appear in `raw`
+/// and seals it as it grows, until `finished`; `None` when none appeared.
+fn seal_base_while_written(
+    store: &dyn Store,
+    raw: &Path,
+    finished: &Arc<AtomicBool>,
+) -> Result<Option<(String, crate::crypto::Sealed)>> {
+    loop {
+        let done = finished.load(Ordering::Acquire);
+        let base = fs::read_dir(raw).ok().and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|name| name.starts_with("base.tar"))
+        });
+        if let Some(name) = base {
+            let path = raw.join(&name);
+            let file = File::open(&path).map_err(Error::io(format!("reading {}", path.display())))?;
+            let sealed = crate::crypto::seal(
+                store,
+                &path,
+                crate::files::Follow::new(file, finished.clone()),
+            )?;
+            return Ok(Some((name, sealed)));
+        }
+        if done {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Where recovery stops.
