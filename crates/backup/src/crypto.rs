@@ -393,7 +393,8 @@ impl Keys {
                 output,
             )))
             .map_err(Error::io("starting encryption"))?;
-        std::io::copy(&mut reading, &mut writer).map_err(Error::io(format!("encrypting {what}")))?;
+        std::io::copy(&mut reading, &mut writer)
+            .map_err(Error::io(format!("encrypting {what}")))?;
         let mut hashing = writer.finish().map_err(Error::io("finishing encryption"))?;
         hashing
             .flush()

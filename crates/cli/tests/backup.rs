@@ -928,7 +928,21 @@ fn a_physical_backup_restores_to_its_own_end_with_nothing_archived() {
     let cluster = seeded();
     let repo = tempfile::tempdir().unwrap();
     let url = cluster.url("app");
-    ok(&pgops(&["create", "--kind", "physical"], repo.path(), &url));
+    let manifest: Value = serde_json::from_str(&ok(&pgops(
+        &["create", "--kind", "physical", "--json"],
+        repo.path(),
+        &url,
+    )))
+    .unwrap();
+    // The streamed WAL (whole 16 MB segments, mostly zeros) is stored compressed.
+    let wal = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "data/pg_wal.tar.zst")
+        .unwrap_or_else(|| panic!("no compressed WAL archive in {manifest}"));
+    assert!(wal["raw_bytes"].as_u64().unwrap() >= 16 << 20, "{wal}");
+    assert!(wal["bytes"].as_u64().unwrap() < 4 << 20, "{wal}");
     let restored = Cluster::start_restored(ClusterOptions::default(), |data| {
         // The restored server runs the restore_command as its own OS user: the binary that
         // lays the restore out must be one that user can run (not one under root's home).

@@ -471,10 +471,7 @@ fn with_the_database_stopped_metrics_answer_promptly_and_ready_is_503() {
     // The expensive collectors' pieces follow the scrape's own families.
     assert!(value(&s, "pg_database_size_bytes", &[("datname", "postgres")]).is_some());
     // The pieces go out with their length known, not chunked.
-    let mut response = agent
-        .get(&format!("http://{addr}/metrics"))
-        .call()
-        .unwrap();
+    let mut response = agent.get(&format!("http://{addr}/metrics")).call().unwrap();
     let length: usize = response
         .headers()
         .get("content-length")
