@@ -23,10 +23,17 @@ pub(crate) fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path)
                 .map_err(Error::io(format!("creating {}", parent.display())))?;
         }
         let stored = dir.join(file.stored_path());
-        let (bytes, sha) = store.get_to_file_hashed(
-            &format!("{}{}", manifest::prefix(&manifest.id), file.stored_path()),
-            &stored,
-        )?;
+        let key = format!("{}{}", manifest::prefix(&manifest.id), file.stored_path());
+        // A local repository's file is linked into `dir` and hashed where it lies rather than
+        // copied: a restore of a large backup neither writes it twice nor needs room for a
+        // copy. Objects are never rewritten in place, so what is hashed is what is read next.
+        let (bytes, sha) = match store.local_file(&key) {
+            Some(source) => {
+                link(&source, &stored)?;
+                sha_of(&stored)?
+            }
+            None => store.get_to_file_hashed(&key, &stored)?,
+        };
         if bytes != file.bytes || sha != file.sha256 {
             return Err(Error::Corrupt {
                 id: manifest.id.clone(),
@@ -66,4 +73,16 @@ pub(crate) fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path)
         }
     }
     Ok(())
+}
+
+/// A hard link to `source` at `link` (nothing copied); a symbolic one where a hard link
+/// cannot be made (another file system, or a file another user owns).
+fn link(source: &Path, link: &Path) -> Result<()> {
+    fs::hard_link(source, link)
+        .or_else(|_| std::os::unix::fs::symlink(source, link))
+        .map_err(Error::io(format!(
+            "linking {} to {}",
+            source.display(),
+            link.display()
+        )))
 }

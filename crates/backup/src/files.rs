@@ -172,7 +172,8 @@ impl Read for Follow {
 
 /// Size and SHA-256 (hex) of a file.
 pub(crate) fn sha_of(path: &Path) -> Result<(u64, String)> {
-    let mut input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    let input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    let mut input = std::io::BufReader::with_capacity(1 << 20, input);
     let mut hashing = Hashing::new(std::io::sink());
     std::io::copy(&mut input, &mut hashing)
         .map_err(Error::io(format!("reading {}", path.display())))?;

@@ -29,6 +29,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         self.get_to_file(key, local)?;
         crate::files::sha_of(local)
     }
+    /// The object's own file, when the repository is a local directory: a restore reads it
+    /// where it lies instead of copying it first. `None` for a remote store.
+    fn local_file(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
     /// Reads a small object; `None` when it does not exist.
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Keys under `prefix`.
@@ -81,6 +86,9 @@ impl Store for Encrypted {
     }
     fn get_to_file_hashed(&self, key: &str, local: &Path) -> Result<(u64, String)> {
         self.inner.get_to_file_hashed(key, local)
+    }
+    fn local_file(&self, key: &str) -> Option<PathBuf> {
+        self.inner.local_file(key)
     }
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.inner.get_bytes(key)
@@ -291,6 +299,10 @@ impl Store for LocalStore {
         std::io::copy(&mut input, &mut out)
             .map(|_| ())
             .map_err(Error::io(format!("copying {}", source.display())))
+    }
+
+    fn local_file(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
     }
 
     fn get_to_file_hashed(&self, key: &str, local: &Path) -> Result<(u64, String)> {
