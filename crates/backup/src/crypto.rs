@@ -126,15 +126,13 @@ pub fn store_file(store: &dyn Store, key: &str, local: &Path) -> Result<Stored> 
 pub fn seal(store: &dyn Store, local: &Path, input: impl Read) -> Result<Sealed> {
     match store.keys() {
         None => {
-            let mut hashing = crate::files::Hashing::new(std::io::sink());
-            let mut input = input;
-            std::io::copy(&mut input, &mut hashing)
+            let (bytes, sha256) = crate::files::sha_of_reader(input)
                 .map_err(Error::io(format!("reading {}", local.display())))?;
             Ok(Sealed {
-                plain_bytes: hashing.bytes,
+                plain_bytes: bytes,
                 stored: Stored {
-                    bytes: hashing.bytes,
-                    sha256: hex::encode(sha2::Digest::finalize(hashing.hash)),
+                    bytes,
+                    sha256,
                     encrypted_for: Vec::new(),
                     plain_sha256: None,
                 },

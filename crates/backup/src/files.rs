@@ -173,11 +173,28 @@ impl Read for Follow {
 /// Size and SHA-256 (hex) of a file.
 pub(crate) fn sha_of(path: &Path) -> Result<(u64, String)> {
     let input = File::open(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    sha_of_reader(input).map_err(Error::io(format!("reading {}", path.display())))
+}
+
+/// Size and SHA-256 (hex) of what `input` reads to its end, read in large blocks.
+pub(crate) fn sha_of_reader(input: impl Read) -> std::io::Result<(u64, String)> {
     let mut input = std::io::BufReader::with_capacity(1 << 20, input);
     let mut hashing = Hashing::new(std::io::sink());
-    std::io::copy(&mut input, &mut hashing)
-        .map_err(Error::io(format!("reading {}", path.display())))?;
+    std::io::copy(&mut input, &mut hashing)?;
     Ok((hashing.bytes, hex::encode(hashing.hash.finalize())))
+}
+
+/// Compresses `from` into a new private file `to` (zstd at `level`), synced.
+pub(crate) fn compress(from: &Path, to: &Path, level: i32) -> Result<()> {
+    let mut input = File::open(from).map_err(Error::io(format!("reading {}", from.display())))?;
+    let out = private_file(to).map_err(Error::io(format!("creating {}", to.display())))?;
+    let mut encoder = zstd::stream::write::Encoder::new(std::io::BufWriter::new(out), level)
+        .map_err(Error::io("starting zstd"))?;
+    std::io::copy(&mut input, &mut encoder)
+        .and_then(|_| encoder.finish())
+        .and_then(|writer| writer.into_inner().map_err(|e| e.into_error()))
+        .and_then(|file| file.sync_all())
+        .map_err(Error::io(format!("compressing {}", from.display())))
 }
 
 /// Decompresses `from` into a new private file `to`, synced; returns the size and SHA-256 of

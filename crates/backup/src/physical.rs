@@ -65,14 +65,6 @@ pub fn create(
     } else {
         "none"
     };
-    // Its version, for the manifest, asked while the backup runs rather than after.
-    let asked_version = std::process::Command::new(&pg_basebackup)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok();
     let child = programs::command(&pg_basebackup, url)
         .args([
             "--format=tar",
@@ -87,6 +79,14 @@ pub fn create(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(Error::io(format!("running {}", pg_basebackup.display())))?;
+    // Its version, for the manifest, asked while the backup runs rather than after.
+    let asked_version = std::process::Command::new(&pg_basebackup)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok();
     // The base archive (nearly all of the backup) is hashed, and encrypted for an encrypted
     // repository, as pg_basebackup writes it, on this machine's other core, rather than
     // read again once it is complete.
@@ -169,7 +169,7 @@ pub fn create(
         // few kilobytes, and encrypted in no time; restore decompresses by the name.
         let (name, path) = if name == "pg_wal.tar" {
             let compressed = raw.join("pg_wal.tar.zst");
-            compress_file(&path, &compressed)?;
+            crate::files::compress(&path, &compressed, 1)?;
             ("pg_wal.tar.zst".to_owned(), compressed)
         } else {
             (name.clone(), path)
@@ -223,20 +223,6 @@ pub fn create(
     store.put_bytes(&manifest::manifest_key(&id), &json)?;
     staging.finish();
     Ok(manifest)
-}
-
-/// Compresses `from` into a new private file `to` (zstd level 1), synced.
-fn compress_file(from: &Path, to: &Path) -> Result<()> {
-    let mut input = File::open(from).map_err(Error::io(format!("reading {}", from.display())))?;
-    let out =
-        crate::files::private_file(to).map_err(Error::io(format!("creating {}", to.display())))?;
-    let mut encoder = zstd::stream::write::Encoder::new(std::io::BufWriter::new(out), 1)
-        .map_err(Error::io("starting zstd"))?;
-    std::io::copy(&mut input, &mut encoder)
-        .and_then(|_| encoder.finish())
-        .and_then(|writer| writer.into_inner().map_err(|e| e.into_error()))
-        .and_then(|file| file.sync_all())
-        .map_err(Error::io(format!("compressing {}", from.display())))
 }
 
 /// Waits for pg_basebackup's base archive (`base.tar`, `base.tar.zst`) to appear in `raw`
