@@ -285,19 +285,20 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
     let url = DatabaseUrl::parse(&cluster.url("postgres"))?;
     let pg_basebackup = cluster.binaries().program("pg_basebackup");
     let exe = std::env::current_exe()?;
+    let data_bytes = dir_size(&cluster.data_dir())?;
     let (mut ours_b, mut anchor_b, mut floor_b) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ours_r, mut anchor_r) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let pgops_first = round % 2 == 0;
         for side in [pgops_first, !pgops_first] {
             if side {
-                settle();
+                settle(dir.path(), data_bytes)?;
                 let t = Instant::now();
                 pgops_backup::physical::create(&*store, &url, &mut pgops_backup::progress::Quiet)?;
                 ours_b.push(t.elapsed().as_secs_f64());
                 let target = dir.path().join("pgops-restore");
                 let _ = std::fs::remove_dir_all(&target);
-                settle();
+                settle(dir.path(), data_bytes)?;
                 let t = Instant::now();
                 pgops_backup::physical::restore_to_dir(
                     &*store,
@@ -310,7 +311,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
                 std::fs::remove_dir_all(&target)?;
                 keep_newest(&*store)?;
             } else {
-                settle();
+                settle(dir.path(), data_bytes)?;
                 let t = Instant::now();
                 pgbackrest(&config, &["--stanza=bench", "--type=full", "backup"])?;
                 anchor_b.push(t.elapsed().as_secs_f64());
@@ -326,7 +327,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
                         nix::unistd::User::from_name("postgres")?.context("no postgres OS user")?;
                     nix::unistd::chown(&target, Some(user.uid), Some(user.gid))?;
                 }
-                settle();
+                settle(dir.path(), data_bytes)?;
                 let t = Instant::now();
                 pgbackrest(
                     &config,
@@ -345,7 +346,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
             }
         }
         for side in [pgops_first, !pgops_first] {
-            settle();
+            settle(dir.path(), data_bytes)?;
             let t = Instant::now();
             if side {
                 pgops_backup::physical::create(
@@ -367,7 +368,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
         let floor_dir = dir.path().join("floor");
         let _ = std::fs::remove_dir_all(&floor_dir);
         let port = cluster.port().to_string();
-        settle();
+        settle(dir.path(), data_bytes)?;
         let t = Instant::now();
         let out = Command::new(&pg_basebackup)
             .args([
@@ -468,10 +469,53 @@ fn keep_newest(store: &dyn repo::Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the page cache's dirty data out before a timed step, so no step pays for the
-/// writeback the steps before left behind: at scale 200 a restore leaves 3 GB of it, and the
-/// first restore of a run, right after the database was loaded and dumped, took up to twice
-/// as long as the others (always pgops's, which goes first in the first round).
-fn settle() {
+/// Puts the machine in the same state before every timed physical step, whichever side and
+/// whichever place in the round it has.
+///
+/// First the page cache's dirty data is written out, so no step pays for the writeback the
+/// steps before left behind: at scale 200 a restore leaves 3 GB of it, and the first restore
+/// of a run, right after the database was loaded and dumped, took up to twice as long as the
+/// others.
+///
+/// Then a scratch file as large as the cluster's data directory is written and deleted (and
+/// the writes dropped again by a second `sync`), so the page frames the step will fill are
+/// ones the machine has just used. On a virtual machine whose host takes freed memory back
+/// (a balloon with free page reporting, as here), the first few gigabytes written after a
+/// pause cost ten times the system time of the same write right after another one: `dd` of
+/// 3 GB took 6.4 s cold and 0.64 s warm. Without this, the first restore of each round paid
+/// it, pgBackRest's as much as pgops's (10.8 s and 7.3 s first, 6.1 s and 5.6 s second at
+/// scale 200), and with the order alternating over an odd number of rounds, the side that went
+/// first more often had its median on a cold round.
+fn settle(scratch_dir: &std::path::Path, bytes: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
     nix::unistd::sync();
+    let path = scratch_dir.join("settle.scratch");
+    {
+        let mut file = std::fs::File::create(&path)?;
+        let block = vec![0u8; 1 << 20];
+        let mut written = 0;
+        while written < bytes {
+            file.write_all(&block)?;
+            written += block.len() as u64;
+        }
+    }
+    std::fs::remove_file(&path)?;
+    nix::unistd::sync();
+    Ok(())
+}
+
+/// The bytes under `dir` (the cluster's data directory: what a restore writes).
+fn dir_size(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            total += dir_size(&entry.path())?;
+        } else if kind.is_file() {
+            // A file the server removed meanwhile (a temporary one) counts as nothing.
+            total += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
+    Ok(total)
 }
