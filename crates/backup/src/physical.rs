@@ -38,6 +38,21 @@ struct Head {
     in_recovery: bool,
 }
 
+/// The compression pg_basebackup asks of a PostgreSQL 15+ server: zstd level 3 on two
+/// threads (the backup takes at most one more of the server's cores than a plain
+/// `pg_basebackup`, as pgBackRest's `process-max=2` does). Compression is what a base backup
+/// of a large database waits for; `docs/benchmarks.md` has the figures.
+pub const SERVER_COMPRESSION: &str = "server-zstd:level=3,workers=2";
+
+/// The same on one thread, for a server whose zstd library was built without threads.
+const SERVER_COMPRESSION_SINGLE: &str = "server-zstd:level=3";
+
+/// Whether pg_basebackup failed because the server cannot compress on worker threads
+/// (PostgreSQL's message when its zstd library was built without them).
+fn workers_refused(stderr: &str) -> bool {
+    stderr.contains("could not set compression worker count")
+}
+
 /// Takes a physical backup of the cluster `url` points at (a primary or a standby).
 pub fn create(
     store: &dyn Store,
@@ -61,42 +76,58 @@ pub fn create(
     // Server-side zstd (PostgreSQL 15+) sends a third of the bytes and spends the server's
     // spare cores; older servers send the tar as is and it is stored as is.
     let compress = if head.version_num >= 150_000 {
-        "server-zstd:level=3"
+        SERVER_COMPRESSION
     } else {
         "none"
     };
-    let child = programs::command(&pg_basebackup, url)
-        .args([
-            "--format=tar",
-            "--wal-method=stream",
-            "--checkpoint=fast",
-            "--no-password",
-        ])
-        .arg(format!("--compress={compress}"))
-        .arg("--pgdata")
-        .arg(&raw)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(Error::io(format!("running {}", pg_basebackup.display())))?;
     // Its version, for the manifest, asked while the backup runs rather than after.
-    let asked_version = std::process::Command::new(&pg_basebackup)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok();
-    // The base archive (nearly all of the backup) is hashed, and encrypted for an encrypted
-    // repository, as pg_basebackup writes it, on this machine's other core, rather than
-    // read again once it is complete.
-    let finished = Arc::new(AtomicBool::new(false));
-    let (output, base) = std::thread::scope(|scope| {
-        let follower = scope.spawn(|| seal_base_while_written(store, &raw, &finished));
-        let output = child.wait_with_output();
-        finished.store(true, Ordering::Release);
-        (output, follower.join())
-    });
+    let mut asked_version = None;
+    let mut run = |compress: &str| -> Result<_> {
+        let child = programs::command(&pg_basebackup, url)
+            .args([
+                "--format=tar",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-password",
+            ])
+            .arg(format!("--compress={compress}"))
+            .arg("--pgdata")
+            .arg(&raw)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(Error::io(format!("running {}", pg_basebackup.display())))?;
+        if asked_version.is_none() {
+            asked_version = std::process::Command::new(&pg_basebackup)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok();
+        }
+        // The base archive (nearly all of the backup) is hashed, and encrypted for an
+        // encrypted repository, as pg_basebackup writes it, on this machine's other core,
+        // rather than read again once it is complete.
+        let finished = Arc::new(AtomicBool::new(false));
+        Ok(std::thread::scope(|scope| {
+            let follower = scope.spawn(|| seal_base_while_written(store, &raw, &finished));
+            let output = child.wait_with_output();
+            finished.store(true, Ordering::Release);
+            (output, follower.join())
+        }))
+    };
+    let (mut output, mut base) = run(compress)?;
+    // A server whose zstd was built without threads refuses the workers at once: the
+    // backup runs again with one.
+    if output
+        .as_ref()
+        .is_ok_and(|o| !o.status.success() && workers_refused(&String::from_utf8_lossy(&o.stderr)))
+    {
+        tracing::info!("the server's zstd has no worker threads; compressing on one");
+        fs::remove_dir_all(&raw).map_err(Error::io(format!("clearing {}", raw.display())))?;
+        (output, base) = run(SERVER_COMPRESSION_SINGLE)?;
+    }
     let version = asked_version
         .and_then(|child| child.wait_with_output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
@@ -1038,6 +1069,22 @@ pub fn restore_point(url: &DatabaseUrl, name: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_server_without_zstd_threads_is_told_apart_from_other_failures() {
+        // pg_basebackup's report when the server's zstd has no threads (basebackup_zstd.c).
+        assert!(workers_refused(
+            "pg_basebackup: error: could not initiate base backup: ERROR:  could not set \
+             compression worker count to 2: Unsupported parameter"
+        ));
+        assert!(!workers_refused(
+            "pg_basebackup: error: connection to server failed: FATAL:  no pg_hba.conf entry"
+        ));
+        assert!(!workers_refused(
+            "pg_basebackup: error: could not initiate base backup: ERROR:  unrecognized \
+             compression algorithm: \"zstd\""
+        ));
+    }
 
     #[test]
     fn targets_read_as_an_operator_says_them() {
