@@ -381,7 +381,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
                 "--format=tar",
                 "--wal-method=stream",
                 "--checkpoint=fast",
-                "--compress=server-zstd:level=3",
+                &format!("--compress={}", pgops_backup::physical::SERVER_COMPRESSION),
                 "-D",
             ])
             .arg(&floor_dir)
@@ -452,7 +452,10 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
             "seconds",
             &ours_b,
             &floor_b,
-            "pg_basebackup -Ft -X stream --checkpoint=fast --compress=server-zstd:level=3 (the floor: no checksums, no repository)",
+            &format!(
+                "pg_basebackup -Ft -X stream --checkpoint=fast --compress={} (the floor: the pg_basebackup pgops runs, without checksums or a repository)",
+                pgops_backup::physical::SERVER_COMPRESSION
+            ),
             false,
         )
         .target(0.9),
