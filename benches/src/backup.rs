@@ -14,6 +14,7 @@ use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
 
 use crate::{
     report::{Comparison, Report},
+    settle::settle,
     workload::pgbench,
 };
 
@@ -123,6 +124,9 @@ fn logical_comparisons(
         let mut sides = ["pgops", "pg_dump", "floor"];
         sides.rotate_left(round % 3);
         for side in sides {
+            // Dumps write little, so only the writeback is settled (the first round would
+            // otherwise pay for the load's: 10.9 s against 8.6 to 9.1 s at scale 200).
+            settle(dir.path(), 0)?;
             match side {
                 "pgops" => {
                     let t = Instant::now();
@@ -285,14 +289,17 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
     let url = DatabaseUrl::parse(&cluster.url("postgres"))?;
     let pg_basebackup = cluster.binaries().program("pg_basebackup");
     let exe = std::env::current_exe()?;
+    // What a step writes, about: a restore, the data directory; a backup, what it stores
+    // (compressed, a fifth to a third of it) and the WAL beside it.
     let data_bytes = dir_size(&cluster.data_dir())?;
+    let backup_bytes = data_bytes / 3;
     let (mut ours_b, mut anchor_b, mut floor_b) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ours_r, mut anchor_r) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let pgops_first = round % 2 == 0;
         for side in [pgops_first, !pgops_first] {
             if side {
-                settle(dir.path(), data_bytes)?;
+                settle(dir.path(), backup_bytes)?;
                 let t = Instant::now();
                 pgops_backup::physical::create(&*store, &url, &mut pgops_backup::progress::Quiet)?;
                 ours_b.push(t.elapsed().as_secs_f64());
@@ -311,7 +318,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
                 std::fs::remove_dir_all(&target)?;
                 keep_newest(&*store)?;
             } else {
-                settle(dir.path(), data_bytes)?;
+                settle(dir.path(), backup_bytes)?;
                 let t = Instant::now();
                 pgbackrest(&config, &["--stanza=bench", "--type=full", "backup"])?;
                 anchor_b.push(t.elapsed().as_secs_f64());
@@ -346,7 +353,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
             }
         }
         for side in [pgops_first, !pgops_first] {
-            settle(dir.path(), data_bytes)?;
+            settle(dir.path(), backup_bytes)?;
             let t = Instant::now();
             if side {
                 pgops_backup::physical::create(
@@ -368,7 +375,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
         let floor_dir = dir.path().join("floor");
         let _ = std::fs::remove_dir_all(&floor_dir);
         let port = cluster.port().to_string();
-        settle(dir.path(), data_bytes)?;
+        settle(dir.path(), backup_bytes)?;
         let t = Instant::now();
         let out = Command::new(&pg_basebackup)
             .args([
@@ -469,41 +476,6 @@ fn keep_newest(store: &dyn repo::Store) -> anyhow::Result<()> {
         ..Default::default()
     };
     pgops_backup::prune(store, policy, None, false)?;
-    Ok(())
-}
-
-/// Puts the machine in the same state before every timed physical step, whichever side and
-/// whichever place in the round it has.
-///
-/// First the page cache's dirty data is written out, so no step pays for the writeback the
-/// steps before left behind: at scale 200 a restore leaves 3 GB of it, and the first restore
-/// of a run, right after the database was loaded and dumped, took up to twice as long as the
-/// others.
-///
-/// Then a scratch file as large as the cluster's data directory is written and deleted (and
-/// the writes dropped again by a second `sync`), so the page frames the step will fill are
-/// ones the machine has just used. On a virtual machine whose host takes freed memory back
-/// (a balloon with free page reporting, as here), the first few gigabytes written after a
-/// pause cost ten times the system time of the same write right after another one: `dd` of
-/// 3 GB took 6.4 s cold and 0.64 s warm. Without this, the first restore of each round paid
-/// it, pgBackRest's as much as pgops's (10.8 s and 7.3 s first, 6.1 s and 5.6 s second at
-/// scale 200), and with the order alternating over an odd number of rounds, the side that went
-/// first more often had its median on a cold round.
-fn settle(scratch_dir: &std::path::Path, bytes: u64) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    nix::unistd::sync();
-    let path = scratch_dir.join("settle.scratch");
-    {
-        let mut file = std::fs::File::create(&path)?;
-        let block = vec![0u8; 1 << 20];
-        let mut written = 0;
-        while written < bytes {
-            file.write_all(&block)?;
-            written += block.len() as u64;
-        }
-    }
-    std::fs::remove_file(&path)?;
-    nix::unistd::sync();
     Ok(())
 }
 

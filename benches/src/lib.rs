@@ -15,6 +15,7 @@ pub mod queries;
 pub mod report;
 pub mod router;
 pub mod seed;
+mod settle;
 pub mod workload;
 
 /// The suites, by name.

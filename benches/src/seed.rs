@@ -14,6 +14,7 @@ use pgops_testkit::{Cluster, ClusterOptions, SUPERUSER};
 
 use crate::{
     report::{Comparison, Report, median},
+    settle::settle,
     workload::pgbench,
 };
 
@@ -109,12 +110,26 @@ pub fn run(plan: Plan) -> anyhow::Result<Report> {
             pgops_pg::quote_literal(binary)
         ))?;
 
+        // What a reload writes, about: the table and its indexes.
+        let written: u64 = {
+            #[derive(diesel::QueryableByName)]
+            struct Size {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                bytes: i64,
+            }
+            let size: Size = diesel::RunQueryDsl::get_result(
+                diesel::sql_query("SELECT pg_total_relation_size('audit_logs') AS bytes"),
+                &mut conn,
+            )?;
+            u64::try_from(size.bytes)?
+        };
         let rounds = if scale >= 5.0 { 3 } else { plan.rounds };
         let (mut ours, mut anchor, mut limit) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let mut sides = ["pgops", "limit", "psql"];
             sides.rotate_left(round % 3);
             for side in sides {
+                settle(&dir, written)?;
                 match side {
                     "pgops" => {
                         let report = pgops_seed::reload_table(&mut conn, &options, "audit_logs")?;
