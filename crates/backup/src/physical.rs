@@ -47,10 +47,17 @@ pub const SERVER_COMPRESSION: &str = "server-zstd:level=3,workers=2";
 /// The same on one thread, for a server whose zstd library was built without threads.
 const SERVER_COMPRESSION_SINGLE: &str = "server-zstd:level=3";
 
-/// Whether pg_basebackup failed because the server cannot compress on worker threads
-/// (PostgreSQL's message when its zstd library was built without them).
-fn workers_refused(stderr: &str) -> bool {
-    stderr.contains("could not set compression worker count")
+/// What to ask for instead when pg_basebackup failed at once because the server cannot
+/// compress as asked: one thread when its zstd library was built without threads, no
+/// compression when the server was built without zstd (PostgreSQL's messages for each).
+fn fallback(compress: &str, stderr: &str) -> Option<&'static str> {
+    if compress == SERVER_COMPRESSION && stderr.contains("could not set compression worker count") {
+        Some(SERVER_COMPRESSION_SINGLE)
+    } else if compress != "none" && stderr.contains("does not support compression with ZSTD") {
+        Some("none")
+    } else {
+        None
+    }
 }
 
 /// Takes a physical backup of the cluster `url` points at (a primary or a standby).
@@ -118,15 +125,28 @@ pub fn create(
         }))
     };
     let (mut output, mut base) = run(compress)?;
-    // A server whose zstd was built without threads refuses the workers at once: the
-    // backup runs again with one.
-    if output
-        .as_ref()
-        .is_ok_and(|o| !o.status.success() && workers_refused(&String::from_utf8_lossy(&o.stderr)))
-    {
-        tracing::info!("the server's zstd has no worker threads; compressing on one");
-        fs::remove_dir_all(&raw).map_err(Error::io(format!("clearing {}", raw.display())))?;
-        (output, base) = run(SERVER_COMPRESSION_SINGLE)?;
+    // A server whose zstd was built without threads, or that was built without zstd,
+    // refuses at once: the backup runs again as it can be taken there.
+    let mut compress = compress;
+    while let Some(instead) = output.as_ref().ok().and_then(|o| {
+        (!o.status.success())
+            .then(|| fallback(compress, &String::from_utf8_lossy(&o.stderr)))
+            .flatten()
+    }) {
+        tracing::info!(
+            asked = compress,
+            instead,
+            "the server cannot compress as asked; backing up again"
+        );
+        // pg_basebackup removes the directory it made when it fails; whatever is left goes.
+        match fs::remove_dir_all(&raw) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("clearing {}", raw.display()))(e));
+            }
+            _ => {}
+        }
+        compress = instead;
+        (output, base) = run(compress)?;
     }
     let version = asked_version
         .and_then(|child| child.wait_with_output().ok())
@@ -1071,19 +1091,31 @@ pub fn restore_point(url: &DatabaseUrl, name: &str) -> Result<String> {
 mod tests {
 
     #[test]
-    fn a_server_without_zstd_threads_is_told_apart_from_other_failures() {
-        // pg_basebackup's report when the server's zstd has no threads (basebackup_zstd.c).
-        assert!(workers_refused(
-            "pg_basebackup: error: could not initiate base backup: ERROR:  could not set \
-             compression worker count to 2: Unsupported parameter"
-        ));
-        assert!(!workers_refused(
-            "pg_basebackup: error: connection to server failed: FATAL:  no pg_hba.conf entry"
-        ));
-        assert!(!workers_refused(
-            "pg_basebackup: error: could not initiate base backup: ERROR:  unrecognized \
-             compression algorithm: \"zstd\""
-        ));
+    fn a_server_that_cannot_compress_as_asked_is_told_apart_from_other_failures() {
+        use super::{SERVER_COMPRESSION, SERVER_COMPRESSION_SINGLE, fallback};
+        // pg_basebackup's reports (basebackup_zstd.c; the second as a server built without
+        // zstd answers).
+        let no_threads = "pg_basebackup: error: could not initiate base backup: ERROR:  could \
+                          not set compression worker count to 2: Unsupported parameter";
+        let no_zstd = "pg_basebackup: error: could not initiate base backup: ERROR:  invalid \
+                       compression specification: this build does not support compression \
+                       with ZSTD";
+        assert_eq!(
+            fallback(SERVER_COMPRESSION, no_threads),
+            Some(SERVER_COMPRESSION_SINGLE)
+        );
+        assert_eq!(fallback(SERVER_COMPRESSION, no_zstd), Some("none"));
+        assert_eq!(fallback(SERVER_COMPRESSION_SINGLE, no_zstd), Some("none"));
+        // Each fallback is tried once: no loop.
+        assert_eq!(fallback(SERVER_COMPRESSION_SINGLE, no_threads), None);
+        assert_eq!(fallback("none", no_zstd), None);
+        assert_eq!(
+            fallback(
+                SERVER_COMPRESSION,
+                "pg_basebackup: error: connection to server failed: FATAL:  no pg_hba.conf entry"
+            ),
+            None
+        );
     }
 
     #[test]
