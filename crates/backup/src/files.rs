@@ -1,6 +1,7 @@
 //! File helpers every backup path shares: private (0600) files, the SHA-256 of a file, zstd
-//! decompression that hashes what it writes, reading ahead on a thread of its own, and
-//! reading a file while another program still appends to it.
+//! decompression that hashes what it writes, reading ahead on a thread of its own, unpacking
+//! a tar archive in large writes, and reading a file while another program still appends to
+//! it.
 
 use std::{
     fs::{File, OpenOptions},
@@ -141,6 +142,105 @@ impl Read for ReadAhead {
     }
 }
 
+/// Unpacks the tar archive `input` reads into the directory `into`, permissions kept.
+///
+/// Regular files are written here in 1 MiB writes: the tar crate's own unpacking copies each
+/// file in 8 KiB writes, which at scale 200 is 400,000 system calls for 3 GB of data files.
+/// Every other entry (directories, links, the rare sparse file) is left to the tar crate.
+/// Nothing lands outside `into`: an entry whose path is absolute or climbs out with `..` is
+/// refused, and so is one whose directory resolves outside `into` through a link the
+/// archive made.
+pub(crate) fn unpack(input: impl Read, into: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = into.canonicalize()?;
+    let mut archive = tar::Archive::new(input);
+    archive.set_preserve_permissions(true);
+    let mut buf = vec![0u8; 1 << 20];
+    // The last directory found inside `into` since the last entry that was not a file: an
+    // archive lists a directory's files together.
+    let mut checked: Option<std::path::PathBuf> = None;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+            entry.unpack_in(into)?;
+            // A link made here may change where a directory leads: look again.
+            checked = None;
+            continue;
+        }
+        let path = entry.path()?.into_owned();
+        if !path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        }) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the archive's entry {} points outside the directory",
+                    path.display()
+                ),
+            ));
+        }
+        let dst = into.join(&path);
+        let parent = dst.parent().unwrap_or(into);
+        if checked.as_deref() != Some(parent) {
+            std::fs::create_dir_all(parent)?;
+            if !parent.canonicalize()?.starts_with(&root) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the archive's entry {} leads outside the directory through a link",
+                        path.display()
+                    ),
+                ));
+            }
+            checked = Some(parent.to_path_buf());
+        }
+        let size = entry.size();
+        let mode = entry.header().mode()? & 0o7777;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dst)
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("creating {}: {e}", dst.display()))
+            })?;
+        let mut written = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match entry.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            file.write_all(&buf[..filled])?;
+            written += filled as u64;
+        }
+        if written != size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the archive ends inside {}: {written} of its {size} bytes",
+                    path.display()
+                ),
+            ));
+        }
+        if mode != 0o600 {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads a file that another program is still appending to: at its current end it waits
 /// for more until `finished` is set (the writer has exited), then reads what is left and
 /// ends. Only for files their writer never rewrites (pg_basebackup's base archive).
@@ -243,6 +343,139 @@ mod tests {
         drop(writer);
         finished.store(true, Ordering::Release);
         assert_eq!(reader.join().unwrap(), expected);
+    }
+
+    /// A tar archive shaped like a base backup's: directories, files of several sizes and
+    /// modes, and a tablespace's link.
+    fn base_like_archive() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut add =
+            |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(kind);
+                header.set_mode(mode);
+                header.set_size(data.len() as u64);
+                if let Some(link) = link {
+                    header.set_link_name(link).unwrap();
+                }
+                builder.append_data(&mut header, path, data).unwrap();
+            };
+        add("base", tar::EntryType::Directory, 0o700, b"", None);
+        add("base/1", tar::EntryType::Directory, 0o700, b"", None);
+        add("base/1/empty", tar::EntryType::Regular, 0o600, b"", None);
+        let large: Vec<u8> = (0..(3 << 20) + 5u32).map(|i| (i % 253) as u8).collect();
+        add("base/1/16384", tar::EntryType::Regular, 0o600, &large, None);
+        add("PG_VERSION", tar::EntryType::Regular, 0o640, b"15\n", None);
+        add("pg_tblspc", tar::EntryType::Directory, 0o700, b"", None);
+        add(
+            "pg_tblspc/16385",
+            tar::EntryType::Symlink,
+            0o777,
+            b"",
+            Some("/srv/space"),
+        );
+        builder.into_inner().unwrap()
+    }
+
+    /// Every path under `dir` with its mode and its content (a link: its target).
+    fn tree(dir: &Path) -> Vec<(String, u32, Vec<u8>)> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(at) = stack.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                let mode = meta.permissions().mode() & 0o7777;
+                if meta.file_type().is_symlink() {
+                    let target = std::fs::read_link(&path).unwrap();
+                    out.push((name, 0, target.display().to_string().into_bytes()));
+                } else if meta.is_dir() {
+                    out.push((name, mode, Vec::new()));
+                    stack.push(path);
+                } else {
+                    out.push((name, mode, std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn unpacking_lays_out_what_the_tar_crate_does() {
+        let archive = base_like_archive();
+        let ours = tempfile::tempdir().unwrap();
+        unpack(archive.as_slice(), ours.path()).unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        let mut reference = tar::Archive::new(archive.as_slice());
+        reference.set_preserve_permissions(true);
+        reference.unpack(theirs.path()).unwrap();
+        let got = tree(ours.path());
+        assert_eq!(got, tree(theirs.path()));
+        // The comparison saw what matters.
+        assert!(got.iter().any(|(name, mode, data)| name == "base/1/16384"
+            && *mode == 0o600
+            && data.len() == (3 << 20) + 5));
+        assert!(
+            got.iter()
+                .any(|(name, mode, _)| name == "PG_VERSION" && *mode == 0o640)
+        );
+        assert!(
+            got.iter()
+                .any(|(name, _, target)| name == "pg_tblspc/16385" && target == b"/srv/space")
+        );
+    }
+
+    #[test]
+    fn unpacking_refuses_entries_that_leave_the_directory_and_archives_cut_short() {
+        let outside = tempfile::tempdir().unwrap();
+        // A file whose path climbs out; tar's builder refuses to write one, so by hand.
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o600);
+        header.set_size(2);
+        header.set_cksum();
+        let mut climbing = header.as_bytes().to_vec();
+        climbing.extend_from_slice(b"hi");
+        climbing.resize(climbing.len() + 510 + 1024, 0);
+        let into = outside.path().join("data");
+        std::fs::create_dir(&into).unwrap();
+        let err = unpack(climbing.as_slice(), &into).unwrap_err();
+        assert!(err.to_string().contains("points outside"), "{err}");
+        assert!(!outside.path().join("escape").exists());
+
+        // A link the archive makes, then a file through it.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_link_name(elsewhere.path()).unwrap();
+        builder
+            .append_data(&mut link, "pg_tblspc", std::io::empty())
+            .unwrap();
+        let mut file = tar::Header::new_gnu();
+        file.set_entry_type(tar::EntryType::Regular);
+        file.set_mode(0o600);
+        file.set_size(2);
+        builder
+            .append_data(&mut file, "pg_tblspc/planted", &b"hi"[..])
+            .unwrap();
+        let through_link = builder.into_inner().unwrap();
+        let into = tempfile::tempdir().unwrap();
+        let err = unpack(through_link.as_slice(), into.path()).unwrap_err();
+        assert!(err.to_string().contains("through a link"), "{err}");
+        assert!(!elsewhere.path().join("planted").exists());
+
+        // An archive that ends inside a file's data.
+        let archive = base_like_archive();
+        let cut = &archive[..archive.len() / 2];
+        let into = tempfile::tempdir().unwrap();
+        let err = unpack(cut, into.path()).unwrap_err();
+        assert!(err.to_string().contains("ends inside"), "{err}");
     }
 
     #[test]

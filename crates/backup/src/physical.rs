@@ -942,9 +942,7 @@ pub fn restore_to_dir(
         } else {
             Box::new(file)
         };
-        let mut archive = tar::Archive::new(reader);
-        archive.set_preserve_permissions(true);
-        archive.unpack(into).map_err(Error::io(format!(
+        crate::files::unpack(reader, into).map_err(Error::io(format!(
             "unpacking {name} into {}",
             into.display()
         )))
