@@ -304,10 +304,11 @@ pub(crate) fn decompress(from: &Path, to: &Path) -> Result<(u64, String)> {
     let mut decoder = zstd::stream::read::Decoder::new(input)
         .map_err(Error::io(format!("decompressing {}", from.display())))?;
     let out = private_file(to).map_err(Error::io(format!("creating {}", to.display())))?;
-    let mut hashing = Hashing::new(out);
+    // 1 MiB writes: copying straight into the file would write 8 KiB at a time.
+    let mut hashing = Hashing::new(std::io::BufWriter::with_capacity(1 << 20, out));
     std::io::copy(&mut decoder, &mut hashing)
         .and_then(|_| hashing.flush())
-        .and_then(|()| hashing.inner.sync_all())
+        .and_then(|()| hashing.inner.get_ref().sync_all())
         .map_err(Error::io(format!("decompressing {}", from.display())))?;
     Ok((hashing.bytes, hex::encode(hashing.hash.finalize())))
 }
