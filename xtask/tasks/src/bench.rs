@@ -89,7 +89,10 @@ pub fn run(args: &Args) -> ExitCode {
         };
     }
     let every_suite = suites.len() == SUITES.len();
+    let started = std::time::Instant::now();
+    let mut took = Vec::new();
     for (suite, criterion_benches) in suites {
+        let suite_started = std::time::Instant::now();
         let out = target.join("pgops-bench").join(format!("{suite}.json"));
         let mut cmd = harness(suite);
         cmd.arg("--out").arg(&out);
@@ -125,6 +128,18 @@ pub fn run(args: &Args) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        took.push((suite, suite_started.elapsed()));
+    }
+    if took.len() > 1 {
+        // Where a full run's time goes, builds included.
+        let minutes = |d: std::time::Duration| {
+            let s = d.as_secs();
+            format!("{} min {:02} s", s / 60, s % 60)
+        };
+        for (suite, elapsed) in &took {
+            println!("{suite:>10}: {}", minutes(*elapsed));
+        }
+        println!("{:>10}: {}", "all", minutes(started.elapsed()));
     }
     if every_suite {
         if args.quick {
