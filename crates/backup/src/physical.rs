@@ -96,6 +96,10 @@ pub fn create(
                 "--wal-method=stream",
                 "--checkpoint=fast",
                 "--no-password",
+                // What is kept is synced as it is stored; pg_basebackup's own sync would also
+                // write out the streamed WAL's tar (16 MB a segment), which is compressed and
+                // deleted, and, into an encrypted repository, the plaintext base archive.
+                "--no-sync",
             ])
             .arg(format!("--compress={compress}"))
             .arg("--pgdata")

@@ -240,11 +240,13 @@ impl Store for LocalStore {
     }
 
     fn put_file(&self, key: &str, local: &Path) -> Result<()> {
-        // A file staged inside the repository (already 0600 and synced) is moved into place.
+        // A file staged inside the repository (already 0600) is synced and moved into place.
         if local.starts_with(self.root.join(".staging")) {
             let target = self.path(key);
             let dir = self.parent_dir(&target)?;
-            return fs::rename(local, &target)
+            return File::open(local)
+                .and_then(|file| file.sync_all())
+                .and_then(|()| fs::rename(local, &target))
                 .and_then(|()| File::open(&dir)?.sync_all())
                 .map_err(Error::io(format!("storing {}", target.display())));
         }
