@@ -460,7 +460,7 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
             &ours_b,
             &floor_b,
             &format!(
-                "pg_basebackup -Ft -X stream --checkpoint=fast --compress={} (the floor: the pg_basebackup pgops runs, without checksums or a repository)",
+                "pg_basebackup -Ft -X stream --checkpoint=fast --compress={} (the floor: a plain pg_basebackup with pgops's compression, synced as it does by default, without checksums or a repository)",
                 pgops_backup::physical::SERVER_COMPRESSION
             ),
             false,
