@@ -685,25 +685,17 @@ impl Inner {
         token: Option<Token>,
         excluded: Option<usize>,
     ) -> Result<(Target, PooledConnection)> {
-        let now = Instant::now();
+        // Two atomics per replica, kept by the monitor under the replica's lock, which the
+        // read path never takes: `serving` (healthy, in recovery, not banned) and `fresh`.
         let candidates: Vec<Candidate> = self
             .replicas
             .iter()
             .enumerate()
             .filter(|(i, _)| Some(*i) != excluded)
             .filter(|(_, r)| {
-                let s = r.lock();
-                let eligible =
-                    s.healthy && !s.promoted && s.banned_until.is_none_or(|until| until <= now);
-                eligible
-                    && match token {
-                        // The token is checked on the connection itself below.
-                        Some(_) => true,
-                        None => {
-                            s.lag_bytes <= self.config.max_lag_bytes
-                                && s.lag_seconds <= self.config.max_lag.as_secs_f64()
-                        }
-                    }
+                r.serving.load(Ordering::Relaxed)
+                    // A token is checked on the connection itself below.
+                    && (token.is_some() || r.fresh.load(Ordering::Relaxed))
             })
             .map(|(index, r)| Candidate {
                 index,
@@ -762,15 +754,11 @@ impl Inner {
 
     /// A connection to any reachable standby but `excluded`, lag notwithstanding.
     fn any_standby(&self, excluded: Option<usize>) -> Option<(Target, PooledConnection)> {
-        let now = Instant::now();
         self.replicas
             .iter()
             .enumerate()
             .filter(|(i, _)| Some(*i) != excluded)
-            .filter(|(_, r)| {
-                let s = r.lock();
-                s.healthy && !s.promoted && s.banned_until.is_none_or(|until| until <= now)
-            })
+            .filter(|(_, r)| r.serving.load(Ordering::Relaxed))
             .find_map(|(index, r)| {
                 r.pool
                     .get_timeout(self.config.replica_checkout_timeout)
