@@ -146,7 +146,25 @@ fn killing_a_backend_resets_sessions_and_recovers() {
         .get_result::<i32>(&mut victim)
         .unwrap_err();
     assert!(!err.to_string().is_empty());
-    // The postmaster restarts the other backends; new sessions work again.
+    // The postmaster ends every other backend and runs crash recovery; until its log says it
+    // is done, a new session may still be cut off by the reset.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let log = cluster.log_tail(200);
+        let reset = log.rfind("all server processes terminated; reinitializing");
+        if reset
+            .is_some_and(|at| log[at..].contains("database system is ready to accept connections"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the postmaster did not reinitialize after the kill:\n{}",
+            cluster.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // New sessions work again.
     let mut tries = 0;
     let value = loop {
         match cluster.query_text("postgres", "(SELECT v FROM k)") {
