@@ -401,12 +401,11 @@ impl Keys {
             hashing.bytes,
             hex::encode(sha2::Digest::finalize(hashing.hash)),
         );
-        let file = hashing
+        // Not synced here: the store syncs what it keeps (`Store::put_file`).
+        hashing
             .inner
             .into_inner()
             .map_err(|e| Error::io("flushing the encrypted file")(e.into_error()))?;
-        file.sync_all()
-            .map_err(Error::io(format!("syncing {}", dst.display())))?;
         Ok((
             hex::encode(sha2::Digest::finalize(reading.hash)),
             reading.bytes,

@@ -284,7 +284,8 @@ pub(crate) fn sha_of_reader(input: impl Read) -> std::io::Result<(u64, String)> 
     Ok((hashing.bytes, hex::encode(hashing.hash.finalize())))
 }
 
-/// Compresses `from` into a new private file `to` (zstd at `level`), synced.
+/// Compresses `from` into a new private file `to` (zstd at `level`). Not synced: the store
+/// syncs what it keeps (`Store::put_file`).
 pub(crate) fn compress(from: &Path, to: &Path, level: i32) -> Result<()> {
     let mut input = File::open(from).map_err(Error::io(format!("reading {}", from.display())))?;
     let out = private_file(to).map_err(Error::io(format!("creating {}", to.display())))?;
@@ -293,7 +294,7 @@ pub(crate) fn compress(from: &Path, to: &Path, level: i32) -> Result<()> {
     std::io::copy(&mut input, &mut encoder)
         .and_then(|_| encoder.finish())
         .and_then(|writer| writer.into_inner().map_err(|e| e.into_error()))
-        .and_then(|file| file.sync_all())
+        .map(drop)
         .map_err(Error::io(format!("compressing {}", from.display())))
 }
 

@@ -13,7 +13,8 @@ use crate::{Error, Result};
 
 /// Where backups live.
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Stores a local file under `key`, whole or not at all.
+    /// Stores a local file under `key`, whole or not at all, and durably: the file need not
+    /// be synced by whoever wrote it.
     fn put_file(&self, key: &str, local: &Path) -> Result<()>;
     /// Stores bytes under `key`, whole or not at all.
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
