@@ -7,7 +7,7 @@ use std::{
     ops::{Deref, DerefMut},
     panic::Location,
     sync::{
-        Arc, Weak,
+        Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak,
         atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
@@ -60,6 +60,10 @@ struct Inner {
     metrics: PoolMetrics,
     waiting: AtomicU32,
     slots: Arc<Registry>,
+    /// Whether a waiter is at the head of the line (see [`Pool::wait_in_line`]).
+    head: Mutex<bool>,
+    /// Where the rest of the line waits for the head to leave.
+    line: Condvar,
 }
 
 struct Events {
@@ -142,6 +146,8 @@ impl Pool {
             metrics,
             waiting: AtomicU32::new(0),
             slots,
+            head: Mutex::new(false),
+            line: Condvar::new(),
         });
         spawn_monitor(Arc::downgrade(&inner));
         Pool { inner }
@@ -263,17 +269,59 @@ impl Pool {
         // is scheduled. The fast path reads no clock: a connection found at once or after a
         // few yields (microseconds) counts as no wait; a parked wait is recorded by the event
         // handler from r2d2's own timing (checkout and timeout events).
+        let inner = &self.inner;
         for _ in 0..SPINS {
-            if let Some(conn) = self.inner.pool.try_get() {
-                self.inner.metrics.wait.record(0.0);
+            if let Some(conn) = inner.pool.try_get() {
+                inner.metrics.wait.record(0.0);
                 return Ok(self.checked_out(conn, location));
             }
             std::thread::yield_now();
         }
         self.count_waiting(1);
-        let result = self.inner.pool.get_timeout(timeout);
+        let result = if inner.pool.state().connections < inner.settings.max_size {
+            // Not every connection is open yet: r2d2 opens more for its waiters, as many at
+            // once as there are waiters, and records the wait.
+            inner.pool.get_timeout(timeout)
+        } else {
+            let started = Instant::now();
+            RECORDS_WAIT.set(true);
+            let result = self.wait_in_line(started + timeout);
+            RECORDS_WAIT.set(false);
+            inner.metrics.wait.record(started.elapsed().as_secs_f64());
+            result
+        };
         let waiting = self.count_waiting(-1);
         self.finish(result, location, timeout, waiting)
+    }
+
+    /// The wait for a connection when every one is open and in use. One waiter at a time,
+    /// the head of the line, waits on r2d2: it yields the CPU a few times more, trying again
+    /// after each, then parks on r2d2's condition variable; the rest wait on the pool's own,
+    /// and the next takes the head's place when it leaves. r2d2 wakes one of its waiters on
+    /// every return, and the thread that returned a connection usually takes it back at
+    /// once: with all the waiters parked in r2d2 (128 threads on a pool of 16), nearly every
+    /// return woke a thread that found nothing and parked again, two context switches per
+    /// query for nothing. In line, a return wakes at most the head, which is usually still
+    /// yielding and needs no waking.
+    fn wait_in_line(
+        &self,
+        deadline: Instant,
+    ) -> std::result::Result<r2d2::PooledConnection<Manager>, r2d2::Error> {
+        let inner = &self.inner;
+        let Some(_head) = Head::take(inner, deadline) else {
+            // The deadline passed in line: one last try, or r2d2's timeout error (with the
+            // last connection error it saw).
+            return inner.pool.get_timeout(Duration::ZERO);
+        };
+        for _ in 0..HEAD_SPINS {
+            if let Some(conn) = inner.pool.try_get() {
+                return Ok(conn);
+            }
+            std::thread::yield_now();
+        }
+        inner
+            .pool
+            .get_timeout(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// [`Pool::get_while`]'s wait: in 50 ms slices, asking `keep_waiting` after each.
@@ -288,7 +336,7 @@ impl Pool {
         // r2d2 would report each slice as a wait of its own: the whole wait is recorded
         // here instead, once.
         let started = Instant::now();
-        SLICED.set(true);
+        RECORDS_WAIT.set(true);
         let result = loop {
             let left = timeout.saturating_sub(started.elapsed());
             let slice = left.min(Duration::from_millis(50));
@@ -299,7 +347,7 @@ impl Pool {
                 Err(_) => {}
             }
         };
-        SLICED.set(false);
+        RECORDS_WAIT.set(false);
         let waiting = self.count_waiting(-1);
         let Some(result) = result else {
             return Ok(None);
@@ -426,24 +474,66 @@ impl Drop for PooledConnection {
     }
 }
 
-/// How many times a checkout that finds no free connection yields before it parks.
+/// How many times a checkout that finds no free connection yields before it waits in line.
 const SPINS: usize = 4;
 
+/// How many times more the head of the line yields before it parks.
+const HEAD_SPINS: usize = 16;
+
+/// The head of a pool's line of waiters, while it holds the place; leaving wakes the next.
+struct Head<'a> {
+    inner: &'a Inner,
+}
+
+impl<'a> Head<'a> {
+    /// Waits in line until the head's place is free and takes it; `None` when the deadline
+    /// passes first.
+    fn take(inner: &'a Inner, deadline: Instant) -> Option<Head<'a>> {
+        let mut taken = lock(&inner.head);
+        while *taken {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            taken = inner
+                .line
+                .wait_timeout(taken, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *taken = true;
+        Some(Head { inner })
+    }
+}
+
+impl Drop for Head<'_> {
+    fn drop(&mut self) {
+        *lock(&self.inner.head) = false;
+        self.inner.line.notify_one();
+    }
+}
+
+/// Locks `mutex`; a panic elsewhere while it was held leaves a plain flag, still valid.
+fn lock(mutex: &Mutex<bool>) -> MutexGuard<'_, bool> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 thread_local! {
-    // Set while `get_while` waits in slices on this thread: r2d2 reports its events in the
-    // caller's thread, and the whole wait is recorded once by `get_while` instead.
-    static SLICED: Cell<bool> = const { Cell::new(false) };
+    // Set while a checkout on this thread records its whole wait itself (`get_while`'s
+    // slices, a wait in line): r2d2 reports its events in the caller's thread, and would
+    // record each of its own waits, or none.
+    static RECORDS_WAIT: Cell<bool> = const { Cell::new(false) };
 }
 
 impl r2d2::HandleEvent for Events {
     fn handle_checkout(&self, event: r2d2::event::CheckoutEvent) {
-        if !SLICED.get() {
+        if !RECORDS_WAIT.get() {
             self.metrics.wait.record(event.duration().as_secs_f64());
         }
     }
 
     fn handle_timeout(&self, event: r2d2::event::TimeoutEvent) {
-        if !SLICED.get() {
+        if !RECORDS_WAIT.get() {
             self.metrics.wait.record(event.timeout().as_secs_f64());
         }
     }

@@ -427,6 +427,93 @@ fn a_connection_held_too_long_is_reported_with_its_checkout_site() {
 }
 
 #[test]
+fn with_every_connection_in_use_waiters_in_line_are_served_or_time_out_on_their_own_deadline() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let pool = Pool::open(
+        "line",
+        url(&db),
+        PoolSettings {
+            min_idle: 2,
+            ..settings(2)
+        },
+    )
+    .unwrap();
+    let opened = Instant::now();
+    while pool.stats().total < 2 {
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            pool.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let held: Vec<_> = (0..2).map(|_| pool.get().unwrap()).collect();
+    let wait_for_waiters = |n: u32| {
+        let started = Instant::now();
+        while pool.stats().waiting != n {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                pool.stats()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // Four waiters, one at the head and three behind it: each gives up at its own deadline,
+    // not later, with the pool's timeout error.
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let asked = Instant::now();
+                let result = pool.get_timeout(Duration::from_millis(300)).map(drop);
+                (asked.elapsed(), result)
+            })
+        })
+        .collect();
+    for waiter in waiters {
+        let (waited, result) = waiter.join().unwrap();
+        assert!(
+            matches!(result, Err(Error::Timeout { max: 2, .. })),
+            "{result:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(290) && waited < Duration::from_millis(1500),
+            "gave up after {waited:?}"
+        );
+    }
+    assert_eq!(pool.stats().waiting, 0);
+
+    // Six waiters in line, served by the two connections as they come back, one after
+    // another, each well within its timeout.
+    let waiters: Vec<_> = (0..6)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || -> Result<i32, Error> {
+                let mut conn = pool.get()?;
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(diesel::select(sql::<Integer>("1")).get_result(&mut *conn)?)
+            })
+        })
+        .collect();
+    wait_for_waiters(6);
+    drop(held);
+    for waiter in waiters {
+        assert_eq!(waiter.join().unwrap().unwrap(), 1);
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.in_use, stats.waiting, stats.total), (0, 0, 2));
+    assert_eq!(metric(names::TIMEOUTS, "line", None), 4.0);
+    assert_eq!(
+        metric(names::WAIT, "line", None),
+        1.0 + 2.0 + 4.0 + 6.0,
+        "each wait recorded once: opening, the two held, the four timed out, the six served"
+    );
+}
+
+#[test]
 fn stats_snapshot_tracks_checkouts() {
     observe();
     let db = TestDatabase::empty().unwrap();
