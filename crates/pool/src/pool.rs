@@ -264,11 +264,11 @@ impl Pool {
         timeout: Duration,
     ) -> Result<PooledConnection> {
         // A free connection is taken at once; when none is, yield the CPU a few times first
-        // (a thread returning one usually runs next) before parking on r2d2's condition
-        // variable, whose wake-up leaves the returned connection idle until the woken thread
-        // is scheduled. The fast path reads no clock: a connection found at once or after a
-        // few yields (microseconds) counts as no wait; a parked wait is recorded by the event
-        // handler from r2d2's own timing (checkout and timeout events).
+        // (a thread returning one usually runs next) before waiting, since a parked thread's
+        // wake-up leaves the returned connection idle until it is scheduled. The fast path
+        // reads no clock: a connection found at once or after a few yields (microseconds)
+        // counts as no wait. A wait is timed: by r2d2 (its checkout and timeout events) while
+        // connections are still being opened, here in line.
         let inner = &self.inner;
         for _ in 0..SPINS {
             if let Some(conn) = inner.pool.try_get() {
@@ -295,14 +295,12 @@ impl Pool {
     }
 
     /// The wait for a connection when every one is open and in use. One waiter at a time,
-    /// the head of the line, waits on r2d2: it yields the CPU a few times more, trying again
-    /// after each, then parks on r2d2's condition variable; the rest wait on the pool's own,
-    /// and the next takes the head's place when it leaves. r2d2 wakes one of its waiters on
-    /// every return, and the thread that returned a connection usually takes it back at
+    /// the head of the line, waits on r2d2's condition variable; the rest wait on the pool's
+    /// own, and the next takes the head's place when it leaves. r2d2 wakes one of its waiters
+    /// on every return, and the thread that returned a connection usually takes it back at
     /// once: with all the waiters parked in r2d2 (128 threads on a pool of 16), nearly every
     /// return woke a thread that found nothing and parked again, two context switches per
-    /// query for nothing. In line, a return wakes at most the head, which is usually still
-    /// yielding and needs no waking.
+    /// query for nothing. In line, a return wakes at most the head.
     fn wait_in_line(
         &self,
         deadline: Instant,
@@ -313,12 +311,6 @@ impl Pool {
             // last connection error it saw).
             return inner.pool.get_timeout(Duration::ZERO);
         };
-        for _ in 0..HEAD_SPINS {
-            if let Some(conn) = inner.pool.try_get() {
-                return Ok(conn);
-            }
-            std::thread::yield_now();
-        }
         inner
             .pool
             .get_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -474,11 +466,8 @@ impl Drop for PooledConnection {
     }
 }
 
-/// How many times a checkout that finds no free connection yields before it waits in line.
+/// How many times a checkout that finds no free connection yields before it waits.
 const SPINS: usize = 4;
-
-/// How many times more the head of the line yields before it parks.
-const HEAD_SPINS: usize = 16;
 
 /// The head of a pool's line of waiters, while it holds the place; leaving wakes the next.
 struct Head<'a> {
