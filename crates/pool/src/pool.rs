@@ -8,7 +8,7 @@ use std::{
     panic::Location,
     sync::{
         Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -62,6 +62,10 @@ struct Inner {
     slots: Arc<Registry>,
     /// Whether a waiter is at the head of the line (see [`Pool::wait_in_line`]).
     head: Mutex<bool>,
+    /// Set while the line has waited too long (the head has waited longer than [`STARVING`],
+    /// until a head is served sooner): checkouts then queue behind it instead of taking a
+    /// returned connection first.
+    starving: AtomicBool,
     /// Where the rest of the line waits for the head to leave.
     line: Condvar,
 }
@@ -147,6 +151,7 @@ impl Pool {
             waiting: AtomicU32::new(0),
             slots,
             head: Mutex::new(false),
+            starving: AtomicBool::new(false),
             line: Condvar::new(),
         });
         spawn_monitor(Arc::downgrade(&inner));
@@ -263,14 +268,20 @@ impl Pool {
         location: &'static Location<'static>,
         timeout: Duration,
     ) -> Result<PooledConnection> {
-        // A free connection is taken at once; when none is, yield the CPU a few times first
+        // A free connection is taken at once (unless the line has waited too long, see
+        // `wait_in_line`: then a checkout queues behind it); when none is, yield the CPU a few times first
         // (a thread returning one usually runs next) before waiting, since a parked thread's
         // wake-up leaves the returned connection idle until it is scheduled. The fast path
         // reads no clock: a connection found at once or after a few yields (microseconds)
         // counts as no wait. A wait is timed: by r2d2 (its checkout and timeout events) while
         // connections are still being opened, here in line.
         let inner = &self.inner;
-        for _ in 0..SPINS {
+        let spins = if inner.starving.load(Ordering::Relaxed) {
+            0
+        } else {
+            SPINS
+        };
+        for _ in 0..spins {
             if let Some(conn) = inner.pool.try_get() {
                 inner.metrics.wait.record(0.0);
                 return Ok(self.checked_out(conn, location));
@@ -280,12 +291,14 @@ impl Pool {
         self.count_waiting(1);
         let result = if inner.pool.state().connections < inner.settings.max_size {
             // Not every connection is open yet: r2d2 opens more for its waiters, as many at
-            // once as there are waiters, and records the wait.
-            inner.pool.get_timeout(timeout)
+            // once as there are waiters, and records the wait. No line to wait behind.
+            let result = inner.pool.get_timeout(timeout);
+            inner.starving.store(false, Ordering::Relaxed);
+            result
         } else {
             let started = Instant::now();
             RECORDS_WAIT.set(true);
-            let result = self.wait_in_line(started + timeout);
+            let result = self.wait_in_line(started, started + timeout);
             RECORDS_WAIT.set(false);
             inner.metrics.wait.record(started.elapsed().as_secs_f64());
             result
@@ -301,8 +314,14 @@ impl Pool {
     /// once: with all the waiters parked in r2d2 (128 threads on a pool of 16), nearly every
     /// return woke a thread that found nothing and parked again, two context switches per
     /// query for nothing. In line, a return wakes at most the head.
+    ///
+    /// Taking a returned connection back first is what keeps the switches down, and what
+    /// would keep the line waiting: once a waiter has waited [`STARVING`], checkouts queue
+    /// behind the line until a head is served sooner than that (the starvation mode of Go's
+    /// `sync.Mutex`).
     fn wait_in_line(
         &self,
+        started: Instant,
         deadline: Instant,
     ) -> std::result::Result<r2d2::PooledConnection<Manager>, r2d2::Error> {
         let inner = &self.inner;
@@ -311,9 +330,15 @@ impl Pool {
             // last connection error it saw).
             return inner.pool.get_timeout(Duration::ZERO);
         };
-        inner
-            .pool
-            .get_timeout(deadline.saturating_duration_since(Instant::now()))
+        let left = || deadline.saturating_duration_since(Instant::now());
+        if let Some(patience) = STARVING.checked_sub(started.elapsed())
+            && let Ok(conn) = inner.pool.get_timeout(patience.min(left()))
+        {
+            inner.starving.store(false, Ordering::Relaxed);
+            return Ok(conn);
+        }
+        inner.starving.store(true, Ordering::Relaxed);
+        inner.pool.get_timeout(left())
     }
 
     /// [`Pool::get_while`]'s wait: in 50 ms slices, asking `keep_waiting` after each.
@@ -468,6 +493,10 @@ impl Drop for PooledConnection {
 
 /// How many times a checkout that finds no free connection yields before it waits.
 const SPINS: usize = 4;
+
+/// How long a waiter competes with the checkouts that arrive before they queue behind it
+/// (see [`Pool::wait_in_line`]).
+const STARVING: Duration = Duration::from_millis(10);
 
 /// The head of a pool's line of waiters, while it holds the place; leaving wakes the next.
 struct Head<'a> {
