@@ -75,6 +75,15 @@ pub enum Error {
 /// Result type of the pool crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Whether this is a checkout that timed out with every connection open and in use: the
+    /// server answers, the pool is saturated. A caller with somewhere else to go (a router
+    /// with other replicas) goes there without holding it against the server.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Timeout { in_use, max, .. } if in_use >= max)
+    }
+}
+
 impl From<pgops_pg::Error> for Error {
     fn from(e: pgops_pg::Error) -> Self {
         match e {

@@ -730,6 +730,9 @@ impl Inner {
                             }
                         },
                     },
+                    // Every connection in use: the replica answers, its pool is
+                    // saturated. This read goes elsewhere; the replica is not banned.
+                    Err(e) if e.is_busy() => "replica_busy",
                     Err(_) => {
                         self.ban(index);
                         "replica_error"
@@ -857,7 +860,7 @@ impl Inner {
         } else {
             self.config.monitor_interval
         };
-        let probes: Vec<Result<Probe, String>> = std::thread::scope(|scope| {
+        let probes: Vec<Result<Option<Probe>, String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .replicas
                 .iter()
@@ -875,6 +878,7 @@ impl Inner {
             probes
                 .iter()
                 .flatten()
+                .flatten()
                 .filter(|p| !p.in_recovery)
                 .map(|p| p.current as u64)
                 .max()
@@ -888,7 +892,16 @@ impl Inner {
         let mut seen = Vec::new();
         for ((index, replica), probe) in self.replicas.iter().enumerate().zip(probes) {
             match probe {
-                Ok(p) => {
+                // Every connection of its pool in use: it answers, and is left as it was
+                // (a primary stays the primary; lag is read again at the next poll).
+                Ok(None) => {
+                    seen.push(format!("{} busy (every connection in use)", replica.name));
+                    let view = self.view();
+                    if view.member == Some(index) {
+                        writable.push((index, view.timeline));
+                    }
+                }
+                Ok(Some(p)) => {
                     seen.push(format!(
                         "{} {}",
                         replica.name,
@@ -1059,12 +1072,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// One member's state: role, positions, timeline, system identifier.
-fn probe(replica: &Replica, timeout: Duration) -> Result<Probe, String> {
-    let mut conn = replica
-        .pool
-        .get_timeout(timeout)
-        .map_err(|e| e.to_string())?;
+/// One member's state: role, positions, timeline, system identifier; `None` when every
+/// connection of its pool is in use (it answers, but has no connection to spare for the probe).
+fn probe(replica: &Replica, timeout: Duration) -> Result<Option<Probe>, String> {
+    let mut conn = match replica.pool.get_timeout(timeout) {
+        Ok(conn) => conn,
+        Err(e) if e.is_busy() => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
     diesel::sql_query(
         "SELECT pg_is_in_recovery() AS in_recovery,
                 coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0) AS replay,
@@ -1079,6 +1094,7 @@ fn probe(replica: &Replica, timeout: Duration) -> Result<Probe, String> {
                      ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint END AS current",
     )
     .get_result::<Probe>(&mut *conn)
+    .map(Some)
     .map_err(|e| e.to_string())
 }
 

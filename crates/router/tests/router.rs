@@ -380,6 +380,61 @@ fn reads_leave_a_lagging_replica_and_return_when_it_catches_up() {
 }
 
 #[test]
+fn a_replica_with_every_connection_in_use_is_skipped_for_the_read_and_not_banned() {
+    let (primary, replica) = primary_and_replica();
+    let replica_pool = Pool::open(
+        "replica-busy",
+        DatabaseUrl::parse(&replica.url("postgres")).unwrap(),
+        PoolSettings {
+            max_size: 2,
+            ..replica_settings()
+        },
+    )
+    .unwrap();
+    let router = Router::new(
+        Pool::open(
+            "primary-busy",
+            DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
+            settings(),
+        )
+        .unwrap(),
+        vec![ReplicaSpec {
+            name: "replica-0".into(),
+            pool: replica_pool.clone(),
+            weight: 1,
+        }],
+        RouterConfig {
+            replica_checkout_timeout: Duration::from_millis(50),
+            ..config()
+        },
+    );
+    wait_until("the replica to serve", Duration::from_secs(10), || {
+        router.read(None, on_replica).unwrap()
+    });
+    // A service's own long queries hold every connection of the replica's pool: the replica
+    // answers, its pool is saturated. Reads go to the primary meanwhile, and neither they nor
+    // the monitor's probes (several intervals of them) ban the replica.
+    let held: Vec<_> = (0..2).map(|_| replica_pool.get().unwrap()).collect();
+    let started = Instant::now();
+    while started.elapsed() < INTERVAL * 4 {
+        assert!(
+            !router.read(None, on_replica).unwrap(),
+            "a read waited for the busy replica instead of using the primary"
+        );
+        let status = &router.replicas()[0];
+        assert!(
+            status.serving && status.banned_for.is_none(),
+            "a busy replica was banned: {status:?}"
+        );
+    }
+    drop(held);
+    assert!(
+        router.read(None, on_replica).unwrap(),
+        "the replica serves again as soon as a connection is free"
+    );
+}
+
+#[test]
 fn a_promoted_replica_leaves_the_read_set() {
     let (_primary, replica, router) = setup(config());
     wait_until("the replica to serve", Duration::from_secs(10), || {
