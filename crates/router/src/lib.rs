@@ -655,8 +655,7 @@ impl Inner {
                 Ok(None) => continue,
                 Err(e) => {
                     // A pool that is merely full is not a missing primary.
-                    let exhausted = matches!(&e, pgops_pool::Error::Timeout { in_use, max, .. } if in_use >= max);
-                    if exhausted {
+                    if e.is_busy() {
                         return Err(Error::Pool(e));
                     }
                     self.wake.poke();

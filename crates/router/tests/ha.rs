@@ -1,7 +1,8 @@
 //! The router and its pools on a real Patroni cluster (etcd, three Patroni nodes): writes
 //! follow switchovers and kill -9 failovers by themselves, a write in the gap fails fast as
 //! "no primary", reads keep going on the replicas, tokens are never answered by a member
-//! that has not replayed them, and with `synchronous_mode` no acknowledged write is lost.
+//! that has not replayed them, with `synchronous_mode` no acknowledged write is lost, and a
+//! primary whose pool is busy stays the primary.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::{
@@ -253,6 +254,51 @@ fn kill_primary(
     at
 }
 
+/// Slow writes hold every connection of the primary's pool (20, `replica_max_size`) for
+/// several monitor intervals: the monitor's probes and a write waiting its turn find the pool
+/// busy, not the primary gone, and the waiting write runs when a connection is free.
+fn busy_primary_stays_the_primary(router: &Router) {
+    let leader = router.primary_status().unwrap().member.expect("a primary");
+    let holders: Vec<_> = (0..20)
+        .map(|_| {
+            let router = router.clone();
+            thread::spawn(move || {
+                router.write(|conn| -> Result<(), Error> {
+                    Ok(conn.batch_execute("SELECT pg_sleep(1.2)")?)
+                })
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    let polls = router.monitor_polls();
+    let waiting = {
+        let router = router.clone();
+        thread::spawn(move || {
+            router.write(|conn| -> Result<(), Error> { Ok(conn.batch_execute("SELECT 1")?) })
+        })
+    };
+    let saturated = Instant::now();
+    while saturated.elapsed() < Duration::from_millis(800) {
+        assert_eq!(
+            router.primary_status().unwrap().member.as_deref(),
+            Some(leader.as_str()),
+            "the primary was given up while its pool was busy"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        router.monitor_polls() >= polls + 2,
+        "the monitor polled while the pool was busy"
+    );
+    for holder in holders {
+        holder.join().unwrap().unwrap();
+    }
+    waiting
+        .join()
+        .unwrap()
+        .expect("a write waiting for a busy primary's pool runs when a connection is free");
+}
+
 #[test]
 fn synchronous_mode_loses_no_acknowledged_write_across_switchovers_and_failovers() {
     let cluster = HaCluster::start(HaOptions::default().synchronous_mode(true)).unwrap();
@@ -352,6 +398,7 @@ fn asynchronous_replication_counts_lost_writes_and_etcd_loss_reads_as_no_primary
         BTreeSet::from(["node0".into(), "node1".into(), "node2".into()]),
         "members from Patroni's /cluster"
     );
+    busy_primary_stays_the_primary(&router);
     let tally = Arc::new(Tally::default());
     let threads = load(&router, &tally);
     writes_resume(&tally, Instant::now());
