@@ -269,12 +269,12 @@ impl Pool {
         timeout: Duration,
     ) -> Result<PooledConnection> {
         // A free connection is taken at once (unless the line has waited too long, see
-        // `wait_in_line`: then a checkout queues behind it); when none is, yield the CPU a few times first
-        // (a thread returning one usually runs next) before waiting, since a parked thread's
-        // wake-up leaves the returned connection idle until it is scheduled. The fast path
-        // reads no clock: a connection found at once or after a few yields (microseconds)
-        // counts as no wait. A wait is timed: by r2d2 (its checkout and timeout events) while
-        // connections are still being opened, here in line.
+        // `wait_in_line`: then a checkout queues behind it); when none is, yield the CPU a
+        // few times first (a thread returning one usually runs next) before waiting, since a
+        // parked thread's wake-up leaves the returned connection idle until it is scheduled.
+        // The fast path reads no clock: a connection found at once or after a few yields
+        // (microseconds) counts as no wait. A wait is timed: by r2d2 (its checkout and
+        // timeout events) while connections are still being opened, here in line.
         let inner = &self.inner;
         let spins = if inner.starving.load(Ordering::Relaxed) {
             0
