@@ -16,6 +16,7 @@
 
 pub mod crypto;
 pub mod drill;
+mod dump_rows;
 mod error;
 mod fetch;
 mod files;

@@ -1,12 +1,15 @@
-//! Logical backups: `pg_dump` in a snapshot we hold open (so the row counts in the manifest
-//! are the dump's), compressed with zstd and hashed while it streams; restore and verify.
+//! Logical backups: `pg_dump` in a snapshot we hold open, compressed with zstd and hashed
+//! while it streams, its row counts read from the archive as it passes (tables it does not
+//! hold are counted in the same snapshot); restore and verify.
 
 use std::{
+    collections::HashMap,
     fs::{self, File},
-    io::{BufReader, BufWriter, Read, Write},
+    io::{BufWriter, Read, Write},
     os::unix::fs::DirBuilderExt,
     path::Path,
     process::Stdio,
+    sync::mpsc::{Receiver, SyncSender, sync_channel},
     time::Instant,
 };
 
@@ -18,6 +21,7 @@ use sha2::Digest;
 
 use crate::{
     Error, Result,
+    dump_rows::{self, Chunks, Counted, Unreadable},
     fetch::fetch_verified,
     files::{self, Hashing},
     manifest::{self, DumpFormat, FileEntry, Kind, Manifest, TableRows},
@@ -45,33 +49,41 @@ impl Default for CreateOptions {
     }
 }
 
+/// Bytes read from pg_dump at a time.
+const CHUNK: usize = 1 << 20;
+
 /// Compresses `input` into `out_path` (0600), returning (raw bytes, stored bytes, sha256).
+/// Each chunk read, once compressed, goes to `tap`, which returns the buffer to read the next
+/// one into.
 fn compress(
     mut input: impl Read,
     out_path: &Path,
     level: i32,
     progress: &mut dyn Progress,
     done_before: (u64, u64),
+    tap: &mut dyn FnMut(Vec<u8>) -> Vec<u8>,
 ) -> std::io::Result<(u64, u64, String)> {
     let file = files::private_file(out_path)?;
     let hashing = Hashing::new(BufWriter::with_capacity(1 << 20, file));
     let mut encoder = zstd::stream::write::Encoder::new(hashing, level)?;
     // zstd's own worker threads: compression keeps up with pg_dump on two cores.
     let _ = encoder.multithread(2);
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = Vec::with_capacity(CHUNK);
     let mut raw = 0u64;
     let mut last = Instant::now();
     loop {
-        let n = input.read(&mut buf)?;
+        buf.clear();
+        let n = (&mut input).take(CHUNK as u64).read_to_end(&mut buf)?;
         if n == 0 {
             break;
         }
-        encoder.write_all(&buf[..n])?;
+        encoder.write_all(&buf)?;
         raw += n as u64;
         if last.elapsed().as_millis() >= 200 {
             progress.bytes(done_before.0 + raw, done_before.1 + encoder.get_ref().bytes);
             last = Instant::now();
         }
+        buf = tap(buf);
     }
     let mut hashing = encoder.finish()?;
     hashing.flush()?;
@@ -79,6 +91,56 @@ fn compress(
     file.sync_all()?;
     progress.bytes(done_before.0 + raw, done_before.1 + hashing.bytes);
     Ok((raw, hashing.bytes, hex::encode(hashing.hash.finalize())))
+}
+
+/// Counts the rows of a custom-format archive on a thread of its own, from the chunks
+/// [`compress`] hands its tap; `finish` ends the input and gives the counts.
+struct ArchiveCounter {
+    chunks: Option<SyncSender<Vec<u8>>>,
+    spare: Receiver<Vec<u8>>,
+    thread: std::thread::JoinHandle<std::result::Result<Counted, Unreadable>>,
+}
+
+impl ArchiveCounter {
+    fn spawn() -> Self {
+        let (chunks, received) = sync_channel(8);
+        let (recycle, spare) = sync_channel(8);
+        let thread = std::thread::spawn(move || {
+            let mut input = Chunks::channel(received, recycle);
+            let toc = dump_rows::read_toc(&mut input)?;
+            dump_rows::count_data(&mut input, &toc)
+        });
+        ArchiveCounter {
+            chunks: Some(chunks),
+            spare,
+            thread,
+        }
+    }
+
+    /// Hands `chunk` over and returns a buffer for the next one. A counter that gave up has
+    /// hung up: chunks are then kept here.
+    fn tap(&mut self, chunk: Vec<u8>) -> Vec<u8> {
+        let Some(chunks) = &self.chunks else {
+            return chunk;
+        };
+        match chunks.send(chunk) {
+            Ok(()) => self
+                .spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(CHUNK)),
+            Err(returned) => {
+                self.chunks = None;
+                returned.0
+            }
+        }
+    }
+
+    fn finish(mut self) -> std::result::Result<Counted, Unreadable> {
+        self.chunks = None;
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err("the counting thread panicked".into()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -131,6 +193,8 @@ pub fn create(
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     let mut files = Vec::new();
+    // Each table's rows as the archive holds them, read while it streams past.
+    let counted: std::result::Result<Counted, Unreadable>;
     let dump_format = match options.jobs {
         None => {
             let mut child = programs::command(&pg_dump, url)
@@ -153,13 +217,16 @@ pub fn create(
                 text
             });
             let out_path = data_dir.join("dump.zst");
+            let mut counter = ArchiveCounter::spawn();
             let compressed = compress(
-                BufReader::with_capacity(1 << 20, stdout),
+                stdout,
                 &out_path,
                 options.level,
                 progress,
                 (0, 0),
+                &mut |chunk| counter.tap(chunk),
             );
+            counted = counter.finish();
             if compressed.is_err() {
                 let _ = child.kill();
             }
@@ -203,18 +270,27 @@ pub fn create(
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
             names.sort();
+            let toc = fs::read(raw_dir.join("toc.dat"))
+                .map_err(|e| format!("reading toc.dat: {e}"))
+                .and_then(|bytes| dump_rows::read_toc(&mut Chunks::whole(bytes)));
+            let mut from_files = Counted::new();
             let mut done = (0, 0);
             for name in names {
                 let source = raw_dir.join(&name);
                 let input = File::open(&source)
                     .map_err(Error::io(format!("reading {}", source.display())))?;
                 let stored = format!("data/{name}.zst");
+                let mut rows = dump_rows::Rows::default();
                 let (raw, bytes, sha256) = compress(
-                    BufReader::new(input),
+                    input,
                     &staging.path.join(&stored),
                     options.level,
                     progress,
                     done,
+                    &mut |chunk| {
+                        rows.feed(&chunk);
+                        chunk
+                    },
                 )
                 .map_err(Error::io(format!("compressing {name}")))?;
                 done = (done.0 + raw, done.1 + bytes);
@@ -227,11 +303,25 @@ pub fn create(
                     plain_sha256: None,
                 });
                 let _ = fs::remove_file(&source);
+                let table = toc.as_ref().ok().and_then(|toc| {
+                    let id = name.strip_suffix(".dat")?.parse::<i32>().ok()?;
+                    toc.tables.get(&id)
+                });
+                if let Some(table) = table {
+                    from_files.insert(table.clone(), rows.rows());
+                }
             }
+            counted = toc.map(|_| from_files);
             DumpFormat::Directory
         }
     };
-    let tables = count_rows(&mut conn)?;
+    if let Err(why) = &counted {
+        tracing::info!(
+            reason = %why,
+            "counting rows in the snapshot: pg_dump's archive could not be read"
+        );
+    }
+    let tables = count_rows(&mut conn, counted.as_ref().ok())?;
     let _ = conn.batch_execute("COMMIT");
 
     // Data first, the manifest last: until it is written the backup does not exist.
@@ -293,39 +383,70 @@ pub fn create(
     Ok(manifest)
 }
 
-/// Exact row counts of every user table, in the transaction's snapshot.
-pub(crate) fn count_rows(conn: &mut PgConnection) -> Result<Vec<TableRows>> {
+/// Exact row counts of every user table in the transaction's snapshot, as `count(*)` gives
+/// them: a table's own rows and those of its partitions or inheritance children. Where the
+/// archive holds the rows of a table and of everything below it, they are taken from
+/// `dumped`; the other tables are counted.
+pub(crate) fn count_rows(
+    conn: &mut PgConnection,
+    dumped: Option<&Counted>,
+) -> Result<Vec<TableRows>> {
     #[derive(Deserialize)]
     struct T {
+        oid: i64,
         schema: String,
         table: String,
+        partitioned: bool,
+        children: Vec<i64>,
     }
     let tables: Vec<T> = pgops_pg::rows::rows(
         conn,
-        "SELECT n.nspname::text AS schema, c.relname::text AS table FROM pg_class c
+        "SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS table,
+                c.relkind = 'p' AS partitioned,
+                ARRAY(SELECT i.inhrelid::int8 FROM pg_inherits i WHERE i.inhparent = c.oid)
+                  AS children
+         FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2",
+           AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 2, 3",
         "listing tables",
     )?;
+    let by_oid: HashMap<i64, &T> = tables.iter().map(|t| (t.oid, t)).collect();
+    // A table's rows from the archive, its children's included; None if any is not there.
+    fn from_archive(t: &T, by_oid: &HashMap<i64, &T>, dumped: &Counted) -> Option<i64> {
+        let own = if t.partitioned {
+            0
+        } else {
+            *dumped.get(&(t.schema.clone(), t.table.clone()))?
+        };
+        t.children.iter().try_fold(own, |sum, child| {
+            Some(sum + from_archive(by_oid.get(child)?, by_oid, dumped)?)
+        })
+    }
     let mut out = Vec::new();
-    for t in tables {
-        #[derive(diesel::QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let count: Count = diesel::sql_query(format!(
-            "SELECT count(*) AS n FROM {}.{}",
-            pgops_pg::quote_ident(&t.schema),
-            pgops_pg::quote_ident(&t.table)
-        ))
-        .get_result(conn)
-        .map_err(Error::db(format!("counting {}.{}", t.schema, t.table)))?;
+    for t in &tables {
+        let rows = match dumped.and_then(|dumped| from_archive(t, &by_oid, dumped)) {
+            Some(rows) => rows,
+            None => {
+                #[derive(diesel::QueryableByName)]
+                struct Count {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                let count: Count = diesel::sql_query(format!(
+                    "SELECT count(*) AS n FROM {}.{}",
+                    pgops_pg::quote_ident(&t.schema),
+                    pgops_pg::quote_ident(&t.table)
+                ))
+                .get_result(conn)
+                .map_err(Error::db(format!("counting {}.{}", t.schema, t.table)))?;
+                count.n
+            }
+        };
         out.push(TableRows {
-            schema: t.schema,
-            table: t.table,
-            rows: count.n,
+            schema: t.schema.clone(),
+            table: t.table.clone(),
+            rows,
         });
     }
     Ok(out)

@@ -78,7 +78,7 @@ pub fn verify(store: &dyn Store, id: &str, url: Option<&DatabaseUrl>) -> Result<
                 verification.restore_seconds = Some(seconds);
                 let scratch_url = url.with_database(&scratch)?;
                 let mut conn = connect(&scratch_url)?;
-                let found = count_rows(&mut conn)?;
+                let found = count_rows(&mut conn, None)?;
                 drop(conn);
                 for want in &manifest::tables(store, &manifest)? {
                     let got = found
