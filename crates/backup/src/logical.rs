@@ -187,11 +187,8 @@ pub fn create(
         .create(&data_dir)
         .map_err(Error::io("creating the staging directory"))?;
 
-    let version = std::process::Command::new(&pg_dump)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    // Its version, for the manifest, asked while the dump runs rather than before.
+    let version = programs::Version::ask(&pg_dump);
     let mut files = Vec::new();
     // Each table's rows as the archive holds them, read while it streams past.
     let counted: std::result::Result<Counted, Unreadable>;
@@ -315,6 +312,7 @@ pub fn create(
             DumpFormat::Directory
         }
     };
+    let version = version.answer();
     if let Err(why) = &counted {
         tracing::info!(
             reason = %why,

@@ -109,13 +109,7 @@ pub fn create(
             .spawn()
             .map_err(Error::io(format!("running {}", pg_basebackup.display())))?;
         if asked_version.is_none() {
-            asked_version = std::process::Command::new(&pg_basebackup)
-                .arg("--version")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok();
+            asked_version = Some(programs::Version::ask(&pg_basebackup));
         }
         // The base archive (nearly all of the backup) is hashed, and encrypted for an
         // encrypted repository, as pg_basebackup writes it, on this machine's other core,
@@ -153,8 +147,7 @@ pub fn create(
         (output, base) = run(compress)?;
     }
     let version = asked_version
-        .and_then(|child| child.wait_with_output().ok())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .map(programs::Version::answer)
         .unwrap_or_default();
     let output = output.map_err(Error::io(format!("running {}", pg_basebackup.display())))?;
     programs::check("pg_basebackup", url, &output)?;

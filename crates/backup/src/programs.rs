@@ -4,7 +4,7 @@
 
 use std::{
     path::Path,
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
 };
 
 use pgops_pg::DatabaseUrl;
@@ -21,6 +21,41 @@ pub fn command(program: &Path, url: &DatabaseUrl) -> Command {
         None => cmd.env_remove("PGPASSWORD"),
     };
     cmd
+}
+
+/// A program's `--version`, asked when a backup starts and read once it has run, so the
+/// backup does not wait for it; a backup that fails first still reaps it.
+pub(crate) struct Version(Option<Child>);
+
+impl Version {
+    pub(crate) fn ask(program: &Path) -> Self {
+        Version(
+            Command::new(program)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok(),
+        )
+    }
+
+    /// The line it printed; empty if it could not say.
+    pub(crate) fn answer(mut self) -> String {
+        self.0
+            .take()
+            .and_then(|child| child.wait_with_output().ok())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Version {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Turns a finished program into a result; stderr is scrubbed of the password.
