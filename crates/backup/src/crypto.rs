@@ -119,6 +119,25 @@ pub fn store_file(store: &dyn Store, key: &str, local: &Path) -> Result<Stored> 
     seal(store, local, input)?.put(store, key)
 }
 
+/// Stores the detail of a record that must not be plaintext in an encrypted repository
+/// (table names, a probe's answer, a server's message quoting a row) under `key.age`,
+/// encrypted, and returns that key; `None` when the store is not encrypted, and the record
+/// keeps its detail. The plaintext never touches the disk.
+pub(crate) fn store_private_json(
+    store: &dyn Store,
+    key: &str,
+    detail: &impl Serialize,
+) -> Result<Option<String>> {
+    if store.keys().is_none() {
+        return Ok(None);
+    }
+    let json = serde_json::to_vec_pretty(detail).map_err(|e| Error::Invalid(e.to_string()))?;
+    // Names the input in messages, and where to encrypt for a store with no staging area.
+    let dir = tempfile::tempdir().map_err(Error::io("creating a temporary directory"))?;
+    seal(store, &dir.path().join("detail.json"), json.as_slice())?.put(store, key)?;
+    Ok(Some(format!("{key}.age")))
+}
+
 /// Reads `input`, the content of the local file `local` (or of what is still being written
 /// to it), and prepares it for [`Sealed::put`]: hashed, and encrypted when the store is.
 /// Splitting the reading from the storing lets a file be hashed and encrypted while the

@@ -40,6 +40,9 @@ pub struct Drill {
 
 /// Key prefix of drill records.
 pub const PREFIX: &str = "drills/";
+/// Key prefix of what an encrypted repository keeps of a drill encrypted: the probe, its
+/// answer and the error.
+pub const DETAIL_PREFIX: &str = "drill-details/";
 
 /// Runs `pg_ctl` as the server's OS user (never root, which PostgreSQL refuses).
 fn pg_ctl(user: &ServerUser, args: &[&str]) -> Result<std::process::Output> {
@@ -198,11 +201,30 @@ pub fn run(
         }
         Err(e) => drill.error = Some(pgops_pg::report(&e)),
     }
-    let json = serde_json::to_vec_pretty(&drill).map_err(|e| Error::Invalid(e.to_string()))?;
-    store.put_bytes(
-        &format!("{PREFIX}{}.json", at.format("%Y%m%dT%H%M%S%3fZ")),
-        &json,
-    )?;
+    let stamp = at.format("%Y%m%dT%H%M%S%3fZ");
+    let mut kept = drill.clone();
+    // The probe names tables, its answer is data, and an error can quote a row: in an
+    // encrypted repository they are stored encrypted, and the record points there.
+    #[derive(Serialize)]
+    struct Detail<'a> {
+        probe: &'a str,
+        answer: &'a Option<String>,
+        error: &'a Option<String>,
+    }
+    let detail = Detail {
+        probe: &drill.probe,
+        answer: &drill.answer,
+        error: &drill.error,
+    };
+    let detail_key = format!("{DETAIL_PREFIX}{stamp}.json");
+    if let Some(key) = crate::crypto::store_private_json(store, &detail_key, &detail)? {
+        let there = format!("(encrypted in {key})");
+        kept.probe = there.clone();
+        kept.answer = kept.answer.map(|_| there.clone());
+        kept.error = kept.error.map(|_| format!("the drill failed {there}"));
+    }
+    let json = serde_json::to_vec_pretty(&kept).map_err(|e| Error::Invalid(e.to_string()))?;
+    store.put_bytes(&format!("{PREFIX}{stamp}.json"), &json)?;
     Ok(drill)
 }
 

@@ -215,14 +215,20 @@ fn check_wal(
 }
 
 fn record(store: &dyn Store, verification: &Verification) -> Result<()> {
-    let json =
-        serde_json::to_vec_pretty(verification).map_err(|e| Error::Invalid(e.to_string()))?;
-    store.put_bytes(
-        &format!(
-            "{}verify/{}.json",
-            manifest::prefix(&verification.id),
-            verification.at.format("%Y%m%dT%H%M%S%3fZ")
-        ),
-        &json,
-    )
+    let prefix = manifest::prefix(&verification.id);
+    let stamp = verification.at.format("%Y%m%dT%H%M%S%3fZ");
+    let mut kept = verification.clone();
+    // What did not match names tables, and a failed restore's message can quote a row: in an
+    // encrypted repository the record says how many, and the detail is stored encrypted.
+    if !kept.problems.is_empty() {
+        let detail = format!("{prefix}verify-detail/{stamp}.json");
+        if let Some(key) = crate::crypto::store_private_json(store, &detail, &kept.problems)? {
+            kept.problems = vec![format!(
+                "{} problem(s); the detail is encrypted in {key}",
+                kept.problems.len()
+            )];
+        }
+    }
+    let json = serde_json::to_vec_pretty(&kept).map_err(|e| Error::Invalid(e.to_string()))?;
+    store.put_bytes(&format!("{prefix}verify/{stamp}.json"), &json)
 }

@@ -340,6 +340,37 @@ fn nothing_readable_leaves_for_the_repository_and_it_all_restores_with_the_keys(
         ) == "0",
         "nothing restored"
     );
+    // Verify records what did not match; in an encrypted repository, encrypted.
+    let out = run(&["backup", "verify", id], &repo, &url, &read_a);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(
+        both(&out).contains("dump.zst.age is corrupt"),
+        "{}",
+        both(&out)
+    );
+    let records = |dir: &str| -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(repo.join(dir))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    let verified = records(&format!("backups/{id}/verify"));
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(verified.last().unwrap()).unwrap()).unwrap();
+    assert_eq!(stored["ok"], false, "{stored}");
+    let problems = stored["problems"].to_string();
+    assert!(
+        !problems.contains("corrupt") && problems.contains("encrypted in"),
+        "{problems}"
+    );
+    let detail = records(&format!("backups/{id}/verify-detail"));
+    assert_eq!(detail.len(), 1, "{detail:?}");
+    assert!(
+        std::fs::read(&detail[0])
+            .unwrap()
+            .starts_with(b"age-encryption.org/v1")
+    );
     std::fs::write(&dump, &original).unwrap();
 
     // Decryption by hand, as the docs say: age, then zstd, gives what pgops wal fetch gives.
@@ -438,4 +469,18 @@ fn nothing_readable_leaves_for_the_repository_and_it_all_restores_with_the_keys(
     )))
     .unwrap();
     assert_eq!(drill["answer"], "102", "{drill}");
+    // Its record keeps the probe (which names a table) and its answer encrypted.
+    assert!(holds(&repo, b"FROM notes").is_empty());
+    let drills = records("drills");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(drills.last().unwrap()).unwrap()).unwrap();
+    assert_eq!(stored["ok"], true, "{stored}");
+    assert!(
+        stored["answer"]
+            .as_str()
+            .unwrap()
+            .contains("encrypted in drill-details/"),
+        "{stored}"
+    );
+    assert_eq!(records("drill-details").len(), 1);
 }
