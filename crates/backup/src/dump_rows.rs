@@ -4,8 +4,9 @@
 //! An uncompressed custom-format archive is a header, the table of contents (TOC), then one
 //! data block per TOC entry that has data. A `TABLE DATA` block holds the table's rows in
 //! `COPY` text format, one line each: a newline inside a value is written as `\n`, so the
-//! newline bytes of the block are its rows. A directory-format archive has the same TOC in
-//! `toc.dat` and each table's rows in a file of their own.
+//! newline bytes of the block are its rows, less the end-of-data line (`\.`) and the blank
+//! lines pg_dump writes after them. A directory-format archive has the same TOC in `toc.dat`
+//! and each table's rows in a file of their own.
 //!
 //! The layout is pg_dump's (`pg_backup_archiver.c`): integers are a sign byte and then
 //! `int_size` bytes, least significant first; strings are a length (-1 for none) and then

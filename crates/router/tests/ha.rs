@@ -264,7 +264,7 @@ fn busy_primary_stays_the_primary(router: &Router) {
             let router = router.clone();
             thread::spawn(move || {
                 router.write(|conn| -> Result<(), Error> {
-                    Ok(conn.batch_execute("SELECT pg_sleep(1.2)")?)
+                    Ok(conn.batch_execute("SELECT pg_sleep(1.5)")?)
                 })
             })
         })
@@ -279,6 +279,11 @@ fn busy_primary_stays_the_primary(router: &Router) {
     };
     let saturated = Instant::now();
     while saturated.elapsed() < Duration::from_millis(800) {
+        // Still waiting: every connection was in use the whole time.
+        assert!(
+            !waiting.is_finished(),
+            "a 21st write ran while 20 held the pool: it was never busy"
+        );
         assert_eq!(
             router.primary_status().unwrap().member.as_deref(),
             Some(leader.as_str()),
