@@ -226,7 +226,7 @@ fn serves_reads(router: &Router, member: &str) -> Duration {
 /// kill -9 of the primary's node once the cluster is settled (a primary killed before its
 /// first checkpoint may not rewind; see the guide); waits for the new leader and for writes,
 /// then starts the node again and waits until it is a standby that serves reads (rewound, or
-/// rebuilt if the rewind failed). When the kill happened.
+/// rebuilt if the rewind failed). Returns when the kill was done: the node's processes gone.
 fn kill_primary(
     cluster: &HaCluster,
     router: &Router,
@@ -240,6 +240,9 @@ fn kill_primary(
         .name;
     let at = Instant::now();
     cluster.kill_node(&leader).unwrap();
+    // Patroni goes first, then the postmaster: until then the primary takes writes, and
+    // those it had not sent on yet are lost with it.
+    let killed = Instant::now();
     // Restarted before its leader key expires, the node would simply lead again.
     cluster
         .wait_for_leader(Duration::from_secs(90), Some(&leader))
@@ -251,7 +254,7 @@ fn kill_primary(
         eprintln!("{leader} did not rejoin by itself (a failed rewind); reinitialized");
     }
     serves_reads(router, &member(&leader));
-    at
+    killed
 }
 
 /// Slow writes hold every connection of the primary's pool (20, `replica_max_size`) for
@@ -465,15 +468,18 @@ fn asynchronous_replication_counts_lost_writes_and_etcd_loss_reads_as_no_primary
         .iter()
         .filter(|(id, _, _)| !on_leader.contains(id))
         .collect();
-    // How long before its kill each lost write was acknowledged.
+    // How long before its kill each lost write was begun. A backend of the killed primary
+    // outlives its postmaster for a moment and can still acknowledge a write begun just
+    // after the kill: such a write is lost with that kill, not the next one.
+    let orphans = Duration::from_secs(1);
     let window = lost
         .iter()
         .filter_map(|(_, _, started)| {
             kills
                 .iter()
-                .filter(|k| *k >= started)
+                .filter(|killed| **killed + orphans >= *started)
                 .min()
-                .map(|k| *k - *started)
+                .map(|killed| killed.saturating_duration_since(*started))
         })
         .max()
         .unwrap_or_default();
