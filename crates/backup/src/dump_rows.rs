@@ -379,19 +379,20 @@ name" VALUES (E'\\.'), (E'\n'), ('');
         let want = own_rows(&cluster);
         assert_eq!(want.len(), 7, "{want:?}");
         let pg_dump = cluster.binaries().program("pg_dump");
+        let dump = |cmd: &mut Command| -> Vec<u8> {
+            let out = cmd
+                .arg("--dbname")
+                .arg(cluster.url("app"))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            out.stdout
+        };
 
         // The custom format, read in 7-byte chunks so every field straddles a boundary.
-        let out = Command::new(&pg_dump)
-            .args(["--format=custom", "--compress=0", "--dbname"])
-            .arg(cluster.url("app"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pieces: Vec<Vec<u8>> = out.stdout.chunks(7).map(<[u8]>::to_vec).collect();
+        let archive = dump(Command::new(&pg_dump).args(["--format=custom", "--compress=0"]));
+        let pieces: Vec<Vec<u8>> = archive.chunks(7).map(<[u8]>::to_vec).collect();
         let mut input = Chunks {
             source: Box::new(pieces.into_iter()),
             recycle: None,
@@ -404,17 +405,10 @@ name" VALUES (E'\\.'), (E'\n'), ('');
 
         // The directory format: toc.dat names the tables, each file holds one table's rows.
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(&pg_dump)
-            .args(["--format=directory", "--compress=0", "--jobs=2", "--file"])
-            .arg(dir.path().join("d"))
-            .arg("--dbname")
-            .arg(cluster.url("app"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        dump(
+            Command::new(&pg_dump)
+                .args(["--format=directory", "--compress=0", "--jobs=2", "--file"])
+                .arg(dir.path().join("d")),
         );
         let toc_bytes = std::fs::read(dir.path().join("d/toc.dat")).unwrap();
         let toc = read_toc(&mut Chunks::whole(toc_bytes)).unwrap();
