@@ -434,14 +434,15 @@ impl Keys {
     }
 
     /// Decrypts `src` (the stored object `key`, written for `written_for`) into a new file
-    /// `dst`, streaming; a wrong key or a changed byte is an error and `dst` is removed.
+    /// `dst`, streaming, and returns the SHA-256 of what it wrote (so the caller need not read
+    /// it again to check it); a wrong key or a changed byte is an error and `dst` is removed.
     pub fn decrypt_file(
         &self,
         src: &Path,
         dst: &Path,
         key: &str,
         written_for: &[String],
-    ) -> Result<()> {
+    ) -> Result<String> {
         if self.identities.is_empty() {
             return Err(Error::Invalid(format!(
                 "{key} is encrypted and no secret key is set to read it with; set \
@@ -473,7 +474,7 @@ impl Keys {
             })?;
             let output =
                 private_file(dst).map_err(Error::io(format!("creating {}", dst.display())))?;
-            let mut writer = BufWriter::new(output);
+            let mut writer = crate::files::Hashing::new(BufWriter::new(output));
             let mut buffer = vec![0u8; 64 * 1024];
             loop {
                 let n = reader.read(&mut buffer).map_err(|e| Error::Corrupt {
@@ -489,10 +490,12 @@ impl Keys {
                     .map_err(Error::io(format!("writing {}", dst.display())))?;
             }
             writer
+                .inner
                 .into_inner()
                 .map_err(|e| Error::io("flushing the decrypted file")(e.into_error()))?
                 .sync_all()
-                .map_err(Error::io(format!("syncing {}", dst.display())))
+                .map_err(Error::io(format!("syncing {}", dst.display())))?;
+            Ok(hex::encode(sha2::Digest::finalize(writer.hash)))
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(dst);
@@ -567,9 +570,11 @@ mod tests {
                 .any(|w| data.windows(64).next() == Some(w))
         );
         let back = dir.path().join("back");
-        keys.decrypt_file(&sealed, &back, "obj", std::slice::from_ref(&public))
+        let sha = keys
+            .decrypt_file(&sealed, &back, "obj", std::slice::from_ref(&public))
             .unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), data);
+        assert_eq!(sha, crate::files::sha_of(&back).unwrap().1, "what it wrote");
 
         // Another key: named, nothing written.
         let (other_public, other_secret) = pair();

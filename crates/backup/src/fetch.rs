@@ -53,7 +53,8 @@ pub(crate) fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path)
                 manifest.id
             ))
         })?;
-        keys.decrypt_file(&stored, &local, &file.stored_path(), &file.encrypted_for)
+        let plain = keys
+            .decrypt_file(&stored, &local, &file.stored_path(), &file.encrypted_for)
             .map_err(|e| match e {
                 Error::Corrupt { file, detail, .. } => Error::Corrupt {
                     id: manifest.id.clone(),
@@ -63,7 +64,6 @@ pub(crate) fn fetch_verified(store: &dyn Store, manifest: &Manifest, dir: &Path)
                 other => other,
             })?;
         let _ = fs::remove_file(&stored);
-        let (_, plain) = sha_of(&local)?;
         if file.plain_sha256.as_deref() != Some(plain.as_str()) {
             return Err(Error::Corrupt {
                 id: manifest.id.clone(),

@@ -286,8 +286,7 @@ pub fn fetch(store: &dyn Store, name: &str, dest: &Path) -> Result<bool> {
             ))
         })?;
         let plain = work.path().join("segment.zst");
-        keys.decrypt_file(&stored, &plain, &sum.data_key(), &sum.encrypted_for)?;
-        let (_, sha) = sha_of(&plain)?;
+        let sha = keys.decrypt_file(&stored, &plain, &sum.data_key(), &sum.encrypted_for)?;
         if sum.compressed_sha256.as_deref() != Some(sha.as_str()) {
             return Err(Error::Corrupt {
                 id: "wal".into(),
