@@ -58,20 +58,40 @@ pub fn run(args: &Args) -> ExitCode {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    // `pgops-bench` built in release mode, with its first argument.
+    // The harness and every criterion bench are built in one invocation, so with the same
+    // features, whichever suites run: `cargo bench` turns on its dev-dependencies' features
+    // in shared dependencies, and a harness built apart (`cargo run --release`) was a second
+    // build of everything above them (a minute after every change to the code). The harness
+    // then runs as built, and `cargo bench` finds nothing to build.
+    let criterion_benches: Vec<&str> = if args.page_only {
+        Vec::new()
+    } else {
+        suites
+            .iter()
+            .flat_map(|(_, benches)| benches.iter().copied())
+            .collect()
+    };
+    let build_started = std::time::Instant::now();
+    let mut build = Command::new(&cargo);
+    build.current_dir(&root).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "pgops-benches",
+        "--bin",
+        "pgops-bench",
+    ]);
+    for bench in SUITES.iter().flat_map(|(_, benches)| benches.iter()) {
+        build.args(["--bench", bench]);
+    }
+    if !succeeded(build, "building the benchmarks") {
+        return ExitCode::FAILURE;
+    }
+    let built = build_started.elapsed();
     let harness = |first: &str| {
-        let mut cmd = Command::new(&cargo);
-        cmd.current_dir(&root).args([
-            "run",
-            "--release",
-            "--locked",
-            "-p",
-            "pgops-benches",
-            "--bin",
-            "pgops-bench",
-            "--",
-            first,
-        ]);
+        let mut cmd = Command::new(target.join("release").join("pgops-bench"));
+        cmd.current_dir(&root).arg(first);
         cmd
     };
     let page = || {
@@ -89,8 +109,8 @@ pub fn run(args: &Args) -> ExitCode {
         };
     }
     let every_suite = suites.len() == SUITES.len();
-    let started = std::time::Instant::now();
-    let mut took = Vec::new();
+    let started = build_started;
+    let mut took = vec![("build", built)];
     for (suite, _) in &suites {
         let suite_started = std::time::Instant::now();
         let out = target.join("pgops-bench").join(format!("{suite}.json"));
@@ -112,14 +132,8 @@ pub fn run(args: &Args) -> ExitCode {
         }
         took.push((*suite, suite_started.elapsed()));
     }
-    // The criterion benches run after every suite: `cargo bench` builds the harness with its
-    // dev-dependencies' features, and a suite run after it would wait for the release build
-    // again (42 s after a change to the code).
+    // The criterion benches, after the suites.
     let benches_started = std::time::Instant::now();
-    let criterion_benches: Vec<&str> = suites
-        .iter()
-        .flat_map(|(_, benches)| benches.iter().copied())
-        .collect();
     for bench in &criterion_benches {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&root).args([
