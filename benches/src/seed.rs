@@ -49,8 +49,8 @@ impl Plan {
     /// Rounds of pgops and the limit at `scale`, and how many of them also run `psql \copy`.
     /// The rounds go where the noise is: a load of a quarter of a second (scale 0.1) falls
     /// whole into one of the machine's slow spells (seconds in which everything, index builds
-    /// included, runs a third slower), and costs little to repeat; the context row's `\copy`
-    /// takes 47 s a round at scale 5 and needs no more than one.
+    /// included, runs a third slower), and costs little to repeat; a round at scale 5 takes
+    /// half a minute, and the context row's `\copy` 47 s more, which it needs no more than once.
     fn rounds_at(&self, scale: f64) -> (usize, usize) {
         if self.quick {
             (3, 3)
@@ -59,7 +59,7 @@ impl Plan {
         } else if scale < 5.0 {
             (5, 3)
         } else {
-            (5, 1)
+            (3, 1)
         }
     }
 }
