@@ -71,17 +71,16 @@ pub fn run(args: &Args) -> ExitCode {
             .flat_map(|(_, benches)| benches.iter().copied())
             .collect()
     };
+    // `cargo <subcommand>` on the benchmarks package.
+    let cargo_benches = |subcommand: &str| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root)
+            .args([subcommand, "--locked", "-p", "pgops-benches"]);
+        cmd
+    };
     let build_started = std::time::Instant::now();
-    let mut build = Command::new(&cargo);
-    build.current_dir(&root).args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "pgops-benches",
-        "--bin",
-        "pgops-bench",
-    ]);
+    let mut build = cargo_benches("build");
+    build.args(["--release", "--bin", "pgops-bench"]);
     for bench in SUITES.iter().flat_map(|(_, benches)| benches.iter()) {
         build.args(["--bench", bench]);
     }
@@ -135,16 +134,8 @@ pub fn run(args: &Args) -> ExitCode {
     // The criterion benches, after the suites.
     let benches_started = std::time::Instant::now();
     for bench in &criterion_benches {
-        let mut cmd = Command::new(&cargo);
-        cmd.current_dir(&root).args([
-            "bench",
-            "--locked",
-            "-p",
-            "pgops-benches",
-            "--bench",
-            bench,
-            "--",
-        ]);
+        let mut cmd = cargo_benches("bench");
+        cmd.args(["--bench", bench, "--"]);
         if args.quick {
             cmd.args(["--warm-up-time", "1", "--measurement-time", "2"]);
         }
