@@ -297,12 +297,28 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
     let (mut ours_r, mut anchor_r) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let pgops_first = round % 2 == 0;
+        // Each tool's backup and encrypted backup are taken one after the other, in an order
+        // that alternates with the rounds, so that what encryption costs is measured under
+        // the same conditions rather than a restore and the other tool's backups apart.
+        let plain_first = round % 2 == 0;
         for side in [pgops_first, !pgops_first] {
             if side {
-                settle(dir.path(), backup_bytes)?;
-                let t = Instant::now();
-                pgops_backup::physical::create(&*store, &url, &mut pgops_backup::progress::Quiet)?;
-                ours_b.push(t.elapsed().as_secs_f64());
+                for encrypted in [!plain_first, plain_first] {
+                    settle(dir.path(), backup_bytes)?;
+                    let (target, times) = if encrypted {
+                        (&*encrypted_store, &mut ours_e)
+                    } else {
+                        (&*store, &mut ours_b)
+                    };
+                    let t = Instant::now();
+                    pgops_backup::physical::create(
+                        target,
+                        &url,
+                        &mut pgops_backup::progress::Quiet,
+                    )?;
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                keep_newest(&*encrypted_store)?;
                 let target = dir.path().join("pgops-restore");
                 let _ = std::fs::remove_dir_all(&target);
                 settle(dir.path(), data_bytes)?;
@@ -318,10 +334,21 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
                 std::fs::remove_dir_all(&target)?;
                 keep_newest(&*store)?;
             } else {
-                settle(dir.path(), backup_bytes)?;
-                let t = Instant::now();
-                pgbackrest(&config, &["--stanza=bench", "--type=full", "backup"])?;
-                anchor_b.push(t.elapsed().as_secs_f64());
+                for encrypted in [!plain_first, plain_first] {
+                    settle(dir.path(), backup_bytes)?;
+                    let (config, times) = if encrypted {
+                        (&cipher_config, &mut anchor_e)
+                    } else {
+                        (&config, &mut anchor_b)
+                    };
+                    let t = Instant::now();
+                    pgbackrest(config, &["--stanza=bench", "--type=full", "backup"])?;
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                pgbackrest(
+                    &cipher_config,
+                    &["--stanza=bench", "--repo1-retention-full=1", "expire"],
+                )?;
                 let target = dir.path().join("pgbackrest-restore");
                 let _ = std::fs::remove_dir_all(&target);
                 std::fs::create_dir(&target)?;
@@ -348,26 +375,6 @@ pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<
                 std::fs::remove_dir_all(&target)?;
                 pgbackrest(
                     &config,
-                    &["--stanza=bench", "--repo1-retention-full=1", "expire"],
-                )?;
-            }
-        }
-        for side in [pgops_first, !pgops_first] {
-            settle(dir.path(), backup_bytes)?;
-            let t = Instant::now();
-            if side {
-                pgops_backup::physical::create(
-                    &*encrypted_store,
-                    &url,
-                    &mut pgops_backup::progress::Quiet,
-                )?;
-                ours_e.push(t.elapsed().as_secs_f64());
-                keep_newest(&*encrypted_store)?;
-            } else {
-                pgbackrest(&cipher_config, &["--stanza=bench", "--type=full", "backup"])?;
-                anchor_e.push(t.elapsed().as_secs_f64());
-                pgbackrest(
-                    &cipher_config,
                     &["--stanza=bench", "--repo1-retention-full=1", "expire"],
                 )?;
             }
