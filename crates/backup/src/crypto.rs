@@ -412,24 +412,17 @@ impl Keys {
             .map_err(Error::io("starting encryption"))?;
         std::io::copy(&mut reading, &mut writer)
             .map_err(Error::io(format!("encrypting {what}")))?;
-        let mut hashing = writer.finish().map_err(Error::io("finishing encryption"))?;
-        hashing
-            .flush()
+        let (_, bytes, sha256) = writer
+            .finish()
+            .map_err(Error::io("finishing encryption"))?
+            .finish()
             .map_err(Error::io(format!("writing {}", dst.display())))?;
-        let written = (
-            hashing.bytes,
-            hex::encode(sha2::Digest::finalize(hashing.hash)),
-        );
         // Not synced here: the store syncs what it keeps (`Store::put_file`).
-        hashing
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io("flushing the encrypted file")(e.into_error()))?;
         Ok((
-            hex::encode(sha2::Digest::finalize(reading.hash)),
+            crate::files::hex_digest(reading.hash),
             reading.bytes,
-            written.0,
-            written.1,
+            bytes,
+            sha256,
         ))
     }
 
@@ -489,13 +482,13 @@ impl Keys {
                     .write_all(&buffer[..n])
                     .map_err(Error::io(format!("writing {}", dst.display())))?;
             }
-            writer
-                .inner
-                .into_inner()
-                .map_err(|e| Error::io("flushing the decrypted file")(e.into_error()))?
+            let (file, _, sha256) = writer
+                .finish()
+                .map_err(Error::io("flushing the decrypted file"))?;
+            file.get_ref()
                 .sync_all()
                 .map_err(Error::io(format!("syncing {}", dst.display())))?;
-            Ok(hex::encode(sha2::Digest::finalize(writer.hash)))
+            Ok(sha256)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(dst);

@@ -47,6 +47,20 @@ impl<W> Hashing<W> {
     }
 }
 
+impl<W: Write> Hashing<W> {
+    /// Flushes the writer and gives it back, with the size and SHA-256 (hex) of what was
+    /// written through it.
+    pub(crate) fn finish(mut self) -> std::io::Result<(W, u64, String)> {
+        self.inner.flush()?;
+        Ok((self.inner, self.bytes, hex_digest(self.hash)))
+    }
+}
+
+/// A finished SHA-256 as the manifests keep it: lowercase hex.
+pub(crate) fn hex_digest(hash: Sha256) -> String {
+    hex::encode(hash.finalize())
+}
+
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
@@ -281,7 +295,8 @@ pub(crate) fn sha_of_reader(input: impl Read) -> std::io::Result<(u64, String)> 
     let mut input = std::io::BufReader::with_capacity(1 << 20, input);
     let mut hashing = Hashing::new(std::io::sink());
     std::io::copy(&mut input, &mut hashing)?;
-    Ok((hashing.bytes, hex::encode(hashing.hash.finalize())))
+    let (_, bytes, sha256) = hashing.finish()?;
+    Ok((bytes, sha256))
 }
 
 /// Compresses `from` into a new private file `to` (zstd at `level`). Not synced: the store
@@ -308,10 +323,9 @@ pub(crate) fn decompress(from: &Path, to: &Path) -> Result<(u64, String)> {
     // 1 MiB writes: copying straight into the file would write 8 KiB at a time.
     let mut hashing = Hashing::new(std::io::BufWriter::with_capacity(1 << 20, out));
     std::io::copy(&mut decoder, &mut hashing)
-        .and_then(|_| hashing.flush())
-        .and_then(|()| hashing.inner.get_ref().sync_all())
-        .map_err(Error::io(format!("decompressing {}", from.display())))?;
-    Ok((hashing.bytes, hex::encode(hashing.hash.finalize())))
+        .and_then(|_| hashing.finish())
+        .and_then(|(file, bytes, sha256)| file.get_ref().sync_all().map(|()| (bytes, sha256)))
+        .map_err(Error::io(format!("decompressing {}", from.display())))
 }
 
 #[cfg(test)]

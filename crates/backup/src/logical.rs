@@ -17,7 +17,6 @@ use chrono::Utc;
 use diesel::{PgConnection, RunQueryDsl, connection::SimpleConnection as _};
 use pgops_pg::DatabaseUrl;
 use serde::Deserialize;
-use sha2::Digest;
 
 use crate::{
     Error, Result,
@@ -85,12 +84,10 @@ fn compress(
         }
         buf = tap(buf);
     }
-    let mut hashing = encoder.finish()?;
-    hashing.flush()?;
-    let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    progress.bytes(done_before.0 + raw, done_before.1 + hashing.bytes);
-    Ok((raw, hashing.bytes, hex::encode(hashing.hash.finalize())))
+    let (file, bytes, sha256) = encoder.finish()?.finish()?;
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    progress.bytes(done_before.0 + raw, done_before.1 + bytes);
+    Ok((raw, bytes, sha256))
 }
 
 /// Counts the rows of a custom-format archive on a thread of its own, from the chunks

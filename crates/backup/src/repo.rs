@@ -318,13 +318,10 @@ impl Store for LocalStore {
             crate::files::Hashing::new(std::io::BufWriter::with_capacity(1 << 20, out));
         std::io::copy(&mut input, &mut hashing)
             .map_err(Error::io(format!("copying {}", source.display())))?;
-        hashing
-            .flush()
+        let (_, bytes, sha256) = hashing
+            .finish()
             .map_err(Error::io(format!("writing {}", local.display())))?;
-        Ok((
-            hashing.bytes,
-            hex::encode(sha2::Digest::finalize(hashing.hash)),
-        ))
+        Ok((bytes, sha256))
     }
 
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
