@@ -209,8 +209,9 @@ fn pgbackrest(config: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The physical comparisons: pgops against pgBackRest (zstd, process-max 2) for backup and
-/// restore, and raw `pg_basebackup` as the floor; all on `cluster`, alternating.
+/// The physical comparisons: pgops against pgBackRest (zstd, process-max 2) for backup,
+/// encrypted backup and restore, pgops encrypted against pgops plain, and raw
+/// `pg_basebackup` as the floor; all on `cluster`, alternating.
 pub fn physical(cluster: &Cluster, scale: u32, rounds: usize) -> anyhow::Result<Vec<Comparison>> {
     // A directory the server's user can use too (pgBackRest runs as that user).
     let dir = tempfile::Builder::new()

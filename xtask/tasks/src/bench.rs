@@ -108,7 +108,6 @@ pub fn run(args: &Args) -> ExitCode {
         };
     }
     let every_suite = suites.len() == SUITES.len();
-    let started = build_started;
     let mut took = vec![("build", built)];
     for (suite, _) in &suites {
         let suite_started = std::time::Instant::now();
@@ -155,7 +154,7 @@ pub fn run(args: &Args) -> ExitCode {
         for (suite, elapsed) in &took {
             println!("{suite:>10}: {}", minutes(*elapsed));
         }
-        println!("{:>10}: {}", "all", minutes(started.elapsed()));
+        println!("{:>10}: {}", "all", minutes(build_started.elapsed()));
     }
     if every_suite {
         if args.quick {
