@@ -494,8 +494,10 @@ impl Router {
                     .replica()
                     .is_some_and(|i| self.inner.replicas[i].transaction_pooled);
             let result = {
+                // Only the least-outstanding policy reads the count.
                 let _in_flight = target
                     .replica()
+                    .filter(|_| self.inner.config.policy == Policy::LeastOutstanding)
                     .map(|i| InFlight::new(&self.inner.replicas[i].outstanding));
                 work(&mut conn)
             };
@@ -686,60 +688,70 @@ impl Inner {
     ) -> Result<(Target, PooledConnection)> {
         // Two atomics per replica, kept by the monitor under the replica's lock, which the
         // read path never takes: `serving` (healthy, in recovery, not banned) and `fresh`.
-        let candidates: Vec<Candidate> = self
-            .replicas
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != excluded)
-            .filter(|(_, r)| {
-                r.serving.load(Ordering::Relaxed)
-                    // A token is checked on the connection itself below.
-                    && (token.is_some() || r.fresh.load(Ordering::Relaxed))
-            })
-            .map(|(index, r)| Candidate {
-                index,
-                weight: r.weight,
-                outstanding: r.outstanding.load(Ordering::Relaxed),
-            })
-            .collect();
+        let eligible = |(i, r): &(usize, &Replica)| {
+            Some(*i) != excluded
+                && r.serving.load(Ordering::Relaxed)
+                // A token is checked on the connection itself below.
+                && (token.is_some() || r.fresh.load(Ordering::Relaxed))
+        };
+        let mut found = self.replicas.iter().enumerate().filter(eligible);
+        // None: no replica is eligible; Some(None): the policy chose none of them.
+        let chosen = match (found.next(), found.next()) {
+            (None, _) => None,
+            // The only one: no choice to make, so no shared counter to advance (each one every
+            // read touches moves between the cores under load).
+            (Some((index, _)), None) => Some(Some(index)),
+            (Some(_), Some(_)) => {
+                let candidates: Vec<Candidate> = self
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .filter(eligible)
+                    .map(|(index, r)| Candidate {
+                        index,
+                        weight: r.weight,
+                        outstanding: r.outstanding.load(Ordering::Relaxed),
+                    })
+                    .collect();
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+                Some(choose(self.config.policy, &candidates, turn))
+            }
+        };
         let reason = if self.replicas.is_empty() {
             "no_replica"
-        } else if candidates.is_empty() {
+        } else if chosen.is_none() {
             if token.is_some() {
                 "unavailable"
             } else {
                 "lag"
             }
-        } else {
-            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-            if let Some(index) = choose(self.config.policy, &candidates, turn) {
-                let replica = &self.replicas[index];
-                match replica
-                    .pool
-                    .get_timeout(self.config.replica_checkout_timeout)
-                {
-                    Ok(mut conn) => match token {
-                        None => return Ok((Target::Replica(index), conn)),
-                        Some(token) => match self.replayed_on(replica, &mut conn, token) {
-                            Ok(true) => return Ok((Target::Replica(index), conn)),
-                            Ok(false) => "behind_token",
-                            Err(_) => {
-                                self.ban(index);
-                                "replica_error"
-                            }
-                        },
+        } else if let Some(index) = chosen.flatten() {
+            let replica = &self.replicas[index];
+            match replica
+                .pool
+                .get_timeout(self.config.replica_checkout_timeout)
+            {
+                Ok(mut conn) => match token {
+                    None => return Ok((Target::Replica(index), conn)),
+                    Some(token) => match self.replayed_on(replica, &mut conn, token) {
+                        Ok(true) => return Ok((Target::Replica(index), conn)),
+                        Ok(false) => "behind_token",
+                        Err(_) => {
+                            self.ban(index);
+                            "replica_error"
+                        }
                     },
-                    // Every connection in use: the replica answers, its pool is
-                    // saturated. This read goes elsewhere; the replica is not banned.
-                    Err(e) if e.is_busy() => "replica_busy",
-                    Err(_) => {
-                        self.ban(index);
-                        "replica_error"
-                    }
+                },
+                // Every connection in use: the replica answers, its pool is
+                // saturated. This read goes elsewhere; the replica is not banned.
+                Err(e) if e.is_busy() => "replica_busy",
+                Err(_) => {
+                    self.ban(index);
+                    "replica_error"
                 }
-            } else {
-                "unavailable"
             }
+        } else {
+            "unavailable"
         };
         metrics::counter!("pgops_router_fallbacks_total", "reason" => reason).increment(1);
         if !self.config.ha {

@@ -19,7 +19,8 @@ pub struct Candidate {
     pub index: usize,
     /// Relative share of reads (at least 1).
     pub weight: u32,
-    /// Reads in flight on it now.
+    /// Reads in flight on it now (counted only under [`Policy::LeastOutstanding`], which
+    /// reads it).
     pub outstanding: u32,
 }
 

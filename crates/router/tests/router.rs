@@ -487,3 +487,67 @@ fn without_replicas_reads_use_the_primary() {
     assert_eq!(token.timeline, 1);
     assert!(!router.read(Some(token), on_replica).unwrap());
 }
+
+#[test]
+fn least_outstanding_sends_reads_past_the_replica_with_one_in_flight() {
+    let (primary, first) = primary_and_replica();
+    let second = primary.create_replica().unwrap();
+    second.catch_up(&primary, Duration::from_secs(30)).unwrap();
+    let replica = |name: &str, replica: &Replica| ReplicaSpec {
+        name: name.into(),
+        pool: Pool::open_unchecked(
+            name,
+            DatabaseUrl::parse(&replica.url("postgres")).unwrap(),
+            replica_settings(),
+        ),
+        weight: 1,
+    };
+    let router = Router::new(
+        Pool::open(
+            "primary-least",
+            DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
+            settings(),
+        )
+        .unwrap(),
+        vec![replica("replica-a", &first), replica("replica-b", &second)],
+        RouterConfig {
+            policy: pgops_router::Policy::LeastOutstanding,
+            ..config()
+        },
+    );
+    wait_until("both replicas to serve", Duration::from_secs(10), || {
+        router.replicas().iter().all(|r| r.serving)
+    });
+    let port = |conn: &mut PgConnection| -> Result<i64, Error> {
+        Ok(diesel::select(sql::<BigInt>("current_setting('port')::bigint")).get_result(conn)?)
+    };
+    // One read stays in flight on whichever replica it got; every read meanwhile goes to
+    // the other one, which has none.
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let held = {
+        let router = router.clone();
+        std::thread::spawn(move || {
+            router
+                .read(None, |conn| -> Result<i64, Error> {
+                    let busy = port(conn)?;
+                    entered_tx.send(busy).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(busy)
+                })
+                .unwrap()
+        })
+    };
+    let busy = entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    let ports = [i64::from(first.port()), i64::from(second.port())];
+    assert!(ports.contains(&busy), "read on port {busy}, not a replica");
+    for _ in 0..6 {
+        let served = router.read(None, port).unwrap();
+        assert!(
+            served != busy && ports.contains(&served),
+            "a read went to port {served} while replica port {busy} had one in flight and the other none"
+        );
+    }
+    release.send(()).unwrap();
+    held.join().unwrap();
+}
