@@ -59,24 +59,34 @@ fn primary_and_replica_with(options: ClusterOptions) -> (Cluster, Replica) {
     (primary, replica)
 }
 
+/// `replica` as the router's replica `name`, weight 1, on a pool of [`replica_settings`].
+fn replica_spec(name: &str, replica: &Replica) -> ReplicaSpec {
+    ReplicaSpec {
+        name: name.into(),
+        pool: Pool::open_unchecked(
+            name,
+            DatabaseUrl::parse(&replica.url("postgres")).unwrap(),
+            replica_settings(),
+        ),
+        weight: 1,
+    }
+}
+
+/// The primary's pool `name`, of [`settings`].
+fn primary_pool(name: &str, primary: &Cluster) -> Pool {
+    Pool::open(
+        name,
+        DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
+        settings(),
+    )
+    .unwrap()
+}
+
 fn setup(config: RouterConfig) -> (Cluster, Replica, Router) {
     let (primary, replica) = primary_and_replica();
     let router = Router::new(
-        Pool::open(
-            "primary",
-            DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
-            settings(),
-        )
-        .unwrap(),
-        vec![ReplicaSpec {
-            name: "replica-0".into(),
-            pool: Pool::open_unchecked(
-                "replica-0",
-                DatabaseUrl::parse(&replica.url("postgres")).unwrap(),
-                replica_settings(),
-            ),
-            weight: 1,
-        }],
+        primary_pool("primary", &primary),
+        vec![replica_spec("replica-0", &replica)],
         config,
     );
     (primary, replica, router)
@@ -392,12 +402,7 @@ fn a_replica_with_every_connection_in_use_is_skipped_for_the_read_and_not_banned
     )
     .unwrap();
     let router = Router::new(
-        Pool::open(
-            "primary-busy",
-            DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
-            settings(),
-        )
-        .unwrap(),
+        primary_pool("primary-busy", &primary),
         vec![ReplicaSpec {
             name: "replica-0".into(),
             pool: replica_pool.clone(),
@@ -469,16 +474,7 @@ fn a_promoted_replica_leaves_the_read_set() {
 #[test]
 fn without_replicas_reads_use_the_primary() {
     let primary = Cluster::start(ClusterOptions::default()).unwrap();
-    let router = Router::new(
-        Pool::open(
-            "solo",
-            DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
-            settings(),
-        )
-        .unwrap(),
-        Vec::new(),
-        config(),
-    );
+    let router = Router::new(primary_pool("solo", &primary), Vec::new(), config());
     assert!(!router.read(None, on_replica).unwrap());
     let ((), token) = router
         .write(|conn| -> Result<(), Error> { Ok(conn.batch_execute("CREATE TABLE t (x int)")?) })
@@ -493,23 +489,12 @@ fn least_outstanding_sends_reads_past_the_replica_with_one_in_flight() {
     let (primary, first) = primary_and_replica();
     let second = primary.create_replica().unwrap();
     second.catch_up(&primary, Duration::from_secs(30)).unwrap();
-    let replica = |name: &str, replica: &Replica| ReplicaSpec {
-        name: name.into(),
-        pool: Pool::open_unchecked(
-            name,
-            DatabaseUrl::parse(&replica.url("postgres")).unwrap(),
-            replica_settings(),
-        ),
-        weight: 1,
-    };
     let router = Router::new(
-        Pool::open(
-            "primary-least",
-            DatabaseUrl::parse(&primary.url("postgres")).unwrap(),
-            settings(),
-        )
-        .unwrap(),
-        vec![replica("replica-a", &first), replica("replica-b", &second)],
+        primary_pool("primary-least", &primary),
+        vec![
+            replica_spec("replica-a", &first),
+            replica_spec("replica-b", &second),
+        ],
         RouterConfig {
             policy: pgops_router::Policy::LeastOutstanding,
             ..config()
