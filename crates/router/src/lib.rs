@@ -695,18 +695,15 @@ impl Inner {
                 && (token.is_some() || r.fresh.load(Ordering::Relaxed))
         };
         let mut found = self.replicas.iter().enumerate().filter(eligible);
-        // None: no replica is eligible; Some(None): the policy chose none of them.
         let chosen = match (found.next(), found.next()) {
             (None, _) => None,
             // The only one: no choice to make, so no shared counter to advance (each one every
             // read touches moves between the cores under load).
-            (Some((index, _)), None) => Some(Some(index)),
-            (Some(_), Some(_)) => {
-                let candidates: Vec<Candidate> = self
-                    .replicas
-                    .iter()
-                    .enumerate()
-                    .filter(eligible)
+            (Some((index, _)), None) => Some(index),
+            (Some(first), Some(second)) => {
+                let candidates: Vec<Candidate> = [first, second]
+                    .into_iter()
+                    .chain(found)
                     .map(|(index, r)| Candidate {
                         index,
                         weight: r.weight,
@@ -714,44 +711,39 @@ impl Inner {
                     })
                     .collect();
                 let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-                Some(choose(self.config.policy, &candidates, turn))
+                choose(self.config.policy, &candidates, turn)
             }
         };
-        let reason = if self.replicas.is_empty() {
-            "no_replica"
-        } else if chosen.is_none() {
-            if token.is_some() {
-                "unavailable"
-            } else {
-                "lag"
-            }
-        } else if let Some(index) = chosen.flatten() {
-            let replica = &self.replicas[index];
-            match replica
-                .pool
-                .get_timeout(self.config.replica_checkout_timeout)
-            {
-                Ok(mut conn) => match token {
-                    None => return Ok((Target::Replica(index), conn)),
-                    Some(token) => match self.replayed_on(replica, &mut conn, token) {
-                        Ok(true) => return Ok((Target::Replica(index), conn)),
-                        Ok(false) => "behind_token",
-                        Err(_) => {
-                            self.ban(index);
-                            "replica_error"
-                        }
+        let reason = match chosen {
+            None if self.replicas.is_empty() => "no_replica",
+            None if token.is_some() => "unavailable",
+            None => "lag",
+            Some(index) => {
+                let replica = &self.replicas[index];
+                match replica
+                    .pool
+                    .get_timeout(self.config.replica_checkout_timeout)
+                {
+                    Ok(mut conn) => match token {
+                        None => return Ok((Target::Replica(index), conn)),
+                        Some(token) => match self.replayed_on(replica, &mut conn, token) {
+                            Ok(true) => return Ok((Target::Replica(index), conn)),
+                            Ok(false) => "behind_token",
+                            Err(_) => {
+                                self.ban(index);
+                                "replica_error"
+                            }
+                        },
                     },
-                },
-                // Every connection in use: the replica answers, its pool is
-                // saturated. This read goes elsewhere; the replica is not banned.
-                Err(e) if e.is_busy() => "replica_busy",
-                Err(_) => {
-                    self.ban(index);
-                    "replica_error"
+                    // Every connection in use: the replica answers, its pool is
+                    // saturated. This read goes elsewhere; the replica is not banned.
+                    Err(e) if e.is_busy() => "replica_busy",
+                    Err(_) => {
+                        self.ban(index);
+                        "replica_error"
+                    }
                 }
             }
-        } else {
-            "unavailable"
         };
         metrics::counter!("pgops_router_fallbacks_total", "reason" => reason).increment(1);
         if !self.config.ha {

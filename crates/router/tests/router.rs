@@ -485,27 +485,38 @@ fn without_replicas_reads_use_the_primary() {
 }
 
 #[test]
-fn least_outstanding_sends_reads_past_the_replica_with_one_in_flight() {
+fn two_replicas_take_turns_and_least_outstanding_passes_the_one_with_a_read_in_flight() {
     let (primary, first) = primary_and_replica();
     let second = primary.create_replica().unwrap();
     second.catch_up(&primary, Duration::from_secs(30)).unwrap();
-    let router = Router::new(
-        primary_pool("primary-least", &primary),
-        vec![
-            replica_spec("replica-a", &first),
-            replica_spec("replica-b", &second),
-        ],
-        RouterConfig {
-            policy: pgops_router::Policy::LeastOutstanding,
-            ..config()
-        },
-    );
-    wait_until("both replicas to serve", Duration::from_secs(10), || {
-        router.replicas().iter().all(|r| r.serving)
-    });
+    let ports = [i64::from(first.port()), i64::from(second.port())];
     let port = |conn: &mut PgConnection| -> Result<i64, Error> {
         Ok(diesel::select(sql::<BigInt>("current_setting('port')::bigint")).get_result(conn)?)
     };
+    let router = |name: &str, policy| {
+        let router = Router::new(
+            primary_pool(name, &primary),
+            vec![
+                replica_spec(&format!("{name}-a"), &first),
+                replica_spec(&format!("{name}-b"), &second),
+            ],
+            RouterConfig { policy, ..config() },
+        );
+        wait_until("both replicas to serve", Duration::from_secs(10), || {
+            router.replicas().iter().all(|r| r.serving)
+        });
+        router
+    };
+
+    // Round robin (the default): one read each, in turn.
+    let turns = router("round-robin", pgops_router::Policy::RoundRobin);
+    let served: Vec<i64> = (0..6).map(|_| turns.read(None, port).unwrap()).collect();
+    assert!(
+        served.iter().all(|p| ports.contains(p)) && served.windows(2).all(|w| w[0] != w[1]),
+        "round-robin reads did not alternate between the replicas {ports:?}: {served:?}"
+    );
+
+    let router = router("least", pgops_router::Policy::LeastOutstanding);
     // One read stays in flight on whichever replica it got; every read meanwhile goes to
     // the other one, which has none.
     let (entered_tx, entered) = std::sync::mpsc::channel();
@@ -524,7 +535,6 @@ fn least_outstanding_sends_reads_past_the_replica_with_one_in_flight() {
         })
     };
     let busy = entered.recv_timeout(Duration::from_secs(10)).unwrap();
-    let ports = [i64::from(first.port()), i64::from(second.port())];
     assert!(ports.contains(&busy), "read on port {busy}, not a replica");
     for _ in 0..6 {
         let served = router.read(None, port).unwrap();
