@@ -14,13 +14,15 @@
 //! `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout` and
 //! `application_name`. Numbers go to the `metrics` facade ([`metrics::names`]), events to
 //! `tracing`; connections held past the leak threshold are reported with where they were
-//! checked out.
+//! checked out. A connection returned while nobody waits stays with the thread that returned
+//! it, for that thread's next checkout.
 
 mod config;
 mod error;
 mod leak;
 mod manager;
 pub mod metrics;
+mod park;
 mod pool;
 
 pub use config::{

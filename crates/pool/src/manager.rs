@@ -46,6 +46,8 @@ pub(crate) struct Watch {
     /// A write on it was refused as read-only (SQLSTATE 25006).
     read_only: bool,
     last_used: Instant,
+    /// Parked with the thread that returned it (see `park`): `last_used` is when.
+    parked: bool,
     /// Where and since when the connection is checked out, for leak detection.
     pub(crate) slot: Arc<Slot>,
 }
@@ -59,6 +61,18 @@ impl Watch {
     /// Whether a statement on it was refused as read-only (SQLSTATE 25006).
     pub(crate) fn refused_as_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Records a return that parks the connection instead of handing it to r2d2: it counts as
+    /// used now, and its return to r2d2 later does not count again.
+    pub(crate) fn park(&mut self) {
+        self.last_used = Instant::now();
+        self.parked = true;
+    }
+
+    /// Records that a parked connection was checked out again.
+    pub(crate) fn unpark(&mut self) {
+        self.parked = false;
     }
 
     /// Marks the connection for closing when it returns to the pool.
@@ -137,6 +151,7 @@ impl r2d2::ManageConnection for Manager {
             broken: false,
             read_only: false,
             last_used: Instant::now(),
+            parked: false,
             slot: self.slots.register(),
         });
         Ok(conn)
@@ -161,7 +176,10 @@ impl r2d2::ManageConnection for Manager {
         let broken = std::thread::panicking()
             || R2D2Connection::is_broken(conn)
             || watch(conn).is_some_and(|w| {
-                w.last_used = Instant::now();
+                // A parked connection was last used when it was parked.
+                if !std::mem::take(&mut w.parked) {
+                    w.last_used = Instant::now();
+                }
                 w.broken
             });
         if broken {

@@ -21,6 +21,7 @@ use crate::{
     leak::{Registry, Slot},
     manager::{CloseReason, Manager, take_close_reason, watch},
     metrics::PoolMetrics,
+    park::{KEEP, Parking, Taken},
 };
 
 /// A pool of PostgreSQL connections. Cheap to clone; clones share the connections.
@@ -32,7 +33,10 @@ pub struct Pool {
 /// A checked-out connection; derefs to diesel's `PgConnection` and returns to the pool when
 /// dropped.
 pub struct PooledConnection {
-    conn: r2d2::PooledConnection<Manager>,
+    /// Present until dropped.
+    conn: Option<r2d2::PooledConnection<Manager>>,
+    /// When it was checked out of r2d2 (it may have been parked and taken back since).
+    taken: Instant,
     inner: Arc<Inner>,
     slot: Option<Arc<Slot>>,
 }
@@ -60,6 +64,8 @@ struct Inner {
     metrics: PoolMetrics,
     waiting: AtomicU32,
     slots: Arc<Registry>,
+    /// Connections returned while nobody waited, kept by the thread that returned them.
+    parking: Parking,
     /// Whether a waiter is at the head of the line (see [`Pool::wait_in_line`]).
     head: Mutex<bool>,
     /// Set while the line has waited too long (the head has waited longer than [`STARVING`],
@@ -150,6 +156,7 @@ impl Pool {
             metrics,
             waiting: AtomicU32::new(0),
             slots,
+            parking: Parking::new(),
             head: Mutex::new(false),
             starving: AtomicBool::new(false),
             line: Condvar::new(),
@@ -216,11 +223,11 @@ impl Pool {
 
     /// A snapshot of the pool's state.
     pub fn stats(&self) -> PoolStats {
-        let state = self.inner.pool.state();
+        let (total, idle) = self.inner.counts();
         PoolStats {
-            total: state.connections,
-            idle: state.idle_connections,
-            in_use: state.connections - state.idle_connections,
+            total,
+            idle,
+            in_use: total - idle,
             waiting: self.inner.waiting.load(Ordering::Relaxed),
             max: self.inner.settings.max_size,
         }
@@ -241,10 +248,17 @@ impl Pool {
         &self.inner.url
     }
 
-    /// Wraps a connection r2d2 handed out: leak tracking and the in-use gauge.
+    /// Checks out a connection taken out of its parking: no wait.
+    fn unparked(&self, taken: Taken, location: &'static Location<'static>) -> PooledConnection {
+        self.inner.metrics.wait.record(0.0);
+        self.checked_out(unparked(taken), location)
+    }
+
+    /// Wraps a connection r2d2 handed out (now, or before it was parked): leak tracking and
+    /// the in-use gauge.
     fn checked_out(
         &self,
-        mut conn: r2d2::PooledConnection<Manager>,
+        (mut conn, taken): Taken,
         location: &'static Location<'static>,
     ) -> PooledConnection {
         let inner = &self.inner;
@@ -257,7 +271,8 @@ impl Pool {
         }
         inner.metrics.in_use.increment(1.0);
         PooledConnection {
-            conn,
+            conn: Some(conn),
+            taken,
             inner: inner.clone(),
             slot,
         }
@@ -268,27 +283,41 @@ impl Pool {
         location: &'static Location<'static>,
         timeout: Duration,
     ) -> Result<PooledConnection> {
-        // A free connection is taken at once (unless the line has waited too long, see
-        // `wait_in_line`: then a checkout queues behind it); when none is, yield the CPU a
-        // few times first (a thread returning one usually runs next) before waiting, since a
-        // parked thread's wake-up leaves the returned connection idle until it is scheduled.
-        // The fast path reads no clock: a connection found at once or after a few yields
-        // (microseconds) counts as no wait. A wait is timed: by r2d2 (its checkout and
+        // First the connection this thread returned last, if it is still parked with it (see
+        // `park`); then a free one from r2d2 (unless the line has waited too long, see
+        // `wait_in_line`: then a checkout queues behind it), or one another thread parked.
+        // When there is none, yield the CPU a few times (a thread returning one usually runs
+        // next) before waiting, since a sleeping thread's wake-up leaves the returned
+        // connection idle until it is scheduled. A connection found at once or after a few
+        // yields (microseconds) counts as no wait. A wait is timed: by r2d2 (its checkout and
         // timeout events) while connections are still being opened, here in line.
         let inner = &self.inner;
+        let fresh = inner.settings.validate_after_idle;
         let spins = if inner.starving.load(Ordering::Relaxed) {
             0
         } else {
+            if let Some(taken) = inner.parking.take_own(fresh) {
+                return Ok(self.unparked(taken, location));
+            }
             SPINS
         };
         for _ in 0..spins {
             if let Some(conn) = inner.pool.try_get() {
                 inner.metrics.wait.record(0.0);
-                return Ok(self.checked_out(conn, location));
+                return Ok(self.checked_out((conn, Instant::now()), location));
+            }
+            if let Some(taken) = inner.parking.steal(fresh) {
+                return Ok(self.unparked(taken, location));
             }
             std::thread::yield_now();
         }
         self.count_waiting(1);
+        // Counted as waiting first: from now on nobody parks, and what was parked before is
+        // found here.
+        if let Some(taken) = inner.parking.steal(fresh) {
+            self.count_waiting(-1);
+            return Ok(self.unparked(taken, location));
+        }
         let result = if inner.pool.state().connections < inner.settings.max_size {
             // Not every connection is open yet: r2d2 opens more for its waiters, as many at
             // once as there are waiters, and records the wait. No line to wait behind.
@@ -350,6 +379,10 @@ impl Pool {
         let inner = &self.inner;
         let timeout = inner.settings.connection_timeout;
         self.count_waiting(1);
+        if let Some(taken) = inner.parking.steal(inner.settings.validate_after_idle) {
+            self.count_waiting(-1);
+            return Ok(Some(self.unparked(taken, location)));
+        }
         // r2d2 would report each slice as a wait of its own: the whole wait is recorded
         // here instead, once.
         let started = Instant::now();
@@ -376,10 +409,13 @@ impl Pool {
     /// Counts a caller in or out of the wait; how many wait now.
     fn count_waiting(&self, delta: i32) -> u32 {
         let inner = &self.inner;
+        // Sequentially consistent with a return's park and its look at `waiting` after it:
+        // either the waiter finds the parked connection, or the return sees the waiter and
+        // hands the connection to r2d2 (see `Inner::give_back`).
         let waiting = if delta > 0 {
-            inner.waiting.fetch_add(1, Ordering::Relaxed) + 1
+            inner.waiting.fetch_add(1, Ordering::SeqCst) + 1
         } else {
-            inner.waiting.fetch_sub(1, Ordering::Relaxed) - 1
+            inner.waiting.fetch_sub(1, Ordering::SeqCst) - 1
         };
         inner.metrics.waiting.set(f64::from(waiting));
         waiting
@@ -395,10 +431,10 @@ impl Pool {
     ) -> Result<PooledConnection> {
         let inner = &self.inner;
         match result {
-            Ok(conn) => Ok(self.checked_out(conn, location)),
+            Ok(conn) => Ok(self.checked_out((conn, Instant::now()), location)),
             Err(e) => {
                 inner.metrics.timeouts.increment(1);
-                let state = inner.pool.state();
+                let (total, idle) = inner.counts();
                 let last_error = e.to_string();
                 let last_error = last_error
                     .strip_prefix("timed out waiting for connection")
@@ -410,7 +446,7 @@ impl Pool {
                 Err(Error::Timeout {
                     pool: inner.name.clone(),
                     waited,
-                    in_use: state.connections - state.idle_connections,
+                    in_use: total - idle,
                     max: inner.settings.max_size,
                     waiting,
                     last_error,
@@ -436,20 +472,19 @@ impl PooledConnection {
     /// may retry the work elsewhere.
     pub fn is_broken(&mut self) -> bool {
         use diesel::r2d2::R2D2Connection;
-        R2D2Connection::is_broken(&mut *self.conn)
-            || watch(&mut self.conn).is_some_and(|w| w.is_broken())
+        R2D2Connection::is_broken(&mut **self) || watch(self).is_some_and(|w| w.is_broken())
     }
 
     /// Whether a statement on this connection was refused as read-only (SQLSTATE 25006): its
     /// server is a standby now (or the session was set read-only). The pool discards it.
     pub fn refused_as_read_only(&mut self) -> bool {
-        watch(&mut self.conn).is_some_and(|w| w.refused_as_read_only())
+        watch(self).is_some_and(|w| w.refused_as_read_only())
     }
 
     /// Closes the connection when it returns to the pool instead of keeping it: for one whose
     /// server turned out to be the wrong one (a primary demoted to a standby, say).
     pub fn discard(&mut self) {
-        if let Some(watch) = watch(&mut self.conn) {
+        if let Some(watch) = watch(self) {
             watch.discard();
         }
     }
@@ -459,13 +494,17 @@ impl Deref for PooledConnection {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        &self.conn
+        self.conn
+            .as_ref()
+            .expect("a checked-out connection is present until dropped")
     }
 }
 
 impl DerefMut for PooledConnection {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.conn
+        self.conn
+            .as_mut()
+            .expect("a checked-out connection is present until dropped")
     }
 }
 
@@ -488,8 +527,61 @@ impl Drop for PooledConnection {
                 "connection reported as leaked was returned"
             );
         }
+        if let Some(conn) = self.conn.take() {
+            self.inner.give_back((conn, self.taken));
+        }
     }
 }
+
+impl Inner {
+    /// Connections open and, of those, free (in r2d2's list or parked).
+    fn counts(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        let idle = state.idle_connections + self.parking.count();
+        (state.connections, idle.min(state.connections))
+    }
+
+    /// A returned connection: parked with this thread for its next checkout while nobody
+    /// waits, else back to r2d2 (which closes it if it is broken).
+    fn give_back(&self, (mut conn, taken): Taken) {
+        let park = !self.settings.validate_after_idle.is_zero()
+            && self.waiting.load(Ordering::SeqCst) == 0
+            && taken.elapsed() < KEEP
+            && !std::thread::panicking()
+            && !diesel::r2d2::R2D2Connection::is_broken(&mut *conn)
+            && watch(&mut conn).is_some_and(|w| {
+                w.park();
+                !w.is_broken()
+            });
+        if !park {
+            if let Some(w) = watch(&mut conn) {
+                w.unpark();
+            }
+            return drop(conn);
+        }
+        if let Some(refused) = self.parking.park((conn, taken)) {
+            return drop(unparked(refused).0);
+        }
+        // A checkout began to wait meanwhile and may have missed it (see `count_waiting`).
+        if self.waiting.load(Ordering::SeqCst) > 0
+            && let Some(taken) = self.parking.take_own(Duration::MAX)
+        {
+            drop(unparked(taken).0);
+        }
+    }
+}
+
+/// A connection taken out of its parking: its next return counts as a use again.
+fn unparked((mut conn, taken): Taken) -> Taken {
+    if let Some(w) = watch(&mut conn) {
+        w.unpark();
+    }
+    (conn, taken)
+}
+
+/// How long a connection stays parked with a thread that stopped asking before the monitor
+/// returns it to r2d2.
+const PARKED_IDLE: Duration = Duration::from_secs(1);
 
 /// How many times a checkout that finds no free connection yields before it waits.
 const SPINS: usize = 4;
@@ -608,12 +700,10 @@ fn spawn_monitor(inner: Weak<Inner>) {
             loop {
                 let interval = {
                     let Some(inner) = inner.upgrade() else { return };
-                    let state = inner.pool.state();
-                    inner.metrics.idle.set(f64::from(state.idle_connections));
-                    inner
-                        .metrics
-                        .in_use
-                        .set(f64::from(state.connections - state.idle_connections));
+                    inner.parking.release_idle(PARKED_IDLE);
+                    let (total, idle) = inner.counts();
+                    inner.metrics.idle.set(f64::from(idle));
+                    inner.metrics.in_use.set(f64::from(total - idle));
                     match inner.settings.leak_threshold {
                         Some(threshold) => {
                             report_leaks(&inner, threshold);

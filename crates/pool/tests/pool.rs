@@ -532,6 +532,60 @@ fn stats_snapshot_tracks_checkouts() {
     assert!(metric(names::OPENED, "stats", None) >= 2.0);
 }
 
+fn backend_pid(conn: &mut diesel::PgConnection) -> i32 {
+    diesel::select(sql::<Integer>("pg_backend_pid()"))
+        .get_result(conn)
+        .unwrap()
+}
+
+#[test]
+fn a_thread_gets_back_the_connection_it_returned_and_others_still_get_it_when_none_is_free() {
+    observe();
+    let db = TestDatabase::empty().unwrap();
+    let pool = Pool::open(
+        "affinity",
+        url(&db),
+        PoolSettings {
+            min_idle: 3,
+            ..settings(3)
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.stats().total < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "min_idle never opened: {:?}",
+            pool.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mine = backend_pid(&mut pool.get().unwrap());
+    // Returned while nobody waits, it stays with this thread: it counts as idle, and
+    // another thread's checkout gets one of the free connections instead.
+    let stats = pool.stats();
+    assert_eq!((stats.in_use, stats.idle), (0, 3), "{stats:?}");
+    let other = pool.clone();
+    let theirs = std::thread::spawn(move || backend_pid(&mut other.get().unwrap()))
+        .join()
+        .unwrap();
+    assert_ne!(
+        theirs, mine,
+        "another thread took the connection this one returned"
+    );
+    assert_eq!(backend_pid(&mut pool.get().unwrap()), mine);
+
+    // With one connection, kept by this thread, another thread still gets it at once.
+    let single = Pool::open("affinity-one", url(&db), settings(1)).unwrap();
+    let mine = backend_pid(&mut single.get().unwrap());
+    let other = single.clone();
+    let theirs = std::thread::spawn(move || backend_pid(&mut other.get().unwrap()))
+        .join()
+        .unwrap();
+    assert_eq!(theirs, mine);
+    assert_eq!(metric(names::TIMEOUTS, "affinity-one", None), 0.0);
+}
+
 #[test]
 fn run_executes_blocking_work_off_the_async_runtime() {
     observe();
