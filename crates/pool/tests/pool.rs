@@ -112,6 +112,25 @@ fn settings(max_size: u32) -> PoolSettings {
     }
 }
 
+/// A pool of `size` connections, every one of them open.
+fn all_open(name: &str, db: &TestDatabase, size: u32) -> Pool {
+    let settings = PoolSettings {
+        min_idle: size,
+        ..settings(size)
+    };
+    let pool = Pool::open(name, url(db), settings).unwrap();
+    let opened = Instant::now();
+    while pool.stats().total < size {
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "min_idle never opened: {:?}",
+            pool.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pool
+}
+
 fn url(db: &TestDatabase) -> DatabaseUrl {
     DatabaseUrl::parse(&db.url()).unwrap()
 }
@@ -430,24 +449,7 @@ fn a_connection_held_too_long_is_reported_with_its_checkout_site() {
 fn with_every_connection_in_use_waiters_in_line_are_served_or_time_out_on_their_own_deadline() {
     observe();
     let db = TestDatabase::empty().unwrap();
-    let pool = Pool::open(
-        "line",
-        url(&db),
-        PoolSettings {
-            min_idle: 2,
-            ..settings(2)
-        },
-    )
-    .unwrap();
-    let opened = Instant::now();
-    while pool.stats().total < 2 {
-        assert!(
-            opened.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            pool.stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let pool = all_open("line", &db, 2);
     let held: Vec<_> = (0..2).map(|_| pool.get().unwrap()).collect();
     let wait_for_waiters = |n: u32| {
         let started = Instant::now();
@@ -542,24 +544,7 @@ fn backend_pid(conn: &mut diesel::PgConnection) -> i32 {
 fn a_thread_gets_back_the_connection_it_returned_and_others_still_get_it_when_none_is_free() {
     observe();
     let db = TestDatabase::empty().unwrap();
-    let pool = Pool::open(
-        "affinity",
-        url(&db),
-        PoolSettings {
-            min_idle: 3,
-            ..settings(3)
-        },
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pool.stats().total < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "min_idle never opened: {:?}",
-            pool.stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let pool = all_open("affinity", &db, 3);
     let mine = backend_pid(&mut pool.get().unwrap());
     // Returned while nobody waits, it stays with this thread: it counts as idle, and
     // another thread's checkout gets one of the free connections instead.
@@ -575,7 +560,8 @@ fn a_thread_gets_back_the_connection_it_returned_and_others_still_get_it_when_no
     );
     assert_eq!(backend_pid(&mut pool.get().unwrap()), mine);
 
-    // With one connection, kept by this thread, another thread still gets it at once.
+    // With one connection, kept by this thread, another thread still gets it, without
+    // waiting out its checkout timeout.
     let single = Pool::open("affinity-one", url(&db), settings(1)).unwrap();
     let mine = backend_pid(&mut single.get().unwrap());
     let other = single.clone();
@@ -583,6 +569,18 @@ fn a_thread_gets_back_the_connection_it_returned_and_others_still_get_it_when_no
         .join()
         .unwrap();
     assert_eq!(theirs, mine);
+
+    // Returned while another thread waits for it, it goes to that thread.
+    let held = single.get().unwrap();
+    let other = single.clone();
+    let waiter = std::thread::spawn(move || backend_pid(&mut other.get().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while single.stats().waiting == 0 {
+        assert!(Instant::now() < deadline, "{:?}", single.stats());
+        std::thread::yield_now();
+    }
+    drop(held);
+    assert_eq!(waiter.join().unwrap(), mine);
     assert_eq!(metric(names::TIMEOUTS, "affinity-one", None), 0.0);
 }
 
