@@ -205,8 +205,8 @@ const REQUIREMENTS: &[Requirement] = &[
         packages: || vec!["pgbackrest".into()],
     },
     Requirement {
-        what: "HAProxy (the failover benchmark's anchor)",
-        needed_by: &[Need::Bench],
+        what: "HAProxy (the failover benchmark's anchor; the test kit's leak test starts it)",
+        needed_by: &[Need::Ci, Need::Bench, Need::Matrix],
         present: || on_path("haproxy") || Path::new("/usr/sbin/haproxy").is_file(),
         packages: || vec!["haproxy".into()],
     },
