@@ -425,10 +425,13 @@ fn backups_and_restores_follow_the_cluster_across_switchovers_failovers_and_spli
 
     // Meanwhile the old leader goes on writing on timeline 3, past where timeline 4 began:
     // an abandoned branch. A target that lies only there is refused; named, it restores.
+    // Its commits must not wait for a synchronous standby: Patroni, even paused, may have
+    // named one of the nodes just promoted (when its loop ran between the promotions).
     let leader_url = ha.node(&third_leader).unwrap().url("postgres");
-    text(&leader_url, "pg_switch_wal()");
-    let (_, abandoned_lsn) = batch(&leader_url, 8);
-    let last = text(&leader_url, "pg_walfile_name(pg_switch_wal())");
+    let writes = format!("{leader_url}?options=-c%20synchronous_commit%3Dlocal");
+    text(&writes, "pg_switch_wal()");
+    let (_, abandoned_lsn) = batch(&writes, 8);
+    let last = text(&writes, "pg_walfile_name(pg_switch_wal())");
     wait_for(
         "the abandoned branch's segment",
         Duration::from_secs(60),
