@@ -249,7 +249,11 @@ impl Pool {
     }
 
     /// Checks out a connection taken out of its parking: no wait.
-    fn unparked(&self, taken: Taken, location: &'static Location<'static>) -> PooledConnection {
+    fn checked_out_parked(
+        &self,
+        taken: Taken,
+        location: &'static Location<'static>,
+    ) -> PooledConnection {
         self.inner.metrics.wait.record(0.0);
         self.checked_out(unparked(taken), location)
     }
@@ -297,7 +301,7 @@ impl Pool {
             0
         } else {
             if let Some(taken) = inner.parking.take_own(fresh) {
-                return Ok(self.unparked(taken, location));
+                return Ok(self.checked_out_parked(taken, location));
             }
             SPINS
         };
@@ -307,7 +311,7 @@ impl Pool {
                 return Ok(self.checked_out((conn, Instant::now()), location));
             }
             if let Some(taken) = inner.parking.steal(fresh) {
-                return Ok(self.unparked(taken, location));
+                return Ok(self.checked_out_parked(taken, location));
             }
             std::thread::yield_now();
         }
@@ -316,7 +320,7 @@ impl Pool {
         // found here.
         if let Some(taken) = inner.parking.steal(fresh) {
             self.count_waiting(-1);
-            return Ok(self.unparked(taken, location));
+            return Ok(self.checked_out_parked(taken, location));
         }
         let result = if inner.pool.state().connections < inner.settings.max_size {
             // Not every connection is open yet: r2d2 opens more for its waiters, as many at
@@ -381,7 +385,7 @@ impl Pool {
         self.count_waiting(1);
         if let Some(taken) = inner.parking.steal(inner.settings.validate_after_idle) {
             self.count_waiting(-1);
-            return Ok(Some(self.unparked(taken, location)));
+            return Ok(Some(self.checked_out_parked(taken, location)));
         }
         // r2d2 would report each slice as a wait of its own: the whole wait is recorded
         // here instead, once.
@@ -550,13 +554,15 @@ impl Inner {
             && !std::thread::panicking()
             && !diesel::r2d2::R2D2Connection::is_broken(&mut *conn)
             && watch(&mut conn).is_some_and(|w| {
-                w.park();
-                !w.is_broken()
+                // Marked parked only when it will be: a return that does not park leaves
+                // the instrumentation alone.
+                let fine = !w.is_broken();
+                if fine {
+                    w.park();
+                }
+                fine
             });
         if !park {
-            if let Some(w) = watch(&mut conn) {
-                w.unpark();
-            }
             return drop(conn);
         }
         if let Some(refused) = self.parking.park((conn, taken)) {
