@@ -162,21 +162,37 @@ impl ServerUser {
 /// between our probe and the server's bind; and below 20000, where `cargo xtask dev` stacks
 /// under test keep their ports across restarts. Falls back to a kernel-chosen port when the
 /// ephemeral range reaches down into it.
+///
+/// A port is handed out once per process: a server may bind it seconds later (Patroni starts
+/// each node's PostgreSQL after every port of the cluster is chosen), and until then a probe
+/// would find it free again. Processes started together can keep apart with
+/// `PGOPS_TEST_PORTS=<low>-<high>`, a part of the range each (`cargo xtask ci` gives each of
+/// its lanes one).
 pub fn free_port() -> Result<u16> {
-    const LOWEST: u16 = 10_000;
-    const HIGHEST: u16 = 19_999;
+    use std::{collections::HashSet, sync::Mutex};
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let (lowest, highest) = port_range();
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
-    if ephemeral_low > HIGHEST {
-        let span = u32::from(HIGHEST - LOWEST + 1);
+    if ephemeral_low > highest {
+        let span = u32::from(highest - lowest) + 1;
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let given = given.get_or_insert_with(HashSet::new);
+        // Half the range handed out: start over rather than probe a crowded range.
+        if given.len() as u32 > span / 2 {
+            given.clear();
+        }
         let mut next = port_seed() % span;
         for _ in 0..200 {
             // A prime step walks the range without repeating soon.
             next = (next + 7_919) % span;
-            let port = LOWEST + u16::try_from(next).expect("span fits in u16");
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            let port = lowest + u16::try_from(next).expect("span fits in u16");
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
                 return Ok(port);
             }
         }
@@ -185,6 +201,23 @@ pub fn free_port() -> Result<u16> {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .map_err(Error::io("finding a free port on 127.0.0.1"))
+}
+
+/// 10000 to 19999, or the part of it `PGOPS_TEST_PORTS` names (`12000-13999`).
+fn port_range() -> (u16, u16) {
+    parse_port_range(std::env::var("PGOPS_TEST_PORTS").ok().as_deref())
+}
+
+fn parse_port_range(range: Option<&str>) -> (u16, u16) {
+    const LOWEST: u16 = 10_000;
+    const HIGHEST: u16 = 19_999;
+    range
+        .and_then(|range| {
+            let (low, high) = range.split_once('-')?;
+            Some((low.trim().parse().ok()?, high.trim().parse().ok()?))
+        })
+        .filter(|&(low, high): &(u16, u16)| LOWEST <= low && low < high && high <= HIGHEST)
+        .unwrap_or((LOWEST, HIGHEST))
 }
 
 /// Differs between processes and between calls, so that test processes started together do
@@ -203,7 +236,20 @@ fn port_seed() -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::free_port;
+    use super::{free_port, parse_port_range};
+
+    #[test]
+    fn a_part_of_the_port_range_is_taken_only_inside_it() {
+        assert_eq!(parse_port_range(Some("12000-13999")), (12_000, 13_999));
+        for outside in ["5000-6000", "19000-25000", "13000-12000", "12000", "a-b"] {
+            assert_eq!(
+                parse_port_range(Some(outside)),
+                (10_000, 19_999),
+                "{outside}"
+            );
+        }
+        assert_eq!(parse_port_range(None), (10_000, 19_999));
+    }
 
     #[test]
     fn free_ports_are_below_the_ephemeral_range_and_bindable() {
@@ -223,9 +269,10 @@ mod tests {
             );
             std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
         }
+        // Never the same port twice in a process: a server may bind it much later.
         let mut distinct = ports.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        assert!(distinct.len() > 15, "ports repeat: {ports:?}");
+        assert_eq!(distinct.len(), ports.len(), "ports repeat: {ports:?}");
     }
 }
