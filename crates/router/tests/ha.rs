@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeSet,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
@@ -257,22 +257,36 @@ fn kill_primary(
     killed
 }
 
-/// Slow writes hold every connection of the primary's pool (20, `replica_max_size`) for
-/// several monitor intervals: the monitor's probes and a write waiting its turn find the pool
+/// Writes hold every connection of the primary's pool (20, `replica_max_size`) for several
+/// monitor intervals: the monitor's probes and a write waiting its turn find the pool
 /// busy, not the primary gone, and the waiting write runs when a connection is free.
 fn busy_primary_stays_the_primary(router: &Router) {
     let leader = router.primary_status().unwrap().member.expect("a primary");
+    // Each holder keeps its connection until the checks below are done (the gate opens),
+    // and the 21st write starts once all 20 hold one, however slowly they got them.
+    let holding = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(RwLock::new(()));
+    let closed = gate.write().unwrap();
     let holders: Vec<_> = (0..20)
         .map(|_| {
-            let router = router.clone();
+            let (router, holding, gate) = (router.clone(), holding.clone(), gate.clone());
             thread::spawn(move || {
                 router.write(|conn| -> Result<(), Error> {
-                    Ok(conn.batch_execute("SELECT pg_sleep(1.5)")?)
+                    holding.fetch_add(1, Ordering::SeqCst);
+                    drop(gate.read().unwrap_or_else(PoisonError::into_inner));
+                    Ok(conn.batch_execute("SELECT 1")?)
                 })
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while holding.load(Ordering::SeqCst) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "20 writes did not all get a connection"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     let polls = router.monitor_polls();
     let waiting = {
         let router = router.clone();
@@ -298,6 +312,7 @@ fn busy_primary_stays_the_primary(router: &Router) {
         router.monitor_polls() >= polls + 2,
         "the monitor polled while the pool was busy"
     );
+    drop(closed);
     for holder in holders {
         holder.join().unwrap().unwrap();
     }
