@@ -106,6 +106,11 @@ pub const OTHER: &[(&str, &str, &str)] = &[
         "Where the PostgreSQL server programs are [default: `pg_config --bindir`, the newest `/usr/lib/postgresql/*/bin`, `PATH`].",
     ),
     (
+        "PGOPS_TEST_PORTS",
+        "`pgops backup drill`, `pgops migrate check --throwaway-cluster`, the test kit",
+        "The ports from which a server pgops starts takes a free one, as `<low>-<high>` within the default [default: `10000-19999`]. Processes that start servers side by side each take a part (`cargo xtask ci` gives one to each lane).",
+    ),
+    (
         "PGOPS_PG_USER",
         "`pgops backup drill`, `pgops migrate check --throwaway-cluster`, the test kit",
         "The OS user that runs a server pgops starts when it runs as root [default: `postgres`].",
