@@ -484,7 +484,21 @@ impl HaCluster {
         let leader = self.wait_for_leader(Duration::from_secs(60), None)?;
         let node = self.node(&leader.name)?;
         let body = serde_json::json!({"leader": leader.name, "candidate": candidate}).to_string();
-        self.post(&format!("{}/switchover", node.rest_url()), &body)?;
+        // Patroni answers 503, "failed to write switchover key into DCS", when its write to
+        // etcd fails (times out on a busy machine); nothing was started, so ask again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.post(&format!("{}/switchover", node.rest_url()), &body) {
+                Err(Error::Tool { status, output, .. })
+                    if status == "503"
+                        && output.contains("failed to write switchover key")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                other => break other.map(|_| ())?,
+            }
+        }
         let new = self.wait_for_leader(Duration::from_secs(60), Some(&leader.name))?;
         if new.name != candidate {
             return Err(Error::Tool {
