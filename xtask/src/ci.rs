@@ -17,6 +17,9 @@ pub struct Args {
     /// Stop at the first failing step instead of running them all.
     #[arg(long)]
     pub fail_fast: bool,
+    /// How many test executables run at once (they mostly wait on servers, not the CPU).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub lanes: u16,
 }
 
 struct Step {
@@ -30,6 +33,8 @@ struct Context {
     path: Option<std::ffi::OsString>,
     /// Server builds of the other supported majors, for the version matrix.
     servers: Vec<crate::install::ServerBuild>,
+    /// Test executables run at once.
+    lanes: usize,
 }
 
 /// Runs every step and prints the summary.
@@ -66,7 +71,10 @@ pub fn run(args: &Args) -> ExitCode {
         },
     ];
     let started = Instant::now();
-    let mut context = Context::default();
+    let mut context = Context {
+        lanes: args.lanes.into(),
+        ..Context::default()
+    };
     let mut results: Vec<(&str, Duration, anyhow::Result<String>)> = Vec::new();
     // The first step sets up what the others run with (the tools' PATH, the server builds);
     // nothing else can run without it.
@@ -155,8 +163,35 @@ fn clippy(context: &Context) -> anyhow::Result<String> {
     )
 }
 
+/// Every test of the workspace: the doctests, then the test executables, several at a time.
 fn test(context: &Context) -> anyhow::Result<String> {
-    cargo(context, &["test", "--workspace", "--locked"])
+    cargo(context, &["test", "--workspace", "--locked", "--doc"])?;
+    let jobs = crate::lanes::build(context.path.as_ref())?
+        .into_iter()
+        .map(|binary| crate::lanes::Job {
+            binary,
+            group: String::new(),
+            env: Vec::new(),
+        })
+        .collect();
+    let outcomes = crate::lanes::run(jobs, context.lanes, context.path.as_ref());
+    let tests: u32 = outcomes.iter().map(|o| o.tests).sum();
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| o.label.as_str())
+        .collect();
+    ensure!(
+        failed.is_empty(),
+        "{} failed (their logs are printed above): {}",
+        failed.len(),
+        failed.join(", ")
+    );
+    Ok(format!(
+        "{tests} tests in {} executables, {} at a time",
+        outcomes.len(),
+        context.lanes
+    ))
 }
 
 /// The repository's migrations through the linter: no statement that locks or rewrites a
@@ -254,8 +289,8 @@ fn untested_alerts(rules: &str, tests: &str) -> Vec<String> {
 
 /// The suites that need only a server (health, insights, pool, router, migrations, seeding,
 /// the schema) on every other supported major, each against its server build; the client
-/// programs stay the installed PostgreSQL's. Run through `--workspace`, so the test build of
-/// the `test` step is reused as it is.
+/// programs stay the installed PostgreSQL's. The executables are the `test` step's, each
+/// integration test of these names in every package.
 const MATRIX_SUITES: &[&str] = &[
     "health",
     "insights",
@@ -275,43 +310,58 @@ fn matrix(context: &Context) -> anyhow::Result<String> {
         !context.servers.is_empty(),
         "no server builds to test against; `cargo xtask install --for matrix` fetches them"
     );
+    let binaries = crate::lanes::build(context.path.as_ref())?;
+    let mut jobs = Vec::new();
+    for server in &context.servers {
+        let clients = CLIENT_SUITES.iter().filter(|_| server.clients);
+        let suites: Vec<&str> = MATRIX_SUITES.iter().chain(clients).copied().collect();
+        println!(
+            "PostgreSQL {} ({}): {}",
+            server.major,
+            server.bin.display(),
+            suites.join(", ")
+        );
+        jobs.extend(
+            binaries
+                .iter()
+                .filter(|b| b.is_test && suites.contains(&b.target.as_str()))
+                .map(|binary| crate::lanes::Job {
+                    binary: binary.clone(),
+                    group: format!("PostgreSQL {}: ", server.major),
+                    env: vec![("PGOPS_PG_BINDIR".into(), server.bin.clone().into())],
+                }),
+        );
+    }
+    // The longest first across every major, so that the lanes end together.
+    jobs.sort_by_key(|j| binaries.iter().position(|b| b.label == j.binary.label));
+    let outcomes = crate::lanes::run(jobs, context.lanes, context.path.as_ref());
     let mut passed = Vec::new();
     let mut failed = Vec::new();
     for server in &context.servers {
-        let (major, bin) = (server.major, &server.bin);
-        let mut args = vec!["test", "--workspace", "--locked"];
-        let clients = CLIENT_SUITES.iter().filter(|_| server.clients);
-        for suite in MATRIX_SUITES.iter().chain(clients) {
-            args.extend(["--test", suite]);
-        }
-        println!("\n--- PostgreSQL {major} ({})", bin.display());
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut cmd = Command::new(&cargo);
-        if let Some(path) = &context.path {
-            cmd.env("PATH", path);
-        }
-        let started = Instant::now();
-        let status = cmd
-            .args(&args)
-            .env("PGOPS_PG_BINDIR", bin)
-            .current_dir(crate::workspace_root())
-            .status()
-            .with_context(|| format!("starting {cargo}"))?;
+        let group = format!("PostgreSQL {}: ", server.major);
+        let ran: Vec<_> = outcomes.iter().filter(|o| o.group == group).collect();
+        let tests: u32 = ran.iter().map(|o| o.tests).sum();
+        let busy: f64 = ran.iter().map(|o| o.elapsed.as_secs_f64()).sum();
         let entry = format!(
-            "{major}{} ({:.0}s)",
+            "{}{} ({tests} tests, {busy:.0}s)",
+            server.major,
             if server.clients { " with backups" } else { "" },
-            started.elapsed().as_secs_f64()
         );
-        if status.success() {
+        if ran.iter().all(|o| o.passed) {
             passed.push(entry);
         } else {
-            failed.push(entry);
+            let names: Vec<&str> = ran
+                .iter()
+                .filter(|o| !o.passed)
+                .map(|o| o.label.as_str())
+                .collect();
+            failed.push(format!("{entry}: {}", names.join(", ")));
         }
     }
     ensure!(
         failed.is_empty(),
         "failed on PostgreSQL {}; passed on {}",
-        failed.join(", "),
+        failed.join("; "),
         passed.join(", ")
     );
     Ok(format!("PostgreSQL {}", passed.join(", ")))

@@ -9,6 +9,7 @@
 
 mod ci;
 mod install;
+mod lanes;
 mod tasks;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
