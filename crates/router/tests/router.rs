@@ -152,20 +152,24 @@ fn routes_over_verify_full_tls_with_no_stale_read() {
     assert!(on_write);
     write_then_read(&primary, &replica, &router);
     // A read without a token goes to a replica the monitor finds serving; on a loaded
-    // machine a poll may have just found it behind, so wait for the monitor to agree.
-    wait_until("the replica to serve", Duration::from_secs(10), || {
-        router.replicas()[0].serving
-    });
-    let (on_read, replica_read) = router
-        .read(None, |conn| -> Result<(bool, bool), Error> {
-            Ok((
-                diesel::select(sql::<Bool>(encrypted)).get_result(conn)?,
-                on_replica(conn)?,
-            ))
-        })
-        .unwrap();
-    assert!(on_read, "the read ran over TLS");
-    assert!(replica_read, "the read ran on the replica");
+    // machine a poll may find it behind between any two reads, so read until one lands there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (on_read, replica_read) = router
+            .read(None, |conn| -> Result<(bool, bool), Error> {
+                Ok((
+                    diesel::select(sql::<Bool>(encrypted)).get_result(conn)?,
+                    on_replica(conn)?,
+                ))
+            })
+            .unwrap();
+        assert!(on_read, "the read ran over TLS");
+        if replica_read {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no read ran on the replica");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
