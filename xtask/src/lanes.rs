@@ -145,26 +145,9 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Executables run on their own, after the others. `pgops ha_backup` promotes two nodes at
-/// once on purpose (a split brain), and on a loaded machine their archivers' pushes of one
-/// name overlap more often; the archive does not yet take two overlapping pushes of
-/// different content safely (see `pgops_backup::wal::push`: the loser's data object can
-/// replace the winner's).
-const ALONE: &[&str] = &["pgops ha_backup"];
-
-/// Runs the jobs, `lanes` at a time, in the order given (those in [`ALONE`] afterwards, one
-/// by one); prints a line as each ends (and the log of each that fails). Returns the
-/// outcomes in the order they ended.
+/// Runs the jobs, `lanes` at a time, in the order given; prints a line as each ends (and the
+/// log of each that fails). Returns the outcomes in the order they ended.
 pub fn run(jobs: Vec<Job>, lanes: usize, path: Option<&OsString>) -> Vec<Outcome> {
-    let (alone, together): (Vec<Job>, Vec<Job>) = jobs
-        .into_iter()
-        .partition(|j| ALONE.contains(&j.binary.label.as_str()));
-    let mut outcomes = run_lanes(together, lanes, path);
-    outcomes.extend(run_lanes(alone, 1, path));
-    outcomes
-}
-
-fn run_lanes(jobs: Vec<Job>, lanes: usize, path: Option<&OsString>) -> Vec<Outcome> {
     let logs = crate::target_dir().join("pgops-ci");
     let queue = Mutex::new(VecDeque::from(jobs));
     let outcomes = Mutex::new(Vec::new());

@@ -216,6 +216,11 @@ impl Sealed {
         self.plain_bytes
     }
 
+    /// What will be stored: its size and SHA-256, known before it is.
+    pub fn stored(&self) -> &Stored {
+        &self.stored
+    }
+
     /// Stores it under `key` (`key.age` when encrypted).
     pub fn put(self, store: &dyn Store, key: &str) -> Result<Stored> {
         match &self.encrypted {

@@ -123,11 +123,22 @@ pub fn prune(
         }
     }
     let mut wal_decisions = Vec::new();
+    let mut wal_keys = Vec::new();
     if backups.iter().any(|(m, _)| m.wal.is_some()) {
-        let archived = wal::archived(store)?;
+        wal_keys = store.list("wal/")?;
+        // Every name with an object: pushes that never wrote their checksum object leave
+        // data under a name that is not archived, and it goes with the WAL around it.
+        let mut owners: Vec<String> = wal_keys
+            .iter()
+            .filter_map(|k| wal::owner(k))
+            .map(str::to_owned)
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let archived = wal::archived_in(&wal_keys);
         let (_, foreign) = wal::classify(&archived);
         if let Some(oldest) = floor {
-            for name in wal::expendable(&archived, oldest) {
+            for name in wal::expendable(&owners, oldest) {
                 wal_decisions.push(retention::Decision {
                     id: format!("wal/{name}"),
                     series: "wal".into(),
@@ -155,7 +166,7 @@ pub fn prune(
             }
         }
         for decision in wal_decisions.iter().filter(|d| !d.keep) {
-            wal::delete(store, decision.id.trim_start_matches("wal/"))?;
+            wal::delete(store, decision.id.trim_start_matches("wal/"), &wal_keys)?;
         }
     }
     decisions.extend(wal_decisions);

@@ -238,6 +238,18 @@ impl Archive {
                 end: None,
             }]);
         }
+        let file = format!("{timeline:08X}.history");
+        if let Some(why) = self
+            .unreadable
+            .iter()
+            .find_map(|u| u.strip_prefix(&file).and_then(|u| u.strip_prefix(": ")))
+        {
+            return Err(Error::Invalid(format!(
+                "timeline {timeline}'s history file {file} is archived but cannot be read ({why}), \
+                 so recovery cannot follow timeline {timeline}; `pgops backup verify` checks the \
+                 archive, or give --target-timeline"
+            )));
+        }
         Err(Error::Invalid(format!(
             "timeline {timeline}'s history file {timeline:08X}.history is not in the archive, so \
              recovery cannot follow timeline {timeline}; archive it from the server that began \
@@ -553,6 +565,14 @@ mod tests {
         let err = b.path(3).unwrap_err().to_string();
         assert!(
             err.contains("00000003.history is not in the archive"),
+            "{err}"
+        );
+        // Archived, but its data does not match its checksum object: said so, not "missing".
+        b.unreadable
+            .push("00000003.history: wal/00000003.history.zst is corrupt".into());
+        let err = b.path(3).unwrap_err().to_string();
+        assert!(
+            err.contains("00000003.history is archived but cannot be read (wal/"),
             "{err}"
         );
         assert_eq!(a.newest_timeline(), Some(3));

@@ -1,6 +1,12 @@
 //! The WAL archive: `pgops wal push %p` as `archive_command` and `pgops wal fetch %f %p` as
 //! `restore_command`. Segments are compressed and checksummed; a segment is archived only
 //! once its checksum object is written (after its data); history is never overwritten.
+//!
+//! A file `NAME` is stored as its checksum object `wal/NAME.sha256.json` and the data object
+//! that object names, `wal/NAME.<first 16 hex digits of the stored bytes' SHA-256>.zst`
+//! (`.zst.age` when encrypted). Naming the data by its bytes means two pushes of one name
+//! racing never write one object with different content: whichever checksum object wins, the
+//! data it names is the data it was written for, and the loser removes its own.
 
 use std::{
     fs::{self, File},
@@ -48,21 +54,49 @@ pub struct SegmentSum {
     /// SHA-256 of the compressed segment that was encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compressed_sha256: Option<String>,
+    /// The key of the data object (`wal/NAME.<hex>.zst`, `.zst.age` when encrypted). Absent:
+    /// `wal/NAME.zst` (`.zst.age`), the one object per name of repositories written before
+    /// data objects were named by their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 impl SegmentSum {
     /// Where its data object is.
-    fn data_key(&self) -> String {
-        if self.encrypted_for.is_empty() {
-            data_key(&self.name)
-        } else {
-            format!("{}.age", data_key(&self.name))
+    pub fn data_key(&self) -> String {
+        match &self.object {
+            Some(key) => key.clone(),
+            None if self.encrypted_for.is_empty() => legacy_data_key(&self.name),
+            None => format!("{}.age", legacy_data_key(&self.name)),
         }
     }
 }
 
-fn data_key(name: &str) -> String {
+fn legacy_data_key(name: &str) -> String {
     format!("wal/{name}.zst")
+}
+
+/// The data object of `name` whose stored bytes have SHA-256 `sha256` (before `.age`).
+fn data_key(name: &str, sha256: &str) -> String {
+    format!("wal/{name}.{}.zst", &sha256[..sha256.len().min(16)])
+}
+
+/// The archived file an object under `wal/` belongs to: its checksum object, its data
+/// object (named by its bytes, or the one object per name of older repositories). `None`
+/// for anything else. Pure.
+pub fn owner(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("wal/")?;
+    if let Some(name) = rest.strip_suffix(".sha256.json") {
+        return Some(name);
+    }
+    let rest = rest.strip_suffix(".age").unwrap_or(rest);
+    let rest = rest.strip_suffix(".zst")?;
+    match rest.rsplit_once('.') {
+        Some((name, hex)) if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(name)
+        }
+        _ => Some(rest),
+    }
 }
 
 fn sum_key(name: &str) -> String {
@@ -132,7 +166,16 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
         out.sync_all()
             .map_err(Error::io(format!("syncing {}", compressed.display())))?;
     }
-    let stored = crate::crypto::store_file(store, &data_key(&name), &compressed)?;
+    let input =
+        File::open(&compressed).map_err(Error::io(format!("reading {}", compressed.display())))?;
+    let sealed = crate::crypto::seal(store, &compressed, input)?;
+    let key = data_key(&name, &sealed.stored().sha256);
+    let stored = sealed.put(store, &key)?;
+    let object = if stored.encrypted_for.is_empty() {
+        key
+    } else {
+        format!("{key}.age")
+    };
     let sum = SegmentSum {
         name: name.clone(),
         raw_bytes,
@@ -142,6 +185,7 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
         archived_at: Some(chrono::Utc::now()),
         encrypted_for: stored.encrypted_for,
         compressed_sha256: stored.plain_sha256,
+        object: Some(object.clone()),
     };
     let json = serde_json::to_vec(&sum).map_err(|e| Error::Invalid(e.to_string()))?;
     // The checksum object makes the file archived; written only if no other server's push
@@ -155,10 +199,10 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
              cannot be read; PostgreSQL will retry"
         )));
     };
-    if existing.raw_sha256 != sum.raw_sha256 {
-        // Both pushes wrote the data object; if ours landed last it no longer matches the
-        // checksum object that won, and `pgops backup verify` and every fetch will say so.
-        tracing::error!(file = %name, "a push of other content won the race for this name; its data object may have been replaced by ours, verify the archive");
+    // Another push won. Its data object is named by its own bytes: ours is another object,
+    // unless the bytes are the same (then it is the winner's too, and stays).
+    if existing.data_key() != object {
+        store.delete(&object)?;
     }
     settle(store, &name, &existing, &sum.raw_sha256)
 }
@@ -301,7 +345,7 @@ pub fn fetch(store: &dyn Store, name: &str, dest: &Path) -> Result<bool> {
     if raw_bytes != sum.raw_bytes || raw_sha256 != sum.raw_sha256 {
         return Err(Error::Corrupt {
             id: "wal".into(),
-            file: data_key(name),
+            file: sum.data_key(),
             detail: format!(
                 "decompressed to {raw_bytes} bytes with SHA-256 {raw_sha256}, expected {} with {}",
                 sum.raw_bytes, sum.raw_sha256
@@ -344,15 +388,18 @@ pub fn sum(store: &dyn Store, name: &str) -> Result<Option<SegmentSum>> {
 
 /// Names of every archived file (those whose checksum object exists), sorted.
 pub fn archived(store: &dyn Store) -> Result<Vec<String>> {
-    Ok(store
-        .list("wal/")?
-        .into_iter()
+    Ok(archived_in(&store.list("wal/")?))
+}
+
+/// Names of the archived files in `keys`, a sorted listing of `wal/`. Pure.
+pub fn archived_in(keys: &[String]) -> Vec<String> {
+    keys.iter()
         .filter_map(|k| {
             k.strip_prefix("wal/")
                 .and_then(|k| k.strip_suffix(".sha256.json"))
                 .map(str::to_owned)
         })
-        .collect())
+        .collect()
 }
 
 /// Splits archived names into WAL files and foreign objects (names PostgreSQL never
@@ -384,11 +431,17 @@ pub fn expendable(archived: &[String], oldest_needed: Segment) -> Vec<String> {
         .collect()
 }
 
-/// Deletes an archived file (its checksum object first, so it stops counting as archived).
-pub fn delete(store: &dyn Store, name: &str) -> Result<()> {
+/// Deletes an archived file: its checksum object first, so it stops counting as archived,
+/// then every data object of the name among `keys` (a listing of `wal/`), which includes
+/// those of pushes that never finished.
+pub fn delete(store: &dyn Store, name: &str, keys: &[String]) -> Result<()> {
     store.delete(&sum_key(name))?;
-    store.delete(&data_key(name))?;
-    store.delete(&format!("{}.age", data_key(name)))
+    for key in keys {
+        if owner(key) == Some(name) {
+            store.delete(key)?;
+        }
+    }
+    Ok(())
 }
 
 /// Gaps in a list of segment names, per timeline: the segments missing between the first
@@ -501,6 +554,130 @@ mod tests {
         assert!(store.put_bytes_new("wal/x.json", b"1").unwrap());
         assert!(!store.put_bytes_new("wal/x.json", b"2").unwrap());
         assert_eq!(store.get_bytes("wal/x.json").unwrap().unwrap(), b"1");
+    }
+
+    #[test]
+    fn two_pushes_of_one_name_racing_leave_the_winners_data_readable() {
+        let repo = tempfile::tempdir().unwrap();
+        let store = crate::repo::open(
+            &format!("file://{}", repo.path().display()),
+            crate::repo::Access::Create,
+        )
+        .unwrap();
+        let sides = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let rounds = 24;
+        for round in 0..rounds {
+            // Two primaries of one timeline archive one name with different content, at once.
+            let name = format!("0000000500000000000000{round:02X}");
+            let contents: Vec<Vec<u8>> = (0..2u8)
+                .map(|side| {
+                    (0..256 * 1024u32)
+                        .map(|i| (i.wrapping_mul(2_654_435_761) >> (8 + side)) as u8)
+                        .collect()
+                })
+                .collect();
+            for (dir, content) in sides.iter().zip(&contents) {
+                fs::write(dir.path().join(&name), content).unwrap();
+            }
+            let start = std::sync::Barrier::new(2);
+            let results: Vec<Result<Pushed>> = std::thread::scope(|scope| {
+                let pushes: Vec<_> = sides
+                    .iter()
+                    .map(|dir| {
+                        let (store, start, path) = (&store, &start, dir.path().join(&name));
+                        scope.spawn(move || {
+                            start.wait();
+                            push(&**store, &path)
+                        })
+                    })
+                    .collect();
+                pushes.into_iter().map(|p| p.join().unwrap()).collect()
+            });
+            let won: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+            assert_eq!(won.len(), 1, "round {round}: {results:?}");
+            let back = sides[0].path().join("back");
+            assert!(fetch(&*store, &name, &back).unwrap(), "round {round}");
+            assert_eq!(
+                fs::read(&back).unwrap(),
+                contents[won[0]],
+                "round {round}: the archive serves the winner's content"
+            );
+        }
+        // The losers removed their data objects: one per name remains.
+        let keys = store.list("wal/").unwrap();
+        let data = keys.iter().filter(|k| k.ends_with(".zst")).count();
+        assert_eq!(data, rounds, "{keys:?}");
+    }
+
+    #[test]
+    fn one_object_per_name_is_still_read_and_deleting_a_name_takes_all_of_its_objects() {
+        let repo = tempfile::tempdir().unwrap();
+        let store = crate::repo::open(
+            &format!("file://{}", repo.path().display()),
+            crate::repo::Access::Create,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let [old, label] = [
+            "000000010000000000000002",
+            "000000010000000000000002.00000028.backup",
+        ];
+        for name in [old, label] {
+            fs::write(dir.path().join(name), name.repeat(100)).unwrap();
+            assert_eq!(
+                push(&*store, &dir.path().join(name)).unwrap(),
+                Pushed::Stored
+            );
+        }
+        // The layout of one data object per name: the checksum object names none.
+        let mut sum = sum(&*store, old).unwrap().unwrap();
+        let object = sum.object.take().unwrap();
+        let bytes = store.get_bytes(&object).unwrap().unwrap();
+        store.put_bytes(&legacy_data_key(old), &bytes).unwrap();
+        store.delete(&object).unwrap();
+        store
+            .put_bytes(&sum_key(old), &serde_json::to_vec(&sum).unwrap())
+            .unwrap();
+        let back = dir.path().join("back");
+        assert!(fetch(&*store, old, &back).unwrap());
+        assert_eq!(fs::read(&back).unwrap(), old.repeat(100).as_bytes());
+        // A push that stopped before its checksum object left data of its own.
+        let orphan = data_key(old, "0123456789abcdef0123");
+        store.put_bytes(&orphan, b"unfinished").unwrap();
+
+        delete(&*store, old, &store.list("wal/").unwrap()).unwrap();
+        let left = store.list("wal/").unwrap();
+        assert!(left.iter().all(|k| owner(k) == Some(label)), "{left:?}");
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
+
+    #[test]
+    fn objects_belong_to_the_file_they_are_named_for() {
+        let name = "000000010000000000000003";
+        for key in [
+            "wal/000000010000000000000003.sha256.json",
+            "wal/000000010000000000000003.zst",
+            "wal/000000010000000000000003.zst.age",
+            "wal/000000010000000000000003.0123456789abcdef.zst",
+            "wal/000000010000000000000003.0123456789abcdef.zst.age",
+        ] {
+            assert_eq!(owner(key), Some(name), "{key}");
+        }
+        assert_eq!(
+            owner("wal/000000010000000000000003.00000028.backup.0123456789abcdef.zst"),
+            Some("000000010000000000000003.00000028.backup")
+        );
+        assert_eq!(
+            owner("wal/00000002.history.fedcba9876543210.zst"),
+            Some("00000002.history")
+        );
+        for other in [
+            "backups/x.zst",
+            "wal/notes.txt",
+            "wal/000000010000000000000003",
+        ] {
+            assert_eq!(owner(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::{
 };
 
 use common::{both, ok, pgops_bin};
+use pgops_backup::wal;
 use pgops_testkit::{Archive, Cluster, ClusterOptions};
 
 /// A key pair made by `age-keygen`: the key file (readable by the server's user, which reads
@@ -299,11 +300,12 @@ fn nothing_readable_leaves_for_the_repository_and_it_all_restores_with_the_keys(
     let middle = flipped.len() / 2;
     flipped[middle] ^= 1;
     std::fs::write(&segment, &flipped).unwrap();
-    let name = segment
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .replace(".zst.age", "");
+    let name = wal::owner(&format!(
+        "wal/{}",
+        segment.file_name().unwrap().to_string_lossy()
+    ))
+    .unwrap()
+    .to_owned();
     let fetched = base.0.join("fetched");
     let out = run(
         &["wal", "fetch", &name, fetched.to_str().unwrap()],

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Base, ok, pgops, pgops_bin, q, recover, restored};
+use common::{Base, ok, pgops, pgops_bin, q, recover, restored, wal_object};
 use pgops_testkit::{Archive, Cluster, ClusterOptions};
 
 /// A primary archiving through `pgops wal push` into `repo`, under a directory removed on
@@ -258,7 +258,8 @@ fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_
     );
     std::fs::rename(&hidden, repo.join(format!("wal/{victim}.sha256.json"))).unwrap();
     // A flipped byte in a stored segment is named too.
-    let stored = repo.join(format!("wal/{victim}.zst"));
+    let stored = wal_object(&repo, victim);
+    let key = stored.strip_prefix(&repo).unwrap().display().to_string();
     let original = std::fs::read(&stored).unwrap();
     let mut bytes = original.clone();
     let middle = bytes.len() / 2;
@@ -267,7 +268,7 @@ fn a_standby_backup_under_writes_verify_names_wal_gaps_and_prune_drops_unneeded_
     let out = pgops(&["backup", "verify", &first], &repo, &url);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("wal/{victim}.zst is corrupt")),
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{key} is corrupt")),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -5,6 +5,8 @@
 //! brain, is in `ha_backup.rs`.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -12,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::wal_object;
 use pgops_testkit::{Archive, Cluster, ClusterOptions};
 
 fn pgops(args: &[&str], repo: &Path) -> Output {
@@ -114,12 +117,9 @@ fn the_server_archives_through_push_and_fetch_returns_the_segment() {
     wait_for("the segment to be archived", || {
         archived_count(&cluster) >= 1
     });
-    assert!(repo.0.join(format!("wal/{segment}.zst")).exists());
-    let mode = std::fs::metadata(repo.0.join(format!("wal/{segment}.zst")))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let stored = wal_object(&repo.0, &segment);
+    assert!(stored.exists());
+    let mode = std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
     let out_dir = tempfile::tempdir().unwrap();
@@ -157,7 +157,8 @@ fn the_server_archives_through_push_and_fetch_returns_the_segment() {
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 
     // A corrupted stored segment: named, and nothing handed to PostgreSQL.
-    let stored = repo.0.join(format!("wal/{segment}.zst"));
+    let stored = wal_object(&repo.0, &segment);
+    let key = stored.strip_prefix(&repo.0).unwrap().display().to_string();
     let mut bytes = std::fs::read(&stored).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
@@ -166,7 +167,7 @@ fn the_server_archives_through_push_and_fetch_returns_the_segment() {
     let out = pgops(&["fetch", &segment, fresh.to_str().unwrap()], &repo.0);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains(&format!("wal/{segment}.zst is corrupt")),
+        text(&out.stderr).contains(&format!("{key} is corrupt")),
         "{}",
         text(&out.stderr)
     );
@@ -202,7 +203,7 @@ fn an_unwritable_archive_keeps_segments_on_the_server_and_resumes_without_a_gap(
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(!text(&out.stdout).contains("missing"));
     for segment in &stuck {
-        assert!(wal_dir.join(format!("{segment}.zst")).exists(), "{segment}");
+        assert!(wal_object(&repo.0, segment).exists(), "{segment}");
     }
 }
 

@@ -236,3 +236,11 @@ impl Drop for HealthServer {
         let _ = self.child.wait();
     }
 }
+
+/// The data object of archived WAL file `name` in the local repository at `repo`: the one its
+/// checksum object names.
+pub fn wal_object(repo: &Path, name: &str) -> PathBuf {
+    let sum = std::fs::read(repo.join(format!("wal/{name}.sha256.json"))).unwrap();
+    let sum: serde_json::Value = serde_json::from_slice(&sum).unwrap();
+    repo.join(sum["object"].as_str().unwrap())
+}
