@@ -37,6 +37,19 @@ struct Context {
     servers: Vec<crate::install::ServerBuild>,
     /// Test executables run at once.
     lanes: usize,
+    /// The test executables, once built.
+    binaries: std::cell::OnceCell<Vec<crate::lanes::Binary>>,
+}
+
+impl Context {
+    /// The workspace's test executables: built by the first step that asks.
+    fn binaries(&self) -> anyhow::Result<&[crate::lanes::Binary]> {
+        if let Some(binaries) = self.binaries.get() {
+            return Ok(binaries);
+        }
+        let built = crate::lanes::build(self.path.as_ref())?;
+        Ok(self.binaries.get_or_init(|| built))
+    }
 }
 
 /// Runs every step and prints the summary.
@@ -127,9 +140,8 @@ pub fn run(args: &Args) -> ExitCode {
 }
 
 fn cargo(context: &Context, args: &[&str]) -> anyhow::Result<String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     println!("$ cargo {}", args.join(" "));
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = Command::new(crate::cargo());
     if let Some(path) = &context.path {
         cmd.env("PATH", path);
     }
@@ -137,7 +149,7 @@ fn cargo(context: &Context, args: &[&str]) -> anyhow::Result<String> {
         .args(args)
         .current_dir(crate::workspace_root())
         .status()
-        .with_context(|| format!("starting {cargo}"))?;
+        .with_context(|| format!("starting cargo {}", args.join(" ")))?;
     ensure!(
         status.success(),
         "cargo {} failed ({status})",
@@ -168,10 +180,11 @@ fn clippy(context: &Context) -> anyhow::Result<String> {
 /// Every test of the workspace: the doctests, then the test executables, several at a time.
 fn test(context: &Context) -> anyhow::Result<String> {
     cargo(context, &["test", "--workspace", "--locked", "--doc"])?;
-    let jobs = crate::lanes::build(context.path.as_ref())?
-        .into_iter()
+    let jobs = context
+        .binaries()?
+        .iter()
         .map(|binary| crate::lanes::Job {
-            binary,
+            binary: binary.clone(),
             group: String::new(),
             env: Vec::new(),
         })
@@ -312,7 +325,7 @@ fn matrix(context: &Context) -> anyhow::Result<String> {
         !context.servers.is_empty(),
         "no server builds to test against; `cargo xtask install --for matrix` fetches them"
     );
-    let binaries = crate::lanes::build(context.path.as_ref())?;
+    let binaries = context.binaries()?;
     let mut jobs = Vec::new();
     for server in &context.servers {
         let clients = CLIENT_SUITES.iter().filter(|_| server.clients);

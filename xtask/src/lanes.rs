@@ -9,14 +9,13 @@ use std::{
     collections::VecDeque,
     ffi::OsString,
     fs::File,
-    io::BufRead as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 /// One test executable of the workspace, as `cargo test --no-run` built it.
 #[derive(Debug, Clone)]
@@ -49,7 +48,6 @@ const LONGEST_FIRST: &[&str] = &[
 /// Builds every test executable of the workspace (`cargo test --workspace --no-run`) and
 /// returns them, the longest first.
 pub fn build(path: Option<&OsString>) -> anyhow::Result<Vec<Binary>> {
-    let cargo = cargo();
     let args = [
         "test",
         "--workspace",
@@ -58,29 +56,8 @@ pub fn build(path: Option<&OsString>) -> anyhow::Result<Vec<Binary>> {
         "--message-format=json-render-diagnostics",
     ];
     println!("$ cargo {}", args.join(" "));
-    let mut cmd = Command::new(&cargo);
-    if let Some(path) = path {
-        cmd.env("PATH", path);
-    }
-    let mut child = cmd
-        .args(args)
-        .current_dir(crate::workspace_root())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {cargo}"))?;
     let mut binaries = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.context("reading cargo's output")?;
-            if let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) {
-                binaries.extend(binary(&message));
-            }
-        }
-    }
-    let status = child.wait().context("waiting for cargo test --no-run")?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
+    crate::cargo_artifacts(&args, path, |message| binaries.extend(binary(message)))?;
     let rank = |b: &Binary| {
         LONGEST_FIRST
             .iter()
@@ -93,7 +70,7 @@ pub fn build(path: Option<&OsString>) -> anyhow::Result<Vec<Binary>> {
 
 /// The test executable a `compiler-artifact` message names, if it names one.
 fn binary(message: &serde_json::Value) -> Option<Binary> {
-    if message["reason"] != "compiler-artifact" || message["profile"]["test"] != true {
+    if message["profile"]["test"] != true {
         return None;
     }
     let executable = PathBuf::from(message["executable"].as_str()?);
@@ -194,7 +171,7 @@ fn run_one(job: &Job, logs: &Path, path: Option<&OsString>, ports: &str) -> Outc
         let status = cmd
             .current_dir(&job.binary.dir)
             .env("CARGO_MANIFEST_DIR", &job.binary.dir)
-            .env("CARGO", cargo())
+            .env("CARGO", crate::cargo())
             .env("PGOPS_TEST_PORTS", ports)
             .envs(job.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -248,10 +225,6 @@ fn passed_tests(output: &str) -> u32 {
             passed.strip_suffix(" passed")?.trim().parse::<u32>().ok()
         })
         .sum()
-}
-
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -82,6 +82,55 @@ fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// The cargo that runs xtask (`CARGO`), else the one on `PATH`.
+fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Runs `cargo args` in the workspace root (with `PATH` set to `path` when given) and hands
+/// each `compiler-artifact` message of its JSON output to `artifact`; `args` must ask for
+/// `--message-format=json-render-diagnostics`, so diagnostics still reach the terminal.
+/// Fails when cargo does.
+fn cargo_artifacts(
+    args: &[&str],
+    path: Option<&OsString>,
+    mut artifact: impl FnMut(&serde_json::Value),
+) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+
+    use anyhow::Context as _;
+
+    let mut cmd = std::process::Command::new(cargo());
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
+    let mut child = cmd
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting cargo {}", args.join(" ")))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo's output")?;
+            if let Ok(message) = serde_json::from_str::<serde_json::Value>(&line)
+                && message["reason"] == "compiler-artifact"
+            {
+                artifact(&message);
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for cargo {}", args.join(" ")))?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo {} failed ({status})",
+        args.join(" ")
+    );
+    Ok(())
+}
+
 /// The target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
