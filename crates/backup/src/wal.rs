@@ -473,6 +473,17 @@ pub fn gaps(names: &[String]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// A `file://` repository in a directory removed when the first value is dropped.
+    fn local_store() -> (tempfile::TempDir, Box<dyn Store>) {
+        let repo = tempfile::tempdir().unwrap();
+        let store = crate::repo::open(
+            &format!("file://{}", repo.path().display()),
+            crate::repo::Access::Create,
+        )
+        .unwrap();
+        (repo, store)
+    }
+
     #[test]
     fn names_postgres_archives() {
         for ok in [
@@ -525,12 +536,7 @@ mod tests {
 
     #[test]
     fn other_content_under_an_archived_name_is_refused_recorded_once_and_never_stored() {
-        let repo = tempfile::tempdir().unwrap();
-        let store = crate::repo::open(
-            &format!("file://{}", repo.path().display()),
-            crate::repo::Access::Create,
-        )
-        .unwrap();
+        let (_repo, store) = local_store();
         let name = "000000040000000000000009";
         let [a, b] = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         fs::write(a.path().join(name), b"written by one primary").unwrap();
@@ -558,12 +564,7 @@ mod tests {
 
     #[test]
     fn two_pushes_of_one_name_racing_leave_the_winners_data_readable() {
-        let repo = tempfile::tempdir().unwrap();
-        let store = crate::repo::open(
-            &format!("file://{}", repo.path().display()),
-            crate::repo::Access::Create,
-        )
-        .unwrap();
+        let (_repo, store) = local_store();
         let sides = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let rounds = 24;
         for round in 0..rounds {
@@ -611,12 +612,7 @@ mod tests {
 
     #[test]
     fn one_object_per_name_is_still_read_and_deleting_a_name_takes_all_of_its_objects() {
-        let repo = tempfile::tempdir().unwrap();
-        let store = crate::repo::open(
-            &format!("file://{}", repo.path().display()),
-            crate::repo::Access::Create,
-        )
-        .unwrap();
+        let (_repo, store) = local_store();
         let dir = tempfile::tempdir().unwrap();
         let [old, label] = [
             "000000010000000000000002",
