@@ -36,6 +36,7 @@ pub struct Binary {
 const LONGEST_FIRST: &[&str] = &[
     "pgops-router ha",
     "pgops-tasks runbooks",
+    "pgops ha_backup",
     "pgops-testkit leaks",
     "pgops-testkit ha",
     "pgops-health ha",
