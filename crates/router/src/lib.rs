@@ -1087,7 +1087,9 @@ fn probe(replica: &Replica, timeout: Duration) -> Result<Option<Probe>, String> 
         "SELECT pg_is_in_recovery() AS in_recovery,
                 coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0) AS replay,
                 coalesce((pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint, 0) AS receive,
-                coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) AS since_replay,
+                coalesce(extract(epoch FROM now() - coalesce(pg_last_xact_replay_timestamp(),
+                                                              pg_postmaster_start_time()))::float8,
+                         0) AS since_replay,
                 CASE WHEN pg_is_in_recovery()
                      THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0)
                      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int

@@ -64,6 +64,9 @@ pub fn ban_duration(base: Duration, max: Duration, episode: u32) -> Duration {
 /// Replication lag in bytes and seconds from what a replica reports and the primary's
 /// position. A replica that has replayed everything it received and is not behind the
 /// primary has no lag, however old its last replayed transaction is (an idle primary).
+/// `seconds_since_replay` is the time since its last replayed transaction, or since it
+/// started when it has replayed none: a replica stuck behind from its start has lag in
+/// seconds too, not none.
 pub fn lag(
     primary_lsn: u64,
     replay_lsn: u64,

@@ -394,6 +394,61 @@ fn reads_leave_a_lagging_replica_and_return_when_it_catches_up() {
 }
 
 #[test]
+fn a_replica_behind_since_it_started_has_lag_in_seconds_too() {
+    let (primary, replica) = primary_and_replica();
+    // A replica that holds every transaction back an hour, restarted from a restartpoint after
+    // the last commit: it receives the WAL, replays up to the next commit, and has replayed
+    // no transaction since it started.
+    primary.execute("postgres", "CHECKPOINT").unwrap();
+    replica.catch_up(&primary, Duration::from_secs(30)).unwrap();
+    replica.execute("postgres", "CHECKPOINT").unwrap();
+    replica
+        .execute(
+            "postgres",
+            "ALTER SYSTEM SET recovery_min_apply_delay = '1h'",
+        )
+        .unwrap();
+    replica.restart().unwrap();
+    assert_eq!(
+        replica
+            .query_text("postgres", "pg_last_xact_replay_timestamp() IS NULL")
+            .unwrap()
+            .as_deref(),
+        Some("true"),
+        "a replica that has replayed no transaction since it started"
+    );
+    // Only the bound in seconds can see its lag: its bytes stay far under theirs.
+    let router = Router::new(
+        primary_pool("primary-behind", &primary),
+        vec![replica_spec("replica-behind", &replica)],
+        RouterConfig {
+            max_lag: Duration::from_secs(1),
+            ..config()
+        },
+    );
+    let read_on_replica = || router.read(None, on_replica).unwrap();
+    wait_until(
+        "reads on the replica",
+        Duration::from_secs(10),
+        read_on_replica,
+    );
+    primary
+        .execute("postgres", "INSERT INTO kv VALUES (1, 1, 'behind')")
+        .unwrap();
+    wait_until(
+        "reads to leave the replica that is behind",
+        Duration::from_secs(10),
+        || !read_on_replica(),
+    );
+    let status = &router.replicas()[0];
+    assert!(
+        status.lag_bytes > 0 && status.lag_bytes < 1024 * 1024,
+        "{status:?}"
+    );
+    assert!(status.lag_seconds > 1.0, "{status:?}");
+}
+
+#[test]
 fn a_replica_with_every_connection_in_use_is_skipped_for_the_read_and_not_banned() {
     let (primary, replica) = primary_and_replica();
     let replica_pool = Pool::open(
