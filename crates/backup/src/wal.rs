@@ -200,9 +200,12 @@ pub fn push(store: &dyn Store, path: &Path) -> Result<Pushed> {
         )));
     };
     // Another push won. Its data object is named by its own bytes: ours is another object,
-    // unless the bytes are the same (then it is the winner's too, and stays).
-    if existing.data_key() != object {
-        store.delete(&object)?;
+    // unless the bytes are the same (then it is the winner's too, and stays). Left behind, ours
+    // harms nothing, and pruning takes it with the name.
+    if existing.data_key() != object
+        && let Err(e) = store.delete(&object)
+    {
+        tracing::warn!(file = %name, object = %object, error = %pgops_pg::report(&e), "could not remove the data of a push that lost the race for its name");
     }
     settle(store, &name, &existing, &sum.raw_sha256)
 }
