@@ -19,7 +19,7 @@ pub struct Args {
     pub fail_fast: bool,
     /// How many test executables run at once (they mostly wait on servers, not the CPU).
     /// 3 takes a cold run on 2 cores from about 30 minutes (one at a time, as `cargo test`
-    /// runs them) to about 21; 1 runs them one after another.
+    /// runs them) to about 20; 1 runs them one after another.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub lanes: u16,
 }
