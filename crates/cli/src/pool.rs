@@ -33,8 +33,8 @@ pub struct Args {
 pub enum Verb {
     /// Print the effective configuration with the source of every value (does not connect).
     Show,
-    /// Connect and check that the pools of all instances fit in the server's max_connections
-    /// (exit 1 if they do not).
+    /// Connect and check that the pools of all instances fit in the server's max_connections,
+    /// on the primary, each replica, or every member of an HA cluster (exit 1 if they do not).
     Check {
         /// How many instances of the service run with this configuration.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -178,6 +178,23 @@ fn check(
             config.router.replica_max_size,
         ));
     }
+    // An HA cluster (a multi-host URL, or Patroni's members): the router keeps a pool on every
+    // member, and any member may become the primary, which then holds the primary pool too.
+    let members = if config.replica_urls.is_empty() && config.pool.pooler == Pooler::None {
+        pgops_router::cluster_members(primary, &config.router.patroni_urls)
+    } else {
+        Vec::new()
+    };
+    let ha = members.len() >= 2;
+    if ha {
+        servers = members
+            .into_iter()
+            .map(|(name, url)| {
+                let demand = config.pool.max_size + config.router.replica_max_size;
+                (name, url, demand)
+            })
+            .collect();
+    }
     let mut reports = Vec::new();
     let mut text = String::new();
     let mut all_fit = true;
@@ -255,6 +272,11 @@ fn check(
             Some(_) if name == "primary" => {
                 format!("PgBouncer's pool = {} connections", verdict.needed)
             }
+            _ if ha => format!(
+                "as the primary, pool max_size {} + router replica_max_size {} = {max_size} x \
+                 {instances} instance(s) = {} connections",
+                config.pool.max_size, config.router.replica_max_size, verdict.needed
+            ),
             _ => format!(
                 "pool max_size {max_size} x {instances} instance(s) = {} connections",
                 verdict.needed
@@ -272,9 +294,13 @@ fn check(
         ));
     }
     let written = if json {
+        // The primary's figures at the top (in an HA cluster, the first member that does not
+        // fit, else the first).
         let mut report = reports
             .iter()
             .find(|r| r["server"] == "primary")
+            .or_else(|| reports.iter().find(|r| r["fits"] == false))
+            .or_else(|| reports.first())
             .cloned()
             .unwrap_or_default();
         report["servers"] = Value::Array(reports);

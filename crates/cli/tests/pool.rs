@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use pgops_testkit::TestDatabase;
+use pgops_testkit::{HaCluster, HaOptions, TestDatabase};
 
 fn pgops(args: &[&str], env: &[(&str, &str)], cwd: &std::path::Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgops"));
@@ -199,6 +199,77 @@ fn check_counts_every_pool_an_instance_opens_and_show_prints_the_router() {
     let out = pgops(&["pool", "show"], &env[..3], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown key `replica_max_sise` in [router]"));
+}
+
+#[test]
+fn check_in_an_ha_cluster_counts_both_pools_on_every_member() {
+    let ha = HaCluster::start(HaOptions::default().nodes(3)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = ha.multi_host_url("postgres");
+    let patroni = ha.rest_urls().join(",");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PGOPS_POOL_MAX_SIZE", "20"),
+        ("PGOPS_ROUTER_REPLICA_MAX_SIZE", "8"),
+        ("PGOPS_ROUTER_PATRONI_URLS", patroni.as_str()),
+    ];
+    // Every member, by its host and port from the multi-host URL: any of them may become the
+    // primary, and then holds an instance's primary pool and the router's pool on it.
+    let check = |instances: u32, env: &[(&str, &str)]| {
+        let out = pgops(
+            &[
+                "pool",
+                "check",
+                "--instances",
+                &instances.to_string(),
+                "--json",
+            ],
+            env,
+            dir.path(),
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, v) = check(2, &env[..3]);
+    let servers = v["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3, "{v:#}");
+    for server in servers {
+        assert!(
+            server["server"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{v:#}"
+        );
+        assert_eq!(server["needed"], 56, "2 instances x (20 + 8): {v:#}");
+    }
+    assert_eq!(code, Some(0), "{v:#}");
+
+    // With Patroni's REST API, the members are Patroni's, by name; too many instances for
+    // them: every member is named, and the exit says so.
+    let available = servers[0]["available"].as_i64().unwrap();
+    let instances = u32::try_from(available / 28 + 1).unwrap();
+    let (code, v) = check(instances, &env);
+    let servers = v["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3, "{v:#}");
+    let mut names: Vec<&str> = servers
+        .iter()
+        .map(|s| s["server"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["node0", "node1", "node2"], "{v:#}");
+    assert!(servers.iter().all(|s| s["fits"] == false), "{v:#}");
+    assert_eq!(v["fits"], false);
+    assert_eq!(code, Some(1));
+    let out = pgops(
+        &["pool", "check", "--instances", &instances.to_string()],
+        &env,
+        dir.path(),
+    );
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("node1 (")
+            && said.contains("as the primary, pool max_size 20 + router replica_max_size 8"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -362,7 +362,7 @@ impl Router {
                 .collect()
         } else {
             router.ha = true;
-            cluster_members(primary.url(), &router)
+            cluster_members(primary.url(), &router.patroni_urls)
         };
         if router.ha && members.len() < 2 {
             // One server: nothing to fail over to; route as before.
@@ -1103,10 +1103,15 @@ fn probe(replica: &Replica, timeout: Duration) -> Result<Option<Probe>, String> 
     .map_err(|e| e.to_string())
 }
 
-/// The members of an HA cluster: from Patroni's `/cluster` when `patroni_urls` are set (by
-/// their Patroni names), else every host of the primary's multi-host URL (by `host:port`).
-/// Each member's URL is the primary's with that one host and no `target_session_attrs`.
-fn cluster_members(primary: &DatabaseUrl, config: &RouterConfig) -> Vec<(String, DatabaseUrl)> {
+/// The members of an HA cluster, as [`Router::from_config`] finds them when no replica URLs
+/// are given: from Patroni's `/cluster` when `patroni_urls` are set (by their Patroni names),
+/// else every host of the primary's multi-host URL (by `host:port`). Each member's URL is the
+/// primary's with that one host and no `target_session_attrs`. Fewer than two: not an HA
+/// cluster.
+pub fn cluster_members(
+    primary: &DatabaseUrl,
+    patroni_urls: &[String],
+) -> Vec<(String, DatabaseUrl)> {
     let from_url = || -> Vec<(String, String)> {
         primary
             .servers()
@@ -1114,13 +1119,10 @@ fn cluster_members(primary: &DatabaseUrl, config: &RouterConfig) -> Vec<(String,
             .map(|s| (s.clone(), s))
             .collect()
     };
-    let servers = if config.patroni_urls.is_empty() {
+    let servers = if patroni_urls.is_empty() {
         from_url()
     } else {
-        match patroni::members(
-            &patroni::agent(Duration::from_secs(5)),
-            &config.patroni_urls,
-        ) {
+        match patroni::members(&patroni::agent(Duration::from_secs(5)), patroni_urls) {
             Ok(members) => members
                 .into_iter()
                 .map(|m| (m.name, format!("{}:{}", m.host, m.port)))
