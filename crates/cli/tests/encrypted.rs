@@ -15,8 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{both, ok, pgops_bin};
-use pgops_backup::wal;
+use common::{both, ok, pgops_bin, wal_object};
 use pgops_testkit::{Archive, Cluster, ClusterOptions};
 
 /// A key pair made by `age-keygen`: the key file (readable by the server's user, which reads
@@ -289,23 +288,23 @@ fn nothing_readable_leaves_for_the_repository_and_it_all_restores_with_the_keys(
     );
 
     // A changed byte in a WAL segment and in a dump: named, refused, nothing written.
-    let segment = std::fs::read_dir(repo.join("wal"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".zst.age"))
-        .unwrap();
+    let name = pgops_backup::wal::archived(
+        &*pgops_backup::repo::open(
+            &format!("file://{}", repo.display()),
+            pgops_backup::repo::Access::Existing,
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .into_iter()
+    .find(|n| n.len() == 24)
+    .expect("an archived segment");
+    let segment = wal_object(&repo, &name);
     let original = std::fs::read(&segment).unwrap();
     let mut flipped = original.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 1;
     std::fs::write(&segment, &flipped).unwrap();
-    let name = wal::owner(&format!(
-        "wal/{}",
-        segment.file_name().unwrap().to_string_lossy()
-    ))
-    .unwrap()
-    .to_owned();
     let fetched = base.0.join("fetched");
     let out = run(
         &["wal", "fetch", &name, fetched.to_str().unwrap()],

@@ -238,9 +238,25 @@ impl Drop for HealthServer {
 }
 
 /// The data object of archived WAL file `name` in the local repository at `repo`: the one its
-/// checksum object names.
+/// checksum object names, after asserting it is where the docs say (`wal/NAME.<first 16 hex
+/// digits of the stored bytes' SHA-256>.zst`, `.age` when encrypted), so an operator can find
+/// it by hand.
 pub fn wal_object(repo: &Path, name: &str) -> PathBuf {
     let sum = std::fs::read(repo.join(format!("wal/{name}.sha256.json"))).unwrap();
     let sum: serde_json::Value = serde_json::from_slice(&sum).unwrap();
-    repo.join(sum["object"].as_str().unwrap())
+    let object = sum["object"].as_str().unwrap();
+    let sha256 = sum["sha256"].as_str().unwrap();
+    let encrypted = sum["encrypted_for"]
+        .as_array()
+        .is_some_and(|keys| !keys.is_empty());
+    assert_eq!(
+        object,
+        format!(
+            "wal/{name}.{}.zst{}",
+            &sha256[..16],
+            if encrypted { ".age" } else { "" }
+        ),
+        "{sum:#}"
+    );
+    repo.join(object)
 }
