@@ -187,12 +187,10 @@ fn check(
     };
     let ha = members.len() >= 2;
     if ha {
+        let demand = config.pool.max_size + config.router.replica_max_size;
         servers = members
             .into_iter()
-            .map(|(name, url)| {
-                let demand = config.pool.max_size + config.router.replica_max_size;
-                (name, url, demand)
-            })
+            .map(|(name, url)| (name, url, demand))
             .collect();
     }
     let mut reports = Vec::new();
