@@ -603,10 +603,16 @@ pub fn history(
     queryids: &[i64],
     now: &Current,
 ) -> Result<HashMap<i64, Vec<Interval>>> {
+    // The window's start by this clock, now: the server's `now()` is read a round trip or more
+    // later (seconds on a loaded machine), and a window a caller measured from a snapshot's
+    // time would lose that snapshot.
+    let cutoff = chrono::Duration::from_std(window)
+        .ok()
+        .and_then(|w| Utc::now().checked_sub_signed(w))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     if queryids.is_empty() || !tables_exist(conn)? {
         return Ok(HashMap::new());
     }
-    let secs = window.as_secs().max(1);
     #[derive(Deserialize)]
     struct Row {
         id: i64,
@@ -631,8 +637,9 @@ pub fn history(
                         WHERE queryid IN ({ids})
                           AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
                         GROUP BY 1, 2) e ON e.snapshot_id = s.id
-             WHERE s.taken_at > now() - interval '{secs} seconds'
-             ORDER BY s.taken_at, s.id"
+             WHERE s.taken_at > '{}'::timestamptz
+             ORDER BY s.taken_at, s.id",
+            cutoff.to_rfc3339()
         ),
         "reading the snapshots' history",
     )?;
